@@ -1,0 +1,1 @@
+"""Benchmarks that put daonet next to the alternatives it claims to beat (e.g. homomorphic encryption)."""

@@ -1,0 +1,116 @@
+"""Bundle files on disk: a JSON manifest plus safetensors weights, integrity-checked (numpy only).
+
+A bundle directory holds ``manifest.json`` and the weight files it lists with their SHA-256.
+Loading re-hashes every listed file, so a tampered or truncated file is refused before a single
+weight is used. Device and server halves of one model carry the same ``model_id`` and
+``version`` (a content hash over both halves), so a mismatched pair is refused too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from .errors import BundleError, VersionMismatchError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+DEVICE_FORMAT = "daonet-device-bundle"
+SERVER_FORMAT = "daonet-server-bundle"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def content_version(*file_hashes: str, config: dict[str, Any] | None = None) -> str:
+    """A short, stable model version: hash of both halves' weight hashes and the architecture."""
+    h = hashlib.sha256()
+    for fh in file_hashes:
+        h.update(fh.encode())
+    if config is not None:
+        h.update(json.dumps(config, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def write_weights(path: Path, tensors: dict[str, np.ndarray]) -> str:
+    """Write float32 arrays as safetensors; returns the file's SHA-256."""
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
+    return sha256_file(path)
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def read_manifest(directory: str | Path, expected_format: str) -> dict[str, Any]:
+    """Read and sanity-check a manifest; raise :class:`BundleError` with a fix-it hint otherwise."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BundleError(f"bundle directory {directory} does not exist; create it with `daonet export RUN_DIR`")
+    path = directory / MANIFEST
+    if not path.exists():
+        raise BundleError(f"{path} is missing; is {directory} a daonet bundle? Re-export it with `daonet export`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc}); the bundle is corrupt, re-export it") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        hint = ""
+        if got in (DEVICE_FORMAT, SERVER_FORMAT):
+            hint = f" (this is a {got}; pass the {'device' if expected_format == DEVICE_FORMAT else 'server'}/ "
+            hint += "directory instead)"
+        raise BundleError(f"{path} is a {got!r} manifest, expected {expected_format!r}{hint}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{path} has format version {manifest.get('format_version')}, this daonet reads version "
+            f"{FORMAT_VERSION}; upgrade daonet or re-export the bundle"
+        )
+    for key in ("model_id", "version", "files"):
+        if key not in manifest:
+            raise BundleError(f"{path} lacks the field {key!r}; the bundle is corrupt, re-export it")
+    return manifest
+
+
+def load_verified_weights(directory: str | Path, manifest: dict[str, Any], name: str) -> dict[str, np.ndarray]:
+    """Load one listed weight file after checking its SHA-256 against the manifest."""
+    directory = Path(directory)
+    expected = manifest["files"].get(name)
+    path = directory / name
+    if expected is None:
+        raise BundleError(f"{directory / MANIFEST} does not list {name}; the bundle is corrupt, re-export it")
+    if not path.exists():
+        raise BundleError(f"{path} is missing; copy the whole bundle directory or re-export it")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise BundleError(
+            f"{path} does not match its manifest (sha256 {actual[:12]}... != {expected[:12]}...): the file "
+            "was modified or truncated; re-export or re-download the bundle"
+        )
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises several types on garbage
+        raise BundleError(f"{path} is not a readable safetensors file: {exc}") from exc
+
+
+def check_pair(device_manifest: dict[str, Any], server_manifest: dict[str, Any]) -> None:
+    """Refuse a device/server pair that comes from different models or versions."""
+    for key in ("model_id", "version"):
+        d, s = device_manifest.get(key), server_manifest.get(key)
+        if d != s:
+            raise VersionMismatchError(
+                f"device bundle has {key} {d!r} but server bundle has {s!r}; export both halves from the "
+                "same run with `daonet export`",
+                expected=str(s), got=str(d),
+            )

@@ -1,0 +1,102 @@
+"""The ``daonet`` command line (Typer). Each feature area registers its own commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from .errors import DaonetError
+
+app = typer.Typer(
+    name="daonet", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Private inference: the first layer runs on the device, dropped activations go to the server.",
+)
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def parse_kwargs(pairs: list[str] | None) -> dict:
+    """``--model-opt hidden=1024`` pairs -> {"hidden": 1024} (values parsed as JSON when possible)."""
+    out: dict = {}
+    for item in pairs or []:
+        if "=" not in item:
+            fail(f"--model-opt takes KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@app.command()
+def train(
+    dataset: Annotated[str, typer.Option(help="digits, mnist, fashion-mnist, ecg5000 or cifar10")] = "mnist",
+    model: Annotated[str, typer.Option(help="mlp, cnn or cnn1d (or a registered architecture)")] = "mlp",
+    drop_rate: Annotated[float, typer.Option(help="probability of dropping each first-layer output")] = 0.9,
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    model_opt: Annotated[list[str] | None, typer.Option(help="architecture option KEY=VALUE, repeatable")] = None,
+    n_train: Annotated[int | None, typer.Option(help="train on a random subset of this size")] = None,
+    n_test: Annotated[int | None, typer.Option(help="evaluate on a random subset of this size")] = None,
+    augment: Annotated[bool, typer.Option(help="random +-2 pixel shifts (images)")] = False,
+    data_root: Annotated[Path | None, typer.Option(help="local folder with the data set's files")] = None,
+    out: Annotated[Path, typer.Option(help="run directory to write")] = Path("runs/mnist-mlp"),
+) -> None:
+    """Train a split model with dropped activation outputs; writes model, config and metrics.json."""
+    from .train import TrainConfig, save_run
+    from .train import train as run_training
+
+    cfg = TrainConfig(dataset=dataset, model=model, drop_rate=drop_rate, epochs=epochs, batch_size=batch_size,
+                      lr=lr, seed=seed, model_kwargs=parse_kwargs(model_opt), n_train=n_train, n_test=n_test,
+                      data_root=str(data_root) if data_root else None, augment=augment)
+    result = run_training(cfg)
+    save_run(result, out)
+    m = result.metrics
+    acc = m["test_accuracy"]
+    console.print(
+        f"[green]done[/] test accuracy {acc['mean']:.4f} ± {acc['std']:.4f} (dropping p={drop_rate}), "
+        f"surviving outputs {m['surviving_outputs']['mean']:.1f} of {m['n_outputs']}, "
+        f"{m['train_time_s']:.1f} s -> {out / 'metrics.json'}"
+    )
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `daonet train`")],
+    out: Annotated[Path, typer.Option(help="bundle directory; gets device/ and server/")] = Path("bundles/mnist"),
+    model_id: Annotated[str | None, typer.Option(help="model id (default: DATASET-MODEL)")] = None,
+    value_dtype: Annotated[str, typer.Option(help="wire value type: float32 or float16")] = "float32",
+) -> None:
+    """Split a trained run into a device bundle (first layer only) and a server bundle."""
+    from .device import DeviceModel
+    from .export import export_run
+
+    dev, srv = export_run(run_dir, out, model_id=model_id, value_dtype=value_dtype)
+    d = DeviceModel.load(dev)
+    console.print(f"[green]exported[/] {d.model_id} version {d.version}\n  device: {dev}\n  server: {srv}")
+
+
+def main() -> None:
+    try:
+        app()
+    except DaonetError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+from . import commands  # noqa: E402,F401  (registers demo, sweep, serve, predict, audit, bench)

@@ -1,0 +1,1 @@
+"""CLI commands for the audit feature area."""

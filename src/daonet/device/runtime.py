@@ -1,0 +1,194 @@
+"""The device runtime: first layer + ReLU + dropping + sparse payload, in numpy only.
+
+This is everything a phone or wearable app runs. It reads only ``bundle/device``: the first layer's
+weights and a JSON manifest. No torch, no server weights, no network (see ``client`` for that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..bundle import DEVICE_FORMAT, load_verified_weights, read_manifest
+from ..errors import BundleError, InputError
+from ..wire import encode
+from .masks import MaskSource, RandomMasks
+
+RANGE_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class DevicePayload:
+    """One request as it leaves the device: the bytes, and (kept locally) what they encode."""
+
+    data: bytes
+    nnz: int
+    n_outputs: int
+    activations: np.ndarray  # the dropped activation vector (flattened); stays on the device
+
+    def describe(self) -> str:
+        idx = np.flatnonzero(self.activations)
+        head = ", ".join(f"{i}:{self.activations[i]:.3f}" for i in idx[:6])
+        more = f", ... (+{len(idx) - 6})" if len(idx) > 6 else ""
+        return f"{len(self.data)} bytes: {self.nnz} of {self.n_outputs} outputs as index:value {{{head}{more}}}"
+
+
+class DeviceModel:
+    """A loaded device bundle. ``encode(x)`` turns a raw input into the bytes that may leave."""
+
+    def __init__(self, manifest: dict[str, Any], weight: np.ndarray, bias: np.ndarray,
+                 extras: dict[str, np.ndarray] | None = None, bundle_dir: Path | None = None) -> None:
+        self.manifest = manifest
+        self.bundle_dir = bundle_dir
+        layer = manifest["layer"]
+        self.kind: str = layer["kind"]
+        self.input_shape = tuple(int(s) for s in manifest["input"]["shape"])
+        self.output_shape = tuple(int(s) for s in layer["output_shape"])
+        self.n_outputs = int(layer["n_outputs"])
+        self.kernel = tuple(layer.get("kernel") or ())
+        self.stride = tuple(layer.get("stride") or ())
+        self.drop_rate = float(manifest["drop"]["rate"])
+        self.value_dtype = manifest.get("wire", {}).get("value_dtype", "float32")
+        self.raw_dtype = manifest["input"].get("raw_dtype", "float32")
+        self.value_range = manifest["input"].get("range")
+        norm = manifest.get("normalization") or {}
+        channels = self.input_shape[0]
+        bshape = (channels,) + (1,) * (len(self.input_shape) - 1)
+        self.mean = np.asarray(norm.get("mean") or [0.0] * channels, dtype=np.float32).reshape(bshape)
+        self.std = np.asarray(norm.get("std") or [1.0] * channels, dtype=np.float32).reshape(bshape)
+        self.weight = np.asarray(weight, dtype=np.float32)
+        self.bias = np.asarray(bias, dtype=np.float32)
+        self.extras = extras or {}
+        self._check_geometry()
+
+    # -- loading --------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, bundle_dir: str | Path) -> DeviceModel:
+        """Load ``bundle/device`` after verifying the weights' SHA-256 against the manifest."""
+        bundle_dir = Path(bundle_dir)
+        if (bundle_dir / "device").is_dir() and not (bundle_dir / "manifest.json").exists():
+            bundle_dir = bundle_dir / "device"
+        manifest = read_manifest(bundle_dir, DEVICE_FORMAT)
+        if len(manifest["files"]) != 1:
+            raise BundleError(f"{bundle_dir}: a device bundle lists exactly one weight file")
+        name = next(iter(manifest["files"]))
+        tensors = load_verified_weights(bundle_dir, manifest, name)
+        if "weight" not in tensors or "bias" not in tensors:
+            raise BundleError(f"{bundle_dir / name} lacks 'weight'/'bias'; re-export the bundle")
+        extras = {k: v for k, v in tensors.items() if k not in ("weight", "bias")}
+        return cls(manifest, tensors["weight"], tensors["bias"], extras, bundle_dir)
+
+    def _check_geometry(self) -> None:
+        out_c = self.output_shape[0]
+        if self.kind == "dense":
+            expected = (out_c, int(np.prod(self.input_shape)))
+        elif self.kind == "conv1d":
+            expected = (out_c, self.input_shape[0], *self.kernel)
+        elif self.kind == "conv2d":
+            expected = (out_c, self.input_shape[0], *self.kernel)
+        else:
+            raise BundleError(f"unknown first-layer kind {self.kind!r} in the manifest; upgrade daonet")
+        if self.weight.shape != expected or self.bias.shape != (out_c,):
+            raise BundleError(f"first-layer weight has shape {self.weight.shape}, manifest implies {expected}; "
+                              "the bundle is inconsistent, re-export it")
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest["model_id"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest.get("classes", []))
+
+    @property
+    def raw_input_bytes(self) -> int:
+        """Bytes of one raw input as the device holds it (uint8 pixels, float32 samples)."""
+        return int(np.prod(self.input_shape)) * (1 if self.raw_dtype == "uint8" else 4)
+
+    # -- the computation ------------------------------------------------------------------------
+    def validate(self, x: Any) -> np.ndarray:
+        """Check and batch an input: returns float32 ``(N, *input_shape)``; raises InputError."""
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:
+            raise InputError(f"input cannot be read as an array: {exc}") from exc
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)) or np.iscomplexobj(arr):
+            raise InputError(f"input has dtype {arr.dtype}; pass real numbers (float32, or uint8 pixels)")
+        shape = self.input_shape
+        size = int(np.prod(shape))
+        if arr.shape == shape or arr.shape == (size,):
+            arr = arr.reshape((1, *shape))
+        elif arr.ndim >= 1 and arr.shape[1:] in (shape, (size,)):
+            arr = arr.reshape((arr.shape[0], *shape))
+        else:
+            raise InputError(f"input has shape {arr.shape}; this model takes {shape} (or a batch "
+                             f"(N, {', '.join(map(str, shape))}), or {size} flat values)")
+        if arr.shape[0] == 0:
+            raise InputError("input batch is empty")
+        if arr.dtype == np.uint8:
+            arr = arr.astype(np.float32) / 255.0
+        elif np.issubdtype(arr.dtype, np.integer) and self.raw_dtype == "uint8":
+            raise InputError(f"integer input of dtype {arr.dtype}: pass uint8 pixels or floats in [0, 1]")
+        arr = arr.astype(np.float32)
+        if not np.isfinite(arr).all():
+            raise InputError("input contains NaN or inf; clean the signal/image before sending it")
+        if self.value_range is not None:
+            lo, hi = self.value_range
+            if arr.min() < lo - RANGE_TOLERANCE or arr.max() > hi + RANGE_TOLERANCE:
+                raise InputError(f"input values span [{arr.min():.3g}, {arr.max():.3g}]; this model expects "
+                                 f"[{lo}, {hi}] (scale 8-bit pixels by 1/255 or pass them as uint8)")
+        return np.ascontiguousarray(arr)
+
+    def activations(self, x: Any) -> np.ndarray:
+        """ReLU outputs before dropping, flattened: ``(N, n_outputs)``."""
+        xb = self.validate(x)
+        z = (xb - self.mean) / self.std
+        n = z.shape[0]
+        if self.kind == "dense":
+            out = z.reshape(n, -1) @ self.weight.T + self.bias
+        elif self.kind == "conv1d":
+            win = sliding_window_view(z, self.kernel[0], axis=2)[:, :, :: self.stride[0]]  # N,C,Lo,k
+            out = np.einsum("nclk,ock->nol", win, self.weight, optimize=True) + self.bias[:, None]
+        else:
+            win = sliding_window_view(z, self.kernel, axis=(2, 3))[:, :, :: self.stride[0], :: self.stride[1]]
+            out = np.einsum("nchwij,ocij->nohw", win, self.weight, optimize=True) + self.bias[:, None, None]
+        out = out.reshape(n, -1)
+        if out.shape[1] != self.n_outputs:
+            raise BundleError(f"first layer produced {out.shape[1]} outputs, manifest says {self.n_outputs}")
+        return np.maximum(out, 0.0, dtype=np.float32)
+
+    def drop(self, x: Any, masks: MaskSource | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+        """Dropped activation vectors ``(N, n_outputs)``: what the server may see, nothing more."""
+        xb = self.validate(x)
+        h = self.activations(xb)
+        if mask is None:
+            if self.drop_rate == 0:
+                return h
+            mask = (masks or RandomMasks()).masks(xb, self.n_outputs, self.drop_rate)
+        mask = np.asarray(mask, dtype=bool).reshape(h.shape)
+        return np.where(mask, h, np.float32(0))
+
+    def encode(self, x: Any, masks: MaskSource | None = None, mask: np.ndarray | None = None) -> DevicePayload:
+        """One input -> the payload bytes (wire format v1, see :mod:`daonet.wire`)."""
+        xb = self.validate(x)
+        if xb.shape[0] != 1:
+            raise InputError(f"encode takes one input; got a batch of {xb.shape[0]} (use encode_many)")
+        return self.encode_many(xb, masks, mask)[0]
+
+    def encode_many(self, xs: Any, masks: MaskSource | None = None,
+                    mask: np.ndarray | None = None) -> list[DevicePayload]:
+        dropped = self.drop(xs, masks, mask)
+        out = []
+        for row in dropped:
+            data = encode(row, self.version, self.value_dtype)
+            nnz = int.from_bytes(data[12:16], "little")  # float16 may underflow tiny values: count what is sent
+            out.append(DevicePayload(data, nnz, self.n_outputs, row))
+        return out

@@ -1,0 +1,80 @@
+"""A small model zoo. Examples, not the limit: register any architecture whose first block is a
+:class:`LocalizedFirstLayer` with :func:`register_arch` and the whole tool chain works with it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from ..errors import InputError
+from .layers import LocalizedFirstLayer, SplitModel
+
+Builder = Callable[..., tuple[LocalizedFirstLayer, nn.Module]]
+ARCHS: dict[str, Builder] = {}
+
+
+def register_arch(name: str) -> Callable[[Builder], Builder]:
+    """Register ``builder(in_shape, n_classes, drop_rate, mean, std, **kwargs) -> (first, rest)``."""
+
+    def deco(fn: Builder) -> Builder:
+        ARCHS[name] = fn
+        return fn
+
+    return deco
+
+
+@register_arch("mlp")
+def mlp(in_shape, n_classes, drop_rate, mean, std, hidden: int = 800, hidden2: int = 256):
+    """Dense first layer (e.g. 784-800), then ``hidden2`` units and the classifier."""
+    first = LocalizedFirstLayer("dense", in_shape, hidden, drop_rate=drop_rate, mean=mean, std=std)
+    rest = nn.Sequential(
+        nn.Linear(hidden, hidden2), nn.BatchNorm1d(hidden2), nn.ReLU(), nn.Linear(hidden2, n_classes)
+    )
+    return first, rest
+
+
+@register_arch("cnn")
+def cnn(in_shape, n_classes, drop_rate, mean, std, stem: int = 64, patch: int = 4, width: int = 128):
+    """Patchify 2-D stem (kernel = stride = ``patch``), then a small conv net."""
+    if len(in_shape) != 3:
+        raise InputError(f"cnn needs image inputs shaped (C, H, W), got {tuple(in_shape)}")
+    first = LocalizedFirstLayer("conv2d", in_shape, stem, kernel=patch, stride=patch, drop_rate=drop_rate,
+                                mean=mean, std=std)
+    rest = nn.Sequential(
+        nn.Conv2d(stem, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, n_classes),
+    )
+    return first, rest
+
+
+@register_arch("cnn1d")
+def cnn1d(in_shape, n_classes, drop_rate, mean, std, stem: int = 32, patch: int = 4, width: int = 64):
+    """Patchify 1-D stem for signals (ECG, body sensors), then a small temporal conv net."""
+    if len(in_shape) != 2:
+        raise InputError(f"cnn1d needs signal inputs shaped (C, L), got {tuple(in_shape)}")
+    first = LocalizedFirstLayer("conv1d", in_shape, stem, kernel=patch, stride=patch, drop_rate=drop_rate,
+                                mean=mean, std=std)
+    rest = nn.Sequential(
+        nn.Conv1d(stem, width, 3, padding=1), nn.BatchNorm1d(width), nn.ReLU(),
+        nn.Conv1d(width, width, 3, padding=1), nn.BatchNorm1d(width), nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(width, n_classes),
+    )
+    return first, rest
+
+
+def build_model(arch: dict[str, Any]) -> SplitModel:
+    """Build from ``{"name", "in_shape", "n_classes", "drop_rate", "mean", "std", "kwargs"}``."""
+    name = arch.get("name")
+    if name not in ARCHS:
+        raise InputError(f"unknown model {name!r}; choose one of: {', '.join(sorted(ARCHS))}")
+    try:
+        first, rest = ARCHS[name](
+            tuple(arch["in_shape"]), int(arch["n_classes"]), float(arch["drop_rate"]),
+            arch.get("mean"), arch.get("std"), **arch.get("kwargs", {}),
+        )
+    except TypeError as exc:
+        raise InputError(f"bad options for model {name!r}: {exc}") from exc
+    return SplitModel(first, rest, dict(arch))

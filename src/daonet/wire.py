@@ -1,0 +1,153 @@
+"""The sparse payload: the only bytes that ever leave the device (wire format v1, numpy only).
+
+Layout, all integers little-endian (simple enough for a few lines of JavaScript ``DataView``)::
+
+    offset  size  field
+    0       4     magic  b"DAO1"
+    4       1     wire format version (1)
+    5       1     index width in bytes: 2 (uint16) or 4 (uint32)
+    6       1     value width in bytes: 2 (float16) or 4 (float32)
+    7       1     L = length of the model version string (ASCII)
+    8       4     n_outputs: size of the first layer's (flattened, C-order) output
+    12      4     nnz: number of transmitted non-zero values
+    16      L     model version (ASCII, e.g. "3f2a9c0d1e4b5a61")
+    16+L    nnz*index_width   indices, strictly increasing, each < n_outputs
+    ...     nnz*value_width   values, finite and > 0 (they are ReLU outputs)
+
+Nothing else is sent: no raw input, no mask, no device key. Dropped outputs and ReLU zeros are
+both simply absent, so the server cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import PayloadError
+
+MAGIC = b"DAO1"
+WIRE_VERSION = 1
+HEADER = struct.Struct("<4sBBBBII")
+_INDEX_DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
+_VALUE_DTYPES = {2: np.dtype("<f2"), 4: np.dtype("<f4")}
+VALUE_DTYPE_NAMES = {"float16": 2, "float32": 4}
+
+__all__ = ["SparsePayload", "encode", "decode", "MAGIC", "WIRE_VERSION"]
+
+
+@dataclass(frozen=True)
+class SparsePayload:
+    """Decoded payload: which first-layer outputs survived, and their values."""
+
+    model_version: str
+    n_outputs: int
+    indices: np.ndarray  # int64, strictly increasing
+    values: np.ndarray  # float32, > 0
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.size)
+
+    def to_dense(self) -> np.ndarray:
+        dense = np.zeros(self.n_outputs, dtype=np.float32)
+        dense[self.indices] = self.values
+        return dense
+
+    def to_json(self) -> dict:
+        """The JSON form of the same payload (for debugging with curl)."""
+        return {
+            "wire_version": WIRE_VERSION,
+            "model_version": self.model_version,
+            "n_outputs": self.n_outputs,
+            "indices": self.indices.tolist(),
+            "values": self.values.tolist(),
+        }
+
+
+def encode(activations: np.ndarray, model_version: str, value_dtype: str = "float32") -> bytes:
+    """Sparse-encode one request's dropped activation vector (any shape; flattened C-order)."""
+    flat = np.asarray(activations).reshape(-1)
+    if value_dtype not in VALUE_DTYPE_NAMES:
+        raise PayloadError(f"value dtype {value_dtype!r} is not supported; use 'float32' or 'float16'")
+    if not np.isfinite(flat).all():
+        raise PayloadError("activations contain NaN/inf; check the input and the first layer's weights")
+    if (flat < 0).any():
+        raise PayloadError("activations are negative; the payload carries ReLU outputs, which are >= 0")
+    vbytes = VALUE_DTYPE_NAMES[value_dtype]
+    indices = np.flatnonzero(flat)
+    values = flat[indices].astype(_VALUE_DTYPES[vbytes])
+    if vbytes == 2:  # a tiny ReLU output can underflow to 0 in float16: don't send zeros
+        keep = values > 0
+        indices, values = indices[keep], values[keep]
+    version = model_version.encode("ascii")
+    if len(version) > 255:
+        raise PayloadError("model version is longer than 255 characters")
+    n = flat.size
+    ibytes = 2 if n <= 0xFFFF else 4
+    header = HEADER.pack(MAGIC, WIRE_VERSION, ibytes, vbytes, len(version), n, indices.size)
+    return b"".join([header, version, indices.astype(_INDEX_DTYPES[ibytes]).tobytes(), values.tobytes()])
+
+
+def decode(data: bytes, *, expected_outputs: int | None = None, max_nnz: int | None = None) -> SparsePayload:
+    """Parse and validate a payload; every malformed input raises :class:`PayloadError`."""
+    if len(data) < HEADER.size:
+        raise PayloadError(f"payload is truncated: {len(data)} bytes, the header alone is {HEADER.size}")
+    magic, ver, ibytes, vbytes, vlen, n, nnz = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise PayloadError(f"payload does not start with the magic bytes {MAGIC!r}; is it a daonet payload?")
+    if ver != WIRE_VERSION:
+        raise PayloadError(f"wire format version {ver} is not supported; this server speaks {WIRE_VERSION}")
+    if ibytes not in _INDEX_DTYPES:
+        raise PayloadError(f"index width {ibytes} is invalid; it must be 2 or 4 bytes")
+    if vbytes not in _VALUE_DTYPES:
+        raise PayloadError(f"value width {vbytes} is invalid; it must be 2 or 4 bytes")
+    if expected_outputs is not None and n != expected_outputs:
+        raise PayloadError(f"payload says the first layer has {n} outputs; this model's has {expected_outputs}")
+    if nnz > n:
+        raise PayloadError(f"payload has {nnz} non-zeros but the first layer has only {n} outputs")
+    if max_nnz is not None and nnz > max_nnz:
+        raise PayloadError(f"payload has {nnz} non-zeros, more than the limit of {max_nnz}")
+    expected_len = HEADER.size + vlen + nnz * (ibytes + vbytes)
+    if len(data) != expected_len:
+        what = "truncated" if len(data) < expected_len else "too long"
+        raise PayloadError(f"payload is {what}: {len(data)} bytes, the header announces {expected_len}")
+    off = HEADER.size
+    try:
+        version = data[off:off + vlen].decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise PayloadError("model version in the payload is not ASCII") from exc
+    off += vlen
+    indices = np.frombuffer(data, _INDEX_DTYPES[ibytes], count=nnz, offset=off).astype(np.int64)
+    off += nnz * ibytes
+    values = np.frombuffer(data, _VALUE_DTYPES[vbytes], count=nnz, offset=off).astype(np.float32)
+    return validate_sparse(version, n, indices, values)
+
+
+def validate_sparse(model_version: str, n_outputs: int, indices, values) -> SparsePayload:
+    """Check indices/values (shared by the binary and the JSON form)."""
+    try:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        val = np.asarray(values, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise PayloadError(f"indices must be integers and values numbers: {exc}") from exc
+    if idx.size != val.size:
+        raise PayloadError(f"{idx.size} indices but {val.size} values; they must pair up")
+    if idx.size > n_outputs:
+        raise PayloadError(f"payload has {idx.size} non-zeros but the first layer has only {n_outputs} outputs")
+    if idx.size:
+        if idx.min() < 0 or idx.max() >= n_outputs:
+            bad = int(idx[(idx < 0) | (idx >= n_outputs)][0])
+            raise PayloadError(f"index {bad} is out of range; indices must be in [0, {n_outputs})")
+        steps = np.diff(idx)
+        if (steps == 0).any():
+            dup = int(idx[1:][steps == 0][0])
+            raise PayloadError(f"index {dup} appears more than once; each output may be sent once")
+        if (steps < 0).any():
+            raise PayloadError("indices are not in increasing order; sort them (with their values)")
+    if not np.isfinite(val).all():
+        raise PayloadError("values contain NaN or inf; ReLU outputs are finite")
+    if (val < 0).any():
+        raise PayloadError("values contain negative numbers; ReLU outputs cannot be negative")
+    return SparsePayload(model_version, int(n_outputs), idx, val)
