@@ -16,6 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..bundle import DEVICE_FORMAT, load_verified_weights, read_manifest
 from ..errors import BundleError, InputError
 from ..wire import encode
+from .certificate import Certificate, FirstLayerSystem, PrivacyPolicy, apply_policy, certify
 from .masks import MaskSource, RandomMasks
 
 RANGE_TOLERANCE = 1e-6
@@ -124,9 +125,10 @@ class DeviceModel:
             raise InputError(f"input has dtype {arr.dtype}; pass real numbers (float32, or uint8 pixels)")
         shape = self.input_shape
         size = int(np.prod(shape))
-        if arr.shape == shape or arr.shape == (size,):
+        squeezed = shape[1:] if shape[0] == 1 else None  # single-channel inputs may omit the channel axis
+        if arr.shape in (shape, (size,), squeezed):
             arr = arr.reshape((1, *shape))
-        elif arr.ndim >= 1 and arr.shape[1:] in (shape, (size,)):
+        elif arr.ndim >= 1 and arr.shape[1:] in (shape, (size,), squeezed):
             arr = arr.reshape((arr.shape[0], *shape))
         else:
             raise InputError(f"input has shape {arr.shape}; this model takes {shape} (or a batch "
@@ -192,3 +194,65 @@ class DeviceModel:
             nnz = int.from_bytes(data[12:16], "little")  # float16 may underflow tiny values: count what is sent
             out.append(DevicePayload(data, nnz, self.n_outputs, row))
         return out
+
+    # -- the privacy certificate and policy (see :mod:`daonet.device.certificate`) ----------------
+    @property
+    def public_mean(self) -> np.ndarray:
+        """μ, the public data mean an attacker also knows: the bundle's ``public_mean`` tensor if exported,
+        else the per-channel normalization mean broadcast to the input shape."""
+        mu = self.extras.get("public_mean")
+        if mu is not None and int(np.asarray(mu).size) == int(np.prod(self.input_shape)):
+            return np.asarray(mu, dtype=np.float32).reshape(self.input_shape)
+        return np.broadcast_to(self.mean, self.input_shape).astype(np.float32)
+
+    @property
+    def system(self) -> FirstLayerSystem:
+        """The first layer as equations over the raw input (built once, cached)."""
+        cached = self.__dict__.get("_system")
+        if cached is None:
+            cached = self.__dict__["_system"] = FirstLayerSystem(self)
+        return cached
+
+    @property
+    def policy(self) -> PrivacyPolicy:
+        """The policy stored in the manifest's ``"privacy"`` object."""
+        return PrivacyPolicy.from_manifest(self.manifest.get("privacy"))
+
+    def _as_sent(self, row: np.ndarray) -> np.ndarray:
+        """What the wire will actually carry (float16 can underflow tiny values to zero: those are not sent)."""
+        if self.value_dtype == "float16":
+            return np.where(row.astype(np.float16) > 0, row, np.float32(0))
+        return row
+
+    def certify(self, x: Any, sent: np.ndarray) -> Certificate:
+        """Certificate of one input ``x`` and the dropped activation vector that would be sent for it."""
+        xb = self.validate(x)
+        if xb.shape[0] != 1:
+            raise InputError(f"certify takes one input; got a batch of {xb.shape[0]}")
+        return certify(self.system, xb[0], self._as_sent(np.asarray(sent, np.float32).reshape(-1)),
+                       self.public_mean)
+
+    def encode_certified(self, x: Any, masks: MaskSource | None = None, mask: np.ndarray | None = None,
+                         policy: PrivacyPolicy | None = None) -> tuple[DevicePayload, Certificate]:
+        """Like :meth:`encode`, but enforces the privacy policy (default: the manifest's) and returns the
+        request's certificate, which stays on the device."""
+        xb = self.validate(x)
+        if xb.shape[0] != 1:
+            raise InputError(f"encode_certified takes one input; got a batch of {xb.shape[0]}")
+        return self.encode_many_certified(xb, masks, mask, policy)[0]
+
+    def encode_many_certified(self, xs: Any, masks: MaskSource | None = None, mask: np.ndarray | None = None,
+                              policy: PrivacyPolicy | None = None) -> list[tuple[DevicePayload, Certificate]]:
+        """Batch form of :meth:`encode_certified`: random mask, then the policy, then the wire."""
+        xb = self.validate(xs)
+        policy = policy if policy is not None else self.policy
+        dropped = self.drop(xb, masks, mask)
+        mu = self.public_mean
+        out = []
+        for x, row in zip(xb, dropped, strict=True):
+            sent, cert = apply_policy(self.system, x, self._as_sent(row), policy, mu)
+            data = encode(sent, self.version, self.value_dtype)
+            nnz = int.from_bytes(data[12:16], "little")
+            out.append((DevicePayload(data, nnz, self.n_outputs, sent), cert))
+        return out
+

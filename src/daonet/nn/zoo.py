@@ -36,11 +36,12 @@ def mlp(in_shape, n_classes, drop_rate, mean, std, hidden: int = 800, hidden2: i
 
 
 @register_arch("cnn")
-def cnn(in_shape, n_classes, drop_rate, mean, std, stem: int = 64, patch: int = 4, width: int = 128):
-    """Patchify 2-D stem (kernel = stride = ``patch``), then a small conv net."""
+def cnn(in_shape, n_classes, drop_rate, mean, std, stem: int = 64, patch: int = 4, width: int = 128,
+        stride: int | None = None):
+    """Patchify 2-D stem (kernel = stride = ``patch``; ``stride < patch`` overlaps), then a small conv net."""
     if len(in_shape) != 3:
         raise InputError(f"cnn needs image inputs shaped (C, H, W), got {tuple(in_shape)}")
-    first = LocalizedFirstLayer("conv2d", in_shape, stem, kernel=patch, stride=patch, drop_rate=drop_rate,
+    first = LocalizedFirstLayer("conv2d", in_shape, stem, kernel=patch, stride=stride or patch, drop_rate=drop_rate,
                                 mean=mean, std=std)
     rest = nn.Sequential(
         nn.Conv2d(stem, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
@@ -51,11 +52,12 @@ def cnn(in_shape, n_classes, drop_rate, mean, std, stem: int = 64, patch: int = 
 
 
 @register_arch("cnn1d")
-def cnn1d(in_shape, n_classes, drop_rate, mean, std, stem: int = 32, patch: int = 4, width: int = 64):
-    """Patchify 1-D stem for signals (ECG, body sensors), then a small temporal conv net."""
+def cnn1d(in_shape, n_classes, drop_rate, mean, std, stem: int = 32, patch: int = 4, width: int = 64,
+          stride: int | None = None):
+    """Patchify 1-D stem for signals (ECG, body sensors; ``stride < patch`` overlaps), then a temporal conv net."""
     if len(in_shape) != 2:
         raise InputError(f"cnn1d needs signal inputs shaped (C, L), got {tuple(in_shape)}")
-    first = LocalizedFirstLayer("conv1d", in_shape, stem, kernel=patch, stride=patch, drop_rate=drop_rate,
+    first = LocalizedFirstLayer("conv1d", in_shape, stem, kernel=patch, stride=stride or patch, drop_rate=drop_rate,
                                 mean=mean, std=std)
     rest = nn.Sequential(
         nn.Conv1d(stem, width, 3, padding=1), nn.BatchNorm1d(width), nn.ReLU(),

@@ -1,0 +1,31 @@
+# The two commands that matter: `make demo` (main job) and `make test`. Both set everything up.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.daonet-installed
+
+.PHONY: setup demo test lint bench sweep clean
+
+$(STAMP): pyproject.toml scripts/install-data.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	scripts/install-data.sh $(PY)
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/daonet demo
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+
+sweep: setup
+	$(VENV)/bin/daonet sweep --out reports/sweep
+
+clean:
+	rm -rf $(VENV) .daonet-cache runs bundles reports
