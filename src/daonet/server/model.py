@@ -6,7 +6,7 @@ or a batch job can wrap it without a rewrite. It has no method that takes a raw 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,48 @@ import numpy as np
 import torch
 
 from ..bundle import SERVER_FORMAT, load_verified_weights, read_manifest
-from ..errors import BundleError, PayloadError, VersionMismatchError
+from ..errors import BundleError, DaonetError, PayloadError, VersionMismatchError
 from ..nn import build_model
-from ..wire import SparsePayload, decode, validate_sparse
+from ..wire import HEADER, MAGIC, WIRE_VERSION, SparsePayload, decode, validate_sparse
+
+
+class MalformedPayloadError(PayloadError):
+    """The bytes cannot be framed as a payload at all (truncated, wrong magic, bad JSON): HTTP 400."""
+
+
+class InvalidPayloadError(PayloadError):
+    """A well-framed payload whose content is wrong (index range, duplicates, negative, NaN): HTTP 422."""
+
+
+class UnknownModelError(DaonetError, LookupError):
+    """No served model has this id."""
+
+
+def read_frame(data: bytes) -> str:
+    """Check only the framing of a binary payload and return its model version string.
+
+    Separating framing from content lets a server answer 400 (cannot parse) apart from 422
+    (parsed, but impossible content), and check the version before judging the content.
+    """
+    if len(data) < HEADER.size:
+        raise MalformedPayloadError(f"payload is truncated: {len(data)} bytes, the header alone is {HEADER.size}")
+    magic, ver, ibytes, vbytes, vlen, _n, nnz = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise MalformedPayloadError(f"payload does not start with the magic bytes {MAGIC!r}; "
+                                    "is it a daonet payload? (raw inputs are never accepted)")
+    if ver != WIRE_VERSION:
+        raise MalformedPayloadError(f"wire format version {ver} is not supported; this server speaks {WIRE_VERSION}")
+    if ibytes not in (2, 4) or vbytes not in (2, 4):
+        raise MalformedPayloadError(f"index width {ibytes} / value width {vbytes} bytes is invalid; "
+                                    "each must be 2 or 4")
+    expected_len = HEADER.size + vlen + nnz * (ibytes + vbytes)
+    if len(data) != expected_len:
+        what = "truncated" if len(data) < expected_len else "too long"
+        raise MalformedPayloadError(f"payload is {what}: {len(data)} bytes, the header announces {expected_len}")
+    try:
+        return data[HEADER.size:HEADER.size + vlen].decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise MalformedPayloadError("model version in the payload is not ASCII") from exc
 
 
 class ServerModel:
@@ -69,26 +108,36 @@ class ServerModel:
 
     # -- payload handling -------------------------------------------------------------------------
     def parse(self, data: bytes) -> SparsePayload:
-        """Decode and validate a binary payload for this model (version, size, values)."""
-        payload = decode(data, expected_outputs=self.n_outputs)
-        self.check_version(payload.model_version)
-        return payload
+        """Decode and validate a binary payload: framing (400), then version (409), then content (422)."""
+        self.check_version(read_frame(data))
+        try:
+            return decode(data, expected_outputs=self.n_outputs)
+        except PayloadError as exc:
+            raise InvalidPayloadError(str(exc)) from None
 
-    def parse_json(self, obj: dict[str, Any]) -> SparsePayload:
+    def parse_json(self, obj: Any) -> SparsePayload:
+        """The JSON debugging form ``{"model_version", "indices", "values"}``; same checks as binary."""
         if not isinstance(obj, dict):
-            raise PayloadError("JSON payload must be an object with 'indices' and 'values'")
+            raise InvalidPayloadError("JSON payload must be an object with 'model_version', 'indices' and 'values'")
+        version = obj.get("model_version")
+        if not isinstance(version, str):
+            raise InvalidPayloadError("JSON payload needs a string field 'model_version' (GET /v1/models lists it)")
         for key in ("indices", "values"):
             if not isinstance(obj.get(key), list):
-                raise PayloadError(f"JSON payload needs a list field {key!r}")
-        version = obj.get("model_version", self.version)
-        if not isinstance(version, str):
-            raise PayloadError("'model_version' must be a string")
+                raise InvalidPayloadError(f"JSON payload needs a list field {key!r}")
+        self.check_version(version)
         n = obj.get("n_outputs", self.n_outputs)
         if n != self.n_outputs:
-            raise PayloadError(f"payload says the first layer has {n} outputs; this model's has {self.n_outputs}")
-        payload = validate_sparse(version, self.n_outputs, obj["indices"], obj["values"])
-        self.check_version(payload.model_version)
-        return payload
+            raise InvalidPayloadError(f"payload says the first layer has {n} outputs; "
+                                      f"this model's has {self.n_outputs}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in obj["indices"]):
+            raise InvalidPayloadError("'indices' must be a list of integers")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in obj["values"]):
+            raise InvalidPayloadError("'values' must be a list of numbers")
+        try:
+            return validate_sparse(version, self.n_outputs, obj["indices"], obj["values"])
+        except PayloadError as exc:
+            raise InvalidPayloadError(str(exc)) from None
 
     def check_version(self, version: str) -> None:
         if version != self.version:
@@ -99,10 +148,13 @@ class ServerModel:
             )
 
     def dense_batch(self, payloads: Sequence[SparsePayload]) -> torch.Tensor:
-        batch = torch.zeros((len(payloads), self.n_outputs), dtype=torch.float32)
-        for row, p in enumerate(payloads):
-            batch[row, torch.from_numpy(p.indices)] = torch.from_numpy(p.values)
-        return batch.reshape((len(payloads), *self.output_shape))
+        """Scatter the sparse rows into one dense batch (a single vectorized assignment)."""
+        dense = np.zeros((len(payloads), self.n_outputs), dtype=np.float32)
+        counts = [p.nnz for p in payloads]
+        if sum(counts):
+            rows = np.repeat(np.arange(len(payloads)), counts)
+            dense[rows, np.concatenate([p.indices for p in payloads])] = np.concatenate([p.values for p in payloads])
+        return torch.from_numpy(dense).reshape((len(payloads), *self.output_shape))
 
     @torch.inference_mode()
     def predict_proba(self, payloads: Sequence[SparsePayload]) -> np.ndarray:
@@ -114,3 +166,45 @@ class ServerModel:
 
     def predict_bytes(self, items: Sequence[bytes]) -> np.ndarray:
         return self.predict_proba([self.parse(b) for b in items])
+
+
+class ModelRegistry:
+    """Several server bundles served at once, keyed by ``model_id`` (framework independent)."""
+
+    def __init__(self, models: Iterable[ServerModel] = ()) -> None:
+        self._models: dict[str, ServerModel] = {}
+        for m in models:
+            self.add(m)
+
+    @classmethod
+    def load(cls, bundle_dirs: Iterable[str | Path]) -> ModelRegistry:
+        return cls(ServerModel.load(d) for d in bundle_dirs)
+
+    def add(self, model: ServerModel) -> None:
+        old = self._models.get(model.model_id)
+        if old is not None:
+            raise BundleError(
+                f"two bundles have model id {model.model_id!r} (versions {old.version} and {model.version}); "
+                "serve one version per model id, or export one of them with another --model-id"
+            )
+        self._models[model.model_id] = model
+
+    def get(self, model_id: str) -> ServerModel:
+        try:
+            return self._models[model_id]
+        except KeyError:
+            served = ", ".join(sorted(self._models)) or "none"
+            raise UnknownModelError(f"no model {model_id!r} is served here; served models: {served}") from None
+
+    @property
+    def ids(self) -> list[str]:
+        return sorted(self._models)
+
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self._models
+
+    def __iter__(self) -> Iterator[ServerModel]:
+        return iter(self._models.values())
+
+    def __len__(self) -> int:
+        return len(self._models)

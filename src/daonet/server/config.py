@@ -1,0 +1,173 @@
+"""Server configuration and API-key hashes (keys are stored hashed, never in plaintext).
+
+Hash formats (one string each, as ``daonet hash-key`` prints them):
+
+- ``sha256$<hex>``: for random, high-entropy keys (what ``daonet hash-key`` generates). A salt or a
+  slow hash adds nothing against guessing a 256-bit random key, and verification stays cheap per request.
+- ``pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>``: for keys a person chose. Slow by design, so
+  a key that verified once is remembered (by its SHA-256) and later requests cost one SHA-256.
+
+Comparison is constant-time (:func:`hmac.compare_digest`) and checks every configured hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DaonetError
+
+PBKDF2_ITERATIONS = 200_000
+_CACHE_SIZE = 1024
+
+__all__ = ["ServerConfig", "ConfigError", "ApiKeyVerifier", "hash_api_key", "generate_api_key"]
+
+
+class ConfigError(DaonetError, ValueError):
+    """A server setting is invalid."""
+
+
+def generate_api_key() -> str:
+    """A random 256-bit key, URL-safe (give it to a client, keep only its hash on the server)."""
+    return "dao_" + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str, scheme: str = "sha256", iterations: int = PBKDF2_ITERATIONS) -> str:
+    """Hash a key for the server config (``sha256`` for generated keys, ``pbkdf2`` for chosen ones)."""
+    if not key:
+        raise ConfigError("an API key cannot be empty")
+    raw = key.encode("utf-8")
+    if scheme == "sha256":
+        return "sha256$" + hashlib.sha256(raw).hexdigest()
+    if scheme == "pbkdf2":
+        salt = secrets.token_bytes(16)
+        digest = hashlib.pbkdf2_hmac("sha256", raw, salt, iterations)
+        return f"pbkdf2_sha256${iterations}${salt.hex()}${digest.hex()}"
+    raise ConfigError(f"unknown hash scheme {scheme!r}; use 'sha256' or 'pbkdf2'")
+
+
+@dataclass(frozen=True)
+class _Hash:
+    scheme: str
+    digest: bytes
+    salt: bytes = b""
+    iterations: int = 0
+
+
+def _parse_hash(text: str) -> _Hash:
+    parts = text.strip().split("$")
+    try:
+        if parts[0] == "sha256" and len(parts) == 2:
+            digest = bytes.fromhex(parts[1])
+            if len(digest) == 32:
+                return _Hash("sha256", digest)
+        elif parts[0] == "pbkdf2_sha256" and len(parts) == 4:
+            iterations, salt, digest = int(parts[1]), bytes.fromhex(parts[2]), bytes.fromhex(parts[3])
+            if iterations >= 1 and salt and len(digest) == 32:
+                return _Hash("pbkdf2", digest, salt, iterations)
+    except ValueError:
+        pass
+    shown = text[:12] + "..." if len(text) > 12 else text
+    raise ConfigError(
+        f"API key hash {shown!r} is not valid; expected 'sha256$<64 hex>' or "
+        "'pbkdf2_sha256$<iterations>$<salt hex>$<64 hex>' (make one with `daonet hash-key`); "
+        "pass the hash, never the key itself"
+    )
+
+
+class ApiKeyVerifier:
+    """Checks a presented key against the configured hashes in constant time."""
+
+    def __init__(self, hashes: list[str] | tuple[str, ...]) -> None:
+        self._hashes = [_parse_hash(h) for h in hashes]
+        self._verified: OrderedDict[bytes, None] = OrderedDict()  # sha256 of pbkdf2 keys that matched
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._hashes)
+
+    def verify(self, key: str | None) -> bool:
+        """True when ``key`` matches any configured hash. Does not stop at the first match."""
+        if not key:
+            return False
+        raw = key.encode("utf-8", "surrogateescape")
+        quick = hashlib.sha256(raw).digest()
+        ok = False
+        with self._lock:
+            cached = quick in self._verified
+        for h in self._hashes:
+            if h.scheme == "sha256":
+                ok |= hmac.compare_digest(quick, h.digest)
+            elif not cached:
+                ok |= hmac.compare_digest(hashlib.pbkdf2_hmac("sha256", raw, h.salt, h.iterations), h.digest)
+        if cached:
+            return True
+        if ok and any(h.scheme == "pbkdf2" for h in self._hashes):
+            with self._lock:
+                self._verified[quick] = None
+                while len(self._verified) > _CACHE_SIZE:
+                    self._verified.popitem(last=False)
+        return ok
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``daonet serve`` needs; :meth:`validate` says what is wrong in one sentence."""
+
+    bundles: list[Path] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 1 << 20
+    max_batch_size: int = 64
+    max_wait_ms: float = 2.0
+    api_key_hashes: list[str] = field(default_factory=list)
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    torch_threads: int | None = None
+    log_level: str = "info"
+
+    def validate(self, require_bundles: bool = True) -> ServerConfig:
+        """Check every field now, so a bad setting fails at startup, not at the first request."""
+        self.bundles = [Path(b) for b in self.bundles]
+        if require_bundles and not self.bundles:
+            raise ConfigError("no bundle to serve; pass at least one server bundle directory (bundles/NAME/server)")
+        if not 0 <= int(self.port) <= 65535:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        if self.max_body_bytes < 64:
+            raise ConfigError(f"max_body_bytes must be at least 64, got {self.max_body_bytes}")
+        if self.max_batch_size < 1:
+            raise ConfigError(f"max_batch_size must be at least 1, got {self.max_batch_size}")
+        if not 0 <= self.max_wait_ms <= 1000:
+            raise ConfigError(f"max_wait_ms must be in [0, 1000], got {self.max_wait_ms}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"torch_threads must be at least 1, got {self.torch_threads}")
+        ApiKeyVerifier(self.api_key_hashes)  # raises ConfigError on a malformed hash
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ConfigError("TLS needs both a certificate file and its key file (--ssl-certfile and --ssl-keyfile)")
+        for name in ("ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None:
+                path = Path(path)
+                setattr(self, name, path)
+                if not path.is_file():
+                    raise ConfigError(f"{name.replace('_', '-')} {path} does not exist")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_certfile is not None
+
+    @staticmethod
+    def read_hash_file(path: str | Path) -> list[str]:
+        """One hash per line; blank lines and ``#`` comments ignored."""
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the API key hash file {path}: {exc.strerror}") from exc
+        return [s.strip() for s in lines if s.strip() and not s.strip().startswith("#")]
