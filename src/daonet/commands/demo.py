@@ -1,4 +1,5 @@
-"""``daonet demo``: the whole path on an embedded default (train if needed, export, run, report)."""
+"""``daonet demo``: the whole path on an embedded default (train if needed, export, serve on loopback,
+predict over HTTP, report, stop the server)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ def demo(
     n: Annotated[int, typer.Option(min=1, max=10000, help="MNIST test images to push through")] = 1000,
     cache: Annotated[Path, typer.Option(help="where the demo model and bundles are cached")] = DEFAULT_CACHE,
     retrain: Annotated[bool, typer.Option(help="ignore the cached model and train again")] = False,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="device requests in flight at once")] = 16,
 ) -> None:
-    """Train (if needed) a small MNIST model, export it, and push real test images through it."""
-    report = run_demo(n=n, cache=cache, retrain=retrain)
+    """Train (if needed) a small MNIST model, serve it on loopback, and predict real test images over HTTP."""
+    report = run_demo(n=n, cache=cache, retrain=retrain, concurrency=concurrency)
     console.print(report.render())
