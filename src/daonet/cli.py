@@ -52,6 +52,12 @@ def train(
     n_test: Annotated[int | None, typer.Option(help="evaluate on a random subset of this size")] = None,
     augment: Annotated[bool, typer.Option(help="random +-2 pixel shifts (images)")] = False,
     data_root: Annotated[Path | None, typer.Option(help="local folder with the data set's files")] = None,
+    quantize_levels: Annotated[int, typer.Option(min=0, help="defence: send surviving values on N levels "
+                                                 "(1 = near-binary); 0 = off")] = 0,
+    nopeek_weight: Annotated[float, typer.Option(min=0, help="defence: distance-correlation penalty "
+                                                 "between input and transmitted activations")] = 0.0,
+    adversary_weight: Annotated[float, typer.Option(min=0, help="defence: min-max training against a jointly "
+                                                    "trained inverse network")] = 0.0,
     out: Annotated[Path, typer.Option(help="run directory to write")] = Path("runs/mnist-mlp"),
 ) -> None:
     """Train a split model with dropped activation outputs; writes model, config and metrics.json."""
@@ -60,7 +66,8 @@ def train(
 
     cfg = TrainConfig(dataset=dataset, model=model, drop_rate=drop_rate, epochs=epochs, batch_size=batch_size,
                       lr=lr, seed=seed, model_kwargs=parse_kwargs(model_opt), n_train=n_train, n_test=n_test,
-                      data_root=str(data_root) if data_root else None, augment=augment)
+                      data_root=str(data_root) if data_root else None, augment=augment,
+                      quantize_levels=quantize_levels, nopeek_weight=nopeek_weight, adversary_weight=adversary_weight)
     result = run_training(cfg)
     save_run(result, out)
     m = result.metrics

@@ -23,6 +23,7 @@ from torch import nn
 from .data import Dataset, load_dataset
 from .errors import DaonetError, InputError
 from .nn import SplitModel, build_model
+from .nn.defences import InverseAdversary, distance_correlation
 
 DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
     "mlp": {"hidden": 800, "hidden2": 256},
@@ -49,6 +50,10 @@ class TrainConfig:
     data_root: str | None = None
     eval_draws: int = 5
     augment: bool = False  # random +-2 pixel shifts for images
+    # defences beyond plain dropping (issue: push the privacy-accuracy frontier)
+    quantize_levels: int = 0  # 0: off; L: surviving values on L steps (1: near-binary)
+    nopeek_weight: float = 0.0  # weight of distance correlation(x, transmitted h) in the loss
+    adversary_weight: float = 0.0  # weight of the (negated) inverse-network loss: min-max training
 
     def validate(self) -> None:
         if not 0.0 <= self.drop_rate < 1.0:
@@ -61,6 +66,12 @@ class TrainConfig:
             raise InputError(f"--lr must be a positive number, got {self.lr}")
         if self.eval_draws < 1:
             raise InputError("eval_draws must be at least 1")
+        if self.quantize_levels < 0:
+            raise InputError(f"--quantize-levels must be >= 0, got {self.quantize_levels}")
+        for name in ("nopeek_weight", "adversary_weight"):
+            value = getattr(self, name)
+            if not (value >= 0 and np.isfinite(value)):
+                raise InputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
 
 
 @dataclass
@@ -85,6 +96,8 @@ def model_for(cfg: TrainConfig, ds: Dataset) -> SplitModel:
         "name": cfg.model, "in_shape": list(ds.input_shape), "n_classes": ds.n_classes,
         "drop_rate": cfg.drop_rate, "mean": mean, "std": std, "kwargs": kwargs,
     }
+    if cfg.quantize_levels:
+        arch["quantize_levels"] = cfg.quantize_levels
     return build_model(arch)
 
 
@@ -144,6 +157,10 @@ def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = True) ->
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss()
+    adversary = adv_opt = None
+    if cfg.adversary_weight > 0:
+        adversary = InverseAdversary(model.first.n_outputs, int(np.prod(ds.input_shape)))
+        adv_opt = torch.optim.Adam(adversary.parameters(), lr=1e-3)
     t0 = time.perf_counter()
     with make_progress() as bar:
         task = bar.add_task(f"train {cfg.model} on {ds.name} (p={cfg.drop_rate})",
@@ -159,7 +176,18 @@ def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = True) ->
                 xb = x[idx]
                 if cfg.augment and ds.kind == "image":
                     xb = _shift(xb, gen)
-                loss = loss_fn(model(xb), y[idx])
+                h = model.first(xb)
+                loss = loss_fn(model.rest(h), y[idx])
+                if cfg.nopeek_weight > 0:
+                    loss = loss + cfg.nopeek_weight * distance_correlation(xb, h)
+                if adversary is not None and adv_opt is not None:
+                    target = ((xb - model.first.mean) / model.first.std).flatten(1)
+                    adv_loss = nn.functional.mse_loss(adversary(h.detach()), target)  # the attacker's step
+                    adv_opt.zero_grad(set_to_none=True)
+                    adv_loss.backward()
+                    adv_opt.step()
+                    # the model's step: stay accurate while making the current attacker's job hard
+                    loss = loss - cfg.adversary_weight * nn.functional.mse_loss(adversary(h), target).clamp_max(2.0)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -27,6 +27,15 @@ def _as_tuple(v: int | tuple[int, ...] | list[int], n: int) -> tuple[int, ...]:
     return v
 
 
+def quantize(h: torch.Tensor, clip: torch.Tensor, levels: int) -> torch.Tensor:
+    """Round ``min(h, clip)`` to ``levels`` steps; straight-through gradient (PACT for ``clip``)."""
+    clip = clip.abs() + 1e-6
+    hc = torch.minimum(h, clip)
+    step = clip / levels
+    q = torch.round(hc / step) * step
+    return hc + (q - hc).detach()
+
+
 class LocalizedFirstLayer(nn.Module):
     """First layer + ReLU + dropped activation outputs; the part a device runs.
 
@@ -88,6 +97,17 @@ class LocalizedFirstLayer(nn.Module):
         for s in self.output_shape:
             self.n_outputs *= s
         self.generator: torch.Generator | None = None
+        self.quantize_levels = 0
+
+    def set_quantization(self, levels: int, clip: float = 3.0) -> None:
+        """Transmit surviving values on ``levels`` uniform steps of ``[0, clip]`` (``clip`` is learned,
+        as in PACT). ``levels=1`` sends a single value per surviving output: almost only *which*
+        outputs fired. The device applies the same rounding (manifest ``layer.quantize``)."""
+        if levels < 0:
+            raise InputError(f"quantization levels must be >= 0, got {levels}")
+        self.quantize_levels = int(levels)
+        if levels and not hasattr(self, "quant_clip"):
+            self.quant_clip = nn.Parameter(torch.tensor(float(clip)))
 
     @property
     def weight(self) -> torch.Tensor:
@@ -108,6 +128,8 @@ class LocalizedFirstLayer(nn.Module):
             "output_shape": list(self.output_shape),
             "n_outputs": int(self.n_outputs),
             "activation": "relu",
+            "quantize": ({"levels": self.quantize_levels, "clip": float(self.quant_clip.detach())}
+                         if self.quantize_levels else None),
         }
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +137,10 @@ class LocalizedFirstLayer(nn.Module):
         z = (x - self.mean) / self.std
         if self.kind == "dense":
             z = z.flatten(1)
-        return torch.relu(self.op(z))
+        h = torch.relu(self.op(z))
+        if self.quantize_levels:
+            h = quantize(h, self.quant_clip, self.quantize_levels)
+        return h
 
     def sample_mask(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
         keep = 1.0 - self.drop_rate

@@ -79,4 +79,6 @@ def build_model(arch: dict[str, Any]) -> SplitModel:
         )
     except TypeError as exc:
         raise InputError(f"bad options for model {name!r}: {exc}") from exc
+    if arch.get("quantize_levels"):
+        first.set_quantization(int(arch["quantize_levels"]))
     return SplitModel(first, rest, dict(arch))
