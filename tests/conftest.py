@@ -1,0 +1,122 @@
+"""Shared fixtures. Grouped by feature; session-scoped where they train or start something.
+
+Serving (tests/test_server*.py, tests/test_client.py):
+- ``digits_run``: a tiny real model (sklearn digits, mlp, p=0.5, 3 epochs) and its data.
+- ``digits_bundle`` / ``signal_bundle``: exported device+server bundles (an image model and a
+  cnn1d model on synthetic signals, for CSV inputs and a two-model server).
+- ``start_server``: factory that starts the real app under uvicorn on a free loopback port in a
+  background thread; every server it started is stopped at the end of the session.
+- ``server_url``: one such server with both bundles, no API key, a 16 KiB body limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SERVE_BODY_LIMIT = 16 * 1024
+
+
+@dataclass(frozen=True)
+class BundlePair:
+    root: Path
+    device: Path
+    server: Path
+
+
+@pytest.fixture(scope="session")
+def digits_run():
+    """A real (small) trained model: digits 8x8, dense first layer of 256 outputs, dropping p=0.5."""
+    from daonet.train import TrainConfig, train
+
+    cfg = TrainConfig(dataset="digits", model="mlp", drop_rate=0.5, epochs=3,
+                      model_kwargs={"hidden": 256, "hidden2": 64})
+    return train(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(digits_run, tmp_path_factory) -> BundlePair:
+    from daonet.export import export_model
+
+    root = tmp_path_factory.mktemp("serve-digits") / "bundle"
+    dev, srv = export_model(digits_run.model, root, model_id="digits-mlp", classes=digits_run.dataset.classes,
+                            raw_dtype="uint8")
+    return BundlePair(root, dev, srv)
+
+
+@pytest.fixture(scope="session")
+def signal_bundle(tmp_path_factory) -> BundlePair:
+    """A cnn1d on synthetic 2-class signals (1 x 64): only to serve a second model and test CSV inputs."""
+    from daonet.data import Dataset
+    from daonet.export import export_model
+    from daonet.train import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, 64, dtype=np.float32)
+    y = rng.integers(0, 2, 240)
+    x = (np.sin(2 * np.pi * (2 + 3 * y[:, None]) * t) + 0.3 * rng.standard_normal((240, 64))).astype(np.float32)
+    ds = Dataset("waves", x[:200, None], y[:200], x[200:, None], y[200:], ["slow", "fast"], "signal",
+                 {"raw_dtype": "float32"})
+    cfg = TrainConfig(dataset="waves", model="cnn1d", drop_rate=0.5, epochs=2,
+                      model_kwargs={"stem": 8, "patch": 4, "width": 8})
+    result = train(cfg, ds=ds, progress=False)
+    root = tmp_path_factory.mktemp("serve-signal") / "bundle"
+    dev, srv = export_model(result.model, root, model_id="waves-cnn1d", classes=ds.classes)
+    return BundlePair(root, dev, srv)
+
+
+@pytest.fixture(scope="session")
+def start_server() -> Iterator[Callable[..., object]]:
+    """``start_server(config, registry=None, ssl_certfile=None, ssl_keyfile=None) -> BackgroundServer``."""
+    from daonet.server.app import BackgroundServer, create_app
+
+    started: list[BackgroundServer] = []
+
+    def start(config, registry=None, ssl_certfile=None, ssl_keyfile=None) -> BackgroundServer:
+        app = create_app(config, registry)
+        server = BackgroundServer(app, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server_body_limit() -> int:
+    """The ``max_body_bytes`` of ``server_url``'s server."""
+    return SERVE_BODY_LIMIT
+
+
+@pytest.fixture(scope="session")
+def server_url(start_server, digits_bundle, signal_bundle) -> str:
+    from daonet.server.config import ServerConfig
+
+    config = ServerConfig(bundles=[digits_bundle.server, signal_bundle.server], max_body_bytes=SERVE_BODY_LIMIT,
+                          max_batch_size=32, max_wait_ms=2.0)
+    return start_server(config).url
+
+
+def _make_payload(version: str, n_outputs: int, indices, values, *, ibytes: int = 2, vbytes: int = 4,
+                  nnz: int | None = None, magic: bytes = b"DAO1", wire_version: int = 1) -> bytes:
+    """Hand-build wire-format bytes, including impossible ones that ``daonet.wire.encode`` refuses to make."""
+    import struct
+
+    idx = np.asarray(indices, dtype={2: "<u2", 4: "<u4"}.get(ibytes, "<u2"))  # other widths: header only
+    with np.errstate(over="ignore"):  # huge floats become inf on purpose
+        val = np.asarray(values, dtype={2: "<f2", 4: "<f4"}.get(vbytes, "<f4"))
+    v = version.encode("ascii")
+    header = struct.pack("<4sBBBBII", magic, wire_version, ibytes, vbytes, len(v), n_outputs,
+                         idx.size if nnz is None else nnz)
+    return header + v + idx.tobytes() + val.tobytes()
+
+
+@pytest.fixture(scope="session")
+def make_payload() -> Callable[..., bytes]:
+    """``make_payload(version, n_outputs, indices, values, ibytes=2, vbytes=4, nnz=None, magic=b"DAO1")``."""
+    return _make_payload

@@ -1,0 +1,418 @@
+"""The HTTP server on real sockets: endpoints, every bad-input answer, auth, TLS, metrics, batching."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from daonet.cli import app as cli_app
+from daonet.device import DeviceModel, RandomMasks
+from daonet.server.batching import BatcherClosedError, MicroBatcher
+from daonet.server.config import ApiKeyVerifier, ConfigError, ServerConfig, hash_api_key
+from daonet.server.model import ModelRegistry, ServerModel
+
+
+@pytest.fixture(scope="module")
+def http(server_url):
+    with httpx.Client(base_url=server_url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def device(digits_bundle) -> DeviceModel:
+    return DeviceModel.load(digits_bundle.device)
+
+
+@pytest.fixture(scope="module")
+def good(device, digits_run) -> bytes:
+    return device.encode(digits_run.dataset.x_test[0], RandomMasks(0)).data
+
+
+PREDICT = "/v1/models/digits-mlp/predict"
+OCTET = {"Content-Type": "application/octet-stream"}
+
+
+def assert_still_serving(http: httpx.Client, good: bytes) -> None:
+    r = http.post(PREDICT, content=good, headers=OCTET)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["probabilities"]) == 10
+
+
+# -- endpoints ---------------------------------------------------------------------------------------------
+def test_list_models_has_what_a_device_needs(http, device, signal_bundle):
+    r = http.get("/v1/models")
+    assert r.status_code == 200
+    models = {m["model_id"]: m for m in r.json()["models"]}
+    assert set(models) == {"digits-mlp", "waves-cnn1d"}
+    m = models["digits-mlp"]
+    assert m["version"] == device.version
+    assert m["n_outputs"] == device.n_outputs == 256
+    assert m["device_input"]["shape"] == [1, 8, 8]
+    assert m["classes"] == [str(i) for i in range(10)]
+    assert http.get("/v1/models/waves-cnn1d").json()["device_input"]["shape"] == [1, 64]
+
+
+def test_health_ready_docs_openapi(http):
+    assert http.get("/v1/health").json() == {"status": "ok"}
+    ready = http.get("/v1/ready")
+    assert ready.status_code == 200 and ready.json()["models"] == ["digits-mlp", "waves-cnn1d"]
+    assert http.get("/docs").status_code == 200
+    spec = http.get("/openapi.json").json()
+    body = spec["paths"]["/v1/models/{model_id}/predict"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/octet-stream", "application/json"}
+    posts = [p for p, ops in spec["paths"].items() if "post" in ops]
+    assert posts == ["/v1/models/{model_id}/predict"]  # the only way in is the sparse payload
+
+
+def test_predict_binary_and_json_agree(http, device, digits_run, digits_bundle):
+    x = digits_run.dataset.x_test[:1]
+    payload = device.encode(x, RandomMasks(1))
+    r = http.post(PREDICT, content=payload.data, headers=OCTET)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = ServerModel.load(digits_bundle.server).predict_bytes([payload.data])[0]
+    np.testing.assert_allclose(body["probabilities"], expected, atol=1e-5)
+    assert body["index"] == int(expected.argmax()) and body["label"] == str(body["index"])
+    assert body["nnz"] == payload.nnz and body["model_version"] == device.version
+    idx = np.flatnonzero(payload.activations)
+    r2 = http.post(PREDICT, json={"model_version": device.version, "indices": idx.tolist(),
+                                  "values": payload.activations[idx].tolist()})
+    assert r2.status_code == 200, r2.text
+    np.testing.assert_allclose(r2.json()["probabilities"], body["probabilities"], atol=1e-6)
+
+
+def test_empty_payload_is_a_valid_request(http, device, make_payload):
+    r = http.post(PREDICT, content=make_payload(device.version, 256, [], []), headers=OCTET)
+    assert r.status_code == 200 and r.json()["nnz"] == 0
+
+
+# -- bad input: status, message, and the server keeps serving -----------------------------------------------
+V = "VERSION"  # replaced by the served version
+
+
+def bin_case(status, message, *args, **kwargs):
+    return ("bin", status, message, args, kwargs)
+
+
+BAD_BINARY = {
+    "raw-input-bytes": bin_case(400, "magic bytes", raw=np.zeros(64, np.float32).tobytes()),
+    "empty-body": bin_case(400, "truncated", raw=b""),
+    "truncated-header": bin_case(400, "truncated", raw=b"DAO1\x01\x02"),
+    "truncated-values": bin_case(400, "truncated", V, 256, [1, 2, 3], [1.0, 2.0, 3.0], cut=2),
+    "too-long": bin_case(400, "too long", V, 256, [1], [1.0], extra=b"\x00"),
+    "bad-wire-version": bin_case(400, "wire format version 9", V, 256, [1], [1.0], wire_version=9),
+    "bad-index-width": bin_case(400, "index width 3", V, 256, [], [], ibytes=3),
+    "version-mismatch": bin_case(409, "0123456789abcdef", "0123456789abcdef", 256, [1], [1.0]),
+    "index-out-of-range": bin_case(422, "index 300 is out of range", V, 256, [1, 300], [1.0, 2.0]),
+    "index-duplicated": bin_case(422, "index 7 appears more than once", V, 256, [7, 7], [1.0, 2.0]),
+    "index-unsorted": bin_case(422, "increasing order", V, 256, [9, 3], [1.0, 2.0]),
+    "negative-value": bin_case(422, "negative", V, 256, [1, 2], [1.0, -0.5]),
+    "nan-value": bin_case(422, "NaN", V, 256, [1, 2], [np.nan, 1.0]),
+    "inf-value": bin_case(422, "inf", V, 256, [1], [np.inf]),
+    "nnz-over-outputs": bin_case(422, "257 non-zeros but the first layer has only 256", V, 256,
+                                 list(range(256)) + [0], [1.0] * 257),
+    "wrong-n-outputs": bin_case(422, "this model's has 256", V, 100, [1], [1.0]),
+}
+
+BAD_JSON = {
+    "not-json": ("json", 400, "not valid JSON", b"{indices: [1]", {}),
+    "not-utf8": ("json", 400, "not valid JSON", b"\xff\xfe\x00", {}),
+    "not-an-object": ("json", 422, "must be an object", b"[1, 2]", {}),
+    "missing-version": ("json", 422, "'model_version'", {"indices": [1], "values": [1.0]}, {}),
+    "missing-values": ("json", 422, "'values'", {"model_version": V, "indices": [1]}, {}),
+    "string-indices": ("json", 422, "list of integers", {"model_version": V, "indices": ["1"], "values": [1.0]}, {}),
+    "json-version-mismatch": ("json", 409, "server runs", {"model_version": "x", "indices": [], "values": []}, {}),
+    "json-duplicate": ("json", 422, "more than once", {"model_version": V, "indices": [2, 2], "values": [1, 1]}, {}),
+    "json-negative": ("json", 422, "negative", {"model_version": V, "indices": [2], "values": [-1]}, {}),
+    "json-nan": ("json", 422, "NaN", b'{"model_version": "VERSION", "indices": [2], "values": [NaN]}', {}),
+    "json-out-of-range": ("json", 422, "out of range", {"model_version": V, "indices": [-1], "values": [1]}, {}),
+    "json-unpaired": ("json", 422, "pair up", {"model_version": V, "indices": [1, 2], "values": [1]}, {}),
+    "json-huge-int": ("json", 422, "", {"model_version": V, "indices": [10**30], "values": [1]}, {}),
+    "json-too-many": ("json", 422, "non-zeros", {"model_version": V, "indices": list(range(257)),
+                                                 "values": [1] * 257}, {}),
+}
+
+
+def _fill_version(obj, version):
+    if isinstance(obj, dict):
+        return {k: version if v == V else v for k, v in obj.items()}
+    return obj.replace(b"VERSION", version.encode()) if isinstance(obj, bytes) else obj
+
+
+@pytest.mark.parametrize("case", list(BAD_BINARY) + list(BAD_JSON))
+def test_bad_payload_is_answered_and_server_keeps_serving(case, http, device, good, make_payload):
+    kind, status, message, args, kwargs = {**BAD_BINARY, **BAD_JSON}[case]
+    if kind == "bin":
+        kwargs = dict(kwargs)
+        raw, cut, extra = kwargs.pop("raw", None), kwargs.pop("cut", 0), kwargs.pop("extra", b"")
+        if raw is None:
+            version = device.version if args[0] == V else args[0]
+            raw = make_payload(version, *args[1:], **kwargs)
+            raw = (raw[:-cut] if cut else raw) + extra
+        r = http.post(PREDICT, content=raw, headers=OCTET)
+    else:
+        body = _fill_version(args, device.version)
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        r = http.post(PREDICT, content=content, headers={"Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()
+    assert set(err) >= {"error", "detail"}
+    assert message in err["detail"], err
+    if status == 409:
+        assert err["error"] == "version_mismatch"
+        assert err["server_version"] == device.version and err["payload_version"] != device.version
+    assert_still_serving(http, good)
+
+
+def test_unknown_model_is_404(http, good):
+    r = http.post("/v1/models/no-such-model/predict", content=good, headers=OCTET)
+    assert r.status_code == 404
+    assert r.json()["error"] == "unknown_model" and "digits-mlp" in r.json()["detail"]
+    assert http.get("/v1/models/no-such-model").status_code == 404
+    assert http.get("/v1/no-such-endpoint").json()["error"] == "not_found"
+    assert_still_serving(http, good)
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "multipart/form-data; boundary=x",
+                                          "application/x-www-form-urlencoded", "image/png"])
+def test_wrong_content_type_is_415(http, good, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = http.post(PREDICT, content=good, headers=headers)
+    assert r.status_code == 415, r.text
+    assert r.json()["error"] == "unsupported_media_type" and "application/octet-stream" in r.json()["detail"]
+    assert_still_serving(http, good)
+
+
+def test_body_over_limit_by_content_length_is_413(http, good, server_body_limit):
+    r = http.post(PREDICT, content=b"\x00" * (server_body_limit + 1), headers=OCTET)
+    assert r.status_code == 413
+    assert r.json()["error"] == "body_too_large" and str(server_body_limit) in r.json()["detail"]
+    assert_still_serving(http, good)
+
+
+def test_body_over_limit_when_streamed_without_length_is_413(http, good, server_body_limit):
+    def chunks():  # chunked transfer encoding: no Content-Length, the server must count
+        for _ in range(4):
+            yield b"\x00" * (server_body_limit // 2)
+
+    r = http.post(PREDICT, content=chunks(), headers=OCTET)
+    assert r.status_code == 413
+    assert "streamed" in r.json()["detail"]
+    assert_still_serving(http, good)
+
+
+def test_body_within_limit_streamed_is_accepted(http, good):
+    r = http.post(PREDICT, content=iter([good[:10], good[10:]]), headers=OCTET)
+    assert r.status_code == 200, r.text
+
+
+def test_lying_content_length_is_refused(server_url, good):
+    """A Content-Length under the real size: the HTTP layer must not let the extra bytes through as a body."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(server_url)
+    request = (f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+               f"Content-Length: 5\r\nConnection: close\r\n\r\n").encode() + good
+    with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+        s.sendall(request)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    status_line = answer.split(b"\r\n", 1)[0]
+    assert b" 400 " in status_line  # the 5 bytes are a truncated payload
+    with httpx.Client(base_url=server_url) as http:
+        assert_still_serving(http, good)
+
+
+def test_internal_error_is_500_without_content_and_server_keeps_serving(start_server, digits_bundle, good, caplog):
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError(f"secret detail {x.sum()}")
+
+    model = ServerModel.load(digits_bundle.server)
+    broken = ServerModel({**model.manifest, "model_id": "broken"}, Broken())
+    server = start_server(ServerConfig(), ModelRegistry([model, broken]))
+    caplog.set_level(logging.DEBUG)
+    with httpx.Client(base_url=server.url) as http:
+        r = http.post("/v1/models/broken/predict", content=good, headers=OCTET)
+        assert r.status_code == 500 and r.json()["error"] == "internal_error"
+        assert "secret" not in r.text
+        assert_still_serving(http, good)
+    logged = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert "RuntimeError" in logged and "secret" not in logged
+
+
+def test_payload_content_is_never_logged(http, device, good, make_payload, caplog):
+    caplog.set_level(logging.DEBUG)
+    marker = 31337.25
+    http.post(PREDICT, content=make_payload(device.version, 256, [5, 5], [marker, marker]), headers=OCTET)
+    http.post(PREDICT, json={"model_version": device.version, "indices": [4242], "values": [marker]})
+    http.post(PREDICT, content=good, headers=OCTET)
+    logged = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert "31337" not in logged and "4242" not in logged and good.hex()[:40] not in logged
+
+
+# -- metrics -------------------------------------------------------------------------------------------------
+def test_metrics_count_requests_by_status_and_batches(http, good):
+    http.post(PREDICT, content=good, headers=OCTET)
+    http.post(PREDICT, content=b"junk", headers=OCTET)
+    http.post("/v1/models/whatever-you-like/predict", content=good, headers=OCTET)
+    r = http.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'daonet_requests_total{model="digits-mlp",status="200"}' in text
+    assert 'daonet_requests_total{model="digits-mlp",status="400"}' in text
+    assert 'daonet_requests_total{model="unknown",status="404"}' in text
+    assert "whatever-you-like" not in text  # labels never take client-chosen strings
+    assert 'daonet_batch_size_count{model="digits-mlp"}' in text
+    assert 'daonet_request_latency_seconds_bucket{le="0.001",model="digits-mlp"}' in text
+
+
+# -- API keys ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def auth_server(start_server, digits_bundle):
+    keys = {"generated": "dao_test-key-one", "chosen": "correct horse battery staple"}
+    hashes = [hash_api_key(keys["generated"]), hash_api_key(keys["chosen"], "pbkdf2", iterations=1000)]
+    server = start_server(ServerConfig(bundles=[digits_bundle.server], api_key_hashes=hashes))
+    return server.url, keys
+
+
+@pytest.mark.parametrize("headers,status", [
+    ({}, 401),
+    ({"Authorization": "Bearer wrong"}, 401),
+    ({"X-API-Key": "wrong"}, 401),
+    ({"Authorization": "Basic ZGFvOnRlc3Q="}, 401),
+    ({"Authorization": "Bearer dao_test-key-one"}, 200),
+    ({"X-API-Key": "dao_test-key-one"}, 200),
+    ({"Authorization": "Bearer correct horse battery staple"}, 200),
+    ({"X-API-Key": "correct horse battery staple"}, 200),
+])
+def test_api_key(auth_server, good, headers, status):
+    url, keys = auth_server
+    with httpx.Client(base_url=url) as http:
+        r = http.post(PREDICT, content=good, headers={**OCTET, **headers})
+        assert r.status_code == status, r.text
+        if status == 401:
+            assert r.json()["error"] == "unauthorized" and "X-API-Key" in r.json()["detail"]
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert http.get("/v1/models").status_code == 401
+        assert http.get("/v1/health").status_code == 200  # probes need no key
+        r = http.post(PREDICT, content=good, headers={**OCTET, "X-API-Key": keys["generated"]})
+        assert r.status_code == 200
+
+
+def test_key_hashes_and_config_validation(tmp_path):
+    h = hash_api_key("k1")
+    assert h.startswith("sha256$") and "k1" not in h
+    v = ApiKeyVerifier([h, hash_api_key("k2", "pbkdf2", iterations=500)])
+    assert v.verify("k1") and v.verify("k2") and v.verify("k2") and not v.verify("k3") and not v.verify(None)
+    with pytest.raises(ConfigError, match="never the key itself"):
+        ServerConfig(bundles=[tmp_path], api_key_hashes=["plaintext-key"]).validate()
+    with pytest.raises(ConfigError, match="both a certificate"):
+        ServerConfig(bundles=[tmp_path], ssl_certfile=tmp_path / "c.pem").validate()
+    with pytest.raises(ConfigError, match="no bundle"):
+        ServerConfig().validate()
+    with pytest.raises(ConfigError, match="max_batch_size"):
+        ServerConfig(bundles=[tmp_path], max_batch_size=0).validate()
+
+
+def test_hash_key_cli_output_verifies():
+    runner = CliRunner()
+    r = runner.invoke(cli_app, ["hash-key"])
+    assert r.exit_code == 0, r.output
+    lines = dict(line.split(":", 1) for line in r.stdout.splitlines() if line.startswith(("key:", "hash:")))
+    key, digest = lines["key"].split()[0], lines["hash"].strip()
+    assert ApiKeyVerifier([digest]).verify(key)
+    r = runner.invoke(cli_app, ["hash-key", "--stdin"], input="my chosen key\n")
+    assert r.exit_code == 0 and "my chosen key" not in r.stdout
+    digest = r.stdout.split("hash:")[1].strip()
+    assert digest.startswith("pbkdf2_sha256$") and ApiKeyVerifier([digest]).verify("my chosen key")
+
+
+# -- TLS -----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tls_server(start_server, digits_bundle, tmp_path_factory):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    d = tmp_path_factory.mktemp("tls")
+    certfile, keyfile, cafile = d / "server.pem", d / "server.key", d / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(certfile)
+    for pem in cert.cert_chain_pems[1:]:
+        pem.write_to_path(certfile, append=True)
+    cert.private_key_pem.write_to_path(keyfile)
+    ca.cert_pem.write_to_path(cafile)
+    config = ServerConfig(bundles=[digits_bundle.server], ssl_certfile=certfile, ssl_keyfile=keyfile)
+    server = start_server(config.validate(), ssl_certfile=certfile, ssl_keyfile=keyfile)
+    assert server.url.startswith("https://")
+    return server.url, cafile
+
+
+def test_tls(tls_server, good):
+    url, cafile = tls_server
+    import ssl
+
+    with httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=str(cafile))) as http:
+        assert_still_serving(http, good)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"), httpx.Client(base_url=url) as http:
+        http.get("/v1/health")
+    with pytest.raises(httpx.HTTPError), httpx.Client(base_url=url.replace("https", "http")) as http:
+        http.get("/v1/health")  # no plaintext on the TLS port
+
+
+# -- the micro-batcher on its own (deterministic: all items are queued before the collector runs) ------------
+def test_batcher_batches_concurrent_items_in_order():
+    sizes: list[int] = []
+
+    def double(items: list[int]) -> list[int]:
+        return [2 * i for i in items]
+
+    async def main():
+        b = MicroBatcher(double, max_batch_size=4, max_wait_ms=0, on_batch=lambda n, s: sizes.append(n))
+        try:
+            return await asyncio.gather(*(b.submit(i) for i in range(10)))
+        finally:
+            await b.aclose()
+
+    assert asyncio.run(main()) == [2 * i for i in range(10)]
+    assert sizes == [4, 4, 2]
+
+
+def test_batcher_survives_a_failing_batch_and_refuses_after_close():
+    calls = []
+
+    def fn(items):
+        calls.append(list(items))
+        if -1 in items:
+            raise ValueError("bad batch")
+        return items
+
+    async def main():
+        b = MicroBatcher(fn, max_batch_size=8, max_wait_ms=1)
+        results = await asyncio.gather(b.submit(-1), b.submit(2), return_exceptions=True)
+        assert all(isinstance(r, ValueError) for r in results)
+        assert await b.submit(3) == 3
+        await b.aclose()
+        with pytest.raises(BatcherClosedError):
+            await b.submit(4)
+
+    asyncio.run(main())
+    assert calls == [[-1, 2], [3]]
+
+
+def test_registry_refuses_two_bundles_with_one_model_id(digits_bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(digits_bundle.server, copy)
+    from daonet.errors import BundleError
+
+    with pytest.raises(BundleError, match="two bundles have model id 'digits-mlp'"):
+        ModelRegistry.load([digits_bundle.server, copy])
