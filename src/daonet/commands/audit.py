@@ -1,1 +1,129 @@
-"""CLI commands for the audit feature area."""
+"""``daonet audit``: attack a bundle's payloads and report what the server can learn.
+
+Two forms:
+
+* ``daonet audit BUNDLE_DIR --dataset mnist --out reports/mnist`` audits one exported bundle.
+* ``daonet audit frontier --dataset mnist --model mlp --drop-rates 0,0.5,0.9,0.97 --out reports/frontier``
+  trains, exports and audits one model per drop rate (all cached in ``--out``) and draws the frontier.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..cli import app, console, fail, parse_kwargs
+
+FRONTIER = "frontier"
+
+
+def _floats(text: str, what: str) -> list[float]:
+    items = [t for t in re.split(r"[,\s]+", text.strip()) if t]
+    try:
+        return [float(t) for t in items]
+    except ValueError:
+        fail(f"{what} takes numbers separated by commas or spaces, got {text!r}")
+        raise  # unreachable: fail exits
+
+
+def _attacks(text: str) -> tuple[str, ...]:
+    from ..audit import ATTACKS
+
+    if text.strip() in ("all", ""):
+        return ATTACKS
+    items = tuple(t for t in re.split(r"[,\s]+", text.strip()) if t)
+    bad = [a for a in items if a not in ATTACKS]
+    if bad:
+        fail(f"unknown attack(s) {', '.join(bad)}; choose from {', '.join(ATTACKS)} (or 'all')")
+    return items
+
+
+@app.command()
+def audit(
+    target: Annotated[str, typer.Argument(help="a bundle directory from `daonet export`, or the word `frontier`")],
+    dataset: Annotated[str, typer.Option(help="the data set the bundle was trained on (digits, mnist, "
+                                              "fashion-mnist, ecg5000, cifar10)")] = "mnist",
+    out: Annotated[Path, typer.Option(help="writes audit.json + report.html (frontier: one folder per rate)")]
+    = Path("reports/audit"),
+    n_test: Annotated[int, typer.Option(min=2, help="held-out test requests to attack")] = 500,
+    public_size: Annotated[int, typer.Option(min=0, help="attacker's public examples, a split of the training set "
+                                                         "(0 = all of it)")] = 30000,
+    decoder_epochs: Annotated[int, typer.Option(min=1, help="inverse-network training epochs")] = 10,
+    decoder_hidden: Annotated[int, typer.Option(min=8, help="inverse-network hidden width")] = 1024,
+    rmle_steps: Annotated[int, typer.Option(min=10, help="optimizer steps of the regularized inversions")] = 300,
+    attacks: Annotated[str, typer.Option(help="comma-separated: min_norm,rmle,rmle_naive,decoder,repeated or all")]
+    = "all",
+    repeats: Annotated[str, typer.Option(help="repeated-query counts K")] = "2,5,10",
+    n_repeat: Annotated[int, typer.Option(min=1, help="inputs used for the repeated-query attack")] = 100,
+    policy: Annotated[str, typer.Option(help="device policy: auto (as the manifest says), on, off")] = "auto",
+    max_revealed_energy: Annotated[float | None, typer.Option(help="audit with this device policy threshold")]
+    = None,
+    policy_thresholds: Annotated[str, typer.Option(help="also measure accuracy/leakage at these policy "
+                                                        "thresholds, e.g. 0.5,0.3,0.2")] = "",
+    seed: int = 0,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (1 is fastest on a busy "
+                                                             "machine)")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="local folder with the data set's files")] = None,
+    model: Annotated[str, typer.Option(help="frontier: architecture to train")] = "mlp",
+    drop_rates: Annotated[str, typer.Option(help="frontier: drop rates, e.g. '0,0.5,0.9,0.97'")] = "0,0.5,0.9,0.97",
+    epochs: Annotated[int | None, typer.Option(min=1, help="frontier: training epochs (default: the sweep's)")]
+    = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="frontier: training batch size")] = None,
+    model_opt: Annotated[list[str] | None, typer.Option(help="frontier: architecture option KEY=VALUE")] = None,
+    reuse: Annotated[bool, typer.Option(help="frontier: reuse cached runs/audits with identical settings")] = True,
+) -> None:
+    """Attack the dropped activations a bundle sends and report what a curious server learns.
+
+    `daonet audit BUNDLE --dataset mnist --out reports/mnist` audits one bundle;
+    `daonet audit frontier --dataset mnist --model mlp --drop-rates 0,0.5,0.9,0.97 --out reports/frontier`
+    trains, exports and audits one model per drop rate and draws the accuracy-vs-privacy frontier.
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from ..audit import AuditConfig, run_audit, write_report
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = AuditConfig(
+        dataset=dataset, n_test=n_test, public_size=public_size or None, decoder_epochs=decoder_epochs,
+        decoder_hidden=decoder_hidden, rmle_steps=rmle_steps, attacks=_attacks(attacks),
+        repeats=tuple(int(k) for k in _floats(repeats, "--repeats")), n_repeat=n_repeat, policy=policy,
+        max_revealed_energy=max_revealed_energy,
+        policy_thresholds=tuple(_floats(policy_thresholds, "--policy-thresholds")) if policy_thresholds else (),
+        seed=seed, data_root=str(data_root) if data_root else None,
+    )
+    cfg.validate()
+    if target == FRONTIER:
+        from ..audit.frontier import default_train_config, run_frontier
+
+        rates = _floats(drop_rates, "--drop-rates")
+        for p in rates:
+            if not 0 <= p < 1:
+                fail(f"--drop-rates must be in [0, 1), got {p}")
+        tcfg = default_train_config(dataset, model)
+        tcfg = replace(tcfg, seed=seed, data_root=cfg.data_root,
+                       model_kwargs={**tcfg.model_kwargs, **parse_kwargs(model_opt)},
+                       epochs=epochs or tcfg.epochs, batch_size=batch_size or tcfg.batch_size)
+        rows = run_frontier(dataset, model, rates, out, cfg, train_cfg=tcfg, reuse=reuse,
+                            log=lambda s: console.print(s))
+        console.print((out / "frontier.md").read_text())
+        console.print(f"[green]written[/] {out / 'report.html'}, {out / 'frontier.json'} ({len(rows)} drop rates)")
+        return
+    bundle = Path(target)
+    if not bundle.exists():
+        fail(f"bundle {bundle} does not exist; export one with `daonet export RUN_DIR --out {bundle}` "
+             "(or run `daonet audit frontier ...`)")
+    result = run_audit(bundle, cfg, log=lambda s: console.print(s))
+    js, html = write_report(result, out)
+    rep = result.report
+    metric = rep["metric"]
+    for name, entry in rep["attacks"].items():
+        mm = entry["metrics"][metric]
+        adv = f"{mm['advantage']:+.3f}" if "advantage" in mm else ""
+        console.print(f"  {name:12s} {metric} {mm['mean']:.3f}  {adv}")
+    console.print(f"[green]written[/] {html} and {js}")

@@ -1,0 +1,287 @@
+"""Self-contained HTML reports (figures embedded as base64 PNG) for one audit and for a frontier."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+ORDER = ("data_mean", "class_prior", "min_norm", "rmle", "rmle_naive", "decoder")
+SHORT = {"data_mean": "data mean", "class_prior": "class prior", "min_norm": "min-norm LS", "rmle": "rMLE",
+         "rmle_naive": "rMLE naive", "decoder": "inverse net"}
+COLORS = {"min_norm": "tab:blue", "rmle": "tab:green", "rmle_naive": "tab:olive", "decoder": "tab:red",
+          "class_prior": "0.35", "data_mean": "0.6"}
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1150px;margin:24px auto;color:#222;
+padding:0 16px;line-height:1.45}
+h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.2em;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:8px 0;font-size:.92em}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:.9em}
+img{max-width:100%}.good{color:#1a7f37}.bad{color:#b42318}pre{background:#f6f6f6;padding:8px;font-size:.8em;
+overflow-x:auto}
+"""
+
+
+def _png(fig: plt.Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _esc(v: Any) -> str:
+    return html.escape(str(v))
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float | np.floating):
+        return f"{v:.{digits}f}"
+    return _esc(v)
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    th = "".join(f"<th>{_esc(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, str) else _fmt(c)}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def _received_image(h: np.ndarray) -> np.ndarray:
+    """The dropped activation vector laid out row by row on a near-square grid (NaN padding)."""
+    m = h.size
+    w = int(np.ceil(np.sqrt(m)))
+    grid = np.full(w * int(np.ceil(m / w)), np.nan)
+    grid[:m] = h
+    return grid.reshape(-1, w)
+
+
+def example_grid(ex: dict[str, Any], title: str = "") -> str:
+    """Original, what the server received, and each reconstruction, for a few audited requests."""
+    names = [n for n in ORDER if n in ex["recs"] and n != "data_mean"]
+    x, h = ex["x"], ex["h"]
+    rows = len(x)
+    if ex["kind"] == "image" and x.ndim == 4:
+        cols = 2 + len(names)
+        fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols, 1.4 * rows), squeeze=False)
+        for i in range(rows):
+            img = x[i].transpose(1, 2, 0) if x.shape[1] == 3 else x[i, 0]
+            panels = [("original", img, "gray"), (f"received: {int((h[i] > 0).sum())}/{h[i].size}",
+                                                  _received_image(h[i]), "magma")]
+            for n in names:
+                r = ex["recs"][n][i]
+                panels.append((SHORT[n], np.clip(r.transpose(1, 2, 0) if x.shape[1] == 3 else r[0], 0, 1), "gray"))
+            for j, (lab, im, cmap) in enumerate(panels):
+                ax = axes[i, j]
+                ax.imshow(im, cmap=cmap, vmin=0 if cmap == "gray" else None, vmax=1 if cmap == "gray" else None,
+                          interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i == 0 or j == 1:
+                    ax.set_title(lab, fontsize=7)
+    else:
+        cols = 1 + len(names)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.3 * rows), squeeze=False)
+        for i in range(rows):
+            sig = x[i].reshape(-1)
+            ax = axes[i, 0]
+            ax.stem(np.flatnonzero(h[i]), h[i][h[i] > 0], markerfmt=".", basefmt=" ")
+            ax.set_title(f"received: {int((h[i] > 0).sum())}/{h[i].size}", fontsize=7)
+            for j, n in enumerate(names, start=1):
+                ax = axes[i, j]
+                r = ex["recs"][n][i].reshape(-1)
+                ax.plot(sig, color="k", lw=1)
+                ax.plot(r, color=COLORS.get(n, "tab:purple"), lw=1)
+                c = np.corrcoef(sig, r)[0, 1] if r.std() > 1e-12 else 0.0
+                ax.set_title(f"{SHORT[n]} r={c:.2f}", fontsize=7)
+            for ax in axes[i]:
+                ax.tick_params(labelsize=5)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def certificate_figure(cert: dict[str, np.ndarray], n: int) -> str:
+    fig, axes = plt.subplots(1, 4, figsize=(13, 2.6))
+    specs = [("k", "surviving outputs k", None), ("rank", "rank / n", n), ("revealed_energy", "revealed energy ρ(x)",
+                                                                           None),
+             ("max_leverage", "max_j P_jj", None)]
+    for ax, (key, label, div) in zip(axes, specs, strict=True):
+        v = np.asarray(cert[key], float) / (div or 1)
+        ax.hist(v, bins=30, color="tab:blue", alpha=.8)
+        ax.set_xlabel(label)
+        ax.axvline(v.mean(), color="k", ls="--", lw=1)
+    axes[0].set_ylabel("requests")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def render_audit_html(rep: dict[str, Any], ex: dict[str, Any] | None = None) -> str:
+    metric = rep["metric"]
+    other = "psnr" if metric == "ssim" else "nmse"
+    b = rep["bundle"]
+    parts = [f"<h1>daonet privacy audit — {_esc(b['model_id'])} on {_esc(rep['dataset'])}</h1>",
+             f"<p class=note>bundle {_esc(b['path'])}, version {_esc(b['version'])}; first layer {_esc(b['kind'])} "
+             f"{_esc(b['input_shape'])} → {b['n_outputs']} outputs, drop rate p = {b['drop_rate']}; "
+             f"device policy: {_esc(rep['policy'] or 'none (plain dropping)')}</p>"]
+    best, cp = rep.get("best_attack"), rep["class_prior"]
+    adv = rep.get("best_advantage")
+    verdict = ""
+    if best:
+        cls = "bad" if adv is not None and adv > 0.05 else "good"
+        verdict = (f"The strongest attack is <b>{_esc(SHORT.get(best, best))}</b> with mean {metric.upper()} "
+                   f"<b>{rep['best']:.3f}</b>, against <b>{cp:.3f}</b> for the class-conditional mean of the "
+                   f"predicted class (what the prediction alone reveals): an advantage of "
+                   f"<b class={cls}>{adv:+.3f}</b>.")
+    parts.append(f"<p>Accuracy on the {rep['n_test']} audited test requests (server predictions from the payload "
+                 f"bytes): <b>{rep['accuracy']:.4f}</b>. Surviving outputs per request: mean "
+                 f"{rep['surviving']['mean']:.1f} (min {rep['surviving']['min']:.0f}, max "
+                 f"{rep['surviving']['max']:.0f}) of {b['n_outputs']}. {verdict}</p>")
+    parts.append("<h2>Attacks</h2>")
+    rows = []
+    for name in ORDER:
+        if name not in rep["attacks"]:
+            continue
+        mm = rep["attacks"][name]["metrics"]
+        a = mm[metric].get("advantage")
+        rows.append([rep["attacks"][name]["label"], f"{mm[metric]['mean']:.3f} ± {mm[metric]['std']:.3f}",
+                     f"{mm[other]['mean']:.3f}", "–" if a is None else f"{a:+.3f} ± {mm[metric]['advantage_se']:.3f}"])
+    parts.append(_table(["attack", f"{metric} (mean ± sd)", other, f"advantage over class prior ({metric})"], rows))
+    parts.append(f"<p class=note>{rep['split']}; public examples: {rep['n_public']}. Advantage: paired mean "
+                 "difference over the same requests ± its standard error.</p>")
+    if ex:
+        parts.append("<h2>Examples</h2>")
+        parts.append(example_grid(ex))
+    c = rep["certificate"]
+    parts.append("<h2>Per-request certificate (what the equations alone reveal)</h2>")
+    crow = [[k, c[k]["mean"], c[k]["p5"], c[k]["median"], c[k]["p95"], c[k]["max"]]
+            for k in ("k", "rank", "rank_fraction", "identifiable", "revealed_energy", "max_leverage",
+                      "worst_patch_revealed_energy", "dropped_by_policy") if k in c]
+    parts.append(_table(["quantity", "mean", "p5", "median", "p95", "max"], crow))
+    parts.append(f"<p class=note>Requests with at least one identifiable input coordinate: "
+                 f"{c['requests_with_identifiable']} of {rep['n_test']}. ρ uses the public data mean μ.</p>")
+    if ex and "cert" in ex:
+        parts.append(certificate_figure(ex["cert"], int(np.prod(b["input_shape"]))))
+    if rep.get("repeated"):
+        r = rep["repeated"]
+        parts.append(f"<h2>Repeated queries ({r['n_inputs']} inputs)</h2>")
+        sq = r["single_query"]
+        rows = [["single query", "–", "–", _fmt(sq.get("min_norm")), _fmt(sq.get("rmle")), "–"]]
+        for row in r["rows"]:
+            rows.append([row["masks"], row["K"], f"{row['surviving_union']:.1f}", _fmt(row["min_norm"]["mean"]),
+                         _fmt(row.get("rmle", {}).get("mean")), _fmt(row.get("identical_payloads"))])
+        parts.append(_table(["masks", "K sends", "distinct equations", f"min-norm {metric}", f"rMLE {metric}",
+                             "identical payloads"], rows))
+        parts.append(f"<p class=note>Class prior on these inputs: {sq.get('class_prior', float('nan')):.3f}. Fresh "
+                     "masks let equations accumulate; keyed masks resend the same payload; near-duplicates (noisy "
+                     "re-captures) get unrelated keyed masks.</p>")
+    if rep.get("policy_cost"):
+        parts.append("<h2>Cost of the device policy</h2>")
+        key = f"min_norm_{metric}"
+        rows = [[_fmt(p["max_revealed_energy"]), p["accuracy"], p["surviving"], p["dropped_by_policy"],
+                 p["revealed_energy"], p[key], _fmt(p["policy_ok_all"])] for p in rep["policy_cost"]]
+        parts.append(_table(["max ρ", "accuracy", "surviving", "dropped by policy", "mean ρ", f"min-norm {metric}",
+                             "policy held on all"], rows))
+    parts.append("<h2>Attack budgets</h2>")
+    for name, bud in rep.get("budgets", {}).items():
+        parts.append(f"<p><b>{_esc(SHORT.get(name, name))}</b>: {_esc(_budget_line(name, bud))}</p>")
+    parts.append("<h2>Configuration and timing</h2><pre>" + _esc(json.dumps(
+        {"config": rep["config"], "timing_s": rep["timing_s"], "torch_threads": rep.get("torch_threads")},
+        indent=1)) + "</pre>")
+    return _page(f"daonet audit {b['model_id']}", parts)
+
+
+def _budget_line(name: str, bud: dict[str, Any]) -> str:
+    if name == "decoder":
+        return (f"{bud['architecture']} ({bud['parameters']:,} parameters) trained from scratch on "
+                f"{bud['public_examples']:,} public examples for {bud['epochs']} epochs "
+                f"({'fresh masks every epoch' if bud['fresh_masks_every_epoch'] else str(bud['mask_pools']) + ' policy mask pools'}), "  # noqa: E501
+                f"{bud['seconds']:.0f} s on {bud.get('torch_threads')} CPU thread(s)")
+    return (f"{bud['steps']} {bud['optimizer']} steps, prior {bud['prior']}, λ = {bud['lambda']:g} chosen on "
+            f"{bud['tuned_on_public']} public examples, init {bud['init']}, {bud['seconds']:.0f} s")
+
+
+def _page(title: str, parts: list[str]) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{CSS}</style>"
+            f"</head><body>{''.join(parts)}</body></html>\n")
+
+
+# -- frontier --------------------------------------------------------------------------------------
+def frontier_figure(rows: list[dict[str, Any]], metric: str, title: str) -> str:
+    rows = sorted(rows, key=lambda r: r["drop_rate"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    acc = [r["accuracy"] for r in rows]
+    ax = axes[0]
+    for name in ("decoder", "rmle", "rmle_naive", "min_norm"):
+        ys = [r["attacks"].get(name) for r in rows]
+        if any(y is not None for y in ys):
+            pts = [(a, y) for a, y in zip(acc, ys, strict=True) if y is not None]
+            ax.plot(*zip(*pts, strict=True), "o-", color=COLORS[name], label=SHORT[name], lw=1, ms=4)
+    ax.plot(acc, [r["best"] for r in rows], "s", mfc="none", mec="k", ms=10, label="best attack")
+    ax.plot(acc, [r["class_prior"] for r in rows], "--", color=COLORS["class_prior"], label="class prior")
+    ax.plot(acc, [r["data_mean"] for r in rows], ":", color=COLORS["data_mean"], label="data mean")
+    for r in rows:
+        ax.annotate(f"p={r['drop_rate']:g}", (r["accuracy"], r["best"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("test accuracy (with dropping)")
+    ax.set_ylabel(f"reconstruction {metric} (higher = more leaked)")
+    ax.set_title(f"{title}: accuracy vs privacy")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=.3)
+    ax = axes[1]
+    ks = [r["surviving"] for r in rows]
+    ax.plot(ks, [r["best"] for r in rows], "s-", color="k", label="best attack")
+    ax.plot(ks, [r["class_prior"] for r in rows], "--", color=COLORS["class_prior"], label="class prior")
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlabel("surviving outputs per request (mean)")
+    ax.set_ylabel(metric)
+    ax.set_title("leakage vs surviving outputs")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def frontier_markdown(rows: list[dict[str, Any]], metric: str) -> str:
+    head = (f"| drop p | accuracy | surviving outputs | min-norm {metric} | rMLE {metric} | rMLE naive {metric} | "
+            f"inverse-net {metric} | class-prior {metric} | best − class prior | mean ρ | train s | audit s |")
+    lines = [head, "|" + "---|" * 12]
+    for r in sorted(rows, key=lambda r: r["drop_rate"]):
+        a = r["attacks"]
+        lines.append(
+            f"| {r['drop_rate']:g} | {r['accuracy']:.4f} | {r['surviving']:.1f} / {r['n_outputs']} | "
+            f"{_fmt(a.get('min_norm'))} | {_fmt(a.get('rmle'))} | {_fmt(a.get('rmle_naive'))} | "
+            f"{_fmt(a.get('decoder'))} | {r['class_prior']:.3f} | {r['best'] - r['class_prior']:+.3f} | "
+            f"{r['revealed_energy']:.3f} | {_fmt(r.get('train_s'), 0)} | {_fmt(r.get('audit_s'), 0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_frontier_html(rows: list[dict[str, Any]], metric: str, title: str, commands: list[str],
+                         grids: list[tuple[str, str]]) -> str:
+    parts = [f"<h1>daonet privacy frontier — {_esc(title)}</h1>",
+             "<p>Each point is one model trained with plain dropping at drop rate p, exported, and audited: the "
+             "attackers are retrained from scratch against that exact bundle. The class prior (what the "
+             "prediction alone reveals) is the floor any useful model must concede.</p>",
+             frontier_figure(rows, metric, title), "<h2>Table</h2>"]
+    md = frontier_markdown(rows, metric)
+    lines = [ln for ln in md.strip().splitlines() if not ln.startswith("|---")]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    parts.append(_table(cells[0], cells[1:]))
+    parts.append("<p class=note>accuracy: full test set with dropping, mean over mask draws (from training "
+                 "metrics); other columns: the audited requests.</p>")
+    parts.append("<h2>Commands</h2><pre>" + _esc("\n".join(commands)) + "</pre>")
+    for label, grid in grids:
+        parts.append(f"<h2>Examples at {_esc(label)}</h2>{grid}")
+    return _page(f"daonet frontier {title}", parts)
