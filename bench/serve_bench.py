@@ -1,0 +1,412 @@
+"""Serving benchmark: DAO server vs a plaintext baseline on the same stack, on loopback, in one run.
+
+    python bench/serve_bench.py --out reports/serve-bench
+
+For the MNIST mlp (the demo's cached model) and the ECG5000 cnn1d (trained here once, p=0.9, cached
+under .daonet-cache/bench):
+
+- DAO: the product server (``daonet.server.app.create_app``) receiving sparse payloads made on the
+  device (``DeviceModel.encode_many``, p as trained);
+- plaintext: a benchmark-only FastAPI app defined below, same stack (FastAPI + uvicorn + the same
+  ``MicroBatcher`` + the same metrics), that receives the raw input (uint8 pixels / float32 samples)
+  and runs the whole torch model, first layer included, without dropping. It is not part of the
+  product's API.
+
+Each server runs in its own subprocess (one at a time), so the load generator does not share a GIL
+with it. The load generator is a minimal HTTP/1.1 keep-alive client on asyncio streams with
+pre-built requests (tens of microseconds per request), so on a 2-core machine the server, not the
+client, is the bottleneck. Latency is the client-side round trip; throughput is completed requests
+per second of wall time at 1, 16 and 64 concurrent connections. Payloads are encoded before the
+clock starts; the device's encode cost is reported separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Request  # module level: FastAPI resolves the handler's annotations from these globals
+
+CACHE = Path(".daonet-cache/bench")
+CONCURRENCY = (1, 16, 64)
+ECG_CONFIG = {"dataset": "ecg5000", "model": "cnn1d", "drop_rate": 0.9, "epochs": 30, "seed": 0}
+
+
+# -- the plaintext baseline (benchmark only) -----------------------------------------------------------------
+def plaintext_app(run_dir: Path, model_id: str, max_batch_size: int, max_wait_ms: float, max_body_bytes: int):
+    """Receives the raw input and runs the whole model: what DAO avoids. Same stack as the product app."""
+    from contextlib import asynccontextmanager
+
+    import torch
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, Response
+
+    from daonet.server.app import ApiError, read_body
+    from daonet.server.batching import MicroBatcher
+    from daonet.server.metrics import CONTENT_TYPE_LATEST, ServerMetrics
+    from daonet.train import load_run
+
+    model, config = load_run(run_dir)
+    model.first.drop_rate = 0.0  # plaintext: nothing dropped
+    model.eval()
+    shape = tuple(model.first.in_shape)
+    uint8 = config.get("raw_dtype") == "uint8"
+    dtype = np.uint8 if uint8 else np.float32
+    n_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    classes = list(config.get("classes", []))
+    metrics = ServerMetrics()
+
+    @torch.inference_mode()
+    def forward(xs: list[np.ndarray]) -> np.ndarray:
+        x = torch.from_numpy(np.stack(xs)).reshape((len(xs), *shape))
+        x = x.float() / 255.0 if uint8 else x
+        return torch.softmax(model(x), dim=1).numpy()
+
+    batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
+        forward, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+        on_batch=metrics.batch_observer(model_id), name="plaintext")
+
+    @asynccontextmanager
+    async def lifespan(_):
+        batcher.start()
+        yield
+        await batcher.aclose()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.exception_handler(ApiError)
+    async def _err(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.get("/v1/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/plain/{mid}/predict")
+    async def predict(mid: str, request: Request) -> Response:
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            if mid != model_id:
+                raise ApiError(404, "unknown_model", mid)
+            if request.headers.get("content-type", "").split(";")[0] != "application/octet-stream":
+                raise ApiError(415, "unsupported_media_type", "send application/octet-stream")
+            body = await read_body(request, max_body_bytes)
+            if len(body) != n_bytes:
+                raise ApiError(400, "bad_input", f"expected {n_bytes} bytes")
+            x = np.frombuffer(body, dtype=dtype)
+            if not uint8 and not np.isfinite(x).all():
+                raise ApiError(422, "bad_input", "NaN/inf")
+            probs = await batcher.submit(x)
+            top = int(np.argmax(probs))
+            status = 200
+            return JSONResponse({"model_id": model_id, "model_version": "plaintext",
+                                 "label": classes[top] if top < len(classes) else str(top), "index": top,
+                                 "probabilities": [float(p) for p in probs], "nnz": int(x.size)})
+        except ApiError as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.observe_request(model_id, status, time.perf_counter() - t0)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def child_main(args: argparse.Namespace) -> None:
+    """Run one server in this (child) process on a free loopback port; print the port first."""
+    import torch
+    import uvicorn
+
+    torch.set_num_threads(args.torch_threads)
+    if args.child == "dao":
+        from daonet.server.app import create_app
+        from daonet.server.config import ServerConfig
+
+        app = create_app(ServerConfig(bundles=[Path(args.path)], max_batch_size=args.max_batch_size,
+                                      max_wait_ms=args.max_wait_ms, log_level="warning"))
+    else:
+        app = plaintext_app(Path(args.path), args.model_id, args.max_batch_size, args.max_wait_ms, 1 << 20)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # else no TCP_NODELAY
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    print(f"PORT {sock.getsockname()[1]}", flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", backlog=256)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+# -- the load generator --------------------------------------------------------------------------------------
+_STATUS = re.compile(rb"HTTP/1\.1 (\d{3})")
+_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)
+
+
+def build_request(path: str, body: bytes) -> bytes:
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+async def _run_load(port: int, requests: list[bytes], total: int, concurrency: int
+                    ) -> tuple[list[float], list[int], float]:
+    counter = itertools.count()
+    latencies: list[float] = [0.0] * total
+    answers: list[int] = [-1] * total
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while (i := next(counter)) < total:
+                t0 = time.perf_counter()
+                writer.write(requests[i % len(requests)])
+                head = await reader.readuntil(b"\r\n\r\n")
+                m = _LENGTH.search(head)
+                body = await reader.readexactly(int(m.group(1)) if m else 0)
+                latencies[i] = time.perf_counter() - t0
+                status = int(_STATUS.match(head).group(1))
+                if status != 200:
+                    raise RuntimeError(f"request {i} answered {status}: {body[:200]!r}")
+                answers[i] = json.loads(body)["index"]
+        finally:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, answers, time.perf_counter() - t0
+
+
+def measure(port: int, requests: list[bytes], labels: np.ndarray, n_single: int, n_conc: int,
+            warmup: int) -> dict[str, Any]:
+    asyncio.run(_run_load(port, requests, warmup, 16))
+    out: dict[str, Any] = {}
+    for c in CONCURRENCY:
+        total = n_single if c == 1 else n_conc
+        lat, answers, wall = asyncio.run(_run_load(port, requests, total, c))
+        ms = np.array(lat) * 1000
+        acc = float(np.mean(np.array(answers) == labels[np.arange(total) % len(labels)]))
+        out[str(c)] = {"requests": total, "p50_ms": float(np.percentile(ms, 50)),
+                       "p99_ms": float(np.percentile(ms, 99)), "throughput_rps": total / wall,
+                       "accuracy": acc}
+    return out
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    port: int
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)  # uvicorn's graceful shutdown
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_child(mode: str, path: Path, model_id: str, args: argparse.Namespace) -> Server:
+    cmd = [sys.executable, __file__, "--child", mode, "--path", str(path), "--model-id", model_id,
+           "--torch-threads", str(args.torch_threads), "--max-batch-size", str(args.max_batch_size),
+           "--max-wait-ms", str(args.max_wait_ms)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if not line.startswith("PORT "):
+        proc.kill()
+        raise RuntimeError(f"the {mode} server did not start (said {line!r})")
+    port = int(line.split()[1])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait for uvicorn to accept and the app to be up
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return Server(proc, port)
+        except OSError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"the {mode} server on port {port} did not become healthy")
+
+
+# -- models and inputs ---------------------------------------------------------------------------------------
+def prepare_models(names: list[str], ecg_epochs: int) -> dict[str, dict[str, Any]]:
+    """Cached bundles and 1000 test inputs per model (as a device holds them: uint8 pixels, float32 samples)."""
+    from daonet.data import load_dataset
+    from daonet.demo import DEFAULT_CACHE, ensure_bundles
+    from daonet.export import export_run
+    from daonet.train import TrainConfig, save_run, train
+
+    out: dict[str, dict[str, Any]] = {}
+    if "mnist-mlp" in names:
+        mnist_bundle, _ = ensure_bundles(DEFAULT_CACHE)
+        mnist = load_dataset("mnist")
+        out["mnist-mlp"] = {"bundle": mnist_bundle, "run": DEFAULT_CACHE / "run",
+                            "x": (mnist.x_test[:1000] * 255).round().astype(np.uint8), "y": mnist.y_test[:1000]}
+    if "ecg5000-cnn1d" in names:
+        ecg_dir = CACHE / "ecg5000-cnn1d"
+        if not (ecg_dir / "run" / "model.safetensors").exists():
+            save_run(train(TrainConfig(**{**ECG_CONFIG, "epochs": ecg_epochs})), ecg_dir / "run")
+        if not (ecg_dir / "bundle" / "device" / "manifest.json").exists():
+            export_run(ecg_dir / "run", ecg_dir / "bundle", model_id="ecg5000-cnn1d")
+        ecg = load_dataset("ecg5000")
+        out["ecg5000-cnn1d"] = {"bundle": ecg_dir / "bundle", "run": ecg_dir / "run",
+                                "x": ecg.x_test[:1000].astype(np.float32), "y": ecg.y_test[:1000]}
+    unknown = set(names) - set(out)
+    if unknown:
+        raise SystemExit(f"unknown model(s) {sorted(unknown)}; choose from mnist-mlp, ecg5000-cnn1d")
+    return out
+
+
+def device_side(bundle: Path, x: np.ndarray) -> dict[str, Any]:
+    """Encode every input on the device (before the clock), and time one encode the way a device runs it."""
+    from daonet.device import DeviceModel, RandomMasks
+
+    device = DeviceModel.load(bundle / "device")
+    payloads = device.encode_many(x, RandomMasks(0))
+    masks = RandomMasks(1)
+    times = []
+    for xi in x[:200]:
+        t0 = time.perf_counter()
+        device.encode(xi, masks)
+        times.append(time.perf_counter() - t0)
+    nnz = np.array([p.nnz for p in payloads])
+    return {"device": device, "payloads": [p.data for p in payloads], "encode_us": float(np.median(times) * 1e6),
+            "nnz_mean": float(nnz.mean()), "n_outputs": device.n_outputs, "drop_rate": device.drop_rate}
+
+
+# -- report --------------------------------------------------------------------------------------------------
+def to_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, r in results["models"].items():
+        dao, plain = r["dao"], r["plaintext"]
+        rows.append({
+            "model": name,
+            "bytes DAO": f"{r['bytes_dao']:.0f}", "bytes plain": f"{r['bytes_plain']:.0f}",
+            "bytes ratio": f"{r['bytes_dao'] / r['bytes_plain']:.2f}",
+            "p50 ms DAO / plain": f"{dao['1']['p50_ms']:.2f} / {plain['1']['p50_ms']:.2f} "
+                                  f"({dao['1']['p50_ms'] / plain['1']['p50_ms']:.2f})",
+            "p99 ms DAO / plain": f"{dao['1']['p99_ms']:.2f} / {plain['1']['p99_ms']:.2f} "
+                                  f"({dao['1']['p99_ms'] / plain['1']['p99_ms']:.2f})",
+            **{f"req/s @{c} DAO / plain": f"{dao[str(c)]['throughput_rps']:.0f} / "
+                                          f"{plain[str(c)]['throughput_rps']:.0f} "
+                                          f"({dao[str(c)]['throughput_rps'] / plain[str(c)]['throughput_rps']:.2f})"
+               for c in CONCURRENCY},
+            "accuracy DAO / plain": f"{dao['1']['accuracy']:.3f} / {plain['1']['accuracy']:.3f}",
+        })
+    return rows
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    rows = to_rows(results)
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    env = results["environment"]
+    notes = [
+        "",
+        f"Command: `{results['command']}`. Ratios in parentheses are DAO / plaintext (latency: lower is better, "
+        "throughput: higher is better). Latency: one client, sequential requests, client-side round trip on "
+        "loopback. Throughput: completed requests per second with 1, 16 and 64 concurrent keep-alive connections.",
+        "Bytes: request body per request (DAO: sparse payload at the trained drop rate; plaintext: the raw input, "
+        "uint8 pixels / float32 samples); HTTP headers add the same ~110 bytes to both.",
+        "Device-side encode (first layer + ReLU + dropping + wire encoding, numpy, one input): "
+        + ", ".join(f"{k} {v['encode_us']:.0f} µs (mean nnz {v['nnz_mean']:.1f} of {v['n_outputs']})"
+                    for k, v in results["models"].items()) + "; not included in the latencies above.",
+        f"Setup: each server in its own subprocess (one at a time), torch threads {env['torch_threads']}, "
+        f"max_batch_size {env['max_batch_size']}, max_wait_ms {env['max_wait_ms']}; load generator: asyncio "
+        f"HTTP/1.1 keep-alive client in the parent process. {env['cpus']} CPUs; load average "
+        f"{env['loadavg_start'][0]:.1f} at start and {env['loadavg_end'][0]:.1f} at the end"
+        + (" (other work was running: numbers are under load)." if max(env['loadavg_start'][0],
+                                                                         env['loadavg_end'][0]) > 0.5 else "."),
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+def print_table(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = to_rows(results)
+    table = Table(title="daonet serving: DAO vs plaintext (ratio DAO/plain)")
+    for col in rows[0]:
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*[str(v) for v in r.values()])
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("reports/serve-bench"))
+    p.add_argument("--single-requests", type=int, default=1000, help="sequential requests for p50/p99")
+    p.add_argument("--requests", type=int, default=3000, help="requests per concurrency level (16, 64)")
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ecg-epochs", type=int, default=ECG_CONFIG["epochs"])
+    p.add_argument("--torch-threads", type=int, default=1, help="server's torch intra-op threads")
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--models", nargs="*", default=["mnist-mlp", "ecg5000-cnn1d"])
+    p.add_argument("--child", choices=["dao", "plain"], help=argparse.SUPPRESS)
+    p.add_argument("--path", help=argparse.SUPPRESS)
+    p.add_argument("--model-id", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child_main(args)
+        return
+
+    load_start = os.getloadavg()
+    models = prepare_models(args.models, args.ecg_epochs)
+    results: dict[str, Any] = {"command": "python bench/serve_bench.py " + " ".join(sys.argv[1:]), "models": {}}
+    for name in args.models:
+        m = models[name]
+        dev = device_side(m["bundle"], m["x"])
+        dao_reqs = [build_request(f"/v1/models/{name}/predict", b) for b in dev["payloads"]]
+        plain_reqs = [build_request(f"/plain/{name}/predict", np.ascontiguousarray(x).tobytes()) for x in m["x"]]
+        r: dict[str, Any] = {
+            "bytes_dao": float(np.mean([len(b) for b in dev["payloads"]])), "bytes_plain": float(m["x"][0].nbytes),
+            "encode_us": dev["encode_us"], "nnz_mean": dev["nnz_mean"], "n_outputs": dev["n_outputs"],
+            "drop_rate": dev["drop_rate"],
+        }
+        for mode, path, reqs in (("dao", m["bundle"] / "server", dao_reqs), ("plain", m["run"], plain_reqs)):
+            print(f"{name}: {mode} server ...", flush=True)
+            server = start_child(mode, path, name, args)
+            try:
+                r["dao" if mode == "dao" else "plaintext"] = measure(server.port, reqs, m["y"], args.single_requests,
+                                                                     args.requests, args.warmup)
+            finally:
+                server.stop()
+        results["models"][name] = r
+    import torch
+
+    results["environment"] = {
+        "cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
+        "torch_threads": args.torch_threads, "max_batch_size": args.max_batch_size,
+        "max_wait_ms": args.max_wait_ms, "python": platform.python_version(), "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve_bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "serve_bench.md").write_text(to_markdown(results))
+    print_table(results)
+    print(to_markdown(results).split("\n\n", 1)[-1])
+    print(f"written {args.out / 'serve_bench.json'} and {args.out / 'serve_bench.md'}")
+
+
+if __name__ == "__main__":
+    main()
