@@ -200,47 +200,38 @@ class DecoderResult:
         return np.concatenate(out) if out else np.zeros((0, self.model.net[-1].out_features), np.float32)
 
 
-def train_decoder(acts: np.ndarray, x: np.ndarray, drop_rate: float, box: tuple[float, float] | None, *,
+def train_decoder(sample: Callable[[int], np.ndarray], x: np.ndarray, box: tuple[float, float] | None, *,
                   epochs: int, batch: int = 128, lr: float = 1e-3, hidden: int = 1024, seed: int = 0,
-                  value_dtype: str = "float32", pools: list[np.ndarray] | None = None,
-                  progress: bool = True) -> DecoderResult:
-    """Train an inverse network from scratch on public ``(relu outputs, input)`` pairs.
+                  progress: bool = True, fresh: bool = True) -> DecoderResult:
+    """Train an inverse network from scratch on public ``(dropped activation, input)`` pairs.
 
-    Each epoch draws fresh Bernoulli(1 − p) masks for every example (the device's distribution), unless
-    ``pools`` (precomputed dropped vectors, e.g. through the device policy) are given: epoch ``e`` then
-    uses ``pools[e % len(pools)]``. Float16 wire values are emulated so train and test inputs match.
+    ``sample(epoch)`` returns the dropped vectors ``(N, m)`` the device would send for the public inputs
+    ``x`` in that epoch (the audit draws fresh masks through the real device runtime every epoch).
     """
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    m, n = acts.shape[1], int(np.prod(x.shape[1:]))
-    acts_t = torch.from_numpy(np.ascontiguousarray(acts, np.float32))
     x_t = torch.from_numpy(np.ascontiguousarray(x.reshape(len(x), -1), np.float32))
-    nz = acts[acts > 0]
-    scale = float(nz.std()) if nz.size else 1.0
+    first = np.asarray(sample(0), np.float32)
+    m, n = first.shape[1], x_t.shape[1]
+    nz = first[first > 0]
+    scale = float(nz.std()) if nz.size > 1 else 1.0
+    scale = scale if scale > 0 else 1.0
     model = Decoder(m, n, hidden, box)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = (len(x) + batch - 1) // batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch))
-    pool_t = [torch.from_numpy(np.ascontiguousarray(p, np.float32)) for p in pools] if pools else None
     losses = []
     with make_progress() as bar:
         task = bar.add_task("train inverse network", total=epochs * steps_per_epoch, status="", visible=progress)
         for epoch in range(epochs):
+            h_t = torch.from_numpy(first if epoch == 0 else np.asarray(sample(epoch), np.float32)) / scale
             model.train()
             perm = torch.randperm(len(x), generator=gen)
             total, count = 0.0, 0
             for i in range(0, len(x), batch):
                 idx = perm[i:i + batch]
-                if pool_t is not None:
-                    hb = pool_t[epoch % len(pool_t)][idx]
-                else:
-                    hb = acts_t[idx]
-                    if drop_rate > 0:
-                        hb = hb * (torch.rand(hb.shape, generator=gen) >= drop_rate)
-                if value_dtype == "float16":
-                    hb = hb.half().float()
-                loss = ((model(hb / scale) - x_t[idx]) ** 2).mean()
+                loss = ((model(h_t[idx]) - x_t[idx]) ** 2).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -250,7 +241,7 @@ def train_decoder(acts: np.ndarray, x: np.ndarray, drop_rate: float, box: tuple[
                 bar.update(task, advance=1, status=f"epoch {epoch + 1}/{epochs} mse {total / count:.4f}")
             losses.append(total / max(count, 1))
     info = {"public_examples": int(len(x)), "epochs": int(epochs), "batch": batch, "lr": lr, "hidden": hidden,
-            "parameters": int(sum(p.numel() for p in model.parameters())), "fresh_masks_every_epoch": pools is None,
-            "mask_pools": len(pools) if pools else None, "train_mse_per_epoch": [round(v, 6) for v in losses],
+            "parameters": int(sum(p.numel() for p in model.parameters())), "fresh_masks_every_epoch": fresh,
+            "train_mse_per_epoch": [round(v, 6) for v in losses],
             "seconds": round(time.perf_counter() - t0, 2), "architecture": f"MLP {m}-{hidden}-{hidden}-{n}"}
     return DecoderResult(model, scale, info)

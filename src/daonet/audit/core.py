@@ -160,6 +160,13 @@ class Observer:
         return np.concatenate([self.server.predict_proba(parsed[i:i + batch]) for i in range(0, len(parsed), batch)])
 
 
+def wire_values(h: np.ndarray, value_dtype: str) -> np.ndarray:
+    """What the wire carries for dense dropped vectors: float16 payloads round values (tiny ones to zero)."""
+    if value_dtype == "float16":
+        return h.astype(np.float16).astype(np.float32)
+    return h
+
+
 def _dist(v: np.ndarray) -> dict[str, float]:
     v = np.asarray(v, dtype=np.float64)
     return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "p5": float(np.percentile(v, 5)),
@@ -210,10 +217,16 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
 
     # -- certificates ---------------------------------------------------------------------------
     t0 = time.perf_counter()
-    certs = [certify(device.system, x, h, mu) for x, h in zip(x_test, h_test, strict=True)]
+    # as the device computes it (its own μ), and with the attacker's per-coordinate public mean
+    dev_mu = device.public_mean.reshape(-1)
+    certs = [certify(device.system, x, h, dev_mu) for x, h in zip(x_test, h_test, strict=True)]
     cert_arr = {key: np.array([getattr(c, key) for c in certs], dtype=np.float64)
                 for key in ("k", "rank", "identifiable", "revealed_energy", "max_leverage")}
-    cert_summary = {key: _dist(v) for key, v in cert_arr.items()}
+    cert_arr["revealed_energy_public_mu"] = np.array(
+        [certify(device.system, x, h, mu).revealed_energy for x, h in zip(x_test, h_test, strict=True)])
+    cert_summary: dict[str, Any] = {key: _dist(v) for key, v in cert_arr.items()}
+    cert_summary["device_mu"] = ("bundle public_mean" if "public_mean" in device.extras else
+                                 "per-channel normalization mean (the bundle has no public_mean)")
     cert_summary["rank_fraction"] = _dist(cert_arr["rank"] / n)
     cert_summary["requests_with_identifiable"] = int((cert_arr["identifiable"] > 0).sum())
     if certs and certs[0].worst_patch is not None:
@@ -226,8 +239,7 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
     timing["certificates_s"] = time.perf_counter() - t0
 
     # -- the server's knowledge and public data ----------------------------------------------------
-    acts_pub = device.activations(x_pub)
-    know = atk.ServerKnowledge.from_device(device, kind, acts_pub)
+    know = atk.ServerKnowledge.from_device(device, kind, device.activations(x_pub[:2000]))
     recs: dict[str, np.ndarray] = {
         "data_mean": np.broadcast_to(mu, (len(x_test), n)).astype(np.float32),
         "class_prior": class_means[pred].astype(np.float32),
@@ -272,15 +284,24 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
 
     if "decoder" in cfg.attacks:
         t0 = time.perf_counter()
-        pools = None
-        if policy is not None:
-            pools = [obs.observe(x_pub, RandomMasks(cfg.seed + 100 + i)) for i in range(cfg.policy_pools)]
-        dec = atk.train_decoder(acts_pub, x_pub, device.drop_rate, know.box, epochs=cfg.decoder_epochs,
-                                batch=cfg.decoder_batch, hidden=cfg.decoder_hidden, seed=cfg.seed,
-                                value_dtype=device.value_dtype, pools=pools, progress=progress)
+        if policy is None:
+            def sample(epoch: int) -> np.ndarray:  # fresh masks every epoch, through the real device runtime
+                return wire_values(device.drop(x_pub, RandomMasks(cfg.seed + 100 + epoch)), device.value_dtype)
+        else:  # the policy is per request and slower: a few pools of policy-filtered payloads, cycled
+            pools: dict[int, np.ndarray] = {}
+
+            def sample(epoch: int) -> np.ndarray:
+                i = epoch % cfg.policy_pools
+                if i not in pools:
+                    pools[i] = obs.observe(x_pub, RandomMasks(cfg.seed + 100 + i))
+                return pools[i]
+        dec = atk.train_decoder(sample, x_pub, know.box, epochs=cfg.decoder_epochs, batch=cfg.decoder_batch,
+                                hidden=cfg.decoder_hidden, seed=cfg.seed, progress=progress,
+                                fresh=policy is None)
         recs["decoder"] = dec.predict(h_test)
         budgets["decoder"] = {**dec.info, "cpu": platform.processor() or platform.machine(),
-                              "torch_threads": torch.get_num_threads()}
+                              "torch_threads": torch.get_num_threads(),
+                              "mask_pools": None if policy is None else cfg.policy_pools}
         timing["decoder_s"] = time.perf_counter() - t0
 
     # -- metrics -------------------------------------------------------------------------------
@@ -404,7 +425,7 @@ def _policy_cost(cfg: AuditConfig, device: DeviceModel, server: ServerModel, kno
             h, parsed = obs.received(data)
             acc = float((obs.predict(parsed).argmax(1) == y).mean())
             if certs is None:
-                certs = [certify(device.system, xi, hi, mu) for xi, hi in zip(x, h, strict=True)]
+                certs = [certify(device.system, xi, hi, device.public_mean) for xi, hi in zip(x, h, strict=True)]
             rec = atk.min_norm(know, h, mu)
             rows.append({
                 "max_revealed_energy": t, "accuracy": acc,

@@ -40,7 +40,8 @@ def _row(report: dict[str, Any], metrics: dict[str, Any] | None, drop_rate: floa
         "surviving": report["surviving"]["mean"], "n_outputs": report["bundle"]["n_outputs"],
         "attacks": attacks, "best_attack": report["best_attack"], "best": report["best"],
         "class_prior": report["class_prior"], "data_mean": report["data_mean"],
-        "revealed_energy": report["certificate"]["revealed_energy"]["mean"],
+        "revealed_energy": report["certificate"]["revealed_energy_public_mu"]["mean"],
+        "revealed_energy_device": report["certificate"]["revealed_energy"]["mean"],
         "rank": report["certificate"]["rank"]["mean"],
         "train_s": metrics.get("train_time_s") if metrics else None, "audit_s": report["timing_s"]["total_s"],
         "decoder_budget": {k: report["budgets"]["decoder"][k] for k in ("public_examples", "epochs", "seconds")}

@@ -167,11 +167,14 @@ def render_audit_html(rep: dict[str, Any], ex: dict[str, Any] | None = None) -> 
     c = rep["certificate"]
     parts.append("<h2>Per-request certificate (what the equations alone reveal)</h2>")
     crow = [[k, c[k]["mean"], c[k]["p5"], c[k]["median"], c[k]["p95"], c[k]["max"]]
-            for k in ("k", "rank", "rank_fraction", "identifiable", "revealed_energy", "max_leverage",
-                      "worst_patch_revealed_energy", "dropped_by_policy") if k in c]
+            for k in ("k", "rank", "rank_fraction", "identifiable", "revealed_energy", "revealed_energy_public_mu",
+                      "max_leverage", "worst_patch_revealed_energy", "worst_patch_rank_fraction",
+                      "dropped_by_policy") if k in c]
     parts.append(_table(["quantity", "mean", "p5", "median", "p95", "max"], crow))
     parts.append(f"<p class=note>Requests with at least one identifiable input coordinate: "
-                 f"{c['requests_with_identifiable']} of {rep['n_test']}. ρ uses the public data mean μ.</p>")
+                 f"{c['requests_with_identifiable']} of {rep['n_test']}. revealed_energy is ρ(x) as the device "
+                 f"computes it, with its μ = {_esc(c.get('device_mu'))}; revealed_energy_public_mu uses the "
+                 "attacker's per-coordinate mean of the public split.</p>")
     if ex and "cert" in ex:
         parts.append(certificate_figure(ex["cert"], int(np.prod(b["input_shape"]))))
     if rep.get("repeated"):
@@ -256,7 +259,8 @@ def frontier_figure(rows: list[dict[str, Any]], metric: str, title: str) -> str:
 
 def frontier_markdown(rows: list[dict[str, Any]], metric: str) -> str:
     head = (f"| drop p | accuracy | surviving outputs | min-norm {metric} | rMLE {metric} | rMLE naive {metric} | "
-            f"inverse-net {metric} | class-prior {metric} | best − class prior | mean ρ | train s | audit s |")
+            f"inverse-net {metric} | class-prior {metric} | best − class prior | mean ρ (public μ) "
+            "| train s | audit s |")
     lines = [head, "|" + "---|" * 12]
     for r in sorted(rows, key=lambda r: r["drop_rate"]):
         a = r["attacks"]

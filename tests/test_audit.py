@@ -1,0 +1,179 @@
+"""The audit's attacks work (they beat the data mean on an undefended model), repeated queries accumulate
+equations with fresh masks but not with keyed masks, and the CLI/report/frontier paths run end to end."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from daonet.audit import AuditConfig, run_audit, write_report
+from daonet.audit.metrics import evaluate, nmse, pearson, psnr, summarize
+from daonet.cli import app
+from daonet.data import Dataset, load_dataset
+from daonet.errors import BundleError, DatasetError, InputError
+from daonet.export import export_model
+from daonet.train import TrainConfig, train
+
+FAST = AuditConfig(dataset="digits", n_test=60, public_size=None, decoder_epochs=25, rmle_steps=150,
+                   rmle_tune_size=32, n_repeat=30, n_examples=4, seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _bundle(ds, tmp_path_factory, p: float, name: str, epochs: int = 15):
+    res = train(TrainConfig(dataset="digits", model="mlp", drop_rate=p, epochs=epochs,
+                            model_kwargs={"hidden": 40, "hidden2": 64}), ds=ds, progress=False)
+    path = tmp_path_factory.mktemp(name)
+    export_model(res.model, path, model_id=f"digits-mlp-{name}", classes=ds.classes, raw_dtype="uint8")
+    return path, res.metrics
+
+
+@pytest.fixture(scope="module")
+def undefended(digits, tmp_path_factory):
+    return _bundle(digits, tmp_path_factory, 0.0, "p0")
+
+
+@pytest.fixture(scope="module")
+def dropped(digits, tmp_path_factory):
+    return _bundle(digits, tmp_path_factory, 0.5, "p05")
+
+
+@pytest.fixture(scope="module")
+def audit_p0(undefended, digits):
+    return run_audit(undefended[0], FAST, dataset=digits, progress=False, log=lambda s: None)
+
+
+def test_every_attack_beats_the_data_mean_on_an_undefended_model(audit_p0):
+    rep = audit_p0.report
+    assert rep["accuracy"] > 0.8
+    mean_ssim = rep["attacks"]["data_mean"]["metrics"]["ssim"]["mean"]
+    for name in ("min_norm", "rmle", "rmle_naive", "decoder"):
+        ssim = rep["attacks"][name]["metrics"]["ssim"]
+        assert ssim["mean"] > mean_ssim + 0.05, name
+        assert rep["attacks"][name]["metrics"]["psnr"]["mean"] > rep["attacks"]["data_mean"]["metrics"]["psnr"]["mean"]
+    # the learned inverse network is the strongest here, and it beats the class prior too
+    assert rep["best_attack"] == "decoder" and rep["best_advantage"] > 0
+    assert rep["budgets"]["decoder"]["public_examples"] == 1437
+    assert rep["budgets"]["decoder"]["fresh_masks_every_epoch"]
+
+
+def test_certificate_distribution_is_reported(audit_p0):
+    c = audit_p0.report["certificate"]
+    assert 0 < c["k"]["mean"] <= 40 and c["rank"]["max"] <= 40
+    assert 0 <= c["revealed_energy"]["min"] <= c["revealed_energy"]["max"] <= 1
+    assert len(audit_p0.examples["cert"]["k"]) == FAST.n_test
+
+
+def test_repeated_queries_without_dropping_reveal_nothing_new(audit_p0):
+    rows = audit_p0.report["repeated"]["rows"]
+    fresh = [r for r in rows if r["masks"] == "fresh random"]
+    assert len({round(r["surviving_union"], 6) for r in fresh}) == 1  # p = 0: every send is identical
+    keyed = next(r for r in rows if r["masks"] == "keyed (same input)")
+    assert keyed["identical_payloads"]
+
+
+def test_repeated_fresh_masks_accumulate_keyed_masks_do_not(dropped, digits):
+    cfg = replace(FAST, attacks=("min_norm", "repeated"), repeats=(2, 10))
+    rep = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report
+    r = rep["repeated"]
+    single_k = rep["certificate"]["k"]["mean"]
+    fresh = {row["K"]: row for row in r["rows"] if row["masks"] == "fresh random"}
+    assert fresh[2]["surviving_union"] > single_k + 1
+    assert fresh[10]["surviving_union"] > fresh[2]["surviving_union"]
+    assert fresh[10]["min_norm"]["mean"] > r["single_query"]["min_norm"] + 0.02
+    keyed = next(row for row in r["rows"] if row["masks"] == "keyed (same input)")
+    assert keyed["identical_payloads"]
+    assert keyed["surviving_union"] < fresh[2]["surviving_union"]
+    near = next(row for row in r["rows"] if row["masks"].startswith("keyed, near-duplicate"))
+    assert near["surviving_union"] > keyed["surviving_union"]  # noisy re-captures get new masks
+
+
+def test_policy_audit_holds_and_costs_are_reported(dropped, digits):
+    cfg = replace(FAST, attacks=("min_norm", "decoder"), decoder_epochs=2, max_revealed_energy=0.2,
+                  policy_thresholds=(0.3,))
+    rep = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report
+    assert rep["policy"]["max_revealed_energy"] == 0.2
+    assert rep["certificate"]["policy_ok_all"]
+    assert rep["certificate"]["revealed_energy"]["max"] <= 0.2 + 1e-6
+    assert rep["certificate"]["identifiable"]["max"] == 0
+    assert rep["budgets"]["decoder"]["fresh_masks_every_epoch"] is False
+    costs = {row["max_revealed_energy"]: row for row in rep["policy_cost"]}
+    assert costs[None]["dropped_by_policy"] == 0 and costs[0.3]["policy_ok_all"]
+    assert costs[0.3]["revealed_energy"] <= costs[None]["revealed_energy"]
+
+
+def test_report_files(audit_p0, tmp_path):
+    js, html = write_report(audit_p0, tmp_path)
+    data = json.loads(js.read_text())
+    assert data["best_attack"] == "decoder" and data["metric"] == "ssim"
+    page = html.read_text()
+    assert page.count("data:image/png;base64,") >= 2 and "<script" not in page
+    assert (tmp_path / "examples.npz").exists()
+
+
+def test_bad_inputs_have_clear_errors(undefended, digits, tmp_path):
+    with pytest.raises(BundleError, match="does not exist"):
+        run_audit(tmp_path / "nope", FAST, dataset=digits, progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="device/ and server/"):
+        run_audit(tmp_path / "empty", FAST, dataset=digits, progress=False)
+    wrong = Dataset("signals", np.zeros((20, 1, 140), np.float32), np.zeros(20, np.int64),
+                    np.zeros((5, 1, 140), np.float32), np.zeros(5, np.int64), [str(i) for i in range(10)], "signal")
+    with pytest.raises(DatasetError, match="shaped"):
+        run_audit(undefended[0], FAST, dataset=wrong, progress=False)
+    with pytest.raises(InputError, match="unknown attack"):
+        run_audit(undefended[0], replace(FAST, attacks=("magic",)), dataset=digits, progress=False)
+    with pytest.raises(InputError):
+        run_audit(undefended[0], replace(FAST, n_test=1), dataset=digits, progress=False)
+
+
+def test_metrics_sanity():
+    x = np.random.default_rng(0).random((4, 1, 8, 8))
+    assert (psnr(x, x) == 100).all()
+    assert np.allclose(evaluate("image", x, x)["ssim"], 1)
+    assert np.allclose(pearson(x, 2 * x + 1), 1) and np.allclose(nmse(x, x), 0)
+    s = summarize({"nmse": np.array([0.5, 0.5])}, {"nmse": np.array([1.0, 1.0])})
+    assert s["nmse"]["advantage"] == pytest.approx(0.5)  # lower error is an advantage
+
+
+def test_cli_audit_and_frontier(undefended, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "single"
+    res = runner.invoke(app, ["audit", str(undefended[0]), "--dataset", "digits", "--out", str(out), "--n-test", "20",
+                              "--attacks", "min_norm", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert (out / "report.html").exists() and json.loads((out / "audit.json").read_text())["n_test"] == 20
+    res = runner.invoke(app, ["audit", str(tmp_path / "missing"), "--dataset", "digits", "--out", str(out)])
+    assert res.exit_code != 0 and "does not exist" in res.output
+    res = runner.invoke(app, ["audit", str(undefended[0]), "--attacks", "min_norm,telepathy", "--out", str(out)])
+    assert res.exit_code != 0 and "unknown attack" in res.output
+    front = tmp_path / "front"
+    args = ["audit", "frontier", "--dataset", "digits", "--model", "mlp", "--drop-rates", "0,0.5", "--epochs", "2",
+            "--out", str(front), "--n-test", "20", "--attacks", "min_norm,decoder", "--decoder-epochs", "2",
+            "--model-opt", "hidden=32", "--threads", "1"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = json.loads((front / "frontier.json").read_text())["rows"]
+    assert [r["drop_rate"] for r in rows] == [0.0, 0.5]
+    assert rows[1]["surviving"] < rows[0]["surviving"]
+    assert (front / "report.html").read_text().count("data:image/png;base64,") >= 3
+    mtime = (front / "p0.5" / "audit.json").stat().st_mtime
+    res = runner.invoke(app, args)  # everything cached: nothing is retrained or re-audited
+    assert res.exit_code == 0 and "reusing the audit" in res.output
+    assert (front / "p0.5" / "audit.json").stat().st_mtime == mtime
