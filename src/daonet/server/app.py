@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__ as daonet_version
 from ..errors import PayloadError, VersionMismatchError
@@ -141,6 +142,8 @@ def _as_api_error(exc: Exception) -> ApiError:
         return ApiError(400, "malformed_payload", str(exc))
     if isinstance(exc, PayloadError):
         return ApiError(422, "invalid_payload", str(exc))
+    if isinstance(exc, ClientDisconnect):
+        return ApiError(400, "client_disconnected", "the client went away before sending the whole body")
     if isinstance(exc, BatcherClosedError):
         return ApiError(503, "shutting_down", "the server is shutting down; retry on another replica")
     return ApiError(500, "internal_error", "the server failed to process the request; it has been logged")
