@@ -9,9 +9,9 @@ from scratch, here, against the exact bundle being audited.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
-import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -389,7 +389,9 @@ def _repeated(cfg: AuditConfig, obs: Observer, know: atk.ServerKnowledge, x: np.
             rows.append(row)
             bar.update(task, advance=1, status=f"K={k}")
     # replay-safe masks: the device holds a key the server never sees
-    keyed = KeyedMasks(key=secrets.token_bytes(32), model_version=obs.device.version)
+    # a simulated device key, derived from the seed so the audit is reproducible (the server never sees it)
+    keyed = KeyedMasks(key=hashlib.sha256(f"daonet-audit-device-key-{cfg.seed}".encode()).digest(),
+                       model_version=obs.device.version)
     sends = [obs.payloads(x, keyed)[0] for _ in range(kmax)]
     identical = all(sends[j] == sends[0] for j in range(1, kmax))
     hk = np.stack([obs.received(s)[0] for s in sends])
