@@ -38,8 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from fastapi import Request  # module level: FastAPI resolves the handler's annotations from these globals
+# One BLAS thread: a device encodes one input on its own core, and on a small shared machine spinning BLAS
+# threads only add noise (set before numpy loads; inherited by the server subprocesses).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from fastapi import Request  # noqa: E402  # module level: FastAPI resolves the handler's annotations from these globals
 
 CACHE = Path(".daonet-cache/bench")
 CONCURRENCY = (1, 16, 64)
@@ -191,18 +195,55 @@ async def _run_load(port: int, requests: list[bytes], total: int, concurrency: i
     return latencies, answers, time.perf_counter() - t0
 
 
-def measure(port: int, requests: list[bytes], labels: np.ndarray, n_single: int, n_conc: int,
-            warmup: int) -> dict[str, Any]:
-    asyncio.run(_run_load(port, requests, warmup, 16))
-    out: dict[str, Any] = {}
-    for c in CONCURRENCY:
-        total = n_single if c == 1 else n_conc
-        lat, answers, wall = asyncio.run(_run_load(port, requests, total, c))
-        ms = np.array(lat) * 1000
-        acc = float(np.mean(np.array(answers) == labels[np.arange(total) % len(labels)]))
-        out[str(c)] = {"requests": total, "p50_ms": float(np.percentile(ms, 50)),
-                       "p99_ms": float(np.percentile(ms, 99)), "throughput_rps": total / wall,
-                       "accuracy": acc}
+def scrape_batches(port: int) -> tuple[float, float]:
+    """(sum, count) of the server's ``daonet_batch_size`` histogram: requests per forward pass."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    text = data.decode("utf-8", "replace")
+    total = sum(float(v) for v in re.findall(r"^daonet_batch_size_sum\{[^}]*\} (\S+)$", text, re.M))
+    count = sum(float(v) for v in re.findall(r"^daonet_batch_size_count\{[^}]*\} (\S+)$", text, re.M))
+    return total, count
+
+
+def measure(servers: dict[str, Server], requests: dict[str, list[bytes]], labels: np.ndarray, rounds: int,
+            n_single: int, n_conc: int, warmup: int) -> dict[str, dict[str, Any]]:
+    """Interleave DAO and plaintext (alternating order each round) so load from other work hits both alike.
+
+    Per mode and concurrency: latencies pooled over rounds (p50/p99), throughput = median over rounds,
+    mean batch size from the server's own metrics.
+    """
+    for mode, server in servers.items():
+        asyncio.run(_run_load(server.port, requests[mode], warmup, 16))
+    raw: dict[str, dict[int, dict[str, list]]] = {
+        m: {c: {"lat": [], "rps": [], "ans": [], "batch": [0.0, 0.0]} for c in CONCURRENCY} for m in servers}
+    order = list(servers)
+    for r in range(rounds):
+        for c in CONCURRENCY:
+            for mode in (order if r % 2 == 0 else order[::-1]):
+                port = servers[mode].port
+                total = (n_single if c == 1 else n_conc) // rounds
+                s0, n0 = scrape_batches(port)
+                lat, answers, wall = asyncio.run(_run_load(port, requests[mode], total, c))
+                s1, n1 = scrape_batches(port)
+                cell = raw[mode][c]
+                cell["lat"] += lat
+                cell["rps"].append(total / wall)
+                cell["ans"] += [a == labels[i % len(labels)] for i, a in enumerate(answers)]
+                cell["batch"][0] += s1 - s0
+                cell["batch"][1] += n1 - n0
+    out: dict[str, dict[str, Any]] = {}
+    for mode, cells in raw.items():
+        out[mode] = {}
+        for c, cell in cells.items():
+            ms = np.array(cell["lat"]) * 1000
+            out[mode][str(c)] = {
+                "requests": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+                "throughput_rps": float(np.median(cell["rps"])), "throughput_rps_rounds": cell["rps"],
+                "mean_batch": cell["batch"][0] / max(cell["batch"][1], 1), "accuracy": float(np.mean(cell["ans"])),
+            }
     return out
 
 
@@ -291,49 +332,57 @@ def device_side(bundle: Path, x: np.ndarray) -> dict[str, Any]:
 
 
 # -- report --------------------------------------------------------------------------------------------------
-def to_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def to_rows(results: dict[str, Any]) -> list[list[str]]:
+    """One row per model and figure: DAO, plaintext, DAO/plaintext."""
     rows = []
     for name, r in results["models"].items():
         dao, plain = r["dao"], r["plaintext"]
-        rows.append({
-            "model": name,
-            "bytes DAO": f"{r['bytes_dao']:.0f}", "bytes plain": f"{r['bytes_plain']:.0f}",
-            "bytes ratio": f"{r['bytes_dao'] / r['bytes_plain']:.2f}",
-            "p50 ms DAO / plain": f"{dao['1']['p50_ms']:.2f} / {plain['1']['p50_ms']:.2f} "
-                                  f"({dao['1']['p50_ms'] / plain['1']['p50_ms']:.2f})",
-            "p99 ms DAO / plain": f"{dao['1']['p99_ms']:.2f} / {plain['1']['p99_ms']:.2f} "
-                                  f"({dao['1']['p99_ms'] / plain['1']['p99_ms']:.2f})",
-            **{f"req/s @{c} DAO / plain": f"{dao[str(c)]['throughput_rps']:.0f} / "
-                                          f"{plain[str(c)]['throughput_rps']:.0f} "
-                                          f"({dao[str(c)]['throughput_rps'] / plain[str(c)]['throughput_rps']:.2f})"
-               for c in CONCURRENCY},
-            "accuracy DAO / plain": f"{dao['1']['accuracy']:.3f} / {plain['1']['accuracy']:.3f}",
-        })
+
+        def row(label: str, d: float, p: float, fmt: str = "{:.2f}", name: str = name) -> list[str]:
+            return [name, label, fmt.format(d), fmt.format(p), f"{d / p:.2f}" if p else "-"]
+
+        rows.append(row("bytes per request (body)", r["bytes_dao"], r["bytes_plain"], "{:.0f}"))
+        rows.append(row("latency p50, 1 client (ms)", dao["1"]["p50_ms"], plain["1"]["p50_ms"]))
+        rows.append(row("latency p99, 1 client (ms)", dao["1"]["p99_ms"], plain["1"]["p99_ms"]))
+        for c in CONCURRENCY:
+            k = str(c)
+            rows.append(row(f"throughput, {c} clients (req/s)", dao[k]["throughput_rps"], plain[k]["throughput_rps"],
+                            "{:.0f}"))
+        for c in CONCURRENCY[1:]:
+            k = str(c)
+            rows.append(row(f"mean batch, {c} clients", dao[k]["mean_batch"], plain[k]["mean_batch"], "{:.1f}"))
+        rows.append(row("accuracy over the answers", dao["1"]["accuracy"], plain["1"]["accuracy"], "{:.3f}"))
     return rows
 
 
+COLUMNS = ["model", "figure", "DAO", "plaintext", "DAO / plaintext"]
+
+
 def to_markdown(results: dict[str, Any]) -> str:
-    rows = to_rows(results)
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|---|---|---:|---:|---:|"]
+    lines += ["| " + " | ".join(r) + " |" for r in to_rows(results)]
     env = results["environment"]
+    busy = max(env["loadavg_start"][0], env["loadavg_end"][0]) > 0.5
     notes = [
         "",
-        f"Command: `{results['command']}`. Ratios in parentheses are DAO / plaintext (latency: lower is better, "
-        "throughput: higher is better). Latency: one client, sequential requests, client-side round trip on "
-        "loopback. Throughput: completed requests per second with 1, 16 and 64 concurrent keep-alive connections.",
-        "Bytes: request body per request (DAO: sparse payload at the trained drop rate; plaintext: the raw input, "
-        "uint8 pixels / float32 samples); HTTP headers add the same ~110 bytes to both.",
+        f"Command: `{results['command']}`.",
+        "Latency: one client, sequential requests, client-side round trip on loopback. Throughput: completed "
+        "requests per second with 1, 16 and 64 concurrent keep-alive connections (median of "
+        f"{env['rounds']} rounds, DAO and plaintext interleaved). Mean batch: requests per forward pass, from "
+        "each server's /metrics.",
+        "Bytes: request body (DAO: sparse payload at the trained drop rate; plaintext: the raw input, uint8 pixels "
+        "/ float32 samples); HTTP headers add the same ~110 bytes to both. Accuracy: DAO with dropping as trained; "
+        "plaintext runs the whole model without dropping.",
         "Device-side encode (first layer + ReLU + dropping + wire encoding, numpy, one input): "
-        + ", ".join(f"{k} {v['encode_us']:.0f} µs (mean nnz {v['nnz_mean']:.1f} of {v['n_outputs']})"
-                    for k, v in results["models"].items()) + "; not included in the latencies above.",
-        f"Setup: each server in its own subprocess (one at a time), torch threads {env['torch_threads']}, "
-        f"max_batch_size {env['max_batch_size']}, max_wait_ms {env['max_wait_ms']}; load generator: asyncio "
-        f"HTTP/1.1 keep-alive client in the parent process. {env['cpus']} CPUs; load average "
-        f"{env['loadavg_start'][0]:.1f} at start and {env['loadavg_end'][0]:.1f} at the end"
-        + (" (other work was running: numbers are under load)." if max(env['loadavg_start'][0],
-                                                                         env['loadavg_end'][0]) > 0.5 else "."),
+        + ", ".join(f"{k} {v['encode_us']:.0f} µs (mean nnz {v['nnz_mean']:.1f} of {v['n_outputs']}, "
+                    f"p={v['drop_rate']})" for k, v in results["models"].items())
+        + "; not included in the latencies above.",
+        f"Setup: DAO server = the product app (`daonet.server.app`); plaintext = benchmark-only app in this script, "
+        f"same FastAPI + uvicorn + MicroBatcher + metrics. Each in its own subprocess, torch threads "
+        f"{env['torch_threads']}, max_batch_size {env['max_batch_size']}, max_wait_ms {env['max_wait_ms']}; load "
+        f"generator: asyncio HTTP/1.1 client in the parent process. {env['cpus']} CPUs, torch {env['torch']}; load "
+        f"average {env['loadavg_start'][0]:.1f} at start, {env['loadavg_end'][0]:.1f} at the end"
+        + (" (other work was running: numbers are under load and noisy)." if busy else "."),
     ]
     return "\n".join(lines + notes) + "\n"
 
@@ -342,13 +391,12 @@ def print_table(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    rows = to_rows(results)
-    table = Table(title="daonet serving: DAO vs plaintext (ratio DAO/plain)")
-    for col in rows[0]:
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(*[str(v) for v in r.values()])
-    Console().print(table)
+    table = Table(title="daonet serving: DAO vs plaintext")
+    for i, col in enumerate(COLUMNS):
+        table.add_column(col, justify="right" if i >= 2 else "left")
+    for r in to_rows(results):
+        table.add_row(*r)
+    Console(width=120).print(table)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -357,6 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--single-requests", type=int, default=1000, help="sequential requests for p50/p99")
     p.add_argument("--requests", type=int, default=3000, help="requests per concurrency level (16, 64)")
     p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved DAO/plaintext rounds")
     p.add_argument("--ecg-epochs", type=int, default=ECG_CONFIG["epochs"])
     p.add_argument("--torch-threads", type=int, default=1, help="server's torch intra-op threads")
     p.add_argument("--max-batch-size", type=int, default=64)
@@ -383,20 +432,23 @@ def main(argv: list[str] | None = None) -> None:
             "encode_us": dev["encode_us"], "nnz_mean": dev["nnz_mean"], "n_outputs": dev["n_outputs"],
             "drop_rate": dev["drop_rate"],
         }
-        for mode, path, reqs in (("dao", m["bundle"] / "server", dao_reqs), ("plain", m["run"], plain_reqs)):
-            print(f"{name}: {mode} server ...", flush=True)
-            server = start_child(mode, path, name, args)
-            try:
-                r["dao" if mode == "dao" else "plaintext"] = measure(server.port, reqs, m["y"], args.single_requests,
-                                                                     args.requests, args.warmup)
-            finally:
+        servers: dict[str, Server] = {}
+        try:
+            print(f"{name}: starting the DAO and plaintext servers ...", flush=True)
+            servers["dao"] = start_child("dao", m["bundle"] / "server", name, args)
+            servers["plaintext"] = start_child("plain", m["run"], name, args)
+            print(f"{name}: measuring ({args.rounds} interleaved rounds) ...", flush=True)
+            r.update(measure(servers, {"dao": dao_reqs, "plaintext": plain_reqs}, m["y"], args.rounds,
+                             args.single_requests, args.requests, args.warmup))
+        finally:
+            for server in servers.values():
                 server.stop()
         results["models"][name] = r
     import torch
 
     results["environment"] = {
         "cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
-        "torch_threads": args.torch_threads, "max_batch_size": args.max_batch_size,
+        "torch_threads": args.torch_threads, "max_batch_size": args.max_batch_size, "rounds": args.rounds,
         "max_wait_ms": args.max_wait_ms, "python": platform.python_version(), "torch": torch.__version__,
         "platform": platform.platform(),
     }

@@ -261,19 +261,16 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
             raise ApiError(401, "unauthorized", f"{what}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                            headers={"WWW-Authenticate": "Bearer"})
 
-    async def no_check() -> None:
-        return None
-
-    auth = Depends(check_key) if verifier.enabled else Depends(no_check)
+    auth = [Depends(check_key)] if verifier.enabled else []  # no dependency at all when keys are off
 
     # -- endpoints ------------------------------------------------------------------------------------------
-    @app.get("/v1/models", response_model=ModelList, tags=["models"], dependencies=[auth],
+    @app.get("/v1/models", response_model=ModelList, tags=["models"], dependencies=auth,
              responses={401: ERRORS[401]})
     async def list_models() -> dict[str, Any]:
         """Served models with what a device needs to check its bundle (id, version, input spec)."""
         return {"models": [_model_info(m) for m in models]}
 
-    @app.get("/v1/models/{model_id}", response_model=ModelInfo, tags=["models"], dependencies=[auth],
+    @app.get("/v1/models/{model_id}", response_model=ModelInfo, tags=["models"], dependencies=auth,
              responses={401: ERRORS[401], 404: ERRORS[404]})
     async def get_model(model_id: str) -> dict[str, Any]:
         try:
@@ -282,7 +279,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
             raise _as_api_error(exc) from None
 
     @app.post("/v1/models/{model_id}/predict", response_model=PredictResponse, tags=["models"],
-              dependencies=[auth], responses=ERRORS, openapi_extra=PREDICT_BODY)
+              dependencies=auth, responses=ERRORS, openapi_extra=PREDICT_BODY)
     async def predict(model_id: str, request: Request) -> Response:
         """Class probabilities from one sparse payload (the dropped first-layer activations)."""
         t0 = time.perf_counter()
@@ -309,7 +306,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
             top = int(np.argmax(probs))
             classes = model.classes
             status = 200
-            metrics.payload_bytes.labels(model=label).observe(len(body))
+            metrics.observe_payload(label, len(body))
             return JSONResponse({
                 "model_id": model.model_id, "model_version": model.version,
                 "label": classes[top] if top < len(classes) else str(top), "index": top,

@@ -72,9 +72,9 @@ class MicroBatcher(Generic[T, R]):
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Bind to the running event loop (called lazily by :meth:`submit`)."""
-        if self._closed:
-            raise BatcherClosedError(f"{self.name} is closed")
+        """Bind to the running event loop (lazily by :meth:`submit`; again after :meth:`aclose`, e.g. when
+        an app's lifespan runs a second time)."""
+        self._closed = False
         if self._task is None:
             self._queue = asyncio.Queue()
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"daonet-{self.name}")
@@ -103,6 +103,8 @@ class MicroBatcher(Generic[T, R]):
     # -- submitting -----------------------------------------------------------------------------------
     async def submit(self, value: T) -> R:
         """Queue one item and wait for its result (from a batch shared with concurrent callers)."""
+        if self._closed:
+            raise BatcherClosedError(f"{self.name} is closed")
         self.start()
         assert self._queue is not None
         self._concurrency = 0.8 * self._concurrency + 0.2 * self._inflight

@@ -6,6 +6,8 @@ Labels are bounded: ``model`` is a served model id or ``"unknown"`` (never a cli
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -34,10 +36,23 @@ class ServerMetrics:
                                        ["model"], buckets=BYTES_BUCKETS, registry=r)
         self.models = Gauge("daonet_models_loaded", "Models this server serves", registry=r)
         self.ready = Gauge("daonet_ready", "1 when the server accepts predictions", registry=r)
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._payload_children: dict[str, Any] = {}
 
     def observe_request(self, model: str, status: int, seconds: float) -> None:
-        self.requests.labels(model=model, status=str(status)).inc()
-        self.latency.labels(model=model).observe(seconds)
+        key = (model, status)
+        child = self._children.get(key)
+        if child is None:  # labels() takes a lock and builds a key each call: cache the children
+            child = self._children[key] = (self.requests.labels(model=model, status=str(status)),
+                                           self.latency.labels(model=model))
+        child[0].inc()
+        child[1].observe(seconds)
+
+    def observe_payload(self, model: str, size: int) -> None:
+        child = self._payload_children.get(model)
+        if child is None:
+            child = self._payload_children[model] = self.payload_bytes.labels(model=model)
+        child.observe(size)
 
     def batch_observer(self, model: str):
         """A callback for :class:`~daonet.server.batching.MicroBatcher` (size, seconds in forward)."""
