@@ -1,8 +1,8 @@
 """Shared fixtures. Grouped by feature; session-scoped where they train or start something.
 
 Serving (tests/test_server*.py, tests/test_client.py):
-- ``digits_run``: a tiny real model (sklearn digits, mlp, p=0.5, 3 epochs) and its data.
-- ``digits_bundle`` / ``signal_bundle``: exported device+server bundles (an image model and a
+- ``serve_digits_run``: a tiny real model (sklearn digits, mlp, p=0.5, 3 epochs) and its data.
+- ``serve_digits_bundle`` / ``serve_signal_bundle``: exported device+server bundles (an image model and a
   cnn1d model on synthetic signals, for CSV inputs and a two-model server).
 - ``start_server``: factory that starts the real app under uvicorn on a free loopback port in a
   background thread; every server it started is stopped at the end of the session.
@@ -43,7 +43,7 @@ class BundlePair:
 
 
 @pytest.fixture(scope="session")
-def digits_run():
+def serve_digits_run():
     """A real (small) trained model: digits 8x8, dense first layer of 256 outputs, dropping p=0.5."""
     from daonet.train import TrainConfig, train
 
@@ -54,17 +54,17 @@ def digits_run():
 
 
 @pytest.fixture(scope="session")
-def digits_bundle(digits_run, tmp_path_factory) -> BundlePair:
+def serve_digits_bundle(serve_digits_run, tmp_path_factory) -> BundlePair:
     from daonet.export import export_model
 
     root = tmp_path_factory.mktemp("serve-digits") / "bundle"
-    dev, srv = export_model(digits_run.model, root, model_id="digits-mlp", classes=digits_run.dataset.classes,
-                            raw_dtype="uint8")
+    dev, srv = export_model(serve_digits_run.model, root, model_id="digits-mlp",
+                            classes=serve_digits_run.dataset.classes, raw_dtype="uint8")
     return BundlePair(root, dev, srv)
 
 
 @pytest.fixture(scope="session")
-def signal_bundle(tmp_path_factory) -> BundlePair:
+def serve_signal_bundle(tmp_path_factory) -> BundlePair:
     """A cnn1d on synthetic 2-class signals (1 x 64): only to serve a second model and test CSV inputs."""
     from daonet.data import Dataset
     from daonet.export import export_model
@@ -110,11 +110,11 @@ def server_body_limit() -> int:
 
 
 @pytest.fixture(scope="session")
-def server_url(start_server, digits_bundle, signal_bundle) -> str:
+def server_url(start_server, serve_digits_bundle, serve_signal_bundle) -> str:
     from daonet.server.config import ServerConfig
 
-    config = ServerConfig(bundles=[digits_bundle.server, signal_bundle.server], max_body_bytes=SERVE_BODY_LIMIT,
-                          max_batch_size=32, max_wait_ms=2.0)
+    config = ServerConfig(bundles=[serve_digits_bundle.server, serve_signal_bundle.server],
+                          max_body_bytes=SERVE_BODY_LIMIT, max_batch_size=32, max_wait_ms=2.0)
     return start_server(config).url
 
 

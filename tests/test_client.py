@@ -18,12 +18,12 @@ from daonet.server.config import ServerConfig, hash_api_key
 from daonet.server.model import ServerModel
 
 
-def test_http_accuracy_equals_in_process(server_url, digits_bundle, digits_run):
+def test_http_accuracy_equals_in_process(server_url, serve_digits_bundle, serve_digits_run):
     """Same inputs, same masks: predictions over HTTP (micro-batched) equal ServerModel.predict_bytes."""
-    x, y = digits_run.dataset.x_test, digits_run.dataset.y_test
-    with Client(server_url, digits_bundle.device, masks=RandomMasks(7)) as client:
+    x, y = serve_digits_run.dataset.x_test, serve_digits_run.dataset.y_test
+    with Client(server_url, serve_digits_bundle.device, masks=RandomMasks(7)) as client:
         preds = client.predict_many(x, concurrency=16)
-    device, server = DeviceModel.load(digits_bundle.device), ServerModel.load(digits_bundle.server)
+    device, server = DeviceModel.load(serve_digits_bundle.device), ServerModel.load(serve_digits_bundle.server)
     payloads = device.encode_many(x, RandomMasks(7))
     probs = server.predict_bytes([p.data for p in payloads])
     assert [p.payload.data for p in preds] == [p.data for p in payloads]  # the very same bytes were sent
@@ -36,19 +36,19 @@ def test_http_accuracy_equals_in_process(server_url, digits_bundle, digits_run):
     assert p.model_id == "digits-mlp" and p.label == str(p.index)
 
 
-def test_predict_with_explicit_mask(server_url, digits_bundle, digits_run):
-    x = digits_run.dataset.x_test[3]
+def test_predict_with_explicit_mask(server_url, serve_digits_bundle, serve_digits_run):
+    x = serve_digits_run.dataset.x_test[3]
     mask = np.random.default_rng(3).random(256) >= 0.5
-    device, server = DeviceModel.load(digits_bundle.device), ServerModel.load(digits_bundle.server)
+    device, server = DeviceModel.load(serve_digits_bundle.device), ServerModel.load(serve_digits_bundle.server)
     expected = server.predict_bytes([device.encode(x, mask=mask).data])[0]
-    with Client(server_url, digits_bundle.device) as client:
+    with Client(server_url, serve_digits_bundle.device) as client:
         pred = client.predict(x, mask=mask)
     np.testing.assert_allclose(pred.probabilities, expected, atol=1e-5)
 
 
-def test_signal_model_over_http(server_url, signal_bundle):
+def test_signal_model_over_http(server_url, serve_signal_bundle):
     x = np.sin(np.linspace(0, 12, 64, dtype=np.float32))
-    with Client(server_url, signal_bundle.device) as client:
+    with Client(server_url, serve_signal_bundle.device) as client:
         pred = client.predict(x)
     assert pred.label in ("slow", "fast") and pred.probabilities.shape == (2,)
 
@@ -63,33 +63,34 @@ def _edited_bundle(src, dst, **changes):
     return dst
 
 
-def test_client_refuses_a_server_with_another_version(server_url, digits_bundle, tmp_path):
-    stale = _edited_bundle(digits_bundle.device, tmp_path / "stale", version="0000000000000000")
-    server_version = DeviceModel.load(digits_bundle.device).version
+def test_client_refuses_a_server_with_another_version(server_url, serve_digits_bundle, tmp_path):
+    stale = _edited_bundle(serve_digits_bundle.device, tmp_path / "stale", version="0000000000000000")
+    server_version = DeviceModel.load(serve_digits_bundle.device).version
     with Client(server_url, stale) as client, pytest.raises(VersionMismatchError) as err:
         client.predict(np.zeros((1, 8, 8), np.float32))
     assert "0000000000000000" in str(err.value) and server_version in str(err.value)
     assert err.value.expected == server_version and err.value.got == "0000000000000000"
 
 
-def test_client_refuses_a_server_without_the_model(server_url, digits_bundle, tmp_path):
-    other = _edited_bundle(digits_bundle.device, tmp_path / "other", model_id="cats-vs-dogs")
+def test_client_refuses_a_server_without_the_model(server_url, serve_digits_bundle, tmp_path):
+    other = _edited_bundle(serve_digits_bundle.device, tmp_path / "other", model_id="cats-vs-dogs")
     with Client(server_url, other) as client, pytest.raises(VersionMismatchError, match="does not serve model"):
         client.predict_many(np.zeros((3, 1, 8, 8), np.float32))
 
 
-def test_client_errors_are_clear(server_url, digits_bundle, start_server):
-    with pytest.raises(DaonetError, match="cannot connect"), Client("http://127.0.0.1:9", digits_bundle.device) as c:
+def test_client_errors_are_clear(server_url, serve_digits_bundle, start_server):
+    with (pytest.raises(DaonetError, match="cannot connect"),
+          Client("http://127.0.0.1:9", serve_digits_bundle.device) as c):
         c.check_server()
     with pytest.raises(DaonetError, match="http:// or https://"):
-        Client("127.0.0.1:8000", digits_bundle.device)
-    server = start_server(ServerConfig(bundles=[digits_bundle.server], api_key_hashes=[hash_api_key("right")]))
-    with Client(server.url, digits_bundle.device, api_key="wrong") as c, pytest.raises(ServerError) as err:
+        Client("127.0.0.1:8000", serve_digits_bundle.device)
+    server = start_server(ServerConfig(bundles=[serve_digits_bundle.server], api_key_hashes=[hash_api_key("right")]))
+    with Client(server.url, serve_digits_bundle.device, api_key="wrong") as c, pytest.raises(ServerError) as err:
         c.check_server()
     assert err.value.status == 401 and err.value.error == "unauthorized"
-    with Client(server.url, digits_bundle.device, api_key="right") as c:
+    with Client(server.url, serve_digits_bundle.device, api_key="right") as c:
         assert c.predict(np.zeros(64, np.float32)).probabilities.shape == (10,)
-    with Client(server_url, digits_bundle.device) as c, pytest.raises(DaonetError, match="input has shape"):
+    with Client(server_url, serve_digits_bundle.device) as c, pytest.raises(DaonetError, match="input has shape"):
         c.predict(np.zeros(10))  # a bad input never reaches the network
 
 
@@ -102,9 +103,9 @@ def test_client_imports_without_torch_or_server_framework():
 
 # -- the predict CLI -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def input_files(tmp_path_factory, digits_run):
+def input_files(tmp_path_factory, serve_digits_run):
     d = tmp_path_factory.mktemp("inputs")
-    x = digits_run.dataset.x_test[:3]
+    x = serve_digits_run.dataset.x_test[:3]
     pixels = (x * 255).round().astype(np.uint8)
     np.save(d / "one.npy", x[0])
     np.save(d / "batch.npy", x)
@@ -124,9 +125,9 @@ def _predict(*args: str):
     return CliRunner().invoke(cli_app, ["predict", *args])
 
 
-def test_predict_cli_images(server_url, digits_bundle, input_files):
+def test_predict_cli_images(server_url, serve_digits_bundle, input_files):
     d = input_files
-    r = _predict("--server", server_url, "--bundle", str(digits_bundle.device),
+    r = _predict("--server", server_url, "--bundle", str(serve_digits_bundle.device),
                  str(d / "one.npy"), str(d / "batch.npy"), str(d / "digit.png"), str(d / "digit-rgb.png"))
     assert r.exit_code == 0, r.output
     out = r.stdout
@@ -134,13 +135,13 @@ def test_predict_cli_images(server_url, digits_bundle, input_files):
     assert "batch.npy[2]:" in out and "digit.png:" in out and "sent" not in out
 
 
-def test_predict_cli_show_payload_and_json(server_url, digits_bundle, input_files):
-    r = _predict("--server", server_url, "--bundle", str(digits_bundle.device), "--show-payload",
+def test_predict_cli_show_payload_and_json(server_url, serve_digits_bundle, input_files):
+    r = _predict("--server", server_url, "--bundle", str(serve_digits_bundle.device), "--show-payload",
                  str(input_files / "digit.csv"))
     assert r.exit_code == 0, r.output
     assert "bytes to " in r.stdout and "of 256 outputs non-zero" in r.stdout and "44 41 4f 31" in r.stdout
     assert "no raw input" in r.stdout
-    r = _predict("--server", server_url, "--bundle", str(digits_bundle.device), "--json", "--show-payload",
+    r = _predict("--server", server_url, "--bundle", str(serve_digits_bundle.device), "--json", "--show-payload",
                  str(input_files / "one.npy"))
     assert r.exit_code == 0, r.output
     obj = json.loads(r.stdout.strip().splitlines()[-1])
@@ -148,8 +149,8 @@ def test_predict_cli_show_payload_and_json(server_url, digits_bundle, input_file
     assert bytes.fromhex(obj["payload_hex"])[:4] == b"DAO1" and len(obj["probabilities"]) == 10
 
 
-def test_predict_cli_signals_csv(server_url, signal_bundle, input_files):
-    r = _predict("--server", server_url, "--bundle", str(signal_bundle.device),
+def test_predict_cli_signals_csv(server_url, serve_signal_bundle, input_files):
+    r = _predict("--server", server_url, "--bundle", str(serve_signal_bundle.device),
                  str(input_files / "wave.csv"), str(input_files / "waves.csv"))
     assert r.exit_code == 0, r.output
     assert r.stdout.count("probabilities:") == 3 and "slow:" in r.stdout
@@ -163,18 +164,18 @@ def test_predict_cli_signals_csv(server_url, signal_bundle, input_files):
     ("notes.txt", "digits", "unsupported input type .txt"),
     ("missing.npy", "digits", "does not exist"),
 ])
-def test_predict_cli_refuses_bad_inputs_clearly(server_url, digits_bundle, signal_bundle, input_files,
+def test_predict_cli_refuses_bad_inputs_clearly(server_url, serve_digits_bundle, serve_signal_bundle, input_files,
                                                 name, bundle, message):
-    b = digits_bundle if bundle == "digits" else signal_bundle
+    b = serve_digits_bundle if bundle == "digits" else serve_signal_bundle
     r = _predict("--server", server_url, "--bundle", str(b.device), str(input_files / name))
     assert r.exit_code == 2
     assert message in " ".join(r.output.split()), r.output
 
 
-def test_predict_cli_version_mismatch_and_no_server(digits_bundle, server_url, input_files, tmp_path):
-    stale = _edited_bundle(digits_bundle.device, tmp_path / "stale", version="ffffffffffffffff")
+def test_predict_cli_version_mismatch_and_no_server(serve_digits_bundle, server_url, input_files, tmp_path):
+    stale = _edited_bundle(serve_digits_bundle.device, tmp_path / "stale", version="ffffffffffffffff")
     r = _predict("--server", server_url, "--bundle", str(stale), str(input_files / "one.npy"))
     assert r.exit_code == 2 and "ffffffffffffffff" in r.output
-    r = _predict("--server", "http://127.0.0.1:9", "--bundle", str(digits_bundle.device),
+    r = _predict("--server", "http://127.0.0.1:9", "--bundle", str(serve_digits_bundle.device),
                  str(input_files / "one.npy"))
     assert r.exit_code == 2 and "cannot connect" in r.output

@@ -27,13 +27,13 @@ def http(server_url):
 
 
 @pytest.fixture(scope="module")
-def device(digits_bundle) -> DeviceModel:
-    return DeviceModel.load(digits_bundle.device)
+def device(serve_digits_bundle) -> DeviceModel:
+    return DeviceModel.load(serve_digits_bundle.device)
 
 
 @pytest.fixture(scope="module")
-def good(device, digits_run) -> bytes:
-    return device.encode(digits_run.dataset.x_test[0], RandomMasks(0)).data
+def good(device, serve_digits_run) -> bytes:
+    return device.encode(serve_digits_run.dataset.x_test[0], RandomMasks(0)).data
 
 
 PREDICT = "/v1/models/digits-mlp/predict"
@@ -47,7 +47,7 @@ def assert_still_serving(http: httpx.Client, good: bytes) -> None:
 
 
 # -- endpoints ---------------------------------------------------------------------------------------------
-def test_list_models_has_what_a_device_needs(http, device, signal_bundle):
+def test_list_models_has_what_a_device_needs(http, device, serve_signal_bundle):
     r = http.get("/v1/models")
     assert r.status_code == 200
     models = {m["model_id"]: m for m in r.json()["models"]}
@@ -72,13 +72,13 @@ def test_health_ready_docs_openapi(http):
     assert posts == ["/v1/models/{model_id}/predict"]  # the only way in is the sparse payload
 
 
-def test_predict_binary_and_json_agree(http, device, digits_run, digits_bundle):
-    x = digits_run.dataset.x_test[:1]
+def test_predict_binary_and_json_agree(http, device, serve_digits_run, serve_digits_bundle):
+    x = serve_digits_run.dataset.x_test[:1]
     payload = device.encode(x, RandomMasks(1))
     r = http.post(PREDICT, content=payload.data, headers=OCTET)
     assert r.status_code == 200, r.text
     body = r.json()
-    expected = ServerModel.load(digits_bundle.server).predict_bytes([payload.data])[0]
+    expected = ServerModel.load(serve_digits_bundle.server).predict_bytes([payload.data])[0]
     np.testing.assert_allclose(body["probabilities"], expected, atol=1e-5)
     assert body["index"] == int(expected.argmax()) and body["label"] == str(body["index"])
     assert body["nnz"] == payload.nnz and body["model_version"] == device.version
@@ -233,12 +233,13 @@ def test_lying_content_length_is_refused(server_url, good):
         assert_still_serving(http, good)
 
 
-def test_internal_error_is_500_without_content_and_server_keeps_serving(start_server, digits_bundle, good, caplog):
+def test_internal_error_is_500_without_content_and_server_keeps_serving(start_server, serve_digits_bundle, good,
+                                                                          caplog):
     class Broken(torch.nn.Module):
         def forward(self, x):
             raise RuntimeError(f"secret detail {x.sum()}")
 
-    model = ServerModel.load(digits_bundle.server)
+    model = ServerModel.load(serve_digits_bundle.server)
     broken = ServerModel({**model.manifest, "model_id": "broken"}, Broken())
     server = start_server(ServerConfig(), ModelRegistry([model, broken]))
     caplog.set_level(logging.DEBUG)
@@ -279,10 +280,10 @@ def test_metrics_count_requests_by_status_and_batches(http, good):
 
 # -- API keys ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def auth_server(start_server, digits_bundle):
+def auth_server(start_server, serve_digits_bundle):
     keys = {"generated": "dao_test-key-one", "chosen": "correct horse battery staple"}
     hashes = [hash_api_key(keys["generated"]), hash_api_key(keys["chosen"], "pbkdf2", iterations=1000)]
-    server = start_server(ServerConfig(bundles=[digits_bundle.server], api_key_hashes=hashes))
+    server = start_server(ServerConfig(bundles=[serve_digits_bundle.server], api_key_hashes=hashes))
     return server.url, keys
 
 
@@ -340,7 +341,7 @@ def test_hash_key_cli_output_verifies():
 
 # -- TLS -----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tls_server(start_server, digits_bundle, tmp_path_factory):
+def tls_server(start_server, serve_digits_bundle, tmp_path_factory):
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
@@ -351,7 +352,7 @@ def tls_server(start_server, digits_bundle, tmp_path_factory):
         pem.write_to_path(certfile, append=True)
     cert.private_key_pem.write_to_path(keyfile)
     ca.cert_pem.write_to_path(cafile)
-    config = ServerConfig(bundles=[digits_bundle.server], ssl_certfile=certfile, ssl_keyfile=keyfile)
+    config = ServerConfig(bundles=[serve_digits_bundle.server], ssl_certfile=certfile, ssl_keyfile=keyfile)
     server = start_server(config.validate(), ssl_certfile=certfile, ssl_keyfile=keyfile)
     assert server.url.startswith("https://")
     return server.url, cafile
@@ -409,10 +410,10 @@ def test_batcher_survives_a_failing_batch_and_refuses_after_close():
     assert calls == [[-1, 2], [3]]
 
 
-def test_registry_refuses_two_bundles_with_one_model_id(digits_bundle, tmp_path):
+def test_registry_refuses_two_bundles_with_one_model_id(serve_digits_bundle, tmp_path):
     copy = tmp_path / "copy"
-    shutil.copytree(digits_bundle.server, copy)
+    shutil.copytree(serve_digits_bundle.server, copy)
     from daonet.errors import BundleError
 
     with pytest.raises(BundleError, match="two bundles have model id 'digits-mlp'"):
-        ModelRegistry.load([digits_bundle.server, copy])
+        ModelRegistry.load([serve_digits_bundle.server, copy])

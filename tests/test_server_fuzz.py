@@ -25,8 +25,8 @@ def http(server_url):
 
 
 @pytest.fixture(scope="module")
-def version(digits_bundle) -> str:
-    return DeviceModel.load(digits_bundle.device).version
+def version(serve_digits_bundle) -> str:
+    return DeviceModel.load(serve_digits_bundle.device).version
 
 
 def check(r: httpx.Response) -> None:
