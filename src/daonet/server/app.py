@@ -15,9 +15,13 @@ a raw input. Every error is ``{"error": code, "detail": sentence}``; payload con
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -49,7 +53,7 @@ logger = logging.getLogger("daonet.server")
 OCTET = "application/octet-stream"
 JSON = "application/json"
 
-__all__ = ["create_app", "serve", "BackgroundServer", "ApiError"]
+__all__ = ["create_app", "serve", "BackgroundServer", "ServerProcess", "ApiError"]
 
 
 # -- response schemas (for the OpenAPI docs) ------------------------------------------------------------
@@ -364,12 +368,7 @@ class BackgroundServer:
                  log_level: str = "warning") -> None:
         import uvicorn
 
-        # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets whose proto says TCP, and
-        # without it Nagle + delayed ACK add ~40 ms to every response (headers and body are two writes).
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
-                                  socket.IPPROTO_TCP)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
+        self.sock = _bind(host, port)
         self.port = self.sock.getsockname()[1]
         self.host = host
         self.tls = ssl_certfile is not None
@@ -409,6 +408,89 @@ class BackgroundServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets whose proto says TCP, and
+    # without it Nagle + delayed ACK add ~40 ms to every response (headers and body are two writes).
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+class ServerProcess:
+    """The server in a child process on a free loopback port: shares no GIL with the caller's clients.
+
+    What the demo uses, so its latency and throughput are the server's, not a thread's share of one
+    interpreter. The child prints its port once the bundles are loaded; :meth:`start` then waits for
+    ``/v1/ready``. :meth:`stop` sends SIGTERM (uvicorn's graceful shutdown).
+    """
+
+    def __init__(self, config: ServerConfig, startup_timeout: float = 120.0) -> None:
+        config.validate()
+        self.config = config
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self) -> ServerProcess:
+        import httpx
+
+        spec = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self.config).items()}
+        spec["bundles"] = [str(b) for b in self.config.bundles]
+        self.proc = subprocess.Popen([sys.executable, "-c", "from daonet.server.app import _child_main; _child_main()",
+                                      json.dumps(spec)], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line.startswith("PORT "):
+            self.stop()
+            raise RuntimeError("the server process exited during startup; see its error above")
+        host = self.config.host
+        host = f"[{host}]" if ":" in host else host
+        self.url = f"{'https' if self.config.tls else 'http'}://{host}:{int(line.split()[1])}"
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                if httpx.get(f"{self.url}/v1/ready", timeout=2, verify=False).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the server process on {self.url} did not become ready")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _child_main() -> None:
+    """Entry point of :class:`ServerProcess`'s child: config as JSON in argv[1]."""
+    import uvicorn
+
+    spec = json.loads(sys.argv[1])
+    config = ServerConfig(**{**spec, "bundles": [Path(b) for b in spec["bundles"]]}).validate()
+    app = create_app(config)
+    sock = _bind(config.host, config.port)
+    print(f"PORT {sock.getsockname()[1]}", flush=True)
+    uvicorn.Server(uvicorn.Config(
+        app, log_level=config.log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=10,
+        ssl_certfile=str(config.ssl_certfile) if config.ssl_certfile else None,
+        ssl_keyfile=str(config.ssl_keyfile) if config.ssl_keyfile else None,
+    )).run(sockets=[sock])
 
 
 @contextmanager
