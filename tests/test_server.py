@@ -417,3 +417,14 @@ def test_registry_refuses_two_bundles_with_one_model_id(serve_digits_bundle, tmp
 
     with pytest.raises(BundleError, match="two bundles have model id 'digits-mlp'"):
         ModelRegistry.load([serve_digits_bundle.server, copy])
+
+
+def test_server_process_serves_and_stops_cleanly(serve_digits_bundle, good):
+    """What the demo uses: the server in a child process on a free port, stopped with SIGTERM."""
+    from daonet.server.app import ServerProcess
+
+    server = ServerProcess(ServerConfig(bundles=[serve_digits_bundle.server], port=0, log_level="warning"))
+    with server:
+        with httpx.Client(base_url=server.url) as http:
+            assert_still_serving(http, good)
+    assert server.proc is not None and server.proc.returncode is not None
