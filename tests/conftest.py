@@ -65,23 +65,17 @@ def serve_digits_bundle(serve_digits_run, tmp_path_factory) -> BundlePair:
 
 @pytest.fixture(scope="session")
 def serve_signal_bundle(tmp_path_factory) -> BundlePair:
-    """A cnn1d on synthetic 2-class signals (1 x 64): only to serve a second model and test CSV inputs."""
-    from daonet.data import Dataset
+    """A cnn1d on a real ECG5000 subset (1 x 140): a second served model and the CSV input tests."""
     from daonet.export import export_model
     from daonet.train import TrainConfig, train
 
-    rng = np.random.default_rng(0)
-    t = np.linspace(0, 1, 64, dtype=np.float32)
-    y = rng.integers(0, 2, 240)
-    x = (np.sin(2 * np.pi * (2 + 3 * y[:, None]) * t) + 0.3 * rng.standard_normal((240, 64))).astype(np.float32)
-    ds = Dataset("waves", x[:200, None], y[:200], x[200:, None], y[200:], ["slow", "fast"], "signal",
-                 {"raw_dtype": "float32"})
-    cfg = TrainConfig(dataset="waves", model="cnn1d", drop_rate=0.5, epochs=2,
+    cfg = TrainConfig(dataset="ecg5000", model="cnn1d", drop_rate=0.5, epochs=2, n_test=200,
                       model_kwargs={"stem": 8, "patch": 4, "width": 8})
+    ds = None
     with _one_torch_thread():
         result = train(cfg, ds=ds, progress=False)
     root = tmp_path_factory.mktemp("serve-signal") / "bundle"
-    dev, srv = export_model(result.model, root, model_id="waves-cnn1d", classes=ds.classes)
+    dev, srv = export_model(result.model, root, model_id="ecg5000-cnn1d", classes=result.dataset.classes)
     return BundlePair(root, dev, srv)
 
 

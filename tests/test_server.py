@@ -51,19 +51,19 @@ def test_list_models_has_what_a_device_needs(http, device, serve_signal_bundle):
     r = http.get("/v1/models")
     assert r.status_code == 200
     models = {m["model_id"]: m for m in r.json()["models"]}
-    assert set(models) == {"digits-mlp", "waves-cnn1d"}
+    assert set(models) == {"digits-mlp", "ecg5000-cnn1d"}
     m = models["digits-mlp"]
     assert m["version"] == device.version
     assert m["n_outputs"] == device.n_outputs == 256
     assert m["device_input"]["shape"] == [1, 8, 8]
     assert m["classes"] == [str(i) for i in range(10)]
-    assert http.get("/v1/models/waves-cnn1d").json()["device_input"]["shape"] == [1, 64]
+    assert http.get("/v1/models/ecg5000-cnn1d").json()["device_input"]["shape"] == [1, 140]
 
 
 def test_health_ready_docs_openapi(http):
     assert http.get("/v1/health").json() == {"status": "ok"}
     ready = http.get("/v1/ready")
-    assert ready.status_code == 200 and ready.json()["models"] == ["digits-mlp", "waves-cnn1d"]
+    assert ready.status_code == 200 and ready.json()["models"] == ["digits-mlp", "ecg5000-cnn1d"]
     assert http.get("/docs").status_code == 200
     spec = http.get("/openapi.json").json()
     body = spec["paths"]["/v1/models/{model_id}/predict"]["post"]["requestBody"]["content"]
