@@ -246,3 +246,30 @@ def test_device_import_never_imports_torch(digits_bundle):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok")
+
+
+def test_quantized_transmission_matches_between_torch_and_device(tmp_path):
+    """The quantization defence must round identically on the device and in training."""
+    cfg = TrainConfig(dataset="digits", model="mlp", drop_rate=0.5, epochs=2, quantize_levels=2,
+                      model_kwargs={"hidden": 64})
+    result = train(cfg, progress=False)
+    dev, srv = export_model(result.model, tmp_path / "q", model_id="q", classes=result.dataset.classes)
+    device, server = DeviceModel.load(dev), ServerModel.load(srv)
+    assert device.manifest["layer"]["quantize"]["levels"] == 2
+    x = result.dataset.x_test[:100]
+    h = device.activations(x)
+    with torch.no_grad():
+        assert np.array_equal(h, result.model.first.activations(torch.from_numpy(x)).flatten(1).numpy())
+    assert len(np.unique(h)) <= 3  # 0 and two levels: the values carry almost nothing beyond the support
+    mask = RandomMasks(1).masks(x, device.n_outputs, 0.5)
+    probs = server.predict_bytes([p.data for p in device.encode_many(x, mask=mask)])
+    with torch.no_grad():
+        logits = result.model(torch.from_numpy(x), mask=torch.from_numpy(mask))
+    assert np.array_equal(probs.argmax(1), logits.argmax(1).numpy())
+
+
+@pytest.mark.parametrize("kwargs", [{"nopeek_weight": 0.5}, {"adversary_weight": 0.5}])
+def test_training_defences_train_a_working_model(kwargs):
+    """NoPeek and adversarial training keep a usable model (digits, 3 epochs: far above chance)."""
+    cfg = TrainConfig(dataset="digits", model="mlp", drop_rate=0.5, epochs=3, model_kwargs={"hidden": 64}, **kwargs)
+    assert train(cfg, progress=False).metrics["test_accuracy"]["mean"] > 0.5

@@ -56,6 +56,7 @@ class DeviceModel:
         self.value_dtype = manifest.get("wire", {}).get("value_dtype", "float32")
         self.raw_dtype = manifest["input"].get("raw_dtype", "float32")
         self.value_range = manifest["input"].get("range")
+        self.quantize: dict[str, Any] | None = layer.get("quantize")
         norm = manifest.get("normalization") or {}
         channels = self.input_shape[0]
         bshape = (channels,) + (1,) * (len(self.input_shape) - 1)
@@ -165,7 +166,12 @@ class DeviceModel:
         out = out.reshape(n, -1)
         if out.shape[1] != self.n_outputs:
             raise BundleError(f"first layer produced {out.shape[1]} outputs, manifest says {self.n_outputs}")
-        return np.maximum(out, 0.0, dtype=np.float32)
+        h = np.maximum(out, 0.0, dtype=np.float32)
+        if self.quantize:  # same rounding as LocalizedFirstLayer.quantize (a defence: coarse values)
+            levels, clip = int(self.quantize["levels"]), np.float32(abs(self.quantize["clip"]) + 1e-6)
+            step = clip / np.float32(levels)
+            h = (np.round(np.minimum(h, clip) / step) * step).astype(np.float32)
+        return h
 
     def drop(self, x: Any, masks: MaskSource | None = None, mask: np.ndarray | None = None) -> np.ndarray:
         """Dropped activation vectors ``(N, n_outputs)``: what the server may see, nothing more."""
