@@ -55,7 +55,6 @@ SUPPORTED_DATASETS = ("mnist",)
 HE_MISSING = "not installed (pip install 'daonet[bench]')"
 WARMUP_REQUESTS = 3
 SERVER_START_TIMEOUT_S = 180.0
-MODEL_ID = "mnist-mlp"
 
 # Checked on this project's machines (Python 3.11, torch 2.13.0 CPU), in a throwaway venv, without patching.
 SECURE_COMPUTATION: dict[str, Any] = {
@@ -336,6 +335,28 @@ def _daonet_step(client: Any, last: dict[str, Any]) -> Callable[[np.ndarray, _Pe
     return step
 
 
+@contextmanager
+def _blas_threads(n: int | None) -> Iterator[str]:
+    """Run the device side with ``n`` BLAS threads, as a phone app's single numpy thread would.
+
+    Why: numpy's OpenBLAS splits even the first layer's 784x800 matvec over every core; on a busy shared
+    machine waking those threads costs ~10 ms per request (measured here: encode p50 12 ms with 2 OpenBLAS
+    threads, 0.2-0.6 ms with 1), which is the machine's scheduling, not the device's computation. Only this
+    (device) process is limited: the servers run in their own processes. Needs threadpoolctl (installed with
+    scikit-learn, the [train] extra); without it the default thread count is kept and said so.
+    """
+    if n is None:
+        yield "numpy default"
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield "numpy default (threadpoolctl not installed, so BLAS threads could not be limited)"
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield str(n)
+
+
 def _bundle_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -344,18 +365,21 @@ def _progress(enabled: bool) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not enabled)
+                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not enabled,
+                    refresh_per_second=2)  # the redraw thread takes the GIL: keep it rare while timing
 
 
 def _http_approaches(kinds: list[str], raw: np.ndarray, y: np.ndarray, bundle_dir: Path, run_dir: Path,
-                     repeats: int, seed: int, torch_threads: int, progress: bool) -> dict[str, dict[str, Any]]:
+                     repeats: int, seed: int, torch_threads: int, device_threads: int | None,
+                     progress: bool) -> dict[str, dict[str, Any]]:
     """Plaintext and/or daonet: both servers up, requests interleaved image by image, ``repeats`` passes."""
     import httpx
 
-    from ..device import Client, RandomMasks
+    from ..device import Client, DeviceModel, RandomMasks
     from .plaintext import plaintext_path
 
-    specs = {"plaintext": (str(run_dir), MODEL_ID), "daonet": (str(bundle_dir / "server"), MODEL_ID)}
+    model_id = DeviceModel.load(bundle_dir / "device").model_id  # serve the plaintext model under the same id
+    specs = {"plaintext": (str(run_dir), model_id), "daonet": (str(bundle_dir / "server"), model_id)}
     dev = _PeakProbe()
     out: dict[str, dict[str, Any]] = {}
     with _servers({k: specs[k] for k in kinds}, torch_threads) as children:
@@ -363,7 +387,6 @@ def _http_approaches(kinds: list[str], raw: np.ndarray, y: np.ndarray, bundle_di
         probes: dict[str, _PeakProbe] = {}
         closers: list[Callable[[], None]] = []
         device_setup: dict[str, int | None] = {}
-        model_id = MODEL_ID
         try:
             if "plaintext" in children:
                 http = httpx.Client(base_url=children["plaintext"].info["url"], timeout=60.0)
@@ -378,9 +401,6 @@ def _http_approaches(kinds: list[str], raw: np.ndarray, y: np.ndarray, bundle_di
                 # The Client has no public hook for the raw answer; its bytes-down are read from the response.
                 client._http.event_hooks["response"].append(lambda r: last.__setitem__("response", r))
                 client.check_server()
-                if client.device.model_id != model_id:
-                    raise DaonetError(f"the bundle serves model {client.device.model_id!r}; the plaintext "
-                                      f"server was started as {model_id!r}")
                 steps["daonet"] = _daonet_step(client, last)
                 device_setup["daonet"] = dev.get("daonet_setup")
             for k, c in children.items():
@@ -388,13 +408,12 @@ def _http_approaches(kinds: list[str], raw: np.ndarray, y: np.ndarray, bundle_di
 
             warm = _Samples.empty()
             off = _PeakProbe(None)
-            for i in range(min(WARMUP_REQUESTS, len(raw))):  # first-request costs: connections, torch init
-                for k in steps:
-                    steps[k](raw[i], off, off, warm)
-
             samples = {k: _Samples.empty() for k in steps}
             total = len(raw) * repeats * len(steps)
-            with _progress(progress) as bar:
+            with _blas_threads(device_threads) as blas, _progress(progress) as bar:
+                for i in range(min(WARMUP_REQUESTS, len(raw))):  # first-request costs: connections, torch init
+                    for k in steps:
+                        steps[k](raw[i], off, off, warm)
                 task = bar.add_task("plaintext + daonet over HTTP", total=total, status="")
                 for r in range(repeats):
                     for i in range(len(raw)):
@@ -407,6 +426,7 @@ def _http_approaches(kinds: list[str], raw: np.ndarray, y: np.ndarray, bundle_di
                 rss = probes[k].rss()
                 out[k] = _summarize_http(k, samples[k], y, len(raw), repeats, dev, probes[k], children[k].info,
                                          device_setup.get(k), rss)
+                out[k]["device_blas_threads"] = blas
             if "daonet" in steps:
                 d = client.device
                 out["daonet"].update({
@@ -579,6 +599,7 @@ def run_encryption_bench(
     repeats: int = 5,
     seed: int = 0,
     torch_threads: int = 1,
+    device_threads: int | None = 1,
     progress: bool = True,
     ds: Any | None = None,
 ) -> dict[str, Any]:
@@ -589,15 +610,17 @@ def run_encryption_bench(
     (the plaintext server runs that run's whole model); default: ``run`` beside the bundle, as the demo lays
     them out. ``he_options``: keyword arguments for :func:`daonet.bench.he.run_he_benchmark` (hidden, epochs,
     n_train, cache_dir, ...). ``repeats``: timing passes over the images for the two cheap approaches (their
-    ``accuracy`` is the first pass's; HE runs each image once).
+    ``accuracy`` is the first pass's; HE runs each image once). ``torch_threads``: each HTTP server's torch
+    threads. ``device_threads``: BLAS threads of the device step (1, as on a phone; None: numpy's default).
     """
     dataset = check_dataset(dataset)
     if not isinstance(n, int | np.integer) or n < 1:
         raise InputError(f"--n must be a positive number of test images, got {n}")
     if repeats < 1:
         raise InputError(f"--repeats must be at least 1, got {repeats}")
-    if torch_threads < 1:
-        raise InputError(f"torch_threads must be at least 1, got {torch_threads}")
+    if torch_threads < 1 or (device_threads is not None and device_threads < 1):
+        raise InputError(f"thread counts must be at least 1, got torch_threads={torch_threads}, "
+                         f"device_threads={device_threads}")
     unknown = [a for a in approaches if a not in APPROACHES]
     if unknown or not approaches:
         raise InputError(f"unknown approach(es) {unknown}; choose from {', '.join(APPROACHES)}")
@@ -634,7 +657,7 @@ def run_encryption_bench(
                                  "the run directory it was exported from)")
         bundle_info = {"bundle_dir": str(bundle), "run_dir": str(run), "trained_now": trained}
         result_approaches.update(_http_approaches(http_kinds, raw, y, bundle, run, repeats, seed, torch_threads,
-                                                  progress))
+                                                  device_threads, progress))
         if "plaintext" in result_approaches:
             result_approaches["plaintext"]["reference_accuracy"] = _reference_plaintext(run, ds)
             result_approaches["plaintext"]["model"] = "the daonet run's whole network on the server, dropping off"
@@ -664,7 +687,8 @@ def run_encryption_bench(
         "bundle": bundle_info,
         "environment": {
             "cpus": os.cpu_count(), "loadavg_start": list(load_start), "loadavg_end": list(os.getloadavg()),
-            "server_torch_threads": torch_threads, "python": platform.python_version(), "torch": torch.__version__,
+            "server_torch_threads": torch_threads, "device_blas_threads": device_threads,
+            "python": platform.python_version(), "torch": torch.__version__,
             "tenseal": getattr(he.ts, "__version__", None) if he.ts is not None else None,
             "platform": platform.platform(),
             "noise": "wall-clock timings on a shared machine: other jobs compete for the same cores, so single "
@@ -796,8 +820,9 @@ def _notes(result: dict[str, Any]) -> list[str]:
     aps = result["approaches"]
     notes = [
         f"Command: `{result['command']}`; {result['n_images']} images, the HTTP approaches timed over "
-        f"{result['repeats']} passes, {env['cpus']} CPUs, load average {env['loadavg_start'][0]:.1f} at start and "
-        f"{env['loadavg_end'][0]:.1f} at the end. {env['noise']}.",
+        f"{result['repeats']} passes (device side on {env.get('device_blas_threads') or 'default'} BLAS "
+        f"thread(s), each server on {env['server_torch_threads']} torch thread(s)), {env['cpus']} CPUs, load "
+        f"average {env['loadavg_start'][0]:.1f} at start and {env['loadavg_end'][0]:.1f} at the end. {env['noise']}.",
     ]
     for k, a in aps.items():
         if a.get("available"):

@@ -36,6 +36,8 @@ def encryption(
     he_epochs: Annotated[int, typer.Option(help="training epochs of the HE model (cached)")] = 2,
     skip_he: Annotated[bool, typer.Option("--skip-he", help="measure plaintext and daonet only")] = False,
     threads: Annotated[int, typer.Option(help="torch threads of each HTTP server")] = 1,
+    device_threads: Annotated[int, typer.Option(help="BLAS threads of the device side (1, as on a phone; 0: numpy's "
+                                                     "default)")] = 1,
     seed: Annotated[int, typer.Option(help="seed of the device's dropping masks")] = 0,
 ) -> None:
     """Plaintext vs daonet vs homomorphic encryption on the same MNIST test images, in one run."""
@@ -51,7 +53,8 @@ def encryption(
         approaches = tuple(a for a in bench.APPROACHES if not (skip_he and a == "he"))
         he_options: dict[str, Any] = {"hidden": he_hidden, "epochs": he_epochs}
         result = bench.run_encryption_bench(n, dataset, bundle_dir=bundle, run_dir=run, he_options=he_options,
-                                            approaches=approaches, repeats=repeats, seed=seed, torch_threads=threads)
+                                            approaches=approaches, repeats=repeats, seed=seed, torch_threads=threads,
+                                            device_threads=device_threads or None)
         paths = bench.write_report(result, out_dir)
     except DaonetError as exc:
         fail(str(exc))
