@@ -103,7 +103,8 @@ def run_frontier(dataset: str, model: str, drop_rates: list[float], out: str | P
                         f"--batch-size {cfg.batch_size} --out {run_dir}\n"
                         f"daonet export {run_dir} --out {bundle}\n"
                         f"daonet audit {bundle} --dataset {dataset} --out {adir} --n-test {audit_cfg.n_test} "
-                        f"--public-size {audit_cfg.public_size or 0} --decoder-epochs {audit_cfg.decoder_epochs}")
+                        f"--public-size {audit_cfg.public_size or 0} --decoder-epochs {audit_cfg.decoder_epochs} "
+                        f"--rmle-steps {audit_cfg.rmle_steps} --seed {audit_cfg.seed}")
         write_frontier(rows, out, ds.kind, f"{dataset} {model}", ([argv] if argv else []) + commands, grids)
     return rows
 

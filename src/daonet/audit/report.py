@@ -120,7 +120,10 @@ def certificate_figure(cert: dict[str, np.ndarray], n: int) -> str:
              ("max_leverage", "max_j P_jj", None)]
     for ax, (key, label, div) in zip(axes, specs, strict=True):
         v = np.asarray(cert[key], float) / (div or 1)
-        ax.hist(v, bins=30, color="tab:blue", alpha=.8)
+        lo, hi = float(v.min()), float(v.max())
+        if hi - lo < 1e-6 * max(1.0, abs(hi)):  # constant (e.g. every request fully revealed): one bar
+            lo, hi = lo - 0.5 * max(1e-3, abs(lo) * 0.01), hi + 0.5 * max(1e-3, abs(hi) * 0.01)
+        ax.hist(v, bins=30, range=(lo, hi), color="tab:blue", alpha=.8)
         ax.set_xlabel(label)
         ax.axvline(v.mean(), color="k", ls="--", lw=1)
     axes[0].set_ylabel("requests")
