@@ -114,3 +114,19 @@ def check_pair(device_manifest: dict[str, Any], server_manifest: dict[str, Any])
                 "same run with `daonet export`",
                 expected=str(s), got=str(d),
             )
+
+
+def load_bundle(bundle_dir: str | Path, expected_format: str) -> tuple[Path, dict[str, Any], dict[str, np.ndarray]]:
+    """Read one half of a bundle: ``(directory, manifest, verified weights)``.
+
+    Accepts the half's own directory or the bundle root holding ``device/`` and ``server/``.
+    """
+    bundle_dir = Path(bundle_dir)
+    side = "device" if expected_format == DEVICE_FORMAT else "server"
+    if (bundle_dir / side).is_dir() and not (bundle_dir / MANIFEST).exists():
+        bundle_dir = bundle_dir / side
+    manifest = read_manifest(bundle_dir, expected_format)
+    if len(manifest["files"]) != 1:
+        raise BundleError(f"{bundle_dir}: a {side} bundle lists exactly one weight file")
+    name = next(iter(manifest["files"]))
+    return bundle_dir, manifest, load_verified_weights(bundle_dir, manifest, name)

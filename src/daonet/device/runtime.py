@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..bundle import DEVICE_FORMAT, load_verified_weights, read_manifest
+from ..bundle import DEVICE_FORMAT, load_bundle
 from ..errors import BundleError, InputError
 from ..wire import encode
 from .certificate import Certificate, FirstLayerSystem, PrivacyPolicy, apply_policy, certify
@@ -71,16 +71,9 @@ class DeviceModel:
     @classmethod
     def load(cls, bundle_dir: str | Path) -> DeviceModel:
         """Load ``bundle/device`` after verifying the weights' SHA-256 against the manifest."""
-        bundle_dir = Path(bundle_dir)
-        if (bundle_dir / "device").is_dir() and not (bundle_dir / "manifest.json").exists():
-            bundle_dir = bundle_dir / "device"
-        manifest = read_manifest(bundle_dir, DEVICE_FORMAT)
-        if len(manifest["files"]) != 1:
-            raise BundleError(f"{bundle_dir}: a device bundle lists exactly one weight file")
-        name = next(iter(manifest["files"]))
-        tensors = load_verified_weights(bundle_dir, manifest, name)
+        bundle_dir, manifest, tensors = load_bundle(bundle_dir, DEVICE_FORMAT)
         if "weight" not in tensors or "bias" not in tensors:
-            raise BundleError(f"{bundle_dir / name} lacks 'weight'/'bias'; re-export the bundle")
+            raise BundleError(f"{bundle_dir} lacks 'weight'/'bias'; re-export the bundle")
         extras = {k: v for k, v in tensors.items() if k not in ("weight", "bias")}
         return cls(manifest, tensors["weight"], tensors["bias"], extras, bundle_dir)
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bundle import SERVER_FORMAT, load_verified_weights, read_manifest
+from ..bundle import SERVER_FORMAT, load_bundle
 from ..errors import BundleError, DaonetError, PayloadError, VersionMismatchError
 from ..nn import build_model
 from ..wire import HEADER, MAGIC, WIRE_VERSION, SparsePayload, decode, validate_sparse
@@ -81,14 +81,7 @@ class ServerModel:
 
     @classmethod
     def load(cls, bundle_dir: str | Path) -> ServerModel:
-        bundle_dir = Path(bundle_dir)
-        if (bundle_dir / "server").is_dir() and not (bundle_dir / "manifest.json").exists():
-            bundle_dir = bundle_dir / "server"
-        manifest = read_manifest(bundle_dir, SERVER_FORMAT)
-        if len(manifest["files"]) != 1:
-            raise BundleError(f"{bundle_dir}: a server bundle lists exactly one weight file")
-        name = next(iter(manifest["files"]))
-        tensors = load_verified_weights(bundle_dir, manifest, name)
+        bundle_dir, manifest, tensors = load_bundle(bundle_dir, SERVER_FORMAT)
         try:
             model = build_model(manifest["arch"])
             model.rest.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
