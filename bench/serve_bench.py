@@ -43,95 +43,12 @@ from typing import Any
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-from fastapi import Request  # noqa: E402  # module level: FastAPI resolves the handler's annotations from these globals
+
+from daonet.bench.plaintext import plaintext_app  # noqa: E402
 
 CACHE = Path(".daonet-cache/bench")
 CONCURRENCY = (1, 16, 64)
 ECG_CONFIG = {"dataset": "ecg5000", "model": "cnn1d", "drop_rate": 0.9, "epochs": 30, "seed": 0}
-
-
-# -- the plaintext baseline (benchmark only) -----------------------------------------------------------------
-def plaintext_app(run_dir: Path, model_id: str, max_batch_size: int, max_wait_ms: float, max_body_bytes: int):
-    """Receives the raw input and runs the whole model: what DAO avoids. Same stack as the product app."""
-    from contextlib import asynccontextmanager
-
-    import torch
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, Response
-
-    from daonet.server.app import ApiError, read_body
-    from daonet.server.batching import MicroBatcher
-    from daonet.server.metrics import CONTENT_TYPE_LATEST, ServerMetrics
-    from daonet.train import load_run
-
-    model, config = load_run(run_dir)
-    model.first.drop_rate = 0.0  # plaintext: nothing dropped
-    model.eval()
-    shape = tuple(model.first.in_shape)
-    uint8 = config.get("raw_dtype") == "uint8"
-    dtype = np.uint8 if uint8 else np.float32
-    n_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    classes = list(config.get("classes", []))
-    metrics = ServerMetrics()
-
-    @torch.inference_mode()
-    def forward(xs: list[np.ndarray]) -> np.ndarray:
-        x = torch.from_numpy(np.stack(xs)).reshape((len(xs), *shape))
-        x = x.float() / 255.0 if uint8 else x
-        return torch.softmax(model(x), dim=1).numpy()
-
-    batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
-        forward, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-        on_batch=metrics.batch_observer(model_id), name="plaintext")
-
-    @asynccontextmanager
-    async def lifespan(_):
-        batcher.start()
-        yield
-        await batcher.aclose()
-
-    app = FastAPI(lifespan=lifespan)
-
-    @app.exception_handler(ApiError)
-    async def _err(_: Request, exc: ApiError) -> JSONResponse:
-        return exc.response()
-
-    @app.get("/v1/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.post("/plain/{mid}/predict")
-    async def predict(mid: str, request: Request) -> Response:
-        t0 = time.perf_counter()
-        status = 500
-        try:
-            if mid != model_id:
-                raise ApiError(404, "unknown_model", mid)
-            if request.headers.get("content-type", "").split(";")[0] != "application/octet-stream":
-                raise ApiError(415, "unsupported_media_type", "send application/octet-stream")
-            body = await read_body(request, max_body_bytes)
-            if len(body) != n_bytes:
-                raise ApiError(400, "bad_input", f"expected {n_bytes} bytes")
-            x = np.frombuffer(body, dtype=dtype)
-            if not uint8 and not np.isfinite(x).all():
-                raise ApiError(422, "bad_input", "NaN/inf")
-            probs = await batcher.submit(x)
-            top = int(np.argmax(probs))
-            status = 200
-            return JSONResponse({"model_id": model_id, "model_version": "plaintext",
-                                 "label": classes[top] if top < len(classes) else str(top), "index": top,
-                                 "probabilities": [float(p) for p in probs], "nnz": int(x.size)})
-        except ApiError as exc:
-            status = exc.status
-            raise
-        finally:
-            metrics.observe_request(model_id, status, time.perf_counter() - t0)
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 def child_main(args: argparse.Namespace) -> None:
