@@ -1,3 +1,3 @@
 """CLI commands beyond train/export, one module per feature area (each registers on ``cli.app``)."""
 
-from . import audit, bench, demo, serve, sweep  # noqa: F401
+from . import audit, bench, demo, methods, serve, sweep  # noqa: F401
