@@ -93,7 +93,8 @@ def example_grid(ex: dict[str, Any], title: str = "") -> str:
                     ax.set_title(lab, fontsize=7)
     else:
         cols = 1 + len(names)
-        fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.3 * rows), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.6 * rows), squeeze=False)
+        fig.subplots_adjust(hspace=0.55, wspace=0.25)
         for i in range(rows):
             sig = x[i].reshape(-1)
             ax = axes[i, 0]
