@@ -24,9 +24,10 @@ def test_http_accuracy_equals_in_process(server_url, serve_digits_bundle, serve_
     with Client(server_url, serve_digits_bundle.device, masks=RandomMasks(7)) as client:
         preds = client.predict_many(x, concurrency=16)
     device, server = DeviceModel.load(serve_digits_bundle.device), ServerModel.load(serve_digits_bundle.server)
-    payloads = device.encode_many(x, RandomMasks(7))
+    payloads = [p for p, _ in device.encode_many_certified(x, RandomMasks(7))]  # the client enforces the policy
     probs = server.predict_bytes([p.data for p in payloads])
     assert [p.payload.data for p in preds] == [p.data for p in payloads]  # the very same bytes were sent
+    assert all(p.certificate is not None and p.certificate.identifiable == 0 for p in preds)
     http_acc = float(np.mean([p.index for p in preds] == y))
     assert http_acc == float(np.mean(probs.argmax(1) == y))
     assert http_acc > 0.5  # a real model, not chance
@@ -40,7 +41,7 @@ def test_predict_with_explicit_mask(server_url, serve_digits_bundle, serve_digit
     x = serve_digits_run.dataset.x_test[3]
     mask = np.random.default_rng(3).random(256) >= 0.5
     device, server = DeviceModel.load(serve_digits_bundle.device), ServerModel.load(serve_digits_bundle.server)
-    expected = server.predict_bytes([device.encode(x, mask=mask).data])[0]
+    expected = server.predict_bytes([device.encode_certified(x, mask=mask)[0].data])[0]
     with Client(server_url, serve_digits_bundle.device) as client:
         pred = client.predict(x, mask=mask)
     np.testing.assert_allclose(pred.probabilities, expected, atol=1e-5)

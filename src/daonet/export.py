@@ -89,7 +89,7 @@ def export_model(
 
 
 def export_run(run_dir: str | Path, out: str | Path, model_id: str | None = None,
-               value_dtype: str = "float32") -> tuple[Path, Path]:
+               value_dtype: str = "float32", max_revealed_energy: float | None = None) -> tuple[Path, Path]:
     """Export a run directory written by ``daonet train``."""
     run_dir = Path(run_dir)
     model, config = load_run(run_dir)
@@ -97,5 +97,10 @@ def export_run(run_dir: str | Path, out: str | Path, model_id: str | None = None
     if value_dtype not in ("float32", "float16"):
         raise DaonetError(f"--value-dtype must be float32 or float16, got {value_dtype!r}")
     mid = model_id or f"{train_cfg.get('dataset', 'data')}-{train_cfg.get('model', 'model')}"
+    if max_revealed_energy is not None and not 0.0 <= max_revealed_energy <= 1.0:
+        raise DaonetError(f"--max-revealed-energy must be in [0, 1], got {max_revealed_energy}")
+    mean_path = run_dir / "public_mean.npy"
+    extra = {"public_mean": np.load(mean_path)} if mean_path.exists() else None
     return export_model(model, out, model_id=mid, classes=config.get("classes", []),
-                        raw_dtype=config.get("raw_dtype", "float32"), value_dtype=value_dtype)
+                        raw_dtype=config.get("raw_dtype", "float32"), value_dtype=value_dtype,
+                        privacy={"max_revealed_energy": max_revealed_energy}, extra_device_files=extra)

@@ -224,6 +224,8 @@ def save_run(result: TrainResult, out: str | Path) -> Path:
                                                  "raw_dtype": result.dataset.info.get("raw_dtype", "float32")},
                                                 indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
+    # mu for the device's certificate: the per-coordinate training mean (public: an attacker knows it too)
+    np.save(out / "public_mean.npy", result.dataset.x_train.mean(0).astype(np.float32))
     return out
 
 

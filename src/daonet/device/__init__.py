@@ -3,8 +3,10 @@
 Importing this package never imports torch; a test proves it.
 """
 
+from .certificate import Certificate, PrivacyPolicy
 from .client import Client, Prediction, ServerError
-from .masks import MaskSource, RandomMasks
+from .masks import KeyedMasks, MaskSource, RandomMasks
 from .runtime import DeviceModel, DevicePayload
 
-__all__ = ["Client", "DeviceModel", "DevicePayload", "MaskSource", "Prediction", "RandomMasks", "ServerError"]
+__all__ = ["Certificate", "Client", "DeviceModel", "DevicePayload", "KeyedMasks", "MaskSource", "Prediction",
+           "PrivacyPolicy", "RandomMasks", "ServerError"]

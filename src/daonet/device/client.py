@@ -56,6 +56,11 @@ class Prediction:
     latency_s: float  # request round trip as the client saw it
     payload: DevicePayload = field(repr=False)
 
+    @property
+    def certificate(self) -> Any:
+        """The request's privacy certificate (k, rank, identifiable, revealed energy); never sent."""
+        return self.payload.certificate
+
 
 def _ssl_verify(verify: bool | str | Path | ssl.SSLContext) -> bool | ssl.SSLContext:
     """``verify`` may be a CA bundle path (e.g. a self-signed server's certificate)."""
@@ -78,6 +83,7 @@ class Client:
         masks: MaskSource | None = None,
         timeout: float = 30.0,
         verify: bool | str | Path | ssl.SSLContext = True,
+        certify: bool = True,
     ) -> None:
         url = url.rstrip("/")
         if not url.startswith(("http://", "https://")):
@@ -85,6 +91,7 @@ class Client:
         self.url = url
         self.device = bundle_dir if isinstance(bundle_dir, DeviceModel) else DeviceModel.load(bundle_dir)
         self.masks: MaskSource = masks if masks is not None else RandomMasks()
+        self.certify = certify  # enforce the manifest's privacy policy and keep each request's certificate
         self._mask_lock = threading.Lock()  # mask generators are stateful; keep draws in request order
         headers = {"User-Agent": "daonet-device-client"}
         if api_key:
@@ -192,8 +199,13 @@ class Client:
 
     # -- the API --------------------------------------------------------------------------------------------
     def encode(self, x: Any, mask: np.ndarray | None = None) -> DevicePayload:
-        """Run the first layer, ReLU and dropping here on the device; returns what would be sent."""
+        """Run the first layer, ReLU and dropping here on the device; returns what would be sent.
+
+        With ``certify`` (the default) the device's privacy policy is enforced first and the request's
+        certificate rides along in ``payload.certificate`` (it is never sent)."""
         with self._mask_lock:
+            if self.certify:
+                return self.device.encode_certified(x, self.masks, mask)[0]
             return self.device.encode(x, self.masks, mask)
 
     def encode_many(self, xs: Any) -> list[DevicePayload]:
@@ -201,7 +213,11 @@ class Client:
         out: list[DevicePayload] = []
         with self._mask_lock:
             for i in range(0, len(xb), ENCODE_CHUNK):
-                out.extend(self.device.encode_many(xb[i:i + ENCODE_CHUNK], self.masks))
+                chunk = xb[i:i + ENCODE_CHUNK]
+                if self.certify:
+                    out.extend(p for p, _ in self.device.encode_many_certified(chunk, self.masks))
+                else:
+                    out.extend(self.device.encode_many(chunk, self.masks))
         return out
 
     def predict(self, x: Any, mask: np.ndarray | None = None) -> Prediction:

@@ -6,7 +6,7 @@ weights and a JSON manifest. No torch, no server weights, no network (see ``clie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class DevicePayload:
     nnz: int
     n_outputs: int
     activations: np.ndarray  # the dropped activation vector (flattened); stays on the device
+    certificate: Any = field(default=None, repr=False)  # the request's privacy certificate; stays on the device
 
     def describe(self) -> str:
         idx = np.flatnonzero(self.activations)
@@ -252,6 +253,6 @@ class DeviceModel:
             sent, cert = apply_policy(self.system, x, self._as_sent(row), policy, mu)
             data = encode(sent, self.version, self.value_dtype)
             nnz = int.from_bytes(data[12:16], "little")
-            out.append((DevicePayload(data, nnz, self.n_outputs, sent), cert))
+            out.append((DevicePayload(data, nnz, self.n_outputs, sent, cert), cert))
         return out
 
