@@ -47,7 +47,7 @@ def frontier(tmp_path_factory, digits):
     methods = [Method("plain-p0", "plain", 0.0), parse_method("q2-pol-p0.5:p=0.5,q=2,rho=0.3")]
     logs: list[str] = []
     rows = run_methods("digits", "mlp", methods, out, AUDIT, train_cfg=BASE, progress=False, policy_eval=60,
-                       log=logs.append)
+                       adaptive="all", log=logs.append)
     return out, rows, logs, methods
 
 
@@ -61,10 +61,12 @@ def test_frontier_writes_table_and_plot(frontier):
                     "in_target", "train_s", "audit_s", "family", "config", "attacks"):
             assert key in r, key
         assert r["advantage"] == pytest.approx(r["best"] - r["class_prior"])
-        assert r["best_attack"] in r["attacks"] and "decoder" in r["attacks"]
+        assert r["best_attack"] in r["attacks"] and {"decoder", "decoder_adaptive"} <= set(r["attacks"])
+        assert r["best"] == pytest.approx(max(r["attacks"].values()))
     pol = data["rows"][1]["policy_accuracy"]
     assert pol["n"] == 60 and pol["policy"]["max_revealed_energy"] == 0.3
     assert data["rows"][0]["policy_accuracy"] is None
+    assert [r["decoder_masks"] for r in data["rows"]] == ["fresh every epoch", "3 policy pools"]
     md = (out / "methods.md").read_text()
     assert "| plain-p0 |" in md and "| q2-pol-p0.5 |" in md and "advantage" in md
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -78,6 +80,7 @@ def test_frontier_is_cached(frontier):
                         log=logs.append)
     text = "\n".join(logs)
     assert "training" not in text and "auditing" not in text and text.count("reusing the audit") == 2
+    assert all("decoder_adaptive" in r["attacks"] for r in again)  # cached adaptive attacks are always used
     assert [r["best"] for r in again] == [r["best"] for r in rows]
 
 

@@ -146,38 +146,51 @@ def parse_method(spec: str) -> Method:
     return Method(name=name, model_kwargs=kwargs, **fields)
 
 
-def default_methods(dataset: str, model: str) -> list[Method]:
-    """The method grid measured for issue 5 (see ``docs/frontier-methods.md``), per task."""
-    if model == "cnn1d":
-        wide = {"stem": 128}
-        wide_rates = (0.97, 0.99)
-    elif model == "cnn":
-        wide = {"stem": 256}
-        wide_rates = (0.97, 0.99)
-    else:
-        wide = {"hidden": 4096}
-        wide_rates = (0.97, 0.99)
+# the grids measured for issue 5 (docs/frontier-methods.md); other tasks get every method
+MEASURED: dict[str, tuple[str, ...]] = {
+    "mnist-mlp": ("plain-p0", "plain-p0.5", "plain-p0.9", "plain-p0.97", "wide-p0.97", "wide-p0.99", "quant1-p0.9",
+                  "quant2-p0.9", "nopeek-p0.9", "adv-p0.9", "adv2-p0.9", "adv2-p0.8", "adv2-p0.5", "adv2-p0",
+                  "policy0.3-p0.9", "policy0.2-p0.9", "adv2-pol0.3-p0.5"),
+    "ecg5000-cnn1d": ("plain-p0", "plain-p0.5", "plain-p0.9", "plain-p0.97", "wide-p0.97", "wide-p0.99",
+                      "quant1-p0.9", "quant2-p0.9", "nopeek-p0.9", "adv-p0.9", "adv2-p0.9", "adv2-p0.5", "adv2-p0",
+                      "policy0.3-p0.9", "policy0.2-p0.9", "policy0.3-p0.5", "adv-pol0.3-p0.9", "wide-q1-p0.97"),
+}
+
+
+def all_methods(model: str) -> list[Method]:
+    """Every method configuration known by name (``--only`` picks from these)."""
+    wide = {"stem": 128} if model == "cnn1d" else {"stem": 256} if model == "cnn" else {"hidden": 4096}
     p = 0.9
-    methods = [
+    return [
         Method("plain-p0", "plain", 0.0),
         Method("plain-p0.5", "plain", 0.5),
         Method("plain-p0.9", "plain", p),
         Method("plain-p0.97", "plain", 0.97),
-        *[Method(f"wide-p{r:g}", "wide", r, dict(wide)) for r in wide_rates],
+        Method("wide-p0.97", "wide", 0.97, dict(wide)),
+        Method("wide-p0.99", "wide", 0.99, dict(wide)),
         Method("quant1-p0.9", "quantize", p, quantize_levels=1),
         Method("quant2-p0.9", "quantize", p, quantize_levels=2),
         Method("nopeek-p0.9", "nopeek", p, nopeek_weight=0.5),
         Method("adv-p0.9", "adversary", p, adversary_weight=0.5),
         Method("adv2-p0.9", "adversary", p, adversary_weight=2.0),
+        Method("adv2-p0.8", "adversary", 0.8, adversary_weight=2.0),
         Method("adv2-p0.5", "adversary", 0.5, adversary_weight=2.0),
+        Method("adv2-p0", "adversary", 0.0, adversary_weight=2.0),
         # thresholds near the mean revealed energy at p=0.9 (~0.2 on MNIST): rho<=0.1 already costs ~30 points
         Method("policy0.3-p0.9", "policy", p, max_revealed_energy=0.3),
         Method("policy0.2-p0.9", "policy", p, max_revealed_energy=0.2),
         Method("policy0.3-p0.5", "policy", 0.5, max_revealed_energy=0.3),
         Method("wide-q1-p0.97", "composed", 0.97, dict(wide), quantize_levels=1),
         Method("adv-pol0.3-p0.9", "composed", p, adversary_weight=0.5, max_revealed_energy=0.3),
+        Method("adv2-pol0.3-p0.5", "composed", 0.5, adversary_weight=2.0, max_revealed_energy=0.3),
     ]
-    return methods
+
+
+def default_methods(dataset: str, model: str) -> list[Method]:
+    """The grid measured for this task (all methods for tasks not measured yet)."""
+    methods = all_methods(model)
+    names = MEASURED.get(f"{dataset}-{model}")
+    return [m for m in methods if m.name in names] if names else methods
 
 
 # -- pipeline ------------------------------------------------------------------------------------------
@@ -234,14 +247,18 @@ def constant_values(bundle: Path, x: np.ndarray) -> bool:
     return bool(nz.size > 1 and nz.std() <= 1e-3 * np.sqrt((nz ** 2).mean()))
 
 
-def rms_decoder_attack(bundle: Path, ds: Dataset, cfg: AuditConfig, progress: bool = True) -> dict[str, Any]:
-    """The audit's learned inverse network (same public split, test requests, masks, architecture and budget),
-    but with its inputs scaled by the RMS of the non-zero values instead of their standard deviation.
+def adaptive_decoder_attack(bundle: Path, ds: Dataset, cfg: AuditConfig, progress: bool = True) -> dict[str, Any]:
+    """The audit's learned inverse network (same public split, test requests, masks, architecture and budget) on
+    scale-robust features of what the server receives: ``h / rms``, ``log1p(h)``, which outputs are non-zero,
+    and the server's own class probabilities for the request (the server knows its model).
 
-    Why: when every transmitted value is the same (1-level quantization) that standard deviation is ~0, the
-    audit's decoder divides by it and diverges, which would credit quantization with privacy it does not
-    give. Used as an extra attack for such bundles until the audit's own scaling is fixed.
+    Why: a defence can hide what it transmits from a *naively scaled* decoder rather than from the server.
+    1-level quantization sends one constant value (the audit's std scaling divides by ~0 and diverges), and
+    adversarial training learns a few huge activations beside tiny ones, so a decoder fed ``h / std`` fails
+    to learn even the class the server reads off the same payload. These features undo both tricks.
     """
+    import torch
+
     t0 = time.perf_counter()
     device, server = load_pair(bundle)
     kind, metric = ds.kind, primary_metric(ds.kind)
@@ -267,49 +284,68 @@ def rms_decoder_attack(bundle: Path, ds: Dataset, cfg: AuditConfig, progress: bo
             pools[i] = obs.observe(x_pub, RandomMasks(cfg.seed + 100 + i))
         return pools[i]
 
-    import torch
+    first = np.asarray(sample(0), np.float32)
+    nz = first[first > 0]
+    scale = float(np.sqrt((nz ** 2).mean())) if nz.size else 1.0
+    server.rest.eval()
+
+    @torch.no_grad()
+    def features(h: np.ndarray, batch: int = 2000) -> torch.Tensor:
+        out = []
+        for i in range(0, len(h), batch):
+            hb = torch.from_numpy(np.ascontiguousarray(h[i:i + batch], np.float32))
+            probs = torch.softmax(server.rest(hb.reshape(len(hb), *device.output_shape)), 1)
+            out.append(torch.cat([hb / scale, torch.log1p(hb), (hb > 0).float(), probs], 1))
+        return torch.cat(out)
 
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     x_t = torch.from_numpy(np.ascontiguousarray(x_pub.reshape(len(x_pub), -1), np.float32))
-    first = np.asarray(sample(0), np.float32)
-    nz = first[first > 0]
-    scale = float(np.sqrt((nz ** 2).mean())) if nz.size else 1.0
+    f0 = features(first)
     box = tuple(device.value_range) if device.value_range is not None else None
-    model = atk.Decoder(first.shape[1], n, cfg.decoder_hidden, box)  # type: ignore[arg-type]
+    model = atk.Decoder(f0.shape[1], n, cfg.decoder_hidden, box)  # type: ignore[arg-type]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     steps = (len(x_pub) + cfg.decoder_batch - 1) // cfg.decoder_batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=max(1, cfg.decoder_epochs * steps))
     with make_progress() as bar:
-        task = bar.add_task("inverse network (RMS scaling)", total=cfg.decoder_epochs * steps, status="",
+        task = bar.add_task("adaptive inverse network", total=cfg.decoder_epochs * steps, status="",
                             visible=progress)
         for epoch in range(cfg.decoder_epochs):
-            h_t = torch.from_numpy(first if epoch == 0 else np.asarray(sample(epoch), np.float32)) / scale
+            f_t = f0 if epoch == 0 else features(np.asarray(sample(epoch), np.float32))
             model.train()
             perm = torch.randperm(len(x_pub), generator=gen)
             for i in range(0, len(x_pub), cfg.decoder_batch):
                 idx = perm[i:i + cfg.decoder_batch]
-                loss = ((model(h_t[idx]) - x_t[idx]) ** 2).mean()
+                loss = ((model(f_t[idx]) - x_t[idx]) ** 2).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 bar.update(task, advance=1, status=f"epoch {epoch + 1} mse {float(loss):.4f}")
-    rec = atk.DecoderResult(model, scale, {}).predict(h_test)
+    model.eval()
+    with torch.no_grad():
+        rec = model(features(h_test)).numpy()
     prior = evaluate(kind, x_test, class_means[pred].reshape(x_test.shape))
     res = summarize(evaluate(kind, x_test, rec.reshape(x_test.shape)), prior)[metric]
     return {"mean": res["mean"], "advantage": res["advantage"], "advantage_se": res["advantage_se"],
             "class_prior": float(prior[metric].mean()), "scale": scale, "version": device.version,
+            "features": "h/rms, log1p(h), 1[h>0], server class probabilities",
             "config": _canon(asdict(cfg)), "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path, audit_cfg: AuditConfig, *,
                 train_cfg: TrainConfig | None = None, reuse: bool = True, progress: bool = True,
-                policy_eval: int = 2000, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                policy_eval: int = 2000, max_policy_pools: int = 20, adaptive: str = "auto",
+                log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train/export/audit every method (cached); writes ``methods.json``, ``methods.md`` and ``frontier.png``.
 
     ``policy_eval``: test inputs on which a policy's accuracy cost is measured (paired with the same masks
     without the policy); the row's accuracy is the full-test accuracy of the base model plus that delta.
+    ``max_policy_pools``: the audit's decoder cannot draw fresh masks every epoch through a (slow, per-request)
+    policy; it cycles pools of policy-filtered payloads. So that a policy is not credited with a weaker
+    attacker, policy rows use one pool per decoder epoch up to this many.
+    ``adaptive``: when to add :func:`adaptive_decoder_attack` (``auto``: for defences trained against a decoder
+    and for constant transmitted values; ``all``; ``off``). A cached result is always used.
     """
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
@@ -319,7 +355,7 @@ def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path
     audit_cfg = replace(audit_cfg, dataset=dataset, policy="auto", max_revealed_energy=None)
     audit_cfg.validate()
     ds = load_dataset(dataset, audit_cfg.data_root)
-    want_audit = _canon(asdict(audit_cfg))
+    pools = max(audit_cfg.policy_pools, min(audit_cfg.decoder_epochs, max_policy_pools))
     rows: list[dict[str, Any]] = []
     argv = shlex.join(["daonet", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("daonet") else None
     for i, method in enumerate(methods, start=1):
@@ -328,6 +364,8 @@ def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path
         cfg.validate()
         key = _train_key(cfg)
         run_dir, bundle, adir = out / "runs" / key, out / "bundles" / method.name, out / method.name
+        acfg = audit_cfg if method.max_revealed_energy is None else replace(audit_cfg, policy_pools=pools)
+        want_audit = _canon(asdict(acfg))
         if reuse and _cached_train(cfg, run_dir):
             log(f"{tag} reusing the trained model in {run_dir}")
         else:
@@ -349,7 +387,7 @@ def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path
                 log(f"{tag} reusing the audit in {adir}")
         if report is None:
             log(f"{tag} auditing (attackers trained from scratch against this bundle)")
-            res = run_audit(bundle, audit_cfg, dataset=ds, progress=progress, log=log)
+            res = run_audit(bundle, acfg, dataset=ds, progress=progress, log=log)
             try:
                 write_report(res, adir)
             except ValueError as exc:  # the HTML figures can fail on degenerate data; audit.json is written first
@@ -361,17 +399,21 @@ def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path
         metric = report["metric"]
         best = report["best_attack"]
         best_se = report["attacks"][best]["metrics"][metric].get("advantage_se") if best else None
-        if "decoder" in audit_cfg.attacks and constant_values(bundle, ds.x_train[:1000]):
-            rms_json = adir / "decoder_rms.json"
-            extra = json.loads(rms_json.read_text()) if reuse and rms_json.exists() else None
-            if not extra or extra.get("version") != device.version or extra.get("config") != want_audit:
-                log(f"{tag} constant transmitted values: re-training the inverse network with RMS input scaling")
-                extra = rms_decoder_attack(bundle, ds, audit_cfg, progress=progress)
-                rms_json.write_text(json.dumps(extra, indent=2) + "\n")
-            row["attacks"]["decoder_rms"] = extra["mean"]
+        adaptive_json = adir / "decoder_adaptive.json"
+        extra = json.loads(adaptive_json.read_text()) if reuse and adaptive_json.exists() else None
+        if extra and (extra.get("version") != device.version or extra.get("config") != want_audit):
+            extra = None
+        wanted = adaptive == "all" or (adaptive == "auto" and (method.adversary_weight > 0 or method.nopeek_weight > 0
+                                                               or constant_values(bundle, ds.x_train[:1000])))
+        if extra is None and wanted and "decoder" in audit_cfg.attacks:
+            log(f"{tag} training the adaptive inverse network (scale-robust features + server class probabilities)")
+            extra = adaptive_decoder_attack(bundle, ds, acfg, progress=progress)
+            adaptive_json.write_text(json.dumps(extra, indent=2) + "\n")
+        if extra is not None:
+            row["attacks"]["decoder_adaptive"] = extra["mean"]
             row["audit_s"] += extra["seconds"]
             if extra["mean"] > row["best"]:
-                best, best_se = "decoder_rms", extra["advantage_se"]
+                best, best_se = "decoder_adaptive", extra["advantage_se"]
                 row.update(best_attack=best, best=extra["mean"])
         pol = None
         if method.max_revealed_energy is not None:
@@ -390,6 +432,7 @@ def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path
             "method": method.name, "family": method.family, "config": method.describe(),
             "max_revealed_energy": method.max_revealed_energy, "policy_accuracy": pol,
             "advantage": row["best"] - report["class_prior"], "advantage_se": best_se,
+            "decoder_masks": "fresh every epoch" if method.max_revealed_energy is None else f"{pools} policy pools",
             "train_key": key,
         })
         rows.append(row)
@@ -418,9 +461,9 @@ def mark_target(rows: list[dict[str, Any]]) -> float | None:
 
 def methods_markdown(rows: list[dict[str, Any]], metric: str) -> str:
     head = (f"| method | config | accuracy | Δ acc vs undefended | surviving outputs | best attack | best {metric} | "
-            f"class-prior {metric} | advantage | inverse-net {metric} | rMLE {metric} | in target | train s "
-            "| audit s |")
-    lines = [head, "|" + "---|" * 14]
+            f"class-prior {metric} | advantage | inverse-net {metric} | adaptive inverse-net {metric} | rMLE {metric} "
+            "| in target | train s | audit s |")
+    lines = [head, "|" + "---|" * 15]
     def num(v: float | None, fmt: str) -> str:
         return "–" if v is None else format(v, fmt)
 
@@ -429,10 +472,27 @@ def methods_markdown(rows: list[dict[str, Any]], metric: str) -> str:
         lines.append(
             f"| {r['method']} | {r['config']} | {r['accuracy']:.4f} | "
             f"{num(None if d is None else d * 100, '+.1f')} pt | {r['surviving']:.1f} / {r['n_outputs']} | "
-            f"{r['best_attack']} | {r['best']:.3f} | {r['class_prior']:.3f} | {r['advantage']:+.3f} | "
-            f"{num(r['attacks'].get('decoder'), '.3f')} | {num(r['attacks'].get('rmle'), '.3f')} | "
+            f"{r['best_attack']} | {r['best']:.3f} | {r['class_prior']:.3f} | "
+            f"{r['advantage']:+.3f} ± {r.get('advantage_se') or 0:.3f} | "
+            f"{num(r['attacks'].get('decoder'), '.3f')} | {num(r['attacks'].get('decoder_adaptive'), '.3f')} | "
+            f"{num(r['attacks'].get('rmle'), '.3f')} | "
             f"{'yes' if r.get('in_target') else 'no'} | {num(r.get('train_s'), '.0f')} | {r['audit_s']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _label_offset(r: dict[str, Any], placed: list[tuple[float, float]], span: tuple[float, float]) -> tuple[int, int]:
+    """A label offset (points) that keeps the label away from labels already placed (crowded clusters)."""
+    x, y = r["advantage"] / span[0], r["accuracy"] / span[1]
+    options = [(5, 3), (5, -9), (-5, 6), (5, 10), (5, -16), (-5, -12)]
+    scale = 1 / 500  # ~ one point, in axis fractions on an ~8 inch axis
+
+    def crowd(o: tuple[int, int]) -> float:
+        lx, ly = x + o[0] * scale, y + o[1] * scale * 1.5
+        return min(((lx - px) ** 2 + (ly - py) ** 2 for px, py in placed), default=1.0)
+
+    best = max(options, key=crowd)
+    placed.append((x + best[0] * scale, y + best[1] * scale * 1.5))
+    return best
 
 
 def frontier_plot(rows: list[dict[str, Any]], metric: str, title: str, path: Path) -> Path:
@@ -444,7 +504,7 @@ def frontier_plot(rows: list[dict[str, Any]], metric: str, title: str, path: Pat
 
     floor = mark_target(rows)
     ref = undefended_row(rows)
-    fig, ax = plt.subplots(figsize=(8.5, 5.6))
+    fig, ax = plt.subplots(figsize=(11, 5.6))
     advs = [r["advantage"] for r in rows]
     accs = [r["accuracy"] for r in rows]
     xlo = min(-0.02, min(advs) - 0.03)
@@ -458,14 +518,15 @@ def frontier_plot(rows: list[dict[str, Any]], metric: str, title: str, path: Pat
     if len(plain) > 1:
         ax.plot([r["advantage"] for r in plain], [r["accuracy"] for r in plain], "-", color="0.6", lw=1, zorder=1)
     seen: set[str] = set()
+    placed: list[tuple[float, float]] = []
     for r in rows:
         colour, marker, label = FAMILIES[r["family"]]
         ax.errorbar(r["advantage"], r["accuracy"], xerr=r.get("advantage_se") or 0, fmt=marker, color=colour,
                     ms=9 if marker == "*" else 7, mec="k", mew=0.5, elinewidth=0.8, capsize=2, zorder=3,
                     label=label if r["family"] not in seen else None)
         seen.add(r["family"])
-        ax.annotate(r["method"], (r["advantage"], r["accuracy"]), textcoords="offset points", xytext=(5, 3),
-                    fontsize=7)
+        ax.annotate(r["method"], (r["advantage"], r["accuracy"]), textcoords="offset points",
+                    xytext=_label_offset(r, placed, (xhi - xlo, yhi - ylo)), fontsize=7)
     if ref is not None:
         ax.plot(ref["advantage"], ref["accuracy"], marker="*", ms=20, mfc="none", mec="k", mew=1.2, ls="none",
                 label="undefended (p = 0)", zorder=4)
@@ -476,7 +537,7 @@ def frontier_plot(rows: list[dict[str, Any]], metric: str, title: str, path: Pat
     ax.set_ylabel("test accuracy (as served)")
     ax.set_title(f"{title}: privacy-accuracy frontier by method (attackers retrained per model)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -29,7 +29,8 @@ def audit_methods(
     dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, ecg5000, digits, ...")] = "mnist",
     model: Annotated[str, typer.Option(help="mlp, cnn or cnn1d")] = "mlp",
     out: Annotated[Path, typer.Option(help="cache + methods.{json,md} + frontier.png")] = Path("reports/methods"),
-    only: Annotated[str, typer.Option(help="comma-separated subset of the default method names")] = "",
+    only: Annotated[str, typer.Option(help="comma-separated method names (see --list; "
+                                                   "default: the grid measured for the task)")] = "",
     add: Annotated[list[str] | None, typer.Option(help="extra method NAME:p=0.97,hidden=4096,q=1,adv=0.5,"
                                                        "nopeek=0.3,rho=0.1 (repeatable)")] = None,
     list_methods: Annotated[bool, typer.Option("--list", help="print the method grid and exit")] = False,
@@ -43,6 +44,9 @@ def audit_methods(
     rmle_steps: Annotated[int, typer.Option(min=10, help="regularized-inversion steps")] = 150,
     n_repeat: Annotated[int, typer.Option(min=1, help="inputs for the repeated-query attack")] = 50,
     policy_eval: Annotated[int, typer.Option(min=10, help="test inputs for a policy's accuracy cost")] = 2000,
+    adaptive: Annotated[str, typer.Option(help="adaptive inverse network (scale-robust features + server class "
+                                               "probabilities): auto (defences trained against a decoder, "
+                                               "constant values), all, off")] = "auto",
     seed: int = 0,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (1 on a shared machine)")] = None,
     reuse: Annotated[bool, typer.Option(help="reuse cached runs/audits with identical settings")] = True,
@@ -56,15 +60,17 @@ def audit_methods(
     from ..audit import AuditConfig
     from ..audit.frontier import default_train_config
     from ..errors import InputError
-    from ..frontier_methods import default_methods, parse_method, run_methods
+    from ..frontier_methods import all_methods, default_methods, parse_method, run_methods
 
+    if adaptive not in ("auto", "all", "off"):
+        fail(f"--adaptive must be auto, all or off, got {adaptive!r}")
     methods = default_methods(dataset, model)
     if only:
         wanted = [t for t in re.split(r"[,\s]+", only.strip()) if t]
-        known = {m.name: m for m in methods}
+        known = {m.name: m for m in all_methods(model)}
         bad = [w for w in wanted if w not in known]
         if bad:
-            fail(f"unknown method(s) {', '.join(bad)}; the defaults are {', '.join(known)}")
+            fail(f"unknown method(s) {', '.join(bad)}; known: {', '.join(known)}")
         methods = [known[w] for w in wanted]
     try:
         methods += [parse_method(s) for s in add or []]
@@ -87,6 +93,6 @@ def audit_methods(
                    epochs=epochs or EPOCHS_DEFAULTS.get(f"{dataset}-{model}", tcfg.epochs),
                    batch_size=batch_size or tcfg.batch_size)
     rows = run_methods(dataset, model, methods, out, cfg, train_cfg=tcfg, reuse=reuse, policy_eval=policy_eval,
-                       log=lambda s: console.print(s))
+                       adaptive=adaptive, log=lambda s: console.print(s))
     console.print((out / "methods.md").read_text())
     console.print(f"[green]written[/] {out / 'frontier.png'}, {out / 'methods.json'} ({len(rows)} methods)")
