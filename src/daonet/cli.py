@@ -58,16 +58,28 @@ def train(
                                                  "between input and transmitted activations")] = 0.0,
     adversary_weight: Annotated[float, typer.Option(min=0, help="defence: min-max training against a jointly "
                                                     "trained inverse network")] = 0.0,
+    recommended: Annotated[bool, typer.Option(help="use the measured default operating point for this "
+                                              "dataset/model (drop rate, defences, epochs; see README)")] = False,
     out: Annotated[Path, typer.Option(help="run directory to write")] = Path("runs/mnist-mlp"),
 ) -> None:
     """Train a split model with dropped activation outputs; writes model, config and metrics.json."""
-    from .train import TrainConfig, save_run
+    from dataclasses import replace
+
+    from .train import TrainConfig, recommended_config, save_run
     from .train import train as run_training
 
     cfg = TrainConfig(dataset=dataset, model=model, drop_rate=drop_rate, epochs=epochs, batch_size=batch_size,
                       lr=lr, seed=seed, model_kwargs=parse_kwargs(model_opt), n_train=n_train, n_test=n_test,
                       data_root=str(data_root) if data_root else None, augment=augment,
                       quantize_levels=quantize_levels, nopeek_weight=nopeek_weight, adversary_weight=adversary_weight)
+    if recommended:
+        rec = recommended_config(dataset, model)
+        cfg = replace(cfg, drop_rate=rec.drop_rate, epochs=rec.epochs, batch_size=rec.batch_size,
+                      adversary_weight=rec.adversary_weight, nopeek_weight=rec.nopeek_weight,
+                      quantize_levels=rec.quantize_levels)
+        drop_rate = cfg.drop_rate
+        console.print(f"recommended operating point: p={cfg.drop_rate}, adversary weight {cfg.adversary_weight}, "
+                      f"{cfg.epochs} epochs")
     result = run_training(cfg)
     save_run(result, out)
     m = result.metrics

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +20,10 @@ from .device import Client, RandomMasks
 from .export import export_run
 from .server.app import ServerProcess
 from .server.config import ServerConfig
-from .train import TrainConfig, save_run, train
+from .train import recommended_config, save_run, train
 
 DEFAULT_CACHE = Path(".daonet-cache/demo")
-DEMO_CONFIG = TrainConfig(dataset="mnist", model="mlp", drop_rate=0.9, epochs=8, seed=0)
+DEMO_CONFIG = recommended_config("mnist", "mlp")  # the measured default operating point (see train.RECOMMENDED)
 
 
 @dataclass
@@ -69,11 +69,19 @@ class DemoReport:
         return json.dumps(self.__dict__, indent=2)
 
 
+def _cached_config(run_dir: Path) -> dict | None:
+    """The training config of a cached run (a cache made with other settings is retrained)."""
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get("train")
+    except (OSError, ValueError):
+        return None
+
+
 def ensure_bundles(cache: Path, retrain: bool = False, progress: bool = True) -> tuple[Path, bool]:
     """Train and export the demo model unless a cached bundle exists. Returns (bundle dir, trained?)."""
     run_dir, bundle = cache / "run", cache / "bundle"
     trained = False
-    if retrain or not (run_dir / "model.safetensors").exists():
+    if retrain or not (run_dir / "model.safetensors").exists() or _cached_config(run_dir) != asdict(DEMO_CONFIG):
         result = train(DEMO_CONFIG, progress=progress)
         save_run(result, run_dir)
         trained = True

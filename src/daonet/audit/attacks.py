@@ -215,7 +215,7 @@ def train_decoder(sample: Callable[[int], np.ndarray], x: np.ndarray, box: tuple
     first = np.asarray(sample(0), np.float32)
     m, n = first.shape[1], x_t.shape[1]
     nz = first[first > 0]
-    scale = float(nz.std()) if nz.size > 1 else 1.0
+    scale = float(np.sqrt((nz ** 2).mean())) if nz.size else 1.0  # RMS: stays > 0 when all values are equal
     scale = scale if scale > 0 else 1.0
     model = Decoder(m, n, hidden, box)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
