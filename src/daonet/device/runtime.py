@@ -188,7 +188,7 @@ class DeviceModel:
         xb = self.validate(x)
         if xb.shape[0] != 1:
             raise InputError(f"encode takes one input; got a batch of {xb.shape[0]} (use encode_many)")
-        return self._encode_rows(self._drop(xb, masks, mask))
+        return self._encode_rows(self._drop(xb, masks, mask))[0]
 
     def encode_many(self, xs: Any, masks: MaskSource | None = None,
                     mask: np.ndarray | None = None) -> list[DevicePayload]:
