@@ -130,3 +130,22 @@ def _make_payload(version: str, n_outputs: int, indices, values, *, ibytes: int 
 def make_payload() -> Callable[..., bytes]:
     """``make_payload(version, n_outputs, indices, values, ibytes=2, vbytes=4, nnz=None, magic=b"DAO1")``."""
     return _make_payload
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Train on one torch thread: on a busy 2-core machine two threads are several times slower."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's real 8x8 digits."""
+    from daonet.data import load_dataset
+
+    return load_dataset("digits")

@@ -8,13 +8,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from daonet.audit import AuditConfig, run_audit, write_report
 from daonet.audit.metrics import evaluate, nmse, pearson, psnr, summarize
 from daonet.cli import app
-from daonet.data import Dataset, load_dataset
+from daonet.data import Dataset
 from daonet.errors import BundleError, DatasetError, InputError
 from daonet.export import export_model
 from daonet.train import TrainConfig, train
@@ -23,17 +22,7 @@ FAST = AuditConfig(dataset="digits", n_test=60, public_size=None, decoder_epochs
                    rmle_tune_size=32, n_repeat=30, n_examples=4, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixtures in conftest.py
 
 
 def _bundle(ds, tmp_path_factory, p: float, name: str, epochs: int = 15):

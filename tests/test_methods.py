@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from daonet.audit import AuditConfig, load_pair
 from daonet.cli import app
-from daonet.data import load_dataset
 from daonet.device.certificate import certify
 from daonet.device.masks import RandomMasks
 from daonet.errors import InputError
@@ -28,17 +27,7 @@ AUDIT = AuditConfig(dataset="digits", n_test=30, public_size=None, decoder_epoch
                     rmle_steps=20, rmle_tune_size=16, n_repeat=8, repeats=(2, 3), n_examples=2, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixtures in conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -130,3 +130,21 @@ def load_bundle(bundle_dir: str | Path, expected_format: str) -> tuple[Path, dic
         raise BundleError(f"{bundle_dir}: a {side} bundle lists exactly one weight file")
     name = next(iter(manifest["files"]))
     return bundle_dir, manifest, load_verified_weights(bundle_dir, manifest, name)
+
+
+class ManifestIdentity:
+    """``model_id``/``version``/``classes`` read from ``self.manifest`` (shared by both halves)."""
+
+    manifest: dict[str, Any]
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest["model_id"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest.get("classes", []))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..bundle import DEVICE_FORMAT, load_bundle
+from ..bundle import DEVICE_FORMAT, ManifestIdentity, load_bundle
 from ..errors import BundleError, InputError
 from ..wire import encode
 from .certificate import Certificate, FirstLayerSystem, PrivacyPolicy, apply_policy, certify
@@ -39,7 +39,7 @@ class DevicePayload:
         return f"{len(self.data)} bytes: {self.nnz} of {self.n_outputs} outputs as index:value {{{head}{more}}}"
 
 
-class DeviceModel:
+class DeviceModel(ManifestIdentity):
     """A loaded device bundle. ``encode(x)`` turns a raw input into the bytes that may leave."""
 
     def __init__(self, manifest: dict[str, Any], weight: np.ndarray, bias: np.ndarray,
@@ -91,18 +91,6 @@ class DeviceModel:
         if self.weight.shape != expected or self.bias.shape != (out_c,):
             raise BundleError(f"first-layer weight has shape {self.weight.shape}, manifest implies {expected}; "
                               "the bundle is inconsistent, re-export it")
-
-    @property
-    def model_id(self) -> str:
-        return self.manifest["model_id"]
-
-    @property
-    def version(self) -> str:
-        return self.manifest["version"]
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.manifest.get("classes", []))
 
     @property
     def raw_input_bytes(self) -> int:

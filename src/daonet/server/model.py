@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bundle import SERVER_FORMAT, load_bundle
+from ..bundle import SERVER_FORMAT, ManifestIdentity, load_bundle
 from ..errors import BundleError, DaonetError, PayloadError, VersionMismatchError
 from ..nn import build_model
 from ..wire import HEADER, MAGIC, WIRE_VERSION, SparsePayload, decode, validate_sparse
@@ -68,7 +68,7 @@ def _frame(data: bytes) -> tuple[str, int, int, int, int, int]:
     return version, ibytes, vbytes, n, nnz, HEADER.size + vlen
 
 
-class ServerModel:
+class ServerModel(ManifestIdentity):
     """The rest of the network behind the localized first layer."""
 
     def __init__(self, manifest: dict[str, Any], rest: torch.nn.Module, bundle_dir: Path | None = None) -> None:
@@ -88,18 +88,6 @@ class ServerModel:
         except (KeyError, RuntimeError) as exc:
             raise BundleError(f"{bundle_dir}: weights do not fit the architecture ({exc}); re-export it") from exc
         return cls(manifest, model.rest, bundle_dir)
-
-    @property
-    def model_id(self) -> str:
-        return self.manifest["model_id"]
-
-    @property
-    def version(self) -> str:
-        return self.manifest["version"]
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.manifest.get("classes", []))
 
     def info(self) -> dict[str, Any]:
         """What a client needs to check its device bundle against this server."""
