@@ -294,7 +294,8 @@ def to_markdown(results: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v['encode_us']:.0f} µs (mean nnz {v['nnz_mean']:.1f} of {v['n_outputs']}, "
                     f"p={v['drop_rate']})" for k, v in results["models"].items())
         + "; not included in the latencies above.",
-        f"Setup: DAO server = the product app (`daonet.server.app`); plaintext = benchmark-only app `daonet.bench.plaintext`, "
+        f"Setup: DAO server = the product app (`daonet.server.app`); plaintext = benchmark-only app "
+        f"`daonet.bench.plaintext`, "
         f"same FastAPI + uvicorn + MicroBatcher + metrics. Each in its own subprocess, torch threads "
         f"{env['torch_threads']}, max_batch_size {env['max_batch_size']}, max_wait_ms {env['max_wait_ms']}; load "
         f"generator: asyncio HTTP/1.1 client in the parent process. {env['cpus']} CPUs, torch {env['torch']}; load "
