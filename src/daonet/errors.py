@@ -30,3 +30,11 @@ class VersionMismatchError(BundleError):
 
 class PayloadError(DaonetError, ValueError):
     """A sparse payload is malformed, truncated or inconsistent with the model."""
+
+
+class MalformedPayloadError(PayloadError):
+    """The bytes cannot be framed as a payload at all (truncated, wrong magic, bad widths): HTTP 400."""
+
+
+class InvalidPayloadError(PayloadError):
+    """A well-framed payload whose content is impossible (index range, duplicates, negative, NaN): HTTP 422."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import PayloadError
+from .errors import InvalidPayloadError, MalformedPayloadError, PayloadError
 
 MAGIC = b"DAO1"
 WIRE_VERSION = 1
@@ -34,7 +34,7 @@ _INDEX_DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 _VALUE_DTYPES = {2: np.dtype("<f2"), 4: np.dtype("<f4")}
 VALUE_DTYPE_NAMES = {"float16": 2, "float32": 4}
 
-__all__ = ["SparsePayload", "encode", "decode", "MAGIC", "WIRE_VERSION"]
+__all__ = ["SparsePayload", "Frame", "encode", "decode", "read_frame", "MAGIC", "WIRE_VERSION"]
 
 
 @dataclass(frozen=True)
@@ -90,39 +90,62 @@ def encode(activations: np.ndarray, model_version: str, value_dtype: str = "floa
     return b"".join([header, version, indices.astype(_INDEX_DTYPES[ibytes]).tobytes(), values.tobytes()])
 
 
-def decode(data: bytes, *, expected_outputs: int | None = None, max_nnz: int | None = None) -> SparsePayload:
-    """Parse and validate a payload; every malformed input raises :class:`PayloadError`."""
+@dataclass(frozen=True)
+class Frame:
+    """The header of a payload, checked for framing only (not yet for content)."""
+
+    model_version: str
+    index_width: int
+    value_width: int
+    n_outputs: int
+    nnz: int
+    offset: int  # where the indices start
+
+
+def read_frame(data: bytes) -> Frame:
+    """Check the framing of a binary payload; raises :class:`MalformedPayloadError` (HTTP 400).
+
+    Separating framing from content lets a server check the model version before judging content.
+    """
     if len(data) < HEADER.size:
-        raise PayloadError(f"payload is truncated: {len(data)} bytes, the header alone is {HEADER.size}")
+        raise MalformedPayloadError(f"payload is truncated: {len(data)} bytes, the header alone is {HEADER.size}")
     magic, ver, ibytes, vbytes, vlen, n, nnz = HEADER.unpack_from(data)
     if magic != MAGIC:
-        raise PayloadError(f"payload does not start with the magic bytes {MAGIC!r}; is it a daonet payload?")
+        raise MalformedPayloadError(f"payload does not start with the magic bytes {MAGIC!r}; is it a daonet "
+                                    "payload? (raw inputs are never accepted)")
     if ver != WIRE_VERSION:
-        raise PayloadError(f"wire format version {ver} is not supported; this server speaks {WIRE_VERSION}")
+        raise MalformedPayloadError(f"wire format version {ver} is not supported; this server speaks {WIRE_VERSION}")
     if ibytes not in _INDEX_DTYPES:
-        raise PayloadError(f"index width {ibytes} is invalid; it must be 2 or 4 bytes")
+        raise MalformedPayloadError(f"index width {ibytes} is invalid; it must be 2 or 4 bytes")
     if vbytes not in _VALUE_DTYPES:
-        raise PayloadError(f"value width {vbytes} is invalid; it must be 2 or 4 bytes")
-    if expected_outputs is not None and n != expected_outputs:
-        raise PayloadError(f"payload says the first layer has {n} outputs; this model's has {expected_outputs}")
-    if nnz > n:
-        raise PayloadError(f"payload has {nnz} non-zeros but the first layer has only {n} outputs")
-    if max_nnz is not None and nnz > max_nnz:
-        raise PayloadError(f"payload has {nnz} non-zeros, more than the limit of {max_nnz}")
+        raise MalformedPayloadError(f"value width {vbytes} is invalid; it must be 2 or 4 bytes")
     expected_len = HEADER.size + vlen + nnz * (ibytes + vbytes)
     if len(data) != expected_len:
         what = "truncated" if len(data) < expected_len else "too long"
-        raise PayloadError(f"payload is {what}: {len(data)} bytes, the header announces {expected_len}")
-    off = HEADER.size
+        raise MalformedPayloadError(f"payload is {what}: {len(data)} bytes, the header announces {expected_len}")
     try:
-        version = data[off:off + vlen].decode("ascii")
+        version = data[HEADER.size:HEADER.size + vlen].decode("ascii")
     except UnicodeDecodeError as exc:
-        raise PayloadError("model version in the payload is not ASCII") from exc
-    off += vlen
-    indices = np.frombuffer(data, _INDEX_DTYPES[ibytes], count=nnz, offset=off).astype(np.int64)
-    off += nnz * ibytes
-    values = np.frombuffer(data, _VALUE_DTYPES[vbytes], count=nnz, offset=off).astype(np.float32)
-    return validate_sparse(version, n, indices, values)
+        raise MalformedPayloadError("model version in the payload is not ASCII") from exc
+    return Frame(version, ibytes, vbytes, n, nnz, HEADER.size + vlen)
+
+
+def decode(data: bytes, *, expected_outputs: int | None = None, max_nnz: int | None = None,
+           frame: Frame | None = None) -> SparsePayload:
+    """Parse and validate a payload: :class:`MalformedPayloadError` for framing, :class:`InvalidPayloadError`
+    for content. Pass ``frame`` when :func:`read_frame` already ran (the server checks the version between)."""
+    f = frame or read_frame(data)
+    n, nnz = f.n_outputs, f.nnz
+    if expected_outputs is not None and n != expected_outputs:
+        raise InvalidPayloadError(f"payload says the first layer has {n} outputs; this model's has {expected_outputs}")
+    if nnz > n:
+        raise InvalidPayloadError(f"payload has {nnz} non-zeros but the first layer has only {n} outputs")
+    if max_nnz is not None and nnz > max_nnz:
+        raise InvalidPayloadError(f"payload has {nnz} non-zeros, more than the limit of {max_nnz}")
+    indices = np.frombuffer(data, _INDEX_DTYPES[f.index_width], count=nnz, offset=f.offset).astype(np.int64)
+    values = np.frombuffer(data, _VALUE_DTYPES[f.value_width], count=nnz,
+                           offset=f.offset + nnz * f.index_width).astype(np.float32)
+    return validate_sparse(f.model_version, n, indices, values)
 
 
 def validate_sparse(model_version: str, n_outputs: int, indices, values) -> SparsePayload:
@@ -131,23 +154,23 @@ def validate_sparse(model_version: str, n_outputs: int, indices, values) -> Spar
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         val = np.asarray(values, dtype=np.float32).reshape(-1)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise PayloadError(f"indices must be integers and values numbers: {exc}") from exc
+        raise InvalidPayloadError(f"indices must be integers and values numbers: {exc}") from exc
     if idx.size != val.size:
-        raise PayloadError(f"{idx.size} indices but {val.size} values; they must pair up")
+        raise InvalidPayloadError(f"{idx.size} indices but {val.size} values; they must pair up")
     if idx.size > n_outputs:
-        raise PayloadError(f"payload has {idx.size} non-zeros but the first layer has only {n_outputs} outputs")
+        raise InvalidPayloadError(f"payload has {idx.size} non-zeros but the first layer has only {n_outputs} outputs")
     if idx.size:
         if idx.min() < 0 or idx.max() >= n_outputs:
             bad = int(idx[(idx < 0) | (idx >= n_outputs)][0])
-            raise PayloadError(f"index {bad} is out of range; indices must be in [0, {n_outputs})")
+            raise InvalidPayloadError(f"index {bad} is out of range; indices must be in [0, {n_outputs})")
         steps = np.diff(idx)
         if (steps == 0).any():
             dup = int(idx[1:][steps == 0][0])
-            raise PayloadError(f"index {dup} appears more than once; each output may be sent once")
+            raise InvalidPayloadError(f"index {dup} appears more than once; each output may be sent once")
         if (steps < 0).any():
-            raise PayloadError("indices are not in increasing order; sort them (with their values)")
+            raise InvalidPayloadError("indices are not in increasing order; sort them (with their values)")
     if not np.isfinite(val).all():
-        raise PayloadError("values contain NaN or inf; ReLU outputs are finite")
+        raise InvalidPayloadError("values contain NaN or inf; ReLU outputs are finite")
     if (val < 0).any():
-        raise PayloadError("values contain negative numbers; ReLU outputs cannot be negative")
+        raise InvalidPayloadError("values contain negative numbers; ReLU outputs cannot be negative")
     return SparsePayload(model_version, int(n_outputs), idx, val)

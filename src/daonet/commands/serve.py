@@ -124,15 +124,15 @@ def read_inputs(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _payload_lines(pred: Any, url: str) -> list[str]:
-    from ..wire import HEADER
+    from ..wire import WIRE_VERSION, read_frame
 
     data = pred.payload.data
-    _, ver, ib, vb, vlen, n, nnz = HEADER.unpack_from(data)
+    f = read_frame(data)
     head = data[:64].hex(" ")
     return [
-        f"  sent {len(data)} bytes to {url}: wire v{ver}, {nnz} of {n} outputs non-zero "
-        f"({'uint16' if ib == 2 else 'uint32'} indices, {'float16' if vb == 2 else 'float32'} values), "
-        f"model version {data[HEADER.size:HEADER.size + vlen].decode('ascii')}",
+        f"  sent {len(data)} bytes to {url}: wire v{WIRE_VERSION}, {f.nnz} of {f.n_outputs} outputs non-zero "
+        f"({'uint16' if f.index_width == 2 else 'uint32'} indices, "
+        f"{'float16' if f.value_width == 2 else 'float32'} values), model version {f.model_version}",
         f"  bytes (hex, first {min(64, len(data))} of {len(data)}): {head}{' ...' if len(data) > 64 else ''}",
         f"  decoded: {pred.payload.describe()}",
         "  nothing else was sent: no raw input, no mask, no key",

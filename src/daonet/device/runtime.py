@@ -7,6 +7,7 @@ weights and a JSON manifest. No torch, no server weights, no network (see ``clie
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..bundle import DEVICE_FORMAT, ManifestIdentity, load_bundle
 from ..errors import BundleError, InputError
-from ..wire import encode
+from ..wire import encode, read_frame
 from .certificate import Certificate, FirstLayerSystem, PrivacyPolicy, apply_policy, certify
 from .masks import MaskSource, RandomMasks
 
@@ -183,15 +184,15 @@ class DeviceModel(ManifestIdentity):
         return self._encode_rows(self.drop(xs, masks, mask))
 
     def _encode_rows(self, dropped: np.ndarray) -> list[DevicePayload]:
-        out = []
-        for row in dropped:
-            data = encode(row, self.version, self.value_dtype)
-            nnz = int.from_bytes(data[12:16], "little")  # float16 may underflow tiny values: count what is sent
-            out.append(DevicePayload(data, nnz, self.n_outputs, row))
-        return out
+        return [self._payload(row) for row in dropped]
+
+    def _payload(self, row: np.ndarray, certificate: Certificate | None = None) -> DevicePayload:
+        data = encode(row, self.version, self.value_dtype)
+        # count what is sent (float16 may underflow tiny values to zero; those are not sent)
+        return DevicePayload(data, read_frame(data).nnz, self.n_outputs, row, certificate)
 
     # -- the privacy certificate and policy (see :mod:`daonet.device.certificate`) ----------------
-    @property
+    @cached_property
     def public_mean(self) -> np.ndarray:
         """μ, the public data mean an attacker also knows: the bundle's ``public_mean`` tensor if exported,
         else the per-channel normalization mean broadcast to the input shape."""
@@ -200,13 +201,10 @@ class DeviceModel(ManifestIdentity):
             return np.asarray(mu, dtype=np.float32).reshape(self.input_shape)
         return np.broadcast_to(self.mean, self.input_shape).astype(np.float32)
 
-    @property
+    @cached_property
     def system(self) -> FirstLayerSystem:
-        """The first layer as equations over the raw input (built once, cached)."""
-        cached = self.__dict__.get("_system")
-        if cached is None:
-            cached = self.__dict__["_system"] = FirstLayerSystem(self)
-        return cached
+        """The first layer as equations over the raw input (built once, on first use)."""
+        return FirstLayerSystem(self)
 
     @property
     def policy(self) -> PrivacyPolicy:
@@ -249,8 +247,6 @@ class DeviceModel(ManifestIdentity):
         out = []
         for x, row in zip(xb, dropped, strict=True):
             sent, cert = apply_policy(self.system, x, self._as_sent(row), policy, mu)
-            data = encode(sent, self.version, self.value_dtype)
-            nnz = int.from_bytes(data[12:16], "little")
-            out.append((DevicePayload(data, nnz, self.n_outputs, sent, cert), cert))
+            out.append((self._payload(sent, cert), cert))
         return out
 

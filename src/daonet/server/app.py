@@ -41,12 +41,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__ as daonet_version
-from ..errors import PayloadError, VersionMismatchError
+from ..errors import MalformedPayloadError, PayloadError, VersionMismatchError
 from ..wire import SparsePayload
 from .batching import BatcherClosedError, MicroBatcher
 from .config import ApiKeyVerifier, ServerConfig
 from .metrics import CONTENT_TYPE_LATEST, ServerMetrics
-from .model import MalformedPayloadError, ModelRegistry, ServerModel, UnknownModelError
+from .model import ModelRegistry, ServerModel, UnknownModelError
 
 logger = logging.getLogger("daonet.server")
 

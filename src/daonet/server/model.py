@@ -14,58 +14,13 @@ import numpy as np
 import torch
 
 from ..bundle import SERVER_FORMAT, ManifestIdentity, load_bundle
-from ..errors import BundleError, DaonetError, PayloadError, VersionMismatchError
+from ..errors import BundleError, DaonetError, InvalidPayloadError, VersionMismatchError
 from ..nn import build_model
-from ..wire import HEADER, MAGIC, WIRE_VERSION, SparsePayload, decode, validate_sparse
-
-
-class MalformedPayloadError(PayloadError):
-    """The bytes cannot be framed as a payload at all (truncated, wrong magic, bad JSON): HTTP 400."""
-
-
-class InvalidPayloadError(PayloadError):
-    """A well-framed payload whose content is wrong (index range, duplicates, negative, NaN): HTTP 422."""
+from ..wire import SparsePayload, decode, read_frame, validate_sparse
 
 
 class UnknownModelError(DaonetError, LookupError):
     """No served model has this id."""
-
-
-def read_frame(data: bytes) -> str:
-    """Check only the framing of a binary payload and return its model version string.
-
-    Separating framing from content lets a server answer 400 (cannot parse) apart from 422
-    (parsed, but impossible content), and check the version before judging the content.
-    """
-    return _frame(data)[0]
-
-
-_INDEX = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
-_VALUE = {2: np.dtype("<f2"), 4: np.dtype("<f4")}
-
-
-def _frame(data: bytes) -> tuple[str, int, int, int, int, int]:
-    """(version, index width, value width, n_outputs, nnz, offset of the indices), or MalformedPayloadError."""
-    if len(data) < HEADER.size:
-        raise MalformedPayloadError(f"payload is truncated: {len(data)} bytes, the header alone is {HEADER.size}")
-    magic, ver, ibytes, vbytes, vlen, n, nnz = HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise MalformedPayloadError(f"payload does not start with the magic bytes {MAGIC!r}; "
-                                    "is it a daonet payload? (raw inputs are never accepted)")
-    if ver != WIRE_VERSION:
-        raise MalformedPayloadError(f"wire format version {ver} is not supported; this server speaks {WIRE_VERSION}")
-    if ibytes not in (2, 4) or vbytes not in (2, 4):
-        raise MalformedPayloadError(f"index width {ibytes} / value width {vbytes} bytes is invalid; "
-                                    "each must be 2 or 4")
-    expected_len = HEADER.size + vlen + nnz * (ibytes + vbytes)
-    if len(data) != expected_len:
-        what = "truncated" if len(data) < expected_len else "too long"
-        raise MalformedPayloadError(f"payload is {what}: {len(data)} bytes, the header announces {expected_len}")
-    try:
-        version = data[HEADER.size:HEADER.size + vlen].decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise MalformedPayloadError("model version in the payload is not ASCII") from exc
-    return version, ibytes, vbytes, n, nnz, HEADER.size + vlen
 
 
 class ServerModel(ManifestIdentity):
@@ -101,23 +56,11 @@ class ServerModel(ManifestIdentity):
     def parse(self, data: bytes) -> SparsePayload:
         """Decode and validate a binary payload: framing (400), then version (409), then content (422).
 
-        The common, valid case takes a lean path (a handful of numpy calls: this runs on the event loop
-        for every request); anything suspicious goes through :func:`daonet.wire.decode`, whose checks and
-        messages are the reference.
+        All checks and messages live in :mod:`daonet.wire`, shared with the device side.
         """
-        version, ibytes, vbytes, n, nnz, off = _frame(data)
-        self.check_version(version)
-        if n == self.n_outputs and nnz <= n:
-            idx = np.frombuffer(data, _INDEX[ibytes], count=nnz, offset=off).astype(np.int64)
-            val = np.frombuffer(data, _VALUE[vbytes], count=nnz, offset=off + nnz * ibytes).astype(np.float32)
-            if nnz == 0 or (idx[-1] < n and (nnz == 1 or (idx[1:] - idx[:-1]).min() > 0)
-                            and val.min() >= 0 and val.max() < np.inf):  # NaN fails both comparisons
-                return SparsePayload(version, n, idx, val)
-        try:
-            return decode(data, expected_outputs=self.n_outputs)
-        except PayloadError as exc:
-            raise InvalidPayloadError(str(exc)) from None
-        raise InvalidPayloadError("payload was refused")  # pragma: no cover (decode accepts only valid ones)
+        frame = read_frame(data)
+        self.check_version(frame.model_version)
+        return decode(data, expected_outputs=self.n_outputs, frame=frame)
 
     def parse_json(self, obj: Any) -> SparsePayload:
         """The JSON debugging form ``{"model_version", "indices", "values"}``; same checks as binary."""
@@ -138,10 +81,7 @@ class ServerModel(ManifestIdentity):
             raise InvalidPayloadError("'indices' must be a list of integers")
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in obj["values"]):
             raise InvalidPayloadError("'values' must be a list of numbers")
-        try:
-            return validate_sparse(version, self.n_outputs, obj["indices"], obj["values"])
-        except PayloadError as exc:
-            raise InvalidPayloadError(str(exc)) from None
+        return validate_sparse(version, self.n_outputs, obj["indices"], obj["values"])
 
     def check_version(self, version: str) -> None:
         if version != self.version:
