@@ -23,7 +23,8 @@ from daonet.train import TrainConfig, save_run, train
 
 TINY = {"hidden": 40, "hidden2": 32}
 BASE = TrainConfig(dataset="digits", model="mlp", epochs=4, model_kwargs=TINY)
-AUDIT = AuditConfig(dataset="digits", n_test=30, public_size=None, decoder_epochs=3, decoder_hidden=64,
+AUDIT = AuditConfig(dataset="digits", budget="quick", n_test=30, public_size=0, decoder_epochs=3, decoder_hidden=64,
+                    budget_curve=False,
                     rmle_steps=20, rmle_tune_size=16, n_repeat=8, repeats=(2, 3), n_examples=2, seed=0)
 
 
@@ -36,7 +37,7 @@ def frontier(tmp_path_factory, digits):
     methods = [Method("plain-p0", "plain", 0.0), parse_method("q2-pol-p0.5:p=0.5,q=2,rho=0.3")]
     logs: list[str] = []
     rows = run_methods("digits", "mlp", methods, out, AUDIT, train_cfg=BASE, progress=False, policy_eval=60,
-                       adaptive="all", log=logs.append)
+                       log=logs.append)
     return out, rows, logs, methods
 
 
@@ -50,7 +51,7 @@ def test_frontier_writes_table_and_plot(frontier):
                     "in_target", "train_s", "audit_s", "family", "config", "attacks"):
             assert key in r, key
         assert r["advantage"] == pytest.approx(r["best"] - r["class_prior"])
-        assert r["best_attack"] in r["attacks"] and {"decoder", "decoder_adaptive"} <= set(r["attacks"])
+        assert r["best_attack"] in r["attacks"] and {"decoder_mlp", "decoder_adaptive"} <= set(r["attacks"])
         assert r["best"] == pytest.approx(max(r["attacks"].values()))
     pol = data["rows"][1]["policy_accuracy"]
     assert pol["n"] == 60 and pol["policy"]["max_revealed_energy"] == 0.3
@@ -152,7 +153,7 @@ def test_cli_lists_methods():
 def test_cli_runs_on_digits(tmp_path: Path):
     args = ["--dataset", "digits", "--model", "mlp", "--only", "plain-p0.9", "--epochs", "1", "--model-opt",
             "hidden=40", "--n-test", "10", "--public-size", "200", "--decoder-epochs", "1", "--rmle-steps", "10",
-            "--n-repeat", "4", "--threads", "1", "--out", str(tmp_path)]
+            "--n-repeat", "4", "--threads", "1", "--budget", "quick", "--out", str(tmp_path)]
     res = CliRunner().invoke(app, ["audit-methods", *args])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "methods.json").read_text())["rows"][0]["method"] == "plain-p0.9"

@@ -31,25 +31,21 @@ from typing import Any
 
 import numpy as np
 
-from .audit import attacks as atk
 from .audit.core import (
     AuditConfig,
-    Observer,
     _json_default,
     load_pair,
-    resolve_policy,
     run_audit,
-    wire_values,
     write_report,
 )
 from .audit.frontier import _row, default_train_config
-from .audit.metrics import evaluate, primary_metric, summarize
+from .audit.metrics import primary_metric
 from .data import Dataset, load_dataset
 from .device.certificate import PrivacyPolicy
 from .device.masks import RandomMasks
 from .errors import InputError
 from .export import export_model
-from .train import TrainConfig, load_run, make_progress, save_run, train
+from .train import TrainConfig, load_run, save_run, train
 
 TARGET_ADVANTAGE = 0.05  # issue 5: best attack at most 0.05 SSIM / correlation above the class prior
 TARGET_ACCURACY_DROP = 0.01  # ... with accuracy within 1 point of the undefended model
@@ -247,95 +243,9 @@ def constant_values(bundle: Path, x: np.ndarray) -> bool:
     return bool(nz.size > 1 and nz.std() <= 1e-3 * np.sqrt((nz ** 2).mean()))
 
 
-def adaptive_decoder_attack(bundle: Path, ds: Dataset, cfg: AuditConfig, progress: bool = True) -> dict[str, Any]:
-    """The audit's learned inverse network (same public split, test requests, masks, architecture and budget) on
-    scale-robust features of what the server receives: ``h / rms``, ``log1p(h)``, which outputs are non-zero,
-    and the server's own class probabilities for the request (the server knows its model).
-
-    Why: a defence can hide what it transmits from a *naively scaled* decoder rather than from the server.
-    1-level quantization sends one constant value (the audit's std scaling divides by ~0 and diverges), and
-    adversarial training learns a few huge activations beside tiny ones, so a decoder fed ``h / std`` fails
-    to learn even the class the server reads off the same payload. These features undo both tricks.
-    """
-    import torch
-
-    t0 = time.perf_counter()
-    device, server = load_pair(bundle)
-    kind, metric = ds.kind, primary_metric(ds.kind)
-    rng = np.random.default_rng(cfg.seed)  # the same splits as run_audit
-    test_idx = rng.permutation(len(ds.x_test))[: cfg.n_test]
-    pub_idx = rng.permutation(len(ds.x_train))[: cfg.public_size or len(ds.x_train)]
-    x_test, x_pub, y_pub = ds.x_test[test_idx], ds.x_train[pub_idx], ds.y_train[pub_idx]
-    n = int(np.prod(device.input_shape))
-    mu = x_pub.reshape(len(x_pub), -1).mean(0)
-    class_means = np.stack([x_pub[y_pub == c].reshape(-1, n).mean(0) if (y_pub == c).any() else mu
-                            for c in range(ds.n_classes)])
-    policy = resolve_policy(device, cfg)
-    obs = Observer(device, server, policy, mu)
-    h_test, parsed = obs.received(obs.payloads(x_test, RandomMasks(cfg.seed + 1))[0])
-    pred = obs.predict(parsed).argmax(1)
-    pools: dict[int, np.ndarray] = {}
-
-    def sample(epoch: int) -> np.ndarray:
-        if policy is None:
-            return wire_values(device.drop(x_pub, RandomMasks(cfg.seed + 100 + epoch)), device.value_dtype)
-        i = epoch % cfg.policy_pools
-        if i not in pools:
-            pools[i] = obs.observe(x_pub, RandomMasks(cfg.seed + 100 + i))
-        return pools[i]
-
-    first = np.asarray(sample(0), np.float32)
-    nz = first[first > 0]
-    scale = float(np.sqrt((nz ** 2).mean())) if nz.size else 1.0
-    server.rest.eval()
-
-    @torch.no_grad()
-    def features(h: np.ndarray, batch: int = 2000) -> torch.Tensor:
-        out = []
-        for i in range(0, len(h), batch):
-            hb = torch.from_numpy(np.ascontiguousarray(h[i:i + batch], np.float32))
-            probs = torch.softmax(server.rest(hb.reshape(len(hb), *device.output_shape)), 1)
-            out.append(torch.cat([hb / scale, torch.log1p(hb), (hb > 0).float(), probs], 1))
-        return torch.cat(out)
-
-    gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    x_t = torch.from_numpy(np.ascontiguousarray(x_pub.reshape(len(x_pub), -1), np.float32))
-    f0 = features(first)
-    box = tuple(device.value_range) if device.value_range is not None else None
-    model = atk.Decoder(f0.shape[1], n, cfg.decoder_hidden, box)  # type: ignore[arg-type]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    steps = (len(x_pub) + cfg.decoder_batch - 1) // cfg.decoder_batch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=max(1, cfg.decoder_epochs * steps))
-    with make_progress() as bar:
-        task = bar.add_task("adaptive inverse network", total=cfg.decoder_epochs * steps, status="",
-                            visible=progress)
-        for epoch in range(cfg.decoder_epochs):
-            f_t = f0 if epoch == 0 else features(np.asarray(sample(epoch), np.float32))
-            model.train()
-            perm = torch.randperm(len(x_pub), generator=gen)
-            for i in range(0, len(x_pub), cfg.decoder_batch):
-                idx = perm[i:i + cfg.decoder_batch]
-                loss = ((model(f_t[idx]) - x_t[idx]) ** 2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.update(task, advance=1, status=f"epoch {epoch + 1} mse {float(loss):.4f}")
-    model.eval()
-    with torch.no_grad():
-        rec = model(features(h_test)).numpy()
-    prior = evaluate(kind, x_test, class_means[pred].reshape(x_test.shape))
-    res = summarize(evaluate(kind, x_test, rec.reshape(x_test.shape)), prior)[metric]
-    return {"mean": res["mean"], "advantage": res["advantage"], "advantage_se": res["advantage_se"],
-            "class_prior": float(prior[metric].mean()), "scale": scale, "version": device.version,
-            "features": "h/rms, log1p(h), 1[h>0], server class probabilities",
-            "config": _canon(asdict(cfg)), "seconds": round(time.perf_counter() - t0, 2)}
-
-
 def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path, audit_cfg: AuditConfig, *,
                 train_cfg: TrainConfig | None = None, reuse: bool = True, progress: bool = True,
-                policy_eval: int = 2000, max_policy_pools: int = 20, adaptive: str = "auto",
+                policy_eval: int = 2000, max_policy_pools: int = 20,
                 log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train/export/audit every method (cached); writes ``methods.json``, ``methods.md`` and ``frontier.png``.
 
@@ -344,8 +254,8 @@ def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path
     ``max_policy_pools``: the audit's decoder cannot draw fresh masks every epoch through a (slow, per-request)
     policy; it cycles pools of policy-filtered payloads. So that a policy is not credited with a weaker
     attacker, policy rows use one pool per decoder epoch up to this many.
-    ``adaptive``: when to add :func:`adaptive_decoder_attack` (``auto``: for defences trained against a decoder
-    and for constant transmitted values; ``all``; ``off``). A cached result is always used.
+    Every row is audited by every registered attacker (three decoder families included), each trained to
+    convergence from scratch against that row's final bundle.
     """
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
@@ -355,7 +265,7 @@ def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path
     audit_cfg = replace(audit_cfg, dataset=dataset, policy="auto", max_revealed_energy=None)
     audit_cfg.validate()
     ds = load_dataset(dataset, audit_cfg.data_root)
-    pools = max(audit_cfg.policy_pools, min(audit_cfg.decoder_epochs, max_policy_pools))
+    pools = max(audit_cfg.policy_pools, min(audit_cfg.decoder_budget().max_epochs, max_policy_pools))
     rows: list[dict[str, Any]] = []
     argv = shlex.join(["daonet", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("daonet") else None
     for i, method in enumerate(methods, start=1):
@@ -399,22 +309,6 @@ def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path
         metric = report["metric"]
         best = report["best_attack"]
         best_se = report["attacks"][best]["metrics"][metric].get("advantage_se") if best else None
-        adaptive_json = adir / "decoder_adaptive.json"
-        extra = json.loads(adaptive_json.read_text()) if reuse and adaptive_json.exists() else None
-        if extra and (extra.get("version") != device.version or extra.get("config") != want_audit):
-            extra = None
-        wanted = adaptive == "all" or (adaptive == "auto" and (method.adversary_weight > 0 or method.nopeek_weight > 0
-                                                               or constant_values(bundle, ds.x_train[:1000])))
-        if extra is None and wanted and "decoder" in audit_cfg.attacks:
-            log(f"{tag} training the adaptive inverse network (scale-robust features + server class probabilities)")
-            extra = adaptive_decoder_attack(bundle, ds, acfg, progress=progress)
-            adaptive_json.write_text(json.dumps(extra, indent=2) + "\n")
-        if extra is not None:
-            row["attacks"]["decoder_adaptive"] = extra["mean"]
-            row["audit_s"] += extra["seconds"]
-            if extra["mean"] > row["best"]:
-                best, best_se = "decoder_adaptive", extra["advantage_se"]
-                row.update(best_attack=best, best=extra["mean"])
         pol = None
         if method.max_revealed_energy is not None:
             pol_json = adir / "policy_accuracy.json"
@@ -461,7 +355,7 @@ def mark_target(rows: list[dict[str, Any]]) -> float | None:
 
 def methods_markdown(rows: list[dict[str, Any]], metric: str) -> str:
     head = (f"| method | config | accuracy | Δ acc vs undefended | surviving outputs | best attack | best {metric} | "
-            f"class-prior {metric} | advantage | inverse-net {metric} | adaptive inverse-net {metric} | rMLE {metric} "
+            f"class-prior {metric} | advantage | MLP decoder {metric} | adaptive decoder {metric} | rMLE {metric} "
             "| in target | train s | audit s |")
     lines = [head, "|" + "---|" * 15]
     def num(v: float | None, fmt: str) -> str:
@@ -474,7 +368,7 @@ def methods_markdown(rows: list[dict[str, Any]], metric: str) -> str:
             f"{num(None if d is None else d * 100, '+.1f')} pt | {r['surviving']:.1f} / {r['n_outputs']} | "
             f"{r['best_attack']} | {r['best']:.3f} | {r['class_prior']:.3f} | "
             f"{r['advantage']:+.3f} ± {r.get('advantage_se') or 0:.3f} | "
-            f"{num(r['attacks'].get('decoder'), '.3f')} | {num(r['attacks'].get('decoder_adaptive'), '.3f')} | "
+            f"{num(r['attacks'].get('decoder_mlp'), '.3f')} | {num(r['attacks'].get('decoder_adaptive'), '.3f')} | "
             f"{num(r['attacks'].get('rmle'), '.3f')} | "
             f"{'yes' if r.get('in_target') else 'no'} | {num(r.get('train_s'), '.0f')} | {r['audit_s']:.0f} |")
     return "\n".join(lines) + "\n"

@@ -9,24 +9,20 @@ the same distribution. Every attack here uses only that knowledge plus the paylo
 * :func:`regularized` — He, Zhang, Lee (ACSAC 2019) "rMLE": the same equations plus a data prior
   (total variation for images, second-difference smoothness for signals), box-constrained; and its
   *naive* form, which treats every zero as a genuine ReLU output (``relu(Wx + b) ≈ h`` over all outputs).
-* :func:`train_decoder` — a learned inverse network trained from scratch on (dropped activation, input)
-  pairs from public data with fresh masks every epoch (the adaptive black-box attacker).
+
+Learned inverse networks (the black-box attackers) live in :mod:`daonet.audit.decoders`.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..device.certificate import FirstLayerSystem
 from ..device.runtime import DeviceModel
-from ..train import make_progress
 
 LAMBDA_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -106,7 +102,7 @@ def _smooth(x: torch.Tensor) -> torch.Tensor:
 
 def regularized(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, lam: float, *, naive: bool = False,
                 steps: int = 400, init: np.ndarray | None = None, batch: int = 512, seed: int = 0,
-                progress: Callable[[int], None] | None = None) -> np.ndarray:
+                progress: Callable[[int], None] | None = None, device: str | torch.device = "cpu") -> np.ndarray:
     """Minimize ``data(x) + lam * prior(x)`` over the input box, in batch (Adam, projected).
 
     Mask-aware: ``data = mean over the non-zero outputs of (a_i·x + c_i − h_i)²`` (exact equations).
@@ -115,20 +111,21 @@ def regularized(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, lam: float
     """
     torch.manual_seed(seed)
     hk = h[None] if h.ndim == 2 else h
-    a = torch.from_numpy(know.a.astype(np.float32))
-    c = torch.from_numpy(know.c.astype(np.float32))
+    dev = torch.device(device)
+    a = torch.from_numpy(know.a.astype(np.float32)).to(dev)
+    c = torch.from_numpy(know.c.astype(np.float32)).to(dev)
     scale2 = know.value_scale**2
     prior = _tv if know.kind == "image" and len(know.input_shape) == 3 else _smooth
     n_items = hk.shape[1]
     out = np.empty((n_items, know.n), dtype=np.float32)
-    mu_t = torch.from_numpy(np.asarray(mu, np.float32).reshape(1, -1))
+    mu_t = torch.from_numpy(np.asarray(mu, np.float32).reshape(1, -1)).to(dev)
     lo, hi = know.box if know.box is not None else (None, None)
     lr = 0.02 if know.box is not None else 0.05
     for start in range(0, n_items, batch):
         sl = slice(start, min(start + batch, n_items))
-        hb = torch.from_numpy(np.ascontiguousarray(hk[:, sl], dtype=np.float32))  # K, B, m
+        hb = torch.from_numpy(np.ascontiguousarray(hk[:, sl], dtype=np.float32)).to(dev)  # K, B, m
         mask = (hb > 0).float()
-        x0 = torch.from_numpy(init[sl].reshape(hb.shape[1], -1).astype(np.float32)) if init is not None \
+        x0 = torch.from_numpy(init[sl].reshape(hb.shape[1], -1).astype(np.float32)).to(dev) if init is not None \
             else mu_t.expand(hb.shape[1], -1).clone()
         x = x0.clone().requires_grad_(True)
         opt = torch.optim.Adam([x], lr=lr)
@@ -151,97 +148,18 @@ def regularized(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, lam: float
                     x.clamp_(lo, hi)
             if progress is not None:
                 progress(sl.stop - sl.start)
-        out[sl] = x.detach().numpy()
+        out[sl] = x.detach().cpu().numpy()
     return out
 
 
 def tune_lambda(know: ServerKnowledge, h_val: np.ndarray, x_val: np.ndarray, mu: np.ndarray,
                 score: Callable[[np.ndarray, np.ndarray], float], *, naive: bool, steps: int,
-                init: np.ndarray | None = None,
-                grid: tuple[float, ...] = LAMBDA_GRID) -> tuple[float, dict[str, float]]:
+                init: np.ndarray | None = None, grid: tuple[float, ...] = LAMBDA_GRID,
+                device: str | torch.device = "cpu") -> tuple[float, dict[str, float]]:
     """Pick the prior weight on *public* data (the attacker simulates payloads for inputs it owns)."""
     scores = {}
     for lam in grid:
-        rec = regularized(know, h_val, mu, lam, naive=naive, steps=steps, init=init)
+        rec = regularized(know, h_val, mu, lam, naive=naive, steps=steps, init=init, device=device)
         scores[f"{lam:g}"] = float(score(x_val, rec))
     best = max(scores, key=lambda k: scores[k])
     return float(best), scores
-
-
-# -- 3. learned inverse network --------------------------------------------------------------------
-class Decoder(nn.Module):
-    """MLP from the dropped activation vector to the input (sigmoid output when inputs live in [0, 1])."""
-
-    def __init__(self, m: int, n: int, hidden: int = 1024, box: tuple[float, float] | None = None) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(m, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, n))
-        self.box = box
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        y = self.net(h)
-        if self.box is not None:
-            lo, hi = self.box
-            y = lo + (hi - lo) * torch.sigmoid(y)
-        return y
-
-
-@dataclass
-class DecoderResult:
-    model: Decoder
-    scale: float
-    info: dict[str, Any]
-
-    @torch.no_grad()
-    def predict(self, h: np.ndarray, batch: int = 1024) -> np.ndarray:
-        self.model.eval()
-        out = [self.model(torch.from_numpy(np.ascontiguousarray(h[i:i + batch], np.float32)) / self.scale).numpy()
-               for i in range(0, len(h), batch)]
-        return np.concatenate(out) if out else np.zeros((0, self.model.net[-1].out_features), np.float32)
-
-
-def train_decoder(sample: Callable[[int], np.ndarray], x: np.ndarray, box: tuple[float, float] | None, *,
-                  epochs: int, batch: int = 128, lr: float = 1e-3, hidden: int = 1024, seed: int = 0,
-                  progress: bool = True, fresh: bool = True) -> DecoderResult:
-    """Train an inverse network from scratch on public ``(dropped activation, input)`` pairs.
-
-    ``sample(epoch)`` returns the dropped vectors ``(N, m)`` the device would send for the public inputs
-    ``x`` in that epoch (the audit draws fresh masks through the real device runtime every epoch).
-    """
-    t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    x_t = torch.from_numpy(np.ascontiguousarray(x.reshape(len(x), -1), np.float32))
-    first = np.asarray(sample(0), np.float32)
-    m, n = first.shape[1], x_t.shape[1]
-    nz = first[first > 0]
-    scale = float(np.sqrt((nz ** 2).mean())) if nz.size else 1.0  # RMS: stays > 0 when all values are equal
-    scale = scale if scale > 0 else 1.0
-    model = Decoder(m, n, hidden, box)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps_per_epoch = (len(x) + batch - 1) // batch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch))
-    losses = []
-    with make_progress() as bar:
-        task = bar.add_task("train inverse network", total=epochs * steps_per_epoch, status="", visible=progress)
-        for epoch in range(epochs):
-            h_t = torch.from_numpy(first if epoch == 0 else np.asarray(sample(epoch), np.float32)) / scale
-            model.train()
-            perm = torch.randperm(len(x), generator=gen)
-            total, count = 0.0, 0
-            for i in range(0, len(x), batch):
-                idx = perm[i:i + batch]
-                loss = ((model(h_t[idx]) - x_t[idx]) ** 2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * len(idx)
-                count += len(idx)
-                bar.update(task, advance=1, status=f"epoch {epoch + 1}/{epochs} mse {total / count:.4f}")
-            losses.append(total / max(count, 1))
-    info = {"public_examples": int(len(x)), "epochs": int(epochs), "batch": batch, "lr": lr, "hidden": hidden,
-            "parameters": int(sum(p.numel() for p in model.parameters())), "fresh_masks_every_epoch": fresh,
-            "train_mse_per_epoch": [round(v, 6) for v in losses],
-            "seconds": round(time.perf_counter() - t0, 2), "architecture": f"MLP {m}-{hidden}-{hidden}-{n}"}
-    return DecoderResult(model, scale, info)

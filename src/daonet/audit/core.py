@@ -9,11 +9,12 @@ from scratch, here, against the exact bundle being audited.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,34 +30,69 @@ from ..errors import BundleError, DatasetError, InputError
 from ..server.model import ServerModel
 from ..train import make_progress
 from . import attacks as atk
+from .decoders import DecoderBudget, PublicPairs, fit_decoder
 from .metrics import evaluate, primary_metric, summarize
+from .registry import ALIASES, AttackContext, available_attacks, create_attack
 
-ATTACKS = ("min_norm", "rmle", "rmle_naive", "decoder", "repeated")
+BUDGET_NAMES = ("quick", "full")
+
+
+@dataclass(frozen=True)
+class BudgetPreset:
+    """How hard every attacker tries. ``quick`` is for tests and CI (seconds; not a privacy claim);
+    ``full`` is what privacy numbers are quoted from (all public data, decoders to convergence)."""
+
+    n_test: int
+    public_size: int  # 0: the whole training set
+    decoder: DecoderBudget
+    rmle_steps: int
+    rmle_tune_size: int
+    curve_sizes: tuple[int, ...]  # public-set sizes of the budget curve (plus half and all of it)
+    n_repeat: int
+    claim: bool
+
+
+BUDGETS: dict[str, BudgetPreset] = {
+    "quick": BudgetPreset(n_test=100, public_size=2000,
+                          decoder=DecoderBudget(max_epochs=8, patience=2, hidden=256, batch=128, val_size=300),
+                          rmle_steps=60, rmle_tune_size=32, curve_sizes=(), n_repeat=30, claim=False),
+    "full": BudgetPreset(n_test=1000, public_size=0, decoder=DecoderBudget(), rmle_steps=400, rmle_tune_size=128,
+                         curve_sizes=(2500, 10000), n_repeat=100, claim=True),
+}
+DEFAULT_ATTACKS = ("min_norm", "rmle", "rmle_prior", "rmle_naive", "decoder_mlp", "decoder_conv", "decoder_adaptive",
+                   "decoder_prediction", "repeated")
+ATTACKS = (*available_attacks(), "repeated")
 ATTACK_LABELS = {
     "data_mean": "data mean (baseline)",
     "class_prior": "class-conditional mean of the predicted class (baseline)",
-    "min_norm": "white-box min-norm least squares (mask-aware)",
-    "rmle": "regularized inversion, rMLE (mask-aware)",
-    "rmle_naive": "regularized inversion, rMLE (naive: zeros treated as ReLU outputs)",
-    "decoder": "learned inverse network (fresh masks every epoch)",
+    **{name: create_attack(name).label for name in available_attacks()},
 }
+NOT_A_CLAIM = "quick budget: attackers stopped early for speed; a lower bound on leakage, NOT a privacy claim"
 
 
 @dataclass
 class AuditConfig:
-    """What is audited and how hard the attackers try (all recorded in the report)."""
+    """What is audited and how hard the attackers try (all recorded in the report).
+
+    ``budget`` picks every attacker's budget (:data:`BUDGETS`); any field left ``None`` takes the budget's
+    value, a field that is set overrides it (and is recorded).
+    """
 
     dataset: str
-    n_test: int = 500
-    public_size: int | None = 30000  # None: the whole training set
-    decoder_epochs: int = 10
-    decoder_hidden: int = 1024
-    decoder_batch: int = 128
-    rmle_steps: int = 300
-    rmle_tune_size: int = 64
-    attacks: tuple[str, ...] = ATTACKS
+    budget: str = "full"
+    n_test: int | None = None
+    public_size: int | None = None  # 0: the whole training set
+    decoder_epochs: int | None = None  # hard cap; decoders stop earlier when the held-out metric stops improving
+    decoder_patience: int | None = None
+    decoder_hidden: int | None = None
+    decoder_batch: int | None = None
+    decoder_loss: str | None = None
+    rmle_steps: int | None = None
+    rmle_tune_size: int | None = None
+    budget_curve: bool = True  # retrain the strongest decoder on smaller public sets (saturation check)
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
     repeats: tuple[int, ...] = (2, 5, 10)
-    n_repeat: int = 100
+    n_repeat: int | None = None
     policy: str = "auto"  # auto: as the device manifest says; on; off
     max_revealed_energy: float | None = None  # overrides the manifest's threshold (implies policy on)
     policy_thresholds: tuple[float, ...] = ()  # extra table: accuracy / leakage under the policy
@@ -64,17 +100,23 @@ class AuditConfig:
     n_examples: int = 8
     seed: int = 0
     data_root: str | None = None
+    torch_device: str = "auto"  # auto: cuda when available
 
     def validate(self) -> None:
-        unknown = [a for a in self.attacks if a not in ATTACKS]
+        if self.budget not in BUDGETS:
+            raise InputError(f"--budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
+        known = set(ATTACKS) | set(ALIASES)
+        unknown = [a for a in self.attacks if a not in known]
         if unknown:
             raise InputError(f"unknown attack(s) {', '.join(unknown)}; choose from {', '.join(ATTACKS)}")
-        if self.n_test < 2:
+        if self.n_test is not None and self.n_test < 2:
             raise InputError(f"--n-test must be at least 2, got {self.n_test}")
-        if self.public_size is not None and self.public_size < 10:
-            raise InputError(f"--public-size must be at least 10, got {self.public_size}")
-        if self.decoder_epochs < 1:
-            raise InputError(f"--decoder-epochs must be at least 1, got {self.decoder_epochs}")
+        if self.public_size is not None and 0 < self.public_size < 20:
+            raise InputError(f"--public-size must be 0 (all) or at least 20, got {self.public_size}")
+        for name in ("decoder_epochs", "decoder_patience", "rmle_steps", "rmle_tune_size", "n_repeat"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
         if any(k < 2 for k in self.repeats):
             raise InputError(f"repeat counts must be at least 2, got {self.repeats}")
         if self.policy not in ("auto", "on", "off"):
@@ -83,12 +125,85 @@ class AuditConfig:
                                               else [])):
             if not 0 <= t <= 1:
                 raise InputError(f"revealed-energy thresholds must be in [0, 1], got {t}")
+        if self.torch_device not in ("auto", "cpu") and not self.torch_device.startswith("cuda"):
+            raise InputError(f"--torch-device must be auto, cpu or cuda[:N], got {self.torch_device!r}")
+        self.decoder_budget().validate()
+
+    @property
+    def preset(self) -> BudgetPreset:
+        return BUDGETS[self.budget]
+
+    def decoder_budget(self) -> DecoderBudget:
+        d = self.preset.decoder
+        over = {"max_epochs": self.decoder_epochs, "patience": self.decoder_patience, "hidden": self.decoder_hidden,
+                "batch": self.decoder_batch, "loss": self.decoder_loss}
+        return replace(d, **{k: v for k, v in over.items() if v is not None})
+
+    def resolved(self, name: str) -> Any:
+        """A field's effective value: the override if set, else the budget's."""
+        v = getattr(self, name)
+        return getattr(self.preset, name) if v is None else v
+
+    def device(self) -> torch.device:
+        if self.torch_device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.torch_device)
+
+
+@dataclass(frozen=True)
+class AttackScore:
+    """One attack's score on the audited requests (primary metric)."""
+
+    name: str
+    label: str
+    mean: float
+    advantage: float | None  # paired mean difference over the class prior (same requests)
+    advantage_se: float | None
+
+
+@dataclass(frozen=True)
+class AuditSummary:
+    """The typed headline of an audit (what frontiers, the CLI and the README read)."""
+
+    model_id: str
+    version: str
+    dataset: str
+    metric: str
+    budget: str
+    is_claim: bool
+    accuracy: float
+    surviving: float
+    best_attack: str | None
+    best: float | None
+    class_prior: float
+    prediction_only: float | None
+    best_advantage: float | None  # over the class prior
+    advantage_over_prediction: float | None
+    all_converged: bool
+    warnings: tuple[str, ...]
+    attacks: dict[str, AttackScore]
+
+    @classmethod
+    def from_report(cls, rep: dict[str, Any]) -> AuditSummary:
+        m = rep["metric"]
+        scores = {k: AttackScore(k, v["label"], v["metrics"][m]["mean"], v["metrics"][m].get("advantage"),
+                                 v["metrics"][m].get("advantage_se")) for k, v in rep["attacks"].items()}
+        return cls(rep["bundle"]["model_id"], rep["bundle"]["version"], rep["dataset"], m,
+                   rep.get("budget", {}).get("name", "full"), bool(rep.get("budget", {}).get("claim", False)),
+                   rep["accuracy"], rep["surviving"]["mean"], rep.get("best_attack"), rep.get("best"),
+                   rep["class_prior"], rep.get("prediction_only"), rep.get("best_advantage"),
+                   rep.get("advantage_over_prediction"), bool(rep.get("all_converged", False)),
+                   tuple(rep.get("warnings", ())), scores)
 
 
 @dataclass
 class AuditResult:
-    report: dict[str, Any]
+    report: dict[str, Any]  # JSON-able, written as audit.json
     examples: dict[str, Any] = field(default_factory=dict)  # arrays for the HTML report
+
+    @property
+    def summary(self) -> AuditSummary:
+        return AuditSummary.from_report(self.report)
 
 
 def _split_bundle(bundle: str | Path) -> tuple[Path, Path]:
@@ -181,6 +296,69 @@ def _near_duplicates(x: np.ndarray, k: int, kind: str, rng: np.random.Generator)
     return (x[None] + 0.01 * rng.standard_normal((k, *x.shape))).astype(np.float32)
 
 
+def _plain_dropping(device: DeviceModel, x: np.ndarray, seed: int) -> bool:
+    """True when the device's dropping is exactly ``activations * Bernoulli mask`` (no noise, no policy), so
+    fresh masks can be drawn on the attacker's accelerator instead of through the runtime every epoch."""
+    acts = device.activations(x)
+    mask = np.random.default_rng(seed).random(acts.shape) >= device.drop_rate
+    return bool(np.array_equal(device.drop(x, mask=mask), np.where(mask, acts, np.float32(0))))
+
+
+def build_pairs(device: DeviceModel, server: ServerModel, obs: Observer, policy: PrivacyPolicy | None,
+                x_pub: np.ndarray, budget: DecoderBudget, *, seed: int, policy_pools: int,
+                torch_device: torch.device) -> PublicPairs:
+    """The attacker's training material: its public inputs, fresh dropped vectors every epoch, and a fixed
+    held-out split (payloads through the real runtime and server parser) for early stopping."""
+    dev = torch_device
+    n_val = max(2, min(budget.val_size, len(x_pub) // 10))
+    x_val_np, x_tr_np = x_pub[:n_val], x_pub[n_val:]
+    h_val = torch.from_numpy(obs.observe(x_val_np, RandomMasks(seed + 999))).to(dev)
+    vd = device.value_dtype
+    if policy is None and _plain_dropping(device, x_tr_np[:64], seed):
+        acts = torch.from_numpy(np.concatenate([device.activations(x_tr_np[i:i + 4096])
+                                                for i in range(0, len(x_tr_np), 4096)])).to(dev)
+        p = float(device.drop_rate)
+
+        def draw(epoch: int, size: int | None) -> torch.Tensor:
+            a = acts if size is None else acts[:size]
+            g = torch.Generator(device=dev).manual_seed(seed + 100 + epoch)
+            h = a * (torch.rand(a.shape, generator=g, device=dev) >= p) if p > 0 else a
+            return h.half().float() if vd == "float16" else h
+
+        how = ("fresh Bernoulli masks every epoch (the distribution of the device's RandomMasks) on the device "
+               "runtime's activations")
+    elif policy is None:
+        def draw(epoch: int, size: int | None) -> torch.Tensor:
+            xs = x_tr_np if size is None else x_tr_np[:size]
+            return torch.from_numpy(wire_values(device.drop(xs, RandomMasks(seed + 100 + epoch)), vd)).to(dev)
+
+        how = "fresh masks every epoch through the device runtime"
+    else:  # the policy is per request and slow: pools of policy-filtered payloads, cycled
+        pools: dict[int, torch.Tensor] = {}
+
+        def draw(epoch: int, size: int | None) -> torch.Tensor:
+            i = epoch % policy_pools
+            if i not in pools:
+                pools[i] = torch.from_numpy(obs.observe(x_tr_np, RandomMasks(seed + 100 + i))).to(dev)
+            return pools[i] if size is None else pools[i][:size]
+
+        how = f"{policy_pools} pools of policy-filtered payloads, cycled"
+    rest = copy.deepcopy(server.rest).to(dev).eval()
+    out_shape = tuple(device.output_shape)
+
+    @torch.no_grad()
+    def probs(h: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.softmax(rest(h[i:i + 8192].reshape(-1, *out_shape)), 1)
+                          for i in range(0, len(h), 8192)]) if len(h) else h.new_zeros((0, 1))
+
+    first = draw(0, None)
+    nz = first[first > 0]
+    scale = float(torch.sqrt((nz ** 2).mean())) if nz.numel() else 1.0
+    x_tr = torch.from_numpy(np.ascontiguousarray(x_tr_np.reshape(len(x_tr_np), -1), np.float32)).to(dev)
+    x_val = torch.from_numpy(np.ascontiguousarray(x_val_np.reshape(len(x_val_np), -1), np.float32)).to(dev)
+    return PublicPairs(x_tr, x_val, h_val, draw, probs, scale if scale > 0 else 1.0, dev, how)
+
+
 def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None = None, progress: bool = True,
               log=print) -> AuditResult:
     """Audit one bundle; returns the JSON-able report and arrays for the HTML examples."""
@@ -192,9 +370,12 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
     check_dataset(device, server, ds)
     kind = ds.kind
     metric = primary_metric(kind)
+    preset = cfg.preset
+    n_test = cfg.resolved("n_test")
+    public_size = cfg.resolved("public_size")
     rng = np.random.default_rng(cfg.seed)
-    test_idx = rng.permutation(len(ds.x_test))[: cfg.n_test]
-    pub_idx = rng.permutation(len(ds.x_train))[: cfg.public_size or len(ds.x_train)]
+    test_idx = rng.permutation(len(ds.x_test))[:n_test]
+    pub_idx = rng.permutation(len(ds.x_train))[: public_size or len(ds.x_train)]
     x_test, y_test = ds.x_test[test_idx], ds.y_test[test_idx]
     x_pub, y_pub = ds.x_train[pub_idx], ds.y_train[pub_idx]
     n = int(np.prod(device.input_shape))
@@ -203,6 +384,11 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
                             for c in range(ds.n_classes)])
     policy = resolve_policy(device, cfg)
     obs = Observer(device, server, policy, mu)
+    tdev = cfg.device()
+    dec_budget = cfg.decoder_budget()
+    linear = bool(getattr(device, "is_linear", True))
+    if not preset.claim:
+        log(f"[yellow]{NOT_A_CLAIM}[/]")
 
     # -- what the server receives for the audited requests ---------------------------------------
     t0 = time.perf_counter()
@@ -212,34 +398,39 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
     pred = probs.argmax(1)
     accuracy = float((pred == y_test).mean())
     timing["payloads_and_predictions_s"] = time.perf_counter() - t0
-    log(f"audit {device.model_id} ({device.version}) on {ds.name}: {len(x_test)} test requests, accuracy "
-        f"{accuracy:.4f}, surviving outputs {np.mean([p.nnz for p in parsed]):.1f} of {device.n_outputs}")
+    log(f"audit {device.model_id} ({device.version}) on {ds.name}, budget {cfg.budget}: {len(x_test)} test "
+        f"requests, accuracy {accuracy:.4f}, surviving outputs {np.mean([p.nnz for p in parsed]):.1f} of "
+        f"{device.n_outputs}; attackers on {tdev}")
 
     # -- certificates ---------------------------------------------------------------------------
     t0 = time.perf_counter()
-    # as the device computes it (its own μ), and with the attacker's per-coordinate public mean
-    dev_mu = device.public_mean.reshape(-1)
-    certs = [certify(device.system, x, h, dev_mu) for x, h in zip(x_test, h_test, strict=True)]
-    cert_arr = {key: np.array([getattr(c, key) for c in certs], dtype=np.float64)
-                for key in ("k", "rank", "identifiable", "revealed_energy", "max_leverage")}
-    cert_arr["revealed_energy_public_mu"] = np.array(
-        [certify(device.system, x, h, mu).revealed_energy for x, h in zip(x_test, h_test, strict=True)])
-    cert_summary: dict[str, Any] = {key: _dist(v) for key, v in cert_arr.items()}
-    cert_summary["device_mu"] = ("bundle public_mean" if "public_mean" in device.extras else
-                                 "per-channel normalization mean (the bundle has no public_mean)")
-    cert_summary["rank_fraction"] = _dist(cert_arr["rank"] / n)
-    cert_summary["requests_with_identifiable"] = int((cert_arr["identifiable"] > 0).sum())
-    if certs and certs[0].worst_patch is not None:
-        cert_summary["worst_patch_revealed_energy"] = _dist([c.worst_patch["revealed_energy"] for c in certs])
-        cert_summary["worst_patch_rank_fraction"] = _dist([c.worst_patch["rank"] / c.worst_patch["patch_dim"]
-                                                            for c in certs])
-    if policy_certs is not None:
-        cert_summary["dropped_by_policy"] = _dist([c.dropped_by_policy for c in policy_certs])
-        cert_summary["policy_ok_all"] = bool(all(c.policy_ok for c in policy_certs))
+    cert_summary: dict[str, Any] = {}
+    cert_arr: dict[str, np.ndarray] = {}
+    if linear:
+        dev_mu = device.public_mean.reshape(-1)
+        certs = [certify(device.system, x, h, dev_mu) for x, h in zip(x_test, h_test, strict=True)]
+        cert_arr = {key: np.array([getattr(c, key) for c in certs], dtype=np.float64)
+                    for key in ("k", "rank", "identifiable", "revealed_energy", "max_leverage")}
+        cert_arr["revealed_energy_public_mu"] = np.array(
+            [certify(device.system, x, h, mu).revealed_energy for x, h in zip(x_test, h_test, strict=True)])
+        cert_summary = {key: _dist(v) for key, v in cert_arr.items()}
+        cert_summary["device_mu"] = ("bundle public_mean" if "public_mean" in device.extras else
+                                     "per-channel normalization mean (the bundle has no public_mean)")
+        cert_summary["rank_fraction"] = _dist(cert_arr["rank"] / n)
+        cert_summary["requests_with_identifiable"] = int((cert_arr["identifiable"] > 0).sum())
+        if certs and certs[0].worst_patch is not None:
+            cert_summary["worst_patch_revealed_energy"] = _dist([c.worst_patch["revealed_energy"] for c in certs])
+            cert_summary["worst_patch_rank_fraction"] = _dist([c.worst_patch["rank"] / c.worst_patch["patch_dim"]
+                                                                for c in certs])
+        if policy_certs is not None:
+            cert_summary["dropped_by_policy"] = _dist([c.dropped_by_policy for c in policy_certs])
+            cert_summary["policy_ok_all"] = bool(all(c.policy_ok for c in policy_certs))
+    else:
+        cert_summary["note"] = "non-linear device block: covered by the audit only (no algebraic certificate)"
     timing["certificates_s"] = time.perf_counter() - t0
 
-    # -- the server's knowledge and public data ----------------------------------------------------
-    know = atk.ServerKnowledge.from_device(device, kind, device.activations(x_pub[:2000]))
+    # -- the server's knowledge, public data and the attacks ---------------------------------------
+    know = atk.ServerKnowledge.from_device(device, kind, device.activations(x_pub[:2000])) if linear else None
     recs: dict[str, np.ndarray] = {
         "data_mean": np.broadcast_to(mu, (len(x_test), n)).astype(np.float32),
         "class_prior": class_means[pred].astype(np.float32),
@@ -249,105 +440,129 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
     def score(x: np.ndarray, r: np.ndarray) -> float:
         return float(evaluate(kind, x, r.reshape(x.shape))[metric].mean())
 
-    mn = None
-    if {"min_norm", "rmle"} & set(cfg.attacks):
-        t0 = time.perf_counter()
-        mn = atk.min_norm(know, h_test, mu).astype(np.float32)
-        if "min_norm" in cfg.attacks:
-            recs["min_norm"] = mn
-        timing["min_norm_s"] = time.perf_counter() - t0
+    pairs_cache: list[PublicPairs] = []
 
-    tune_n = min(cfg.rmle_tune_size, len(x_pub))
-    x_val = x_pub[:tune_n]
-    h_val = obs.observe(x_val, RandomMasks(cfg.seed + 2)) if tune_n else None
-    lam = {}
-    for name, naive in (("rmle", False), ("rmle_naive", True)):
-        if name not in cfg.attacks and not (name == "rmle" and "repeated" in cfg.attacks):
+    def pairs() -> PublicPairs:
+        if not pairs_cache:
+            pairs_cache.append(build_pairs(device, server, obs, policy, x_pub, dec_budget, seed=cfg.seed,
+                                           policy_pools=cfg.policy_pools, torch_device=tdev))
+        return pairs_cache[0]
+
+    rmle_cache: list[tuple[np.ndarray, np.ndarray]] = []
+    tune_n = min(cfg.resolved("rmle_tune_size"), len(x_pub))
+
+    def rmle_material() -> tuple[np.ndarray, np.ndarray]:
+        if not rmle_cache:
+            x_val = x_pub[:tune_n]
+            h_val = obs.observe(x_val, RandomMasks(cfg.seed + 2))
+            ctx.cache["class_prior_val"] = class_means[obs.predict(obs.received(
+                obs.payloads(x_val, RandomMasks(cfg.seed + 2))[0])[1]).argmax(1)]
+            rmle_cache.append((h_val, x_val))
+        return rmle_cache[0]
+
+    box = tuple(device.value_range) if device.value_range is not None else None
+    ctx = AttackContext(kind=kind, metric=metric, input_shape=tuple(device.input_shape), box=box,  # type: ignore
+                        know=know, mu=mu, class_means=class_means, x_test=x_test, h_test=h_test, pred=pred,
+                        pairs=pairs, rmle_material=rmle_material, decoder_budget=dec_budget,
+                        rmle_steps=cfg.resolved("rmle_steps"), score=score, torch_device=tdev, seed=cfg.seed,
+                        progress=progress, log=log)
+    skipped: dict[str, str] = {}
+    names = [ALIASES.get(a, a) for a in cfg.attacks if a != "repeated"]
+    for name in dict.fromkeys(names):
+        spec = create_attack(name)
+        if spec.needs_equations and not linear:
+            skipped[name] = "needs the first layer's equations; the device runs a non-linear block"
             continue
         t0 = time.perf_counter()
-        init_val = None if naive else atk.min_norm(know, h_val, mu)
-        lam[name], grid = atk.tune_lambda(know, h_val, x_val, mu, score, naive=naive, steps=cfg.rmle_steps,
-                                          init=init_val)
-        if name in cfg.attacks:
-            with make_progress() as bar:
-                task = bar.add_task(f"{name}", total=len(x_test) * cfg.rmle_steps, status=f"lambda {lam[name]:g}",
-                                    visible=progress)
-                recs[name] = atk.regularized(know, h_test, mu, lam[name], naive=naive, steps=cfg.rmle_steps,
-                                             init=None if naive else mn,
-                                             progress=lambda k, b=bar, t=task: b.update(t, advance=k))
-        budgets[name] = {"steps": cfg.rmle_steps, "optimizer": "Adam, projected onto the input box",
-                         "lambda": lam[name], "lambda_grid_scores_on_public": grid, "tuned_on_public": tune_n,
-                         "prior": "total variation" if kind == "image" else "second-difference smoothness",
-                         "init": "data mean" if naive else "min-norm solution",
-                         "seconds": round(time.perf_counter() - t0, 2)}
+        outcome = spec.run(ctx)
+        recs[name] = outcome.rec.reshape(len(x_test), n)
+        budgets[name] = outcome.budget
+        if spec.learned:
+            budgets[name].update(cpu=platform.processor() or platform.machine(),
+                                 torch_threads=torch.get_num_threads())
         timing[f"{name}_s"] = time.perf_counter() - t0
-
-    if "decoder" in cfg.attacks:
-        t0 = time.perf_counter()
-        if policy is None:
-            def sample(epoch: int) -> np.ndarray:  # fresh masks every epoch, through the real device runtime
-                return wire_values(device.drop(x_pub, RandomMasks(cfg.seed + 100 + epoch)), device.value_dtype)
-        else:  # the policy is per request and slower: a few pools of policy-filtered payloads, cycled
-            pools: dict[int, np.ndarray] = {}
-
-            def sample(epoch: int) -> np.ndarray:
-                i = epoch % cfg.policy_pools
-                if i not in pools:
-                    pools[i] = obs.observe(x_pub, RandomMasks(cfg.seed + 100 + i))
-                return pools[i]
-        dec = atk.train_decoder(sample, x_pub, know.box, epochs=cfg.decoder_epochs, batch=cfg.decoder_batch,
-                                hidden=cfg.decoder_hidden, seed=cfg.seed, progress=progress,
-                                fresh=policy is None)
-        recs["decoder"] = dec.predict(h_test)
-        budgets["decoder"] = {**dec.info, "cpu": platform.processor() or platform.machine(),
-                              "torch_threads": torch.get_num_threads(),
-                              "mask_pools": None if policy is None else cfg.policy_pools}
-        timing["decoder_s"] = time.perf_counter() - t0
 
     # -- metrics -------------------------------------------------------------------------------
     per_sample = {name: evaluate(kind, x_test, r.reshape(x_test.shape)) for name, r in recs.items()}
     results = {name: {"label": ATTACK_LABELS[name],
                       "metrics": summarize(v, None if name == "class_prior" else per_sample["class_prior"])}
                for name, v in per_sample.items()}
-    attack_names = [a for a in recs if a not in ("data_mean", "class_prior")]
+    baselines = {"data_mean", "class_prior"} | {a for a in recs if a in ATTACK_LABELS and a not in ("data_mean",
+                                                "class_prior") and create_attack(a).baseline}
+    attack_names = [a for a in recs if a not in baselines]
     best = max(attack_names, key=lambda a: results[a]["metrics"][metric]["mean"]) if attack_names else None
+    pred_only = results["decoder_prediction"]["metrics"][metric]["mean"] if "decoder_prediction" in results else None
+
+    # -- saturation: the attacker-budget curve ---------------------------------------------------
+    warnings: list[str] = []
+    learned = {k: v for k, v in budgets.items() if k.startswith("decoder_")}
+    for k, v in learned.items():
+        if not v.get("converged", False):
+            warnings.append(f"{k} hit its epoch cap ({v['max_epochs']}) while still improving: its number is a "
+                            "lower bound on leakage")
+    curve = None
+    fits = {f: fit for f, fit in ctx.fits.items() if f != "prediction"}
+    if cfg.budget_curve and fits:
+        t0 = time.perf_counter()
+        curve = _budget_curve(ctx, fits, preset.curve_sizes, x_test, score, progress)
+        timing["budget_curve_s"] = time.perf_counter() - t0
+        if curve["last_doubling_gain"] is not None and curve["last_doubling_gain"] > 0.01:
+            warnings.append(f"the last doubling of public data still gained {curve['last_doubling_gain']:+.3f} "
+                            f"{metric} for decoder_{curve['family']}: more public data would likely leak more "
+                            "(a lower bound)")
+    if not preset.claim:
+        warnings.insert(0, NOT_A_CLAIM)
+    for w in warnings:
+        log(f"[yellow]warning:[/] {w}")
 
     # -- repeated queries ----------------------------------------------------------------------
     repeated = None
-    if "repeated" in cfg.attacks:
+    lam = {k: budgets[k]["lambda"] for k in ("rmle",) if k in budgets}
+    if "repeated" in cfg.attacks and linear:
         t0 = time.perf_counter()
-        repeated = _repeated(cfg, obs, know, x_test[: cfg.n_repeat], mu, kind, lam.get("rmle"), per_sample,
+        nrep = cfg.resolved("n_repeat")
+        repeated = _repeated(cfg, obs, know, x_test[:nrep], mu, kind, lam.get("rmle"), per_sample,  # type: ignore
                              progress)
         timing["repeated_s"] = time.perf_counter() - t0
 
     # -- policy cost ---------------------------------------------------------------------------
     policy_cost = None
-    if cfg.policy_thresholds:
+    if cfg.policy_thresholds and linear:
         t0 = time.perf_counter()
-        policy_cost = _policy_cost(cfg, device, server, know, x_test, y_test, mu, kind, progress)
+        policy_cost = _policy_cost(cfg, device, server, know, x_test, y_test, mu, kind, progress)  # type: ignore
         timing["policy_cost_s"] = time.perf_counter() - t0
 
     timing["total_s"] = time.perf_counter() - t_start
+    best_mean = results[best]["metrics"][metric]["mean"] if best else None
     report = {
         "bundle": {"path": str(bundle), "model_id": device.model_id, "version": device.version,
                    "kind": device.kind, "input_shape": list(device.input_shape), "n_outputs": device.n_outputs,
                    "kernel": list(device.kernel), "stride": list(device.stride), "drop_rate": device.drop_rate,
-                   "value_dtype": device.value_dtype, "privacy_manifest": device.manifest.get("privacy"),
-                   "arch": server.manifest.get("arch", {}).get("name"),
-                   "arch_kwargs": server.manifest.get("arch", {}).get("kwargs")},
+                   "value_dtype": device.value_dtype, "privacy_manifest": _privacy_manifest(device),
+                   "linear_first_layer": linear, **_arch(server)},
         "dataset": ds.name, "data_kind": kind, "metric": metric,
         "n_test": int(len(x_test)), "n_public": int(len(x_pub)),
-        "split": "public = seeded subset of the training set; audited requests = seeded subset of the test set",
+        "split": "public = seeded subset of the training set (a held-out part of it early-stops the decoders); "
+                 "audited requests = seeded subset of the test set",
+        "budget": {"name": cfg.budget, "claim": preset.claim, "note": None if preset.claim else NOT_A_CLAIM,
+                   "decoder": asdict(dec_budget), "torch_device": str(tdev)},
         "policy": policy.to_dict() if policy is not None else None,
         "accuracy": accuracy,
         "surviving": _dist([p.nnz for p in parsed]),
         "certificate": cert_summary,
         "attacks": results,
+        "skipped_attacks": skipped,
         "best_attack": best,
-        "best": results[best]["metrics"][metric]["mean"] if best else None,
+        "best": best_mean,
         "best_advantage": results[best]["metrics"][metric].get("advantage") if best else None,
         "class_prior": results["class_prior"]["metrics"][metric]["mean"],
+        "prediction_only": pred_only,
+        "advantage_over_prediction": (best_mean - pred_only) if best_mean is not None and pred_only is not None
+        else None,
         "data_mean": results["data_mean"]["metrics"][metric]["mean"],
+        "all_converged": all(v.get("converged", False) for v in learned.values()),
+        "budget_curve": curve,
+        "warnings": warnings,
         "repeated": repeated,
         "policy_cost": policy_cost,
         "budgets": budgets,
@@ -360,6 +575,46 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
                 "recs": {k: v[:m].reshape(x_test[:m].shape) for k, v in recs.items()},
                 "cert": cert_arr, "output_shape": tuple(device.output_shape), "kind": kind}
     return AuditResult(report, examples)
+
+
+def _privacy_manifest(device: DeviceModel) -> Any:
+    man = device.manifest
+    priv = man.get("privacy") if isinstance(man, dict) else getattr(man, "privacy", None)
+    return priv.model_dump() if hasattr(priv, "model_dump") else priv
+
+
+def _arch(server: ServerModel) -> dict[str, Any]:
+    man = server.manifest
+    arch = man.get("arch", {}) if isinstance(man, dict) else getattr(man, "arch", None)
+    if hasattr(arch, "model_dump"):
+        arch = arch.model_dump()
+    arch = arch or {}
+    return {"arch": arch.get("name"), "arch_kwargs": arch.get("kwargs")}
+
+
+def _budget_curve(ctx: AttackContext, fits: dict[str, Any], sizes: tuple[int, ...], x_test: np.ndarray,
+                  score: Any, progress: bool) -> dict[str, Any]:
+    """Retrain the strongest decoder family (by held-out score) from scratch on smaller public sets."""
+    family = max(fits, key=lambda f: fits[f].info["best_val"])
+    pairs = ctx.pairs()
+    full_n = len(pairs.x_train)
+    points = []
+    for s in sorted({x for x in sizes if x < full_n // 2} | {full_n // 2}):
+        if s < 20:
+            continue
+        fit = fit_decoder(family, pairs, kind=ctx.kind, input_shape=ctx.input_shape, box=ctx.box,
+                          budget=ctx.decoder_budget, n_train=s, seed=ctx.seed, progress=progress,
+                          label=f"budget curve: decoder {family} on {s} public examples")
+        points.append({"public_train": s, "test": score(x_test, fit.predict(ctx.h_test)),
+                       "best_val": fit.info["best_val"], "epochs_run": fit.info["epochs_run"],
+                       "converged": fit.info["converged"], "seconds": fit.info["seconds"]})
+    full = fits[family]
+    points.append({"public_train": full_n, "test": score(x_test, full.predict(ctx.h_test)),
+                   "best_val": full.info["best_val"], "epochs_run": full.info["epochs_run"],
+                   "converged": full.info["converged"], "seconds": full.info["seconds"]})
+    gain = points[-1]["test"] - points[-2]["test"] if len(points) >= 2 else None
+    return {"family": family, "points": points, "last_doubling_gain": gain,
+            "epochs": {f: fit.info["val_metric_per_epoch"] for f, fit in fits.items()}}
 
 
 def _repeated(cfg: AuditConfig, obs: Observer, know: atk.ServerKnowledge, x: np.ndarray, mu: np.ndarray, kind: str,
@@ -384,7 +639,8 @@ def _repeated(cfg: AuditConfig, obs: Observer, know: atk.ServerKnowledge, x: np.
             rec = atk.min_norm(know, hu, mu)
             row["min_norm"] = summarize(evaluate(kind, x, rec.reshape(x.shape)), base["class_prior"])[metric]
             if lam is not None:
-                rec = atk.regularized(know, hu, mu, lam, steps=cfg.rmle_steps, init=rec)
+                rec = atk.regularized(know, hu, mu, lam, steps=cfg.resolved("rmle_steps"), init=rec,
+                                      device=cfg.device())
                 row["rmle"] = summarize(evaluate(kind, x, rec.reshape(x.shape)), base["class_prior"])[metric]
             rows.append(row)
             bar.update(task, advance=1, status=f"K={k}")

@@ -34,18 +34,22 @@ def _row(report: dict[str, Any], metrics: dict[str, Any] | None, drop_rate: floa
     attacks = {k: v["metrics"][metric]["mean"] for k, v in report["attacks"].items()
                if k not in ("data_mean", "class_prior")}
     acc = metrics["test_accuracy"]["mean"] if metrics else report["accuracy"]
+    cert = report["certificate"]
+    learned = {k: {f: v.get(f) for f in ("public_train", "epochs_run", "best_epoch", "converged", "seconds", "device")}
+               for k, v in report["budgets"].items() if k.startswith("decoder_")}
     return {
         "drop_rate": drop_rate, "accuracy": acc, "accuracy_audited": report["accuracy"],
         "accuracy_std": metrics["test_accuracy"]["std"] if metrics else None,
         "surviving": report["surviving"]["mean"], "n_outputs": report["bundle"]["n_outputs"],
         "attacks": attacks, "best_attack": report["best_attack"], "best": report["best"],
         "class_prior": report["class_prior"], "data_mean": report["data_mean"],
-        "revealed_energy": report["certificate"]["revealed_energy_public_mu"]["mean"],
-        "revealed_energy_device": report["certificate"]["revealed_energy"]["mean"],
-        "rank": report["certificate"]["rank"]["mean"],
+        "prediction_only": report.get("prediction_only"),
+        "revealed_energy": cert["revealed_energy_public_mu"]["mean"] if "revealed_energy" in cert else None,
+        "revealed_energy_device": cert["revealed_energy"]["mean"] if "revealed_energy" in cert else None,
+        "rank": cert["rank"]["mean"] if "rank" in cert else None,
         "train_s": metrics.get("train_time_s") if metrics else None, "audit_s": report["timing_s"]["total_s"],
-        "decoder_budget": {k: report["budgets"]["decoder"][k] for k in ("public_examples", "epochs", "seconds")}
-        if "decoder" in report["budgets"] else None,
+        "decoders": learned, "all_converged": report.get("all_converged"),
+        "budget": report.get("budget", {}).get("name"), "warnings": report.get("warnings", []),
         "version": report["bundle"]["version"],
     }
 

@@ -14,11 +14,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-ORDER = ("data_mean", "class_prior", "min_norm", "rmle", "rmle_naive", "decoder")
+ORDER = ("data_mean", "class_prior", "decoder_prediction", "min_norm", "rmle", "rmle_prior", "rmle_naive",
+         "decoder_mlp", "decoder_conv", "decoder_adaptive", "decoder")
 SHORT = {"data_mean": "data mean", "class_prior": "class prior", "min_norm": "min-norm LS", "rmle": "rMLE",
-         "rmle_naive": "rMLE naive", "decoder": "inverse net"}
-COLORS = {"min_norm": "tab:blue", "rmle": "tab:green", "rmle_naive": "tab:olive", "decoder": "tab:red",
-          "class_prior": "0.35", "data_mean": "0.6"}
+         "rmle_prior": "rMLE from prior", "rmle_naive": "rMLE naive", "decoder": "inverse net",
+         "decoder_mlp": "MLP decoder", "decoder_conv": "conv decoder", "decoder_adaptive": "adaptive decoder",
+         "decoder_prediction": "prediction-only decoder"}
+COLORS = {"min_norm": "tab:blue", "rmle": "tab:green", "rmle_prior": "tab:cyan", "rmle_naive": "tab:olive",
+          "decoder": "tab:red", "decoder_mlp": "tab:red", "decoder_conv": "tab:orange",
+          "decoder_adaptive": "tab:purple",
+          "decoder_prediction": "tab:brown", "class_prior": "0.35", "data_mean": "0.6"}
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1150px;margin:24px auto;color:#222;
 padding:0 16px;line-height:1.45}
@@ -140,6 +145,12 @@ def render_audit_html(rep: dict[str, Any], ex: dict[str, Any] | None = None) -> 
              f"<p class=note>bundle {_esc(b['path'])}, version {_esc(b['version'])}; first layer {_esc(b['kind'])} "
              f"{_esc(b['input_shape'])} → {b['n_outputs']} outputs, drop rate p = {b['drop_rate']}; "
              f"device policy: {_esc(rep['policy'] or 'none (plain dropping)')}</p>"]
+    bud = rep.get("budget") or {}
+    if bud and not bud.get("claim"):
+        parts.append(f"<p class=bad><b>NOT A PRIVACY CLAIM</b>: {_esc(bud.get('note'))}</p>")
+    for w in rep.get("warnings", []):
+        if bud.get("claim") or w != bud.get("note"):
+            parts.append(f"<p class=bad>warning: {_esc(w)}</p>")
     best, cp = rep.get("best_attack"), rep["class_prior"]
     adv = rep.get("best_advantage")
     verdict = ""
@@ -149,6 +160,10 @@ def render_audit_html(rep: dict[str, Any], ex: dict[str, Any] | None = None) -> 
                    f"<b>{rep['best']:.3f}</b>, against <b>{cp:.3f}</b> for the class-conditional mean of the "
                    f"predicted class (what the prediction alone reveals): an advantage of "
                    f"<b class={cls}>{adv:+.3f}</b>.")
+    po = rep.get("prediction_only")
+    if best and po is not None:
+        verdict += (f" A decoder that sees only the server's class probabilities reaches {po:.3f}: the activations "
+                    f"leak <b>{rep['best'] - po:+.3f}</b> beyond what the prediction itself reveals.")
     parts.append(f"<p>Accuracy on the {rep['n_test']} audited test requests (server predictions from the payload "
                  f"bytes): <b>{rep['accuracy']:.4f}</b>. Surviving outputs per request: mean "
                  f"{rep['surviving']['mean']:.1f} (min {rep['surviving']['min']:.0f}, max "
@@ -162,7 +177,26 @@ def render_audit_html(rep: dict[str, Any], ex: dict[str, Any] | None = None) -> 
         a = mm[metric].get("advantage")
         rows.append([rep["attacks"][name]["label"], f"{mm[metric]['mean']:.3f} ± {mm[metric]['std']:.3f}",
                      f"{mm[other]['mean']:.3f}", "–" if a is None else f"{a:+.3f} ± {mm[metric]['advantage_se']:.3f}"])
+    for name in rep["attacks"]:
+        if name not in ORDER:
+            mm = rep["attacks"][name]["metrics"]
+            a = mm[metric].get("advantage")
+            rows.append([rep["attacks"][name]["label"], f"{mm[metric]['mean']:.3f} ± {mm[metric]['std']:.3f}",
+                         f"{mm[other]['mean']:.3f}", "–" if a is None else f"{a:+.3f}"])
     parts.append(_table(["attack", f"{metric} (mean ± sd)", other, f"advantage over class prior ({metric})"], rows))
+    for name, why in (rep.get("skipped_attacks") or {}).items():
+        parts.append(f"<p class=note>{_esc(name)} not run: {_esc(why)}</p>")
+    if rep.get("budget_curve"):
+        parts.append("<h2>Attacker budget: has the attack saturated?</h2>")
+        parts.append(budget_figure(rep["budget_curve"], metric))
+        cv = rep["budget_curve"]
+        g = cv.get("last_doubling_gain")
+        parts.append(f"<p class=note>Left: held-out {metric} per training epoch of each decoder family (early "
+                     f"stopping on a validation split of the public data). Right: decoder_{_esc(cv['family'])} (the "
+                     f"strongest family on held-out data) retrained from scratch on smaller public sets, scored on "
+                     f"the audited test requests. Last doubling of public data: "
+                     f"{'–' if g is None else f'{g:+.3f}'} {metric} "
+                     f"({'saturated' if g is not None and g <= 0.01 else 'NOT saturated: a lower bound'}).</p>")
     parts.append(f"<p class=note>{rep['split']}; public examples: {rep['n_public']}. Advantage: paired mean "
                  "difference over the same requests ± its standard error.</p>")
     if ex:
@@ -170,16 +204,21 @@ def render_audit_html(rep: dict[str, Any], ex: dict[str, Any] | None = None) -> 
         parts.append(example_grid(ex))
     c = rep["certificate"]
     parts.append("<h2>Per-request certificate (what the equations alone reveal)</h2>")
+    if "k" not in c:
+        c = {"k": None}
+        parts.append(f"<p>{_esc(rep['certificate'].get('note'))}</p>")
     crow = [[k, c[k]["mean"], c[k]["p5"], c[k]["median"], c[k]["p95"], c[k]["max"]]
             for k in ("k", "rank", "rank_fraction", "identifiable", "revealed_energy", "revealed_energy_public_mu",
                       "max_leverage", "worst_patch_revealed_energy", "worst_patch_rank_fraction",
                       "dropped_by_policy") if k in c]
-    parts.append(_table(["quantity", "mean", "p5", "median", "p95", "max"], crow))
-    parts.append(f"<p class=note>Requests with at least one identifiable input coordinate: "
+    if c.get("k") is not None:
+        parts.append(_table(["quantity", "mean", "p5", "median", "p95", "max"], crow))
+    if c.get("k") is not None:
+        parts.append(f"<p class=note>Requests with at least one identifiable input coordinate: "
                  f"{c['requests_with_identifiable']} of {rep['n_test']}. revealed_energy is ρ(x) as the device "
                  f"computes it, with its μ = {_esc(c.get('device_mu'))}; revealed_energy_public_mu uses the "
                  "attacker's per-coordinate mean of the public split.</p>")
-    if ex and "cert" in ex:
+    if ex and ex.get("cert") and len(ex["cert"].get("k", [])):
         parts.append(certificate_figure(ex["cert"], int(np.prod(b["input_shape"]))))
     if rep.get("repeated"):
         r = rep["repeated"]
@@ -210,7 +249,32 @@ def render_audit_html(rep: dict[str, Any], ex: dict[str, Any] | None = None) -> 
     return _page(f"daonet audit {b['model_id']}", parts)
 
 
+def budget_figure(curve: dict[str, Any], metric: str) -> str:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for fam, hist in curve["epochs"].items():
+        a1.plot(range(1, len(hist) + 1), hist, color=COLORS.get(f"decoder_{fam}", "k"), label=fam)
+    a1.set_xlabel("training epoch")
+    a1.set_ylabel(f"held-out {metric}")
+    a1.legend(fontsize=8)
+    a1.set_title("decoders vs training epochs", fontsize=10)
+    pts = curve["points"]
+    a2.plot([p["public_train"] for p in pts], [p["test"] for p in pts], "o-", color="tab:red")
+    a2.set_xscale("log")
+    a2.set_xlabel("public examples the attacker trains on")
+    a2.set_ylabel(f"test {metric}")
+    a2.set_title(f"decoder_{curve['family']} vs public data", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _budget_line(name: str, bud: dict[str, Any]) -> str:
+    if name.startswith("decoder_"):
+        return (f"{bud['architecture']} ({bud['parameters']:,} parameters, {bud['loss']} loss) trained from scratch "
+                f"on {bud['public_train']:,} public examples ({bud['masks']}), early-stopped on {bud['public_val']:,} "
+                f"held-out ones: {bud['stopped']} after {bud['epochs_run']} epochs (best epoch {bud['best_epoch']}, "
+                f"cap {bud['max_epochs']}, patience {bud['patience']}), {bud['seconds']:.0f} s on {bud['device']}")
+    if name == "min_norm":
+        return f"{bud['solver']}, {bud['seconds']:.1f} s"
     if name == "decoder":
         return (f"{bud['architecture']} ({bud['parameters']:,} parameters) trained from scratch on "
                 f"{bud['public_examples']:,} public examples for {bud['epochs']} epochs "

@@ -31,11 +31,13 @@ def _floats(text: str, what: str) -> list[float]:
 
 def _attacks(text: str) -> tuple[str, ...]:
     from ..audit import ATTACKS
+    from ..audit.core import DEFAULT_ATTACKS
+    from ..audit.registry import ALIASES
 
     if text.strip() in ("all", ""):
-        return ATTACKS
+        return DEFAULT_ATTACKS
     items = tuple(t for t in re.split(r"[,\s]+", text.strip()) if t)
-    bad = [a for a in items if a not in ATTACKS]
+    bad = [a for a in items if a not in ATTACKS and a not in ALIASES]
     if bad:
         fail(f"unknown attack(s) {', '.join(bad)}; choose from {', '.join(ATTACKS)} (or 'all')")
     return items
@@ -48,16 +50,25 @@ def audit(
                                               "fashion-mnist, ecg5000, cifar10)")] = "mnist",
     out: Annotated[Path, typer.Option(help="writes audit.json + report.html (frontier: one folder per rate)")]
     = Path("reports/audit"),
-    n_test: Annotated[int, typer.Option(min=2, help="held-out test requests to attack")] = 500,
-    public_size: Annotated[int, typer.Option(min=0, help="attacker's public examples, a split of the training set "
-                                                         "(0 = all of it)")] = 30000,
-    decoder_epochs: Annotated[int, typer.Option(min=1, help="inverse-network training epochs")] = 10,
-    decoder_hidden: Annotated[int, typer.Option(min=8, help="inverse-network hidden width")] = 1024,
-    rmle_steps: Annotated[int, typer.Option(min=10, help="optimizer steps of the regularized inversions")] = 300,
-    attacks: Annotated[str, typer.Option(help="comma-separated: min_norm,rmle,rmle_naive,decoder,repeated or all")]
-    = "all",
+    budget: Annotated[str, typer.Option(help="full: every attacker to convergence on all public data (privacy "
+                                             "claims); quick: seconds, for tests/CI, NOT a privacy claim")] = "full",
+    n_test: Annotated[int | None, typer.Option(min=2, help="held-out test requests to attack (default: the "
+                                                            "budget's)")] = None,
+    public_size: Annotated[int | None, typer.Option(min=0, help="attacker's public examples, a split of the "
+                                                                "training set (0 = all of it; default: the budget's)")]
+    = None,
+    decoder_epochs: Annotated[int | None, typer.Option(min=1, help="hard cap on decoder epochs (they stop earlier "
+                                                                   "once the held-out score stops improving)")] = None,
+    decoder_patience: Annotated[int | None, typer.Option(min=1, help="early-stopping patience in epochs")] = None,
+    decoder_hidden: Annotated[int | None, typer.Option(min=8, help="decoder hidden width")] = None,
+    rmle_steps: Annotated[int | None, typer.Option(min=10, help="optimizer steps of the regularized inversions")]
+    = None,
+    torch_device: Annotated[str, typer.Option(help="where attackers train: auto (cuda if present), cpu, cuda")]
+    = "auto",
+    attacks: Annotated[str, typer.Option(help="comma-separated attack names (see `daonet.audit.available_attacks`) "
+                                              "plus 'repeated', or all")] = "all",
     repeats: Annotated[str, typer.Option(help="repeated-query counts K")] = "2,5,10",
-    n_repeat: Annotated[int, typer.Option(min=1, help="inputs used for the repeated-query attack")] = 100,
+    n_repeat: Annotated[int | None, typer.Option(min=1, help="inputs used for the repeated-query attack")] = None,
     policy: Annotated[str, typer.Option(help="device policy: auto (as the manifest says), on, off")] = "auto",
     max_revealed_energy: Annotated[float | None, typer.Option(help="audit with this device policy threshold")]
     = None,
@@ -90,8 +101,9 @@ def audit(
     if threads:
         torch.set_num_threads(threads)
     cfg = AuditConfig(
-        dataset=dataset, n_test=n_test, public_size=public_size or None, decoder_epochs=decoder_epochs,
-        decoder_hidden=decoder_hidden, rmle_steps=rmle_steps, attacks=_attacks(attacks),
+        dataset=dataset, budget=budget, n_test=n_test, public_size=public_size, decoder_epochs=decoder_epochs,
+        decoder_patience=decoder_patience, decoder_hidden=decoder_hidden, rmle_steps=rmle_steps,
+        torch_device=torch_device, attacks=_attacks(attacks),
         repeats=tuple(int(k) for k in _floats(repeats, "--repeats")), n_repeat=n_repeat, policy=policy,
         max_revealed_energy=max_revealed_energy,
         policy_thresholds=tuple(_floats(policy_thresholds, "--policy-thresholds")) if policy_thresholds else (),
@@ -125,5 +137,8 @@ def audit(
     for name, entry in rep["attacks"].items():
         mm = entry["metrics"][metric]
         adv = f"{mm['advantage']:+.3f}" if "advantage" in mm else ""
-        console.print(f"  {name:12s} {metric} {mm['mean']:.3f}  {adv}")
+        conv = rep["budgets"].get(name, {}).get("stopped", "")
+        console.print(f"  {name:18s} {metric} {mm['mean']:.3f}  {adv:7s} {conv}")
+    if not rep["budget"]["claim"]:
+        console.print(f"[bold yellow]{rep['budget']['note']}[/]")
     console.print(f"[green]written[/] {html} and {js}")

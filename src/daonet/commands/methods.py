@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ..cli import app, console, fail, parse_kwargs
 
-# attacker budgets sized for a 2-core CPU; ECG5000 has only 500 public beats, so its decoder needs many epochs
-AUDIT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ecg5000": {"n_test": 300, "public_size": 0, "decoder_epochs": 150},
-    "default": {"n_test": 300, "public_size": 15000, "decoder_epochs": 6},
-}
 EPOCHS_DEFAULTS = {"mnist-mlp": 5, "ecg5000-cnn1d": 40}
 
 
@@ -38,15 +33,18 @@ def audit_methods(
     batch_size: Annotated[int | None, typer.Option(min=1, help="training batch size")] = None,
     model_opt: Annotated[list[str] | None, typer.Option(help="base architecture option KEY=VALUE (repeatable)")]
     = None,
-    n_test: Annotated[int | None, typer.Option(min=2, help="audited test requests (default 300)")] = None,
-    public_size: Annotated[int | None, typer.Option(min=0, help="attacker's public examples (0 = all)")] = None,
-    decoder_epochs: Annotated[int | None, typer.Option(min=1, help="inverse-network epochs")] = None,
-    rmle_steps: Annotated[int, typer.Option(min=10, help="regularized-inversion steps")] = 150,
-    n_repeat: Annotated[int, typer.Option(min=1, help="inputs for the repeated-query attack")] = 50,
+    n_test: Annotated[int | None, typer.Option(min=2, help="audited test requests (default: the budget's)")] = None,
+    public_size: Annotated[int | None, typer.Option(min=0, help="attacker's public examples (0 = all; default: "
+                                                                "the budget's)")] = None,
+    decoder_epochs: Annotated[int | None, typer.Option(min=1, help="hard cap on decoder epochs")] = None,
+    rmle_steps: Annotated[int | None, typer.Option(min=10, help="regularized-inversion steps")] = None,
+    n_repeat: Annotated[int | None, typer.Option(min=1, help="inputs for the repeated-query attack")] = None,
+    budget_curve: Annotated[bool, typer.Option(help="also retrain the strongest decoder on smaller public sets")]
+    = False,
     policy_eval: Annotated[int, typer.Option(min=10, help="test inputs for a policy's accuracy cost")] = 2000,
-    adaptive: Annotated[str, typer.Option(help="adaptive inverse network (scale-robust features + server class "
-                                               "probabilities): auto (defences trained against a decoder, "
-                                               "constant values), all, off")] = "auto",
+    budget: Annotated[str, typer.Option(help="attacker budget of every audit: full (converged; privacy claims) or "
+                                             "quick (NOT a privacy claim)")] = "full",
+    torch_device: Annotated[str, typer.Option(help="where attackers train: auto, cpu, cuda")] = "auto",
     seed: int = 0,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (1 on a shared machine)")] = None,
     reuse: Annotated[bool, typer.Option(help="reuse cached runs/audits with identical settings")] = True,
@@ -62,8 +60,6 @@ def audit_methods(
     from ..errors import InputError
     from ..frontier_methods import all_methods, default_methods, parse_method, run_methods
 
-    if adaptive not in ("auto", "all", "off"):
-        fail(f"--adaptive must be auto, all or off, got {adaptive!r}")
     methods = default_methods(dataset, model)
     if only:
         wanted = [t for t in re.split(r"[,\s]+", only.strip()) if t]
@@ -82,17 +78,20 @@ def audit_methods(
         return
     if threads:
         torch.set_num_threads(threads)
-    dflt = AUDIT_DEFAULTS.get(dataset, AUDIT_DEFAULTS["default"])
-    public = dflt["public_size"] if public_size is None else public_size
-    cfg = AuditConfig(dataset=dataset, n_test=n_test or dflt["n_test"], public_size=public or None,
-                      decoder_epochs=decoder_epochs or dflt["decoder_epochs"], rmle_steps=rmle_steps,
-                      n_repeat=n_repeat, seed=seed, data_root=str(data_root) if data_root else None)
+    cfg = AuditConfig(dataset=dataset, budget=budget, n_test=n_test, public_size=public_size,
+                      decoder_epochs=decoder_epochs, rmle_steps=rmle_steps, n_repeat=n_repeat, seed=seed,
+                      budget_curve=budget_curve, torch_device=torch_device,
+                      data_root=str(data_root) if data_root else None)
+    try:
+        cfg.validate()
+    except InputError as exc:
+        fail(str(exc))
     tcfg = default_train_config(dataset, model)
     tcfg = replace(tcfg, seed=seed, data_root=cfg.data_root, model_kwargs={**tcfg.model_kwargs,
                                                                            **parse_kwargs(model_opt)},
                    epochs=epochs or EPOCHS_DEFAULTS.get(f"{dataset}-{model}", tcfg.epochs),
                    batch_size=batch_size or tcfg.batch_size)
     rows = run_methods(dataset, model, methods, out, cfg, train_cfg=tcfg, reuse=reuse, policy_eval=policy_eval,
-                       adaptive=adaptive, log=lambda s: console.print(s))
+                       log=lambda s: console.print(s))
     console.print((out / "methods.md").read_text())
     console.print(f"[green]written[/] {out / 'frontier.png'}, {out / 'methods.json'} ({len(rows)} methods)")

@@ -1,0 +1,297 @@
+"""Learned inverse networks, trained from scratch against one bundle until they stop improving.
+
+An audit is only as strong as its weakest-trained attacker: a decoder stopped after a fixed, small number
+of epochs gives a *lower bound* on leakage, not a privacy claim. So every decoder here
+
+* trains on the attacker's public data (a seeded split of the training set) with **fresh masks every
+  epoch**, drawn exactly as the device draws them;
+* is early-stopped on a **held-out validation split of that public data** (payloads made once through
+  the real device runtime and server parser), with a stated patience and a hard epoch cap; the weights of
+  the best validation epoch are kept, and the fit says whether it converged or hit the cap;
+* optimises what it is scored on (``loss="mse+metric"``: normalized MSE + (1 − SSIM) for images,
+  + (1 − Pearson correlation) for signals), as a real adversary would.
+
+Families (each a separate network, trained separately):
+
+``mlp``         the dropped vector (scaled by its RMS) -> MLP -> input
+``conv``        the dropped vector -> dense -> transposed-convolution upsampling (2-D images, 1-D signals)
+``adaptive``    features that undo scale tricks and expose what the server knows anyway: ``h/rms``,
+                ``log1p(h/rms)``, the support pattern ``1[h > 0]`` and the server's class probabilities
+``prediction``  the server's class probabilities only: what the prediction itself reveals (a baseline
+                that the attacks are compared against, not an attack on the activations)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..train import make_progress
+
+FAMILIES = ("mlp", "conv", "adaptive", "prediction")
+FAMILY_LABELS = {
+    "mlp": "learned inverse network, MLP (fresh masks every epoch)",
+    "conv": "learned inverse network, transposed-convolution decoder",
+    "adaptive": "adaptive inverse network: h, log h, support pattern and the server's class probabilities",
+    "prediction": "decoder from the server's class probabilities only (what the prediction reveals)",
+}
+
+
+@dataclass(frozen=True)
+class DecoderBudget:
+    """How hard a learned attacker tries; recorded in every report."""
+
+    max_epochs: int = 300  # hard cap
+    patience: int = 12  # epochs without a held-out gain of ``min_delta`` before stopping
+    hidden: int = 2048
+    batch: int = 512
+    lr: float = 1e-3
+    val_size: int = 5000  # held-out public examples (at most 10 % of the public set)
+    loss: str = "mse+metric"  # or "mse"
+    min_delta: float = 1e-4
+
+    def validate(self) -> None:
+        from ..errors import InputError
+
+        if self.max_epochs < 1 or self.patience < 1:
+            raise InputError(f"decoder epochs and patience must be >= 1, got {self.max_epochs}, {self.patience}")
+        if self.hidden < 8 or self.batch < 2:
+            raise InputError(f"decoder hidden width must be >= 8 and batch >= 2, got {self.hidden}, {self.batch}")
+        if self.loss not in ("mse", "mse+metric"):
+            raise InputError(f"decoder loss must be 'mse' or 'mse+metric', got {self.loss!r}")
+
+
+# -- differentiable versions of the audit's metrics (same definitions as audit.metrics) -------------------
+def ssim_win(shape: tuple[int, ...]) -> int:
+    side = min(shape[-2:])
+    return min(7, side if side % 2 else side - 1)
+
+
+def ssim_torch(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-sample SSIM of ``(N, C, H, W)`` images, identical to scikit-image's default (uniform window,
+    sample covariance, K1 = 0.01, K2 = 0.03, border cropped); channels averaged."""
+    win = ssim_win(tuple(x.shape))
+    n, c = x.shape[:2]
+    a, b = x.reshape(n * c, 1, *x.shape[2:]).double(), y.reshape(n * c, 1, *y.shape[2:]).double()
+    np_ = win * win
+    cov = np_ / (np_ - 1)
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(t, win, stride=1)
+
+    ux, uy = f(a), f(b)
+    vx, vy, vxy = cov * (f(a * a) - ux * ux), cov * (f(b * b) - uy * uy), cov * (f(a * b) - ux * uy)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1).reshape(n, c).mean(1).float()
+
+
+def pearson_torch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    xf, yf = x.flatten(1), y.flatten(1)
+    xc, yc = xf - xf.mean(1, keepdim=True), yf - yf.mean(1, keepdim=True)
+    den = torch.sqrt((xc * xc).sum(1) * (yc * yc).sum(1)).clamp_min(1e-12)
+    return (xc * yc).sum(1) / den
+
+
+def metric_torch(kind: str, input_shape: tuple[int, ...]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The primary audit metric (higher = better reconstruction) as a differentiable per-sample function."""
+    if kind == "image" and len(input_shape) == 3:
+        return lambda x, r: ssim_torch(x.reshape(-1, *input_shape), r.reshape(-1, *input_shape))
+    return pearson_torch
+
+
+# -- decoder networks -----------------------------------------------------------------------------------
+class _Boxed(nn.Module):
+    def __init__(self, box: tuple[float, float] | None) -> None:
+        super().__init__()
+        self.box = box
+
+    def squash(self, y: torch.Tensor) -> torch.Tensor:
+        if self.box is None:
+            return y
+        lo, hi = self.box
+        return lo + (hi - lo) * torch.sigmoid(y)
+
+
+class MLPDecoder(_Boxed):
+    """Features -> input, two hidden layers."""
+
+    def __init__(self, m: int, n: int, hidden: int, box: tuple[float, float] | None) -> None:
+        super().__init__(box)
+        self.net = nn.Sequential(nn.Linear(m, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, n))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.squash(self.net(f))
+
+
+class ConvDecoder(_Boxed):
+    """Features -> dense -> a coarse feature map -> two stride-2 transposed convolutions -> input shape."""
+
+    def __init__(self, m: int, input_shape: tuple[int, ...], hidden: int, box: tuple[float, float] | None) -> None:
+        super().__init__(box)
+        self.input_shape = input_shape
+        c = input_shape[0]
+        two_d = len(input_shape) == 3
+        self.coarse = tuple(math.ceil(s / 4) for s in input_shape[1:])
+        ch = 128
+        self.ch = ch
+        self.fc = nn.Sequential(nn.Linear(m, hidden), nn.ReLU(), nn.Linear(hidden, ch * int(np.prod(self.coarse))),
+                                nn.ReLU())
+        conv_t, conv, bn = (nn.ConvTranspose2d, nn.Conv2d, nn.BatchNorm2d) if two_d else \
+            (nn.ConvTranspose1d, nn.Conv1d, nn.BatchNorm1d)
+        self.up = nn.Sequential(conv_t(ch, 64, 4, 2, 1), bn(64), nn.ReLU(), conv_t(64, 32, 4, 2, 1), bn(32),
+                                nn.ReLU(), conv(32, c, 3, 1, 1))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        z = self.fc(f).view(len(f), self.ch, *self.coarse)
+        y = self.up(z)
+        if len(self.input_shape) == 3:
+            y = y[:, :, : self.input_shape[1], : self.input_shape[2]]
+        else:
+            y = y[:, :, : self.input_shape[1]]
+        return self.squash(y.flatten(1))
+
+
+# -- what the attacker trains on ------------------------------------------------------------------------
+@dataclass
+class PublicPairs:
+    """The attacker's (dropped activation, input) material from its public data.
+
+    ``sample(epoch)`` returns fresh dropped vectors for ``x_train`` (a new mask draw every epoch, through
+    ``draw``); the validation pairs are fixed (made once through the real device runtime and server parser)
+    so validation scores are comparable across epochs.
+    """
+
+    x_train: torch.Tensor  # (N, n) on ``device``
+    x_val: torch.Tensor
+    h_val: torch.Tensor
+    draw: Callable[[int, int | None], torch.Tensor]  # (epoch, first N or None) -> (N, m) dropped vectors
+    probs: Callable[[torch.Tensor], torch.Tensor]  # dropped vectors -> the server's class probabilities
+    scale: float  # RMS of the non-zero values: unit-free inputs
+    device: torch.device
+    how: str  # how masks are drawn (recorded)
+
+    def sample(self, epoch: int, size: int | None = None) -> torch.Tensor:
+        return self.draw(epoch, size)
+
+
+def features(family: str, pairs: PublicPairs, h: torch.Tensor) -> torch.Tensor:
+    """The decoder input of one family for dropped vectors ``h``."""
+    hs = h / pairs.scale
+    if family in ("mlp", "conv"):
+        return hs
+    probs = pairs.probs(h)
+    if family == "prediction":
+        return probs
+    return torch.cat([hs, torch.log1p(hs), (h > 0).float(), probs], 1)
+
+
+def _build(family: str, m: int, input_shape: tuple[int, ...], hidden: int,
+           box: tuple[float, float] | None) -> nn.Module:
+    n = int(np.prod(input_shape))
+    if family == "conv":
+        return ConvDecoder(m, input_shape, hidden, box)
+    return MLPDecoder(m, n, hidden if family != "prediction" else min(hidden, 512), box)
+
+
+@dataclass
+class DecoderFit:
+    """A trained decoder and the record of how it was trained (all of it reported)."""
+
+    family: str
+    model: nn.Module
+    pairs: PublicPairs
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def predict(self, h: np.ndarray | torch.Tensor, batch: int = 4096) -> np.ndarray:
+        self.model.eval()
+        ht = torch.as_tensor(np.ascontiguousarray(h, np.float32) if isinstance(h, np.ndarray) else h)
+        out = []
+        for i in range(0, len(ht), batch):
+            hb = ht[i:i + batch].to(self.pairs.device)
+            out.append(self.model(features(self.family, self.pairs, hb)).float().cpu().numpy())
+        return np.concatenate(out)
+
+
+def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tuple[int, ...],
+                box: tuple[float, float] | None, budget: DecoderBudget, n_train: int | None = None, seed: int = 0,
+                progress: bool = True, label: str | None = None) -> DecoderFit:
+    """Train one decoder family from scratch until the held-out metric stops improving (or the cap)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown decoder family {family!r}; choose from {', '.join(FAMILIES)}")
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    dev = pairs.device
+    x_tr = pairs.x_train if n_train is None else pairs.x_train[:n_train]
+    n_tr = len(x_tr)
+    metric = metric_torch(kind, input_shape)
+    var = float(x_tr.var()) or 1.0
+    f_val = features(family, pairs, pairs.h_val)
+    model = _build(family, f_val.shape[1], input_shape, budget.hidden, box).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5,
+                                                       patience=max(1, budget.patience // 3))
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    best, best_epoch, best_state, bad = -math.inf, 0, copy.deepcopy(model.state_dict()), 0
+    val_hist: list[float] = []
+    loss_hist: list[float] = []
+    stopped = "hit the epoch cap (still improving: a lower bound)"
+    with make_progress() as bar:
+        task = bar.add_task(label or f"decoder {family}", total=budget.max_epochs, status="", visible=progress)
+        for epoch in range(budget.max_epochs):
+            f_tr = features(family, pairs, pairs.sample(epoch, n_train))
+            model.train()
+            perm = torch.randperm(n_tr, generator=gen).to(dev)
+            total, count = 0.0, 0
+            for i in range(0, n_tr, budget.batch):
+                idx = perm[i:i + budget.batch]
+                if len(idx) < 2:
+                    continue
+                rec, tgt = model(f_tr[idx]), x_tr[idx]
+                loss = ((rec - tgt) ** 2).mean() / var
+                if budget.loss == "mse+metric":
+                    loss = loss + (1.0 - metric(tgt, rec)).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
+            model.eval()
+            with torch.no_grad():
+                val = float(torch.cat([metric(pairs.x_val[i:i + 4096], model(f_val[i:i + 4096]))
+                                       for i in range(0, len(f_val), 4096)]).mean())
+            val_hist.append(round(val, 5))
+            loss_hist.append(round(total / max(count, 1), 5))
+            sched.step(val)
+            if val > best + budget.min_delta:
+                best, best_epoch, bad = val, epoch + 1, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+            bar.update(task, advance=1, status=f"epoch {epoch + 1} val {val:.4f} best {best:.4f}@{best_epoch}")
+            if bad >= budget.patience:
+                stopped = f"converged: no held-out gain > {budget.min_delta:g} in {budget.patience} epochs"
+                break
+    model.load_state_dict(best_state)
+    info = {
+        "family": family, "label": FAMILY_LABELS[family], "public_train": n_tr, "public_val": len(pairs.x_val),
+        "epochs_run": len(val_hist), "best_epoch": best_epoch, "best_val": round(best, 5), "stopped": stopped,
+        "converged": stopped.startswith("converged"), "val_metric_per_epoch": val_hist,
+        "train_loss_per_epoch": loss_hist, "max_epochs": budget.max_epochs, "patience": budget.patience,
+        "hidden": budget.hidden, "batch": budget.batch, "lr": budget.lr, "loss": budget.loss,
+        "parameters": int(sum(p.numel() for p in model.parameters())), "masks": pairs.how,
+        "device": str(dev), "seconds": round(time.perf_counter() - t0, 2),
+        "architecture": type(model).__name__,
+    }
+    return DecoderFit(family, model, pairs, info)
