@@ -29,12 +29,9 @@ import json
 import os
 import platform
 import re
-import signal
 import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,33 +41,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from daonet.bench.plaintext import plaintext_app  # noqa: E402
+from daonet.server.launch import ChildServer  # noqa: E402
 
 CACHE = Path(".daonet-cache/bench")
 CONCURRENCY = (1, 16, 64)
 ECG_CONFIG = {"dataset": "ecg5000", "model": "cnn1d", "drop_rate": 0.9, "epochs": 30, "seed": 0}
-
-
-def child_main(args: argparse.Namespace) -> None:
-    """Run one server in this (child) process on a free loopback port; print the port first."""
-    import torch
-    import uvicorn
-
-    torch.set_num_threads(args.torch_threads)
-    if args.child == "dao":
-        from daonet.server.app import create_app
-        from daonet.server.config import ServerConfig
-
-        app = create_app(ServerConfig(bundles=[Path(args.path)], max_batch_size=args.max_batch_size,
-                                      max_wait_ms=args.max_wait_ms, log_level="warning"))
-    else:
-        app = plaintext_app(Path(args.path), args.model_id, args.max_batch_size, args.max_wait_ms, 1 << 20)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # else no TCP_NODELAY
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    print(f"PORT {sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", backlog=256)
-    uvicorn.Server(config).run(sockets=[sock])
 
 
 # -- the load generator --------------------------------------------------------------------------------------
@@ -125,7 +100,7 @@ def scrape_batches(port: int) -> tuple[float, float]:
     return total, count
 
 
-def measure(servers: dict[str, Server], requests: dict[str, list[bytes]], labels: np.ndarray, rounds: int,
+def measure(servers: dict[str, ChildServer], requests: dict[str, list[bytes]], labels: np.ndarray, rounds: int,
             n_single: int, n_conc: int, warmup: int) -> dict[str, dict[str, Any]]:
     """Interleave DAO and plaintext (alternating order each round) so load from other work hits both alike.
 
@@ -164,42 +139,18 @@ def measure(servers: dict[str, Server], requests: dict[str, list[bytes]], labels
     return out
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    port: int
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)  # uvicorn's graceful shutdown
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def start_child(mode: str, path: Path, model_id: str, args: argparse.Namespace) -> Server:
-    cmd = [sys.executable, __file__, "--child", mode, "--path", str(path), "--model-id", model_id,
-           "--torch-threads", str(args.torch_threads), "--max-batch-size", str(args.max_batch_size),
-           "--max-wait-ms", str(args.max_wait_ms)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline() if proc.stdout else ""
-    if not line.startswith("PORT "):
-        proc.kill()
-        raise RuntimeError(f"the {mode} server did not start (said {line!r})")
-    port = int(line.split()[1])
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # wait for uvicorn to accept and the app to be up
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    return Server(proc, port)
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"the {mode} server on port {port} did not become healthy")
+def start_child(mode: str, path: Path, model_id: str, args: argparse.Namespace) -> ChildServer:
+    """One server in its own process (the shared launcher): the product app or the plaintext baseline."""
+    if mode == "dao":
+        factory, kwargs = "daonet.server.launch:product_app", {
+            "bundles": [str(path)], "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
+            "log_level": "warning"}
+    else:
+        factory, kwargs = "daonet.bench.plaintext:plaintext_app", {
+            "run_dir": str(path), "model_id": model_id, "max_batch_size": args.max_batch_size,
+            "max_wait_ms": args.max_wait_ms, "max_body_bytes": 1 << 20}
+    return ChildServer(factory, kwargs, torch_threads=args.torch_threads, ready_path="/v1/health",
+                       uvicorn_options={"backlog": 256}, startup_timeout=60, name=f"{mode} server").start()
 
 
 # -- models and inputs ---------------------------------------------------------------------------------------
@@ -329,14 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument("--models", nargs="*", default=["mnist-mlp", "ecg5000-cnn1d"])
-    p.add_argument("--child", choices=["dao", "plain"], help=argparse.SUPPRESS)
-    p.add_argument("--path", help=argparse.SUPPRESS)
-    p.add_argument("--model-id", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.child:
-        child_main(args)
-        return
-
     load_start = os.getloadavg()
     models = prepare_models(args.models, args.ecg_epochs)
     results: dict[str, Any] = {"command": "python bench/serve_bench.py " + " ".join(sys.argv[1:]), "models": {}}
@@ -350,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
             "encode_us": dev["encode_us"], "nnz_mean": dev["nnz_mean"], "n_outputs": dev["n_outputs"],
             "drop_rate": dev["drop_rate"],
         }
-        servers: dict[str, Server] = {}
+        servers: dict[str, ChildServer] = {}
         try:
             print(f"{name}: starting the DAO and plaintext servers ...", flush=True)
             servers["dao"] = start_child("dao", m["bundle"] / "server", name, args)

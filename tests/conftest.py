@@ -82,7 +82,8 @@ def serve_signal_bundle(tmp_path_factory) -> BundlePair:
 @pytest.fixture(scope="session")
 def start_server() -> Iterator[Callable[..., object]]:
     """``start_server(config, registry=None, ssl_certfile=None, ssl_keyfile=None) -> BackgroundServer``."""
-    from daonet.server.app import BackgroundServer, create_app
+    from daonet.server.app import create_app
+    from daonet.server.launch import BackgroundServer
 
     started: list[BackgroundServer] = []
 

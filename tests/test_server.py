@@ -421,7 +421,7 @@ def test_registry_refuses_two_bundles_with_one_model_id(serve_digits_bundle, tmp
 
 def test_server_process_serves_and_stops_cleanly(serve_digits_bundle, good):
     """What the demo uses: the server in a child process on a free port, stopped with SIGTERM."""
-    from daonet.server.app import ServerProcess
+    from daonet.server.launch import ServerProcess
 
     server = ServerProcess(ServerConfig(bundles=[serve_digits_bundle.server], port=0, log_level="warning"))
     with server:

@@ -76,8 +76,9 @@ def test_random_sparse_payloads(http, version, make_payload, indices, values, ib
         sent_vals = np.asarray(val, dtype=np.float16 if vbytes == 2 else np.float32)
     valid = (right_version and n_outputs == N and nnz == k and all(0 <= i < N for i in idx)
              and all(b > a for a, b in zip(idx, idx[1:], strict=False))
-             and bool(np.all(np.isfinite(sent_vals))) and bool(np.all(sent_vals >= 0)))
-    assert (r.status_code == 200) == valid, (r.status_code, r.text)
+             and bool(np.all(np.isfinite(sent_vals))) and bool(np.all(sent_vals > 0)))
+    overflowed = r.status_code == 422 and "too large" in r.json()["detail"]
+    assert (r.status_code == 200 or overflowed) == valid, (r.status_code, r.text)
     if not right_version and r.status_code == 409:
         assert r.json()["payload_version"] == "feedfacecafebeef"
 
@@ -103,3 +104,25 @@ def test_still_serving_after_fuzz(http, version, make_payload):
     r = http.post(PREDICT, content=make_payload(version, N, [1, 5, 9], [0.5, 1.0, 2.0]),
                   headers={"Content-Type": "application/octet-stream"})
     assert r.status_code == 200 and len(r.json()["probabilities"]) == 10
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+huge = st.sampled_from([F32_MAX, 1e38, 1e30]) | st.floats(min_value=1e3, max_value=F32_MAX, width=32)
+
+
+@FUZZ
+@given(positions=st.sets(st.integers(min_value=0, max_value=N - 1), min_size=8, max_size=N),
+       values=st.lists(huge, min_size=N, max_size=N), form=st.sampled_from(["binary", "json"]))
+def test_huge_values_never_5xx(http, version, make_payload, positions, values, form):
+    """Large finite values may overflow the forward pass: 200 or 422, never a 5xx."""
+    idx = sorted(positions)
+    val = values[:len(idx)]
+    if form == "binary":
+        r = http.post(PREDICT, content=make_payload(version, N, idx, val),
+                      headers={"Content-Type": "application/octet-stream"})
+    else:
+        r = http.post(PREDICT, json={"model_version": version, "indices": idx, "values": val})
+    check(r)
+    assert r.status_code in (200, 422), r.text
+    if r.status_code == 200:
+        assert all(np.isfinite(r.json()["probabilities"]))

@@ -18,8 +18,8 @@ import numpy as np
 from .data import load_dataset
 from .device import Client, RandomMasks
 from .export import export_run
-from .server.app import ServerProcess
 from .server.config import ServerConfig
+from .server.launch import ServerProcess
 from .train import recommended_config, save_run, train
 
 DEFAULT_CACHE = Path(".daonet-cache/demo")

@@ -152,9 +152,11 @@ def validate_sparse(model_version: str, n_outputs: int, indices, values) -> Spar
     """Check indices/values (shared by the binary and the JSON form)."""
     try:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        val = np.asarray(values, dtype=np.float32).reshape(-1)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidPayloadError(f"indices must be integers and values numbers: {exc}") from exc
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused below
+            val = np.asarray(values, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError, OverflowError):  # numpy's text names C types: not for clients
+        raise InvalidPayloadError(f"indices must be integers in [0, {n_outputs}) and values finite float32 "
+                                  "numbers > 0") from None
     if idx.size != val.size:
         raise InvalidPayloadError(f"{idx.size} indices but {val.size} values; they must pair up")
     if idx.size > n_outputs:
@@ -170,7 +172,12 @@ def validate_sparse(model_version: str, n_outputs: int, indices, values) -> Spar
         if (steps < 0).any():
             raise InvalidPayloadError("indices are not in increasing order; sort them (with their values)")
     if not np.isfinite(val).all():
-        raise InvalidPayloadError("values contain NaN or inf; ReLU outputs are finite")
+        raise InvalidPayloadError("values contain NaN or inf (or numbers beyond float32's range); ReLU outputs "
+                                  "are finite")
     if (val < 0).any():
-        raise InvalidPayloadError("values contain negative numbers; ReLU outputs cannot be negative")
+        raise InvalidPayloadError("values contain negative numbers; ReLU outputs cannot be negative "
+                                  "(every sent value must be > 0)")
+    if (val == 0).any():  # also -0.0
+        raise InvalidPayloadError("values contain 0; every sent value must be > 0 (a zero output is left out: "
+                                  "absent means zero)")
     return SparsePayload(model_version, int(n_outputs), idx, val)

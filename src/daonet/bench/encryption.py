@@ -8,7 +8,7 @@ on the same task, by a command they can rerun (``daonet bench encryption``). Thr
   (:func:`daonet.bench.plaintext.plaintext_app`, benchmark-only; the speed upper bound, no privacy);
 - **daonet**: the device runtime (:class:`daonet.device.Client`) encodes the dropped first-layer activations,
   sends them over HTTP on loopback to the real product server (:func:`daonet.server.app.create_app` under
-  :class:`~daonet.server.app.BackgroundServer`), at the bundle's trained drop rate;
+  :class:`~daonet.server.launch.ChildServer`), at the bundle's trained drop rate;
 - **he**: TenSEAL CKKS inference of a 784-H-10 ``x*x`` MLP (:func:`daonet.bench.he.run_he_benchmark`):
   encrypt on the "device", evaluate on the "server", decrypt on the device, in this process, no transport.
 
@@ -26,7 +26,6 @@ on the bench process around each device-side step. HE uses the same method insid
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import platform
 import re
@@ -37,12 +36,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import DaonetError, InputError
 from . import he
+
+if TYPE_CHECKING:
+    from ..server.launch import ChildServer
 
 __all__ = ["run_encryption_bench", "write_report", "render_table", "to_markdown", "ratio_lines", "plot",
            "check_out_dir", "check_dataset", "APPROACHES", "SUPPORTED_DATASETS", "SECURE_COMPUTATION", "HE_MISSING"]
@@ -166,83 +168,43 @@ def check_dataset(dataset: str) -> str:
 
 
 # -- the HTTP servers, each in its own process ----------------------------------------------------------------
-def _serve_child(kind: str, path: str, model_id: str, torch_threads: int, conn: Any) -> None:
-    """Child process: build one app, serve it with BackgroundServer on loopback, report, wait for 'stop'."""
-    try:
-        import torch
+def bench_app(kind: str, path: str, model_id: str, torch_threads: int) -> Any:
+    """Child side (run by :class:`~daonet.server.launch.ChildServer`): build one app and measure its set-up
+    memory, reported back through ``app.state.launch_report``."""
+    probe = _PeakProbe()
+    with probe.measure("setup"):
+        if kind == "daonet":
+            from ..server.app import create_app
+            from ..server.config import ServerConfig
 
-        torch.set_num_threads(torch_threads)
-        from ..server.app import BackgroundServer
+            app = create_app(ServerConfig(bundles=[Path(path)], host="127.0.0.1", port=0, log_level="warning",
+                                          torch_threads=torch_threads))
+        else:
+            from .plaintext import plaintext_app
 
-        probe = _PeakProbe()
-        with probe.measure("setup"):
-            if kind == "daonet":
-                from ..server.app import create_app
-                from ..server.config import ServerConfig
-
-                app = create_app(ServerConfig(bundles=[Path(path)], host="127.0.0.1", port=0, log_level="warning",
-                                              torch_threads=torch_threads))
-            else:
-                from .plaintext import plaintext_app
-
-                app = plaintext_app(Path(path), model_id)
-        server = BackgroundServer(app).start()
-    except BaseException as exc:  # report any failure to the parent instead of dying silently
-        conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
-        return
-    try:
-        conn.send({"ok": True, "url": server.url, "pid": os.getpid(), "setup_peak_bytes": probe.get("setup")})
-        conn.recv()  # blocks (GIL released) until the parent says stop
-    except (EOFError, OSError):
-        pass
-    finally:
-        server.stop()
-
-
-@dataclass
-class _Child:
-    kind: str
-    proc: Any
-    conn: Any
-    info: dict[str, Any] | None = None
-
-    def ready(self, timeout: float) -> dict[str, Any]:
-        if not self.conn.poll(timeout):
-            raise DaonetError(f"the {self.kind} server did not start within {timeout:.0f} s; the machine may be "
-                              "overloaded, retry")
-        info = self.conn.recv()
-        if not info.get("ok"):
-            raise DaonetError(f"the {self.kind} server failed to start: {info.get('error')}")
-        self.info = info
-        return info
-
-    def stop(self) -> None:
-        try:
-            self.conn.send("stop")
-        except (OSError, ValueError):
-            pass
-        self.proc.join(20)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(5)
-        self.conn.close()
+            app = plaintext_app(Path(path), model_id)
+    app.state.launch_report = {"setup_peak_bytes": probe.get("setup")}
+    return app
 
 
 @contextmanager
-def _servers(specs: dict[str, tuple[str, str]], torch_threads: int) -> Iterator[dict[str, _Child]]:
+def _servers(specs: dict[str, tuple[str, str]], torch_threads: int) -> Iterator[dict[str, ChildServer]]:
     """Start every requested server (in parallel: the imports dominate), yield them ready, stop them all."""
-    ctx = mp.get_context("spawn")  # no fork: a forked child would inherit this process's threads and RSS
-    children: dict[str, _Child] = {}
+    from ..server.launch import ChildServer
+
+    children: dict[str, ChildServer] = {}
     try:
         for kind, (path, model_id) in specs.items():
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve_child, args=(kind, path, model_id, torch_threads, child),
-                               name=f"daonet-bench-{kind}", daemon=True)
-            proc.start()
-            child.close()
-            children[kind] = _Child(kind, proc, parent)
+            children[kind] = ChildServer(
+                "daonet.bench.encryption:bench_app", {"kind": kind, "path": path, "model_id": model_id,
+                                                      "torch_threads": torch_threads},
+                torch_threads=torch_threads, ready_path="/v1/health", startup_timeout=SERVER_START_TIMEOUT_S,
+                name=f"{kind} server").launch()
         for c in children.values():
-            c.ready(SERVER_START_TIMEOUT_S)
+            try:
+                c.wait_ready()
+            except RuntimeError as exc:
+                raise DaonetError(f"{exc}; the machine may be overloaded, retry") from exc
         yield children
     finally:
         for c in children.values():

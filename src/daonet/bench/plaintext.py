@@ -44,8 +44,9 @@ def plaintext_app(run_dir: str | Path, model_id: str, max_batch_size: int = 64, 
     """
     import torch
 
-    from ..server.app import ApiError, read_body
+    from ..server.app import read_body
     from ..server.batching import MicroBatcher
+    from ..server.http_errors import ApiError
     from ..server.metrics import CONTENT_TYPE_LATEST, ServerMetrics
     from ..train import load_run
 

@@ -19,6 +19,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import DaonetError
 
@@ -158,6 +159,10 @@ class ServerConfig:
                 if not path.is_file():
                     raise ConfigError(f"{name.replace('_', '-')} {path} does not exist")
         return self
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """The uvicorn settings this config implies (shared by ``daonet serve`` and every launcher)."""
+        return {"timeout_graceful_shutdown": 10}
 
     @property
     def tls(self) -> bool:

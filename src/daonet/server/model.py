@@ -42,7 +42,28 @@ class ServerModel(ManifestIdentity):
             model.rest.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
         except (KeyError, RuntimeError) as exc:
             raise BundleError(f"{bundle_dir}: weights do not fit the architecture ({exc}); re-export it") from exc
-        return cls(manifest, model.rest, bundle_dir)
+        server = cls(manifest, model.rest, bundle_dir)
+        server.check_against_network()
+        return server
+
+    def check_against_network(self) -> None:
+        """Refuse a manifest that disagrees with the network (at load, not as a 500 on every request):
+        ``n_outputs`` = the product of ``output_shape``, the network takes that shape, one output per class."""
+        where = f"{self.bundle_dir}: " if self.bundle_dir is not None else ""
+        fix = "; the manifest was edited or the bundle is corrupt, re-export it with `daonet export`"
+        size = int(np.prod(self.output_shape)) if self.output_shape else 0
+        if size != self.n_outputs:
+            raise BundleError(f"{where}manifest says the first layer has n_outputs {self.n_outputs} but its "
+                              f"output_shape {list(self.output_shape)} holds {size}{fix}")
+        try:
+            with torch.inference_mode():
+                out = self.rest(torch.zeros((1, *self.output_shape)))
+        except (RuntimeError, ValueError) as exc:
+            raise BundleError(f"{where}the network does not take the manifest's first-layer output_shape "
+                              f"{list(self.output_shape)} ({type(exc).__name__}){fix}") from None
+        if self.classes and tuple(out.shape) != (1, len(self.classes)):
+            raise BundleError(f"{where}the network gives {out.shape[-1]} outputs but the manifest lists "
+                              f"{len(self.classes)} classes{fix}")
 
     def info(self) -> dict[str, Any]:
         """What a client needs to check its device bundle against this server."""
@@ -74,8 +95,12 @@ class ServerModel(ManifestIdentity):
                 raise InvalidPayloadError(f"JSON payload needs a list field {key!r}")
         self.check_version(version)
         n = obj.get("n_outputs", self.n_outputs)
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise InvalidPayloadError("'n_outputs' must be an integer (the first layer's output count); "
+                                      "leave it out or copy it from GET /v1/models")
         if n != self.n_outputs:
-            raise InvalidPayloadError(f"payload says the first layer has {n} outputs; "
+            shown = str(n) if abs(n) < 2**63 else "a huge number"
+            raise InvalidPayloadError(f"payload says the first layer has {shown} outputs; "
                                       f"this model's has {self.n_outputs}")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in obj["indices"]):
             raise InvalidPayloadError("'indices' must be a list of integers")
@@ -107,6 +132,18 @@ class ServerModel(ManifestIdentity):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         logits = self.rest(self.dense_batch(payloads))
         return torch.softmax(logits, dim=1).numpy()
+
+    def check_output(self, probs: np.ndarray) -> np.ndarray:
+        """One request's probabilities, or :class:`InvalidPayloadError` when the forward pass overflowed.
+
+        Finite values far beyond any real first-layer output (e.g. 3.4e38) turn into inf/NaN inside the
+        network; rows are independent, so only the request that sent them is refused (HTTP 422)."""
+        if not np.isfinite(probs).all():
+            raise InvalidPayloadError(
+                "values are too large for this model: its forward pass overflowed (non-finite result). Real "
+                "first-layer outputs are small: compute them on normalized inputs, (x - mean) / std with the "
+                "manifest's normalization")
+        return probs
 
     def predict_bytes(self, items: Sequence[bytes]) -> np.ndarray:
         return self.predict_proba([self.parse(b) for b in items])
