@@ -139,17 +139,21 @@ class DeviceModel(ManifestIdentity):
 
     def _activations(self, xb: np.ndarray) -> np.ndarray:
         """:meth:`activations` of an already validated batch (validation is the costly part per request)."""
-        z = (xb - self.mean) / self.std
+        # Normalize in float32, accumulate in float64, round once to float32: the result no longer depends on
+        # the BLAS's summation order, so every runtime that follows this recipe (the JavaScript one too)
+        # produces the same float32 bits and hence the same payload bytes.
+        z = ((xb - self.mean) / self.std).astype(np.float64)
+        w, b = self._weight64, self._bias64
         n = z.shape[0]
         if self.kind == "dense":
-            out = z.reshape(n, -1) @ self.weight.T + self.bias
+            out = z.reshape(n, -1) @ w.T + b
         elif self.kind == "conv1d":
             win = sliding_window_view(z, self.kernel[0], axis=2)[:, :, :: self.stride[0]]  # N,C,Lo,k
-            out = np.einsum("nclk,ock->nol", win, self.weight, optimize=True) + self.bias[:, None]
+            out = np.einsum("nclk,ock->nol", win, w, optimize=True) + b[:, None]
         else:
             win = sliding_window_view(z, self.kernel, axis=(2, 3))[:, :, :: self.stride[0], :: self.stride[1]]
-            out = np.einsum("nchwij,ocij->nohw", win, self.weight, optimize=True) + self.bias[:, None, None]
-        out = out.reshape(n, -1)
+            out = np.einsum("nchwij,ocij->nohw", win, w, optimize=True) + b[:, None, None]
+        out = out.reshape(n, -1).astype(np.float32)
         if out.shape[1] != self.n_outputs:
             raise BundleError(f"first layer produced {out.shape[1]} outputs, manifest says {self.n_outputs}")
         h = np.maximum(out, 0.0, dtype=np.float32)
@@ -190,6 +194,14 @@ class DeviceModel(ManifestIdentity):
         data = encode(row, self.version, self.value_dtype)
         # count what is sent (float16 may underflow tiny values to zero; those are not sent)
         return DevicePayload(data, read_frame(data).nnz, self.n_outputs, row, certificate)
+
+    @cached_property
+    def _weight64(self) -> np.ndarray:
+        return self.weight.astype(np.float64)
+
+    @cached_property
+    def _bias64(self) -> np.ndarray:
+        return self.bias.astype(np.float64)
 
     # -- the privacy certificate and policy (see :mod:`daonet.device.certificate`) ----------------
     @cached_property

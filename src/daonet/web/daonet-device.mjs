@@ -1,0 +1,1107 @@
+// daonet device runtime in JavaScript: the same bytes as the numpy runtime (daonet.device), for browsers
+// and Node >= 18. One ES module, no dependencies: fetch + WebCrypto only.
+//
+//   import { loadDevice, KeyedMasks, Client } from "./daonet-device.mjs";
+//   const device = await loadDevice("https://server/device-bundles/mnist-mlp/");
+//   const masks = await KeyedMasks.fromStorage(localStorage, device.version);
+//   const client = new Client("https://server", device, { masks });
+//   const answer = await client.predict(pixels);   // {label, probabilities, bytesSent, certificate, ...}
+//
+// Everything here mirrors a Python function of the same name; comments name it. The activations are
+// computed in float64 and rounded once to float32, exactly as DeviceModel does, so both runtimes send
+// the same payload bytes for the same input and mask.
+
+export const WIRE_VERSION = 1;
+export const DEVICE_FORMAT = "daonet-device-bundle";
+export const FORMAT_VERSION = 1;
+export const MASK_CONTEXT = "daonet-mask-v1";
+export const IDENTIFIABLE_TOL = 1e-6;
+export const RANGE_TOLERANCE = 1e-6;
+const DEPENDENT_RTOL = 1e-9;
+const ENERGY_EPS = 1e-12;
+const EPS64 = 2.220446049250313e-16;
+const KEY_BYTES = 32;
+const KNOWN_LAYER_KEYS = new Set(["kind", "in_shape", "out_channels", "kernel", "stride", "output_shape",
+  "n_outputs", "activation", "quantize"]);
+
+// -- errors (the Python classes of the same names) ----------------------------------------------------------
+export class DaonetError extends Error {
+  constructor(message) { super(message); this.name = this.constructor.name; }
+}
+export class BundleError extends DaonetError {}
+export class InputError extends DaonetError {}
+export class PayloadError extends DaonetError {}
+export class VersionMismatchError extends DaonetError {
+  constructor(message, expected, got) { super(message); this.expected = expected; this.got = got; }
+}
+export class ServerError extends DaonetError {
+  constructor(status, error, detail) {
+    super(`server answered ${status} (${error}): ${detail}`);
+    this.status = status; this.error = error; this.detail = detail;
+  }
+}
+
+// -- small helpers -------------------------------------------------------------------------------------------
+const crypto_ = () => {
+  const c = globalThis.crypto;
+  if (!c || !c.subtle) throw new DaonetError("WebCrypto is not available (a browser page must be served over https or from localhost; Node needs >= 18)");
+  return c;
+};
+const prod = (a) => a.reduce((p, v) => p * v, 1);
+const hex = (buf) => Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, "0")).join("");
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+/** Python's ``repr(float)`` (shortest round-trip digits, Python's exponent rules). */
+export function pyFloatRepr(v) {
+  if (Number.isNaN(v)) return "nan";
+  if (!Number.isFinite(v)) return v > 0 ? "inf" : "-inf";
+  if (v === 0) return Object.is(v, -0) ? "-0.0" : "0.0";
+  const [mant, expStr] = v.toExponential().split("e");
+  const exp = Number(expStr);
+  const neg = mant.startsWith("-");
+  const digits = mant.replace("-", "").replace(".", "");
+  let out;
+  if (exp < -4 || exp >= 16) {
+    const m = digits.length > 1 ? `${digits[0]}.${digits.slice(1)}` : digits;
+    out = `${m}e${exp < 0 ? "-" : "+"}${String(Math.abs(exp)).padStart(2, "0")}`;
+  } else if (exp < 0) {
+    out = `0.${"0".repeat(-exp - 1)}${digits}`;
+  } else if (digits.length <= exp + 1) {
+    out = `${digits}${"0".repeat(exp + 1 - digits.length)}.0`;
+  } else {
+    out = `${digits.slice(0, exp + 1)}.${digits.slice(exp + 1)}`;
+  }
+  return (neg ? "-" : "") + out;
+}
+
+/** Python's ``format(v, ".3g")`` (used in error messages that must read like the Python ones). */
+export function pyFormatG(v, p = 3) {
+  if (!Number.isFinite(v)) return Number.isNaN(v) ? "nan" : (v > 0 ? "inf" : "-inf");
+  if (v === 0) return Object.is(v, -0) ? "-0" : "0";
+  const [mant, expStr] = v.toExponential(p - 1).split("e");
+  const exp = Number(expStr);
+  const strip = (s) => (s.includes(".") ? s.replace(/0+$/, "").replace(/\.$/, "") : s);
+  if (exp < -4 || exp >= p) return `${strip(mant)}e${exp < 0 ? "-" : "+"}${String(Math.abs(exp)).padStart(2, "0")}`;
+  return strip(v.toFixed(Math.max(0, p - 1 - exp)));
+}
+
+const pyTuple = (s) => (s.length === 1 ? `(${s[0]},)` : `(${s.join(", ")})`);
+
+/** numpy's ``np.round`` / ``np.rint``: round half to even. */
+export function roundHalfEven(v) {
+  const r = Math.round(v);
+  return (Math.abs(v % 1) === 0.5 && r % 2 !== 0) ? r - 1 : r;
+}
+
+/** float32 -> IEEE half bits, round to nearest even (numpy's ``astype(float16)``). */
+export function f32ToF16Bits(v) {
+  f32[0] = v;
+  const x = u32[0];
+  const sign = (x >>> 16) & 0x8000;
+  const exp = (x >>> 23) & 0xff;
+  const mant = x & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
+  const e = exp - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    const m = mant | 0x800000;
+    const shift = 14 - e;
+    let r = m >>> shift;
+    const rem = m & ((1 << shift) - 1);
+    const half = 1 << (shift - 1);
+    if (rem > half || (rem === half && (r & 1))) r += 1;
+    return sign | r;
+  }
+  let r = (e << 10) | (mant >>> 13);
+  const rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && (r & 1))) r += 1;
+  return sign | r;
+}
+
+async function sha256Hex(bytes) {
+  return hex(await crypto_().subtle.digest("SHA-256", bytes));
+}
+
+// -- safetensors (parsed by hand: 8-byte LE header length, JSON header, raw little-endian data) -------------
+/** Parse a safetensors file into ``{name: {shape, data: Float32Array}}``; refuses anything but F32. */
+export function parseSafetensors(buffer, name = "weights") {
+  const bytes = buffer instanceof Uint8Array ? buffer : new Uint8Array(buffer);
+  if (bytes.length < 8) throw new BundleError(`${name} is truncated (${bytes.length} bytes); re-download the bundle`);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const hlen = dv.getUint32(0, true) + dv.getUint32(4, true) * 2 ** 32;
+  if (hlen > bytes.length - 8) throw new BundleError(`${name} is truncated: its header announces ${hlen} bytes; re-download the bundle`);
+  let header;
+  try {
+    header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + hlen)));
+  } catch (exc) {
+    throw new BundleError(`${name} is not a readable safetensors file: ${exc.message}`);
+  }
+  const base = 8 + hlen;
+  const out = {};
+  for (const [key, info] of Object.entries(header)) {
+    if (key === "__metadata__") continue;
+    if (info.dtype !== "F32") throw new BundleError(`${name}: tensor ${key} has dtype ${info.dtype}; this runtime reads F32 only, re-export the bundle`);
+    const [begin, end] = info.data_offsets;
+    const count = prod(info.shape);
+    if (end - begin !== 4 * count || base + end > bytes.length) throw new BundleError(`${name}: tensor ${key} is truncated or inconsistent; re-download the bundle`);
+    const data = new Float32Array(count);
+    const tdv = new DataView(bytes.buffer, bytes.byteOffset + base + begin, 4 * count);
+    for (let i = 0; i < count; i++) data[i] = tdv.getFloat32(4 * i, true);
+    out[key] = { shape: info.shape.map(Number), data };
+  }
+  return out;
+}
+
+// -- bundle loading ------------------------------------------------------------------------------------------
+const isNode = typeof process !== "undefined" && !!(process.versions && process.versions.node);
+
+function looksLikeUrl(s) {
+  return /^(https?|file|blob|data):/i.test(s) || (!isNode && typeof s === "string");
+}
+
+async function readHttp(base, name, fetchFn) {
+  const url = new URL(name, base).toString();
+  let r;
+  try {
+    r = await fetchFn(url, { cache: "no-store" });
+  } catch (exc) {
+    throw new BundleError(`cannot fetch ${url}: ${exc.message}`);
+  }
+  if (!r.ok) throw new BundleError(`fetching ${url} answered ${r.status}; is the device bundle served there?`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+async function readPath(dir, name) {
+  const fs = await import("node:fs/promises");
+  try {
+    return new Uint8Array(await fs.readFile(`${dir}/${name}`));
+  } catch (exc) {
+    if (exc.code === "ENOENT") throw new BundleError(`${dir}/${name} is missing; copy the whole bundle directory or re-export it`);
+    throw new BundleError(`cannot read ${dir}/${name}: ${exc.message}`);
+  }
+}
+
+/**
+ * Load a device bundle (``manifest.json`` + its safetensors file) from an http(s) URL of the bundle
+ * directory, or (Node) a directory path; the weights' SHA-256 is checked against the manifest first.
+ */
+export async function loadDevice(source, { fetch: fetchFn = globalThis.fetch } = {}) {
+  let read;
+  let where = String(source);
+  if (looksLikeUrl(where)) {
+    const base = new URL(where.endsWith("/") ? where : `${where}/`, globalThis.location ? globalThis.location.href : undefined);
+    where = base.toString();
+    read = (name) => readHttp(base, name, fetchFn);
+  } else {
+    const fs = await import("node:fs/promises");
+    where = where.replace(/\/+$/, "");
+    const exists = (p) => fs.stat(p).then(() => true, () => false);
+    if (!(await exists(`${where}/manifest.json`)) && (await exists(`${where}/device/manifest.json`))) where = `${where}/device`;
+    read = (name) => readPath(where, name);
+  }
+  const manifestBytes = await read("manifest.json");
+  let manifest;
+  try {
+    manifest = JSON.parse(new TextDecoder().decode(manifestBytes));
+  } catch (exc) {
+    throw new BundleError(`${where} manifest.json is not valid JSON (${exc.message}); the bundle is corrupt, re-export it`);
+  }
+  checkManifest(manifest, where);
+  const [name, expected] = Object.entries(manifest.files)[0];
+  const weights = await read(name);
+  const actual = await sha256Hex(weights);
+  if (actual !== expected) {
+    throw new BundleError(`${where} ${name} does not match its manifest (sha256 ${actual.slice(0, 12)}... != ${String(expected).slice(0, 12)}...): the file was modified or truncated; re-export or re-download the bundle`);
+  }
+  const tensors = parseSafetensors(weights, name);
+  if (!tensors.weight || !tensors.bias) throw new BundleError(`${where} lacks 'weight'/'bias'; re-export the bundle`);
+  return new DeviceModel(manifest, tensors);
+}
+
+/** Refuse manifests this runtime cannot reproduce exactly (rather than computing something different). */
+export function checkManifest(manifest, where = "bundle") {
+  if (!manifest || typeof manifest !== "object" || manifest.format !== DEVICE_FORMAT) {
+    throw new BundleError(`${where}: manifest is a ${JSON.stringify(manifest && manifest.format)} manifest, expected '${DEVICE_FORMAT}'`);
+  }
+  if (manifest.format_version !== FORMAT_VERSION) {
+    throw new BundleError(`${where}: manifest has format version ${manifest.format_version}, this runtime reads version ${FORMAT_VERSION}; update daonet-device.mjs or re-export the bundle`);
+  }
+  for (const key of ["model_id", "version", "files", "layer", "input", "drop"]) {
+    if (!(key in manifest)) throw new BundleError(`${where}: manifest lacks the field '${key}'; the bundle is corrupt, re-export it`);
+  }
+  if (Object.keys(manifest.files).length !== 1) throw new BundleError(`${where}: a device bundle lists exactly one weight file`);
+  const layer = manifest.layer;
+  const unsupported = [];
+  for (const [key, value] of Object.entries(layer)) {
+    if (!KNOWN_LAYER_KEYS.has(key) && value !== null && !(Array.isArray(value) && value.length === 0)) unsupported.push(`layer.${key}`);
+  }
+  if (layer.activation !== undefined && layer.activation !== "relu") unsupported.push(`activation ${layer.activation}`);
+  if (manifest.noise) unsupported.push("noise on surviving values");
+  const drop = manifest.drop || {};
+  if (drop.policy !== undefined && drop.policy !== "bernoulli") unsupported.push(`drop policy ${drop.policy}`);
+  if (drop.rescale) unsupported.push("rescaled dropping");
+  const wire = manifest.wire || {};
+  if (wire.version !== undefined && wire.version !== WIRE_VERSION) unsupported.push(`wire version ${wire.version}`);
+  if (!["dense", "conv1d", "conv2d"].includes(layer.kind)) unsupported.push(`first-layer kind ${JSON.stringify(layer.kind)}`);
+  if (unsupported.length) {
+    throw new BundleError(`${where}: this bundle uses ${unsupported.join(", ")}, which the JavaScript device runtime does not support; use the Python runtime (daonet.device) or export without it`);
+  }
+}
+
+// -- the privacy policy and certificate (daonet.device.certificate) -----------------------------------------
+export class PrivacyPolicy {
+  constructor({ maxRevealedEnergy = null, forbidIdentifiable = true, identifiableTol = IDENTIFIABLE_TOL } = {}) {
+    if (maxRevealedEnergy !== null && !(maxRevealedEnergy >= 0 && maxRevealedEnergy <= 1)) {
+      throw new InputError(`max_revealed_energy must be in [0, 1] or None, got ${maxRevealedEnergy}`);
+    }
+    if (!(identifiableTol > 0 && identifiableTol < 1)) throw new InputError(`identifiable_tol must be in (0, 1), got ${identifiableTol}`);
+    this.maxRevealedEnergy = maxRevealedEnergy;
+    this.forbidIdentifiable = forbidIdentifiable;
+    this.identifiableTol = identifiableTol;
+  }
+
+  static fromManifest(privacy) {
+    privacy = privacy || {};
+    if (typeof privacy !== "object" || Array.isArray(privacy)) throw new BundleError(`the manifest's 'privacy' must be an object`);
+    const m = privacy.max_revealed_energy;
+    try {
+      return new PrivacyPolicy({
+        maxRevealedEnergy: m === null || m === undefined ? null : Number(m),
+        forbidIdentifiable: privacy.forbid_identifiable === undefined ? true : Boolean(privacy.forbid_identifiable),
+        identifiableTol: privacy.identifiable_tol === undefined ? IDENTIFIABLE_TOL : Number(privacy.identifiable_tol),
+      });
+    } catch (exc) {
+      throw new BundleError(`the manifest's 'privacy' settings are invalid: ${exc.message}`);
+    }
+  }
+
+  get active() { return this.forbidIdentifiable || this.maxRevealedEnergy !== null; }
+
+  allows(cert) {
+    if (this.forbidIdentifiable && cert.identifiable > 0) return false;
+    return this.maxRevealedEnergy === null || cert.revealed_energy <= this.maxRevealedEnergy + 1e-9;
+  }
+
+  toDict() {
+    return { max_revealed_energy: this.maxRevealedEnergy, forbid_identifiable: this.forbidIdentifiable, identifiable_tol: this.identifiableTol };
+  }
+}
+
+/** The first layer as equations over the raw input (``FirstLayerSystem``): rows in float64. */
+class FirstLayerSystem {
+  constructor(dev) {
+    this.kind = dev.kind;
+    this.inputShape = dev.inputShape;
+    this.n = prod(dev.inputShape);
+    this.nOutputs = dev.nOutputs;
+    const c = dev.inputShape[0];
+    const w = dev.weight;
+    if (this.kind === "dense") {
+      const per = this.n / c;
+      this.denseRows = new Float64Array(w.length);
+      for (let o = 0; o < dev.outChannels; o++) {
+        for (let j = 0; j < this.n; j++) this.denseRows[o * this.n + j] = w[o * this.n + j] / dev.std[Math.floor(j / per)];
+      }
+      this.patchify = false;
+      this.nPositions = 1;
+      this.patchDim = this.n;
+    } else {
+      const kernel = dev.kernel;
+      const kprod = prod(kernel);
+      this.patchDim = c * kprod;
+      this.kernelRows = new Float64Array(w.length);
+      for (let o = 0; o < dev.outChannels; o++) {
+        for (let ci = 0; ci < c; ci++) {
+          for (let j = 0; j < kprod; j++) {
+            const at = (o * c + ci) * kprod + j;
+            this.kernelRows[at] = w[at] / dev.std[ci];
+          }
+        }
+      }
+      this.patchify = dev.stride.every((s, i) => s >= kernel[i]);
+      const spatialOut = dev.outputShape.slice(1);
+      this.nPositions = prod(spatialOut);
+      const spatial = dev.inputShape.slice(1);
+      const plane = prod(spatial);
+      this.patchCoords = new Int32Array(this.nPositions * this.patchDim);
+      for (let p = 0; p < this.nPositions; p++) {
+        const starts = [];
+        let rem = p;
+        for (let d = spatialOut.length - 1; d >= 0; d--) { starts[d] = (rem % spatialOut[d]) * dev.stride[d]; rem = Math.floor(rem / spatialOut[d]); }
+        for (let ci = 0; ci < c; ci++) {
+          for (let j = 0; j < kprod; j++) {
+            let r = j;
+            let flat = 0;
+            let mult = 1;
+            for (let d = spatial.length - 1; d >= 0; d--) {
+              const off = r % kernel[d];
+              r = Math.floor(r / kernel[d]);
+              flat += (starts[d] + off) * mult;
+              mult *= spatial[d];
+            }
+            this.patchCoords[p * this.patchDim + ci * kprod + j] = ci * plane + flat;
+          }
+        }
+      }
+    }
+  }
+
+  /** Independent systems ``{members, rows (k x m), coords, pos}`` (``FirstLayerSystem.blocks``). */
+  blocks(indices) {
+    const k = indices.length;
+    if (this.kind === "dense") {
+      const rows = new Float64Array(k * this.n);
+      for (let i = 0; i < k; i++) rows.set(this.denseRows.subarray(indices[i] * this.n, (indices[i] + 1) * this.n), i * this.n);
+      return [{ members: Array.from({ length: k }, (_, i) => i), rows, m: this.n, coords: null, pos: 0 }];
+    }
+    const ch = indices.map((v) => Math.floor(v / this.nPositions));
+    const pos = indices.map((v) => v % this.nPositions);
+    const pd = this.patchDim;
+    if (!this.patchify) {
+      const rows = new Float64Array(k * this.n);
+      for (let i = 0; i < k; i++) {
+        for (let j = 0; j < pd; j++) rows[i * this.n + this.patchCoords[pos[i] * pd + j]] = this.kernelRows[ch[i] * pd + j];
+      }
+      return [{ members: Array.from({ length: k }, (_, i) => i), rows, m: this.n, coords: null, pos: 0 }];
+    }
+    const order = Array.from({ length: k }, (_, i) => i).sort((a, b) => pos[a] - pos[b] || a - b);
+    const out = [];
+    for (let s = 0; s < k;) {
+      let e = s;
+      while (e < k && pos[order[e]] === pos[order[s]]) e++;
+      const members = order.slice(s, e);
+      const rows = new Float64Array(members.length * pd);
+      members.forEach((mi, r) => rows.set(this.kernelRows.subarray(ch[mi] * pd, (ch[mi] + 1) * pd), r * pd));
+      const p = pos[order[s]];
+      out.push({ members, rows, m: pd, coords: this.patchCoords.subarray(p * pd, (p + 1) * pd), pos: p });
+      s = e;
+    }
+    return out;
+  }
+
+  /** ``a_i . d`` and ``||a_i||`` of one output's full row (for the policy's last-resort loop). */
+  alignment(index, d) {
+    let dot = 0;
+    let nn = 0;
+    if (this.kind === "dense") {
+      for (let j = 0; j < this.n; j++) { const a = this.denseRows[index * this.n + j]; dot += a * d[j]; nn += a * a; }
+    } else {
+      const pd = this.patchDim;
+      const ch = Math.floor(index / this.nPositions);
+      const p = index % this.nPositions;
+      for (let j = 0; j < pd; j++) { const a = this.kernelRows[ch * pd + j]; dot += a * d[this.patchCoords[p * pd + j]]; nn += a * a; }
+    }
+    return Math.abs(dot) / Math.max(Math.sqrt(nn), 1e-300);
+  }
+}
+
+const gather = (d, coords) => (coords ? Float64Array.from(coords, (c) => d[c]) : d);
+
+/** One-sided Jacobi SVD of the columns of ``M`` (rows x cols, row-major): columns -> U*sigma, returns V. */
+function jacobiColumns(M, rows, cols) {
+  const V = new Float64Array(cols * cols);
+  for (let i = 0; i < cols; i++) V[i * cols + i] = 1;
+  for (let sweep = 0; sweep < 60; sweep++) {
+    let rotated = false;
+    for (let p = 0; p < cols - 1; p++) {
+      for (let q = p + 1; q < cols; q++) {
+        let alpha = 0; let beta = 0; let gamma = 0;
+        for (let i = 0; i < rows; i++) {
+          const a = M[i * cols + p]; const b = M[i * cols + q];
+          alpha += a * a; beta += b * b; gamma += a * b;
+        }
+        if (gamma === 0 || Math.abs(gamma) <= 1e-15 * Math.sqrt(alpha * beta)) continue;
+        rotated = true;
+        const zeta = (beta - alpha) / (2 * gamma);
+        const t = Math.sign(zeta || 1) / (Math.abs(zeta) + Math.sqrt(1 + zeta * zeta));
+        const c = 1 / Math.sqrt(1 + t * t);
+        const s = c * t;
+        for (let i = 0; i < rows; i++) {
+          const a = M[i * cols + p]; const b = M[i * cols + q];
+          M[i * cols + p] = c * a - s * b; M[i * cols + q] = s * a + c * b;
+        }
+        for (let i = 0; i < cols; i++) {
+          const a = V[i * cols + p]; const b = V[i * cols + q];
+          V[i * cols + p] = c * a - s * b; V[i * cols + q] = s * a + c * b;
+        }
+      }
+    }
+    if (!rotated) break;
+  }
+  return V;
+}
+
+/**
+ * Orthonormal basis (rows) of the row space of ``a`` (k x m). Fast path: Cholesky of the k x k Gram
+ * matrix (B = L^-1 A has orthonormal rows), O(k^2 m). When a pivot is small (ill-conditioned rows),
+ * an exact one-sided Jacobi SVD with numpy's rank tolerance, so the rank agrees with the Python runtime.
+ */
+function rowSpaceBasis(a, k, m) {
+  const G = new Float64Array(k * k);
+  let maxDiag = 0;
+  for (let i = 0; i < k; i++) {
+    for (let j = 0; j <= i; j++) {
+      let s = 0;
+      const ai = i * m; const aj = j * m;
+      for (let t = 0; t < m; t++) s += a[ai + t] * a[aj + t];
+      G[i * k + j] = s; G[j * k + i] = s;
+    }
+    maxDiag = Math.max(maxDiag, G[i * k + i]);
+  }
+  let ok = k <= m && maxDiag > 0;
+  const L = new Float64Array(k * k);
+  for (let i = 0; ok && i < k; i++) {
+    for (let j = 0; j <= i; j++) {
+      let s = G[i * k + j];
+      for (let t = 0; t < j; t++) s -= L[i * k + t] * L[j * k + t];
+      if (i === j) {
+        if (!(s > 1e-6 * maxDiag)) { ok = false; break; }
+        L[i * k + i] = Math.sqrt(s);
+      } else {
+        L[i * k + j] = s / L[j * k + j];
+      }
+    }
+  }
+  if (ok) {
+    const B = new Float64Array(k * m);
+    for (let i = 0; i < k; i++) {
+      const bi = i * m;
+      for (let t = 0; t < m; t++) B[bi + t] = a[bi + t];
+      for (let j = 0; j < i; j++) {
+        const l = L[i * k + j];
+        if (l === 0) continue;
+        const bj = j * m;
+        for (let t = 0; t < m; t++) B[bi + t] -= l * B[bj + t];
+      }
+      const inv = 1 / L[i * k + i];
+      for (let t = 0; t < m; t++) B[bi + t] *= inv;
+    }
+    return { basis: B, r: k };
+  }
+  const tolScale = Math.max(k, m) * EPS64;
+  if (k <= m) {  // columns of a^T = rows of a; after Jacobi they are U_j sigma_j
+    const M = new Float64Array(m * k);
+    for (let i = 0; i < k; i++) for (let t = 0; t < m; t++) M[t * k + i] = a[i * m + t];
+    jacobiColumns(M, m, k);
+    const sig = Array.from({ length: k }, (_, j) => { let s = 0; for (let t = 0; t < m; t++) s += M[t * k + j] ** 2; return Math.sqrt(s); });
+    const tol = Math.max(...sig) * tolScale;
+    const keep = sig.map((s, j) => [s, j]).filter(([s]) => s > tol);
+    const B = new Float64Array(keep.length * m);
+    keep.forEach(([s, j], r) => { for (let t = 0; t < m; t++) B[r * m + t] = M[t * k + j] / s; });
+    return { basis: B, r: keep.length };
+  }
+  const M = Float64Array.from(a);  // k x m, columns of a; V's columns are a's right singular vectors
+  const V = jacobiColumns(M, k, m);
+  const sig = Array.from({ length: m }, (_, j) => { let s = 0; for (let t = 0; t < k; t++) s += M[t * m + j] ** 2; return Math.sqrt(s); });
+  const tol = Math.max(...sig) * tolScale;
+  const keep = sig.map((s, j) => [s, j]).filter(([s]) => s > tol);
+  const B = new Float64Array(keep.length * m);
+  keep.forEach(([, j], r) => { for (let t = 0; t < m; t++) B[r * m + t] = V[t * m + j]; });
+  return { basis: B, r: keep.length };
+}
+
+/** (rank, identifiable, max leverage, ||P d||^2) of one system (``_system_stats``). */
+function systemStats(a, k, m, d, idTol) {
+  if (k === 0) return { r: 0, ident: 0, maxLev: 0, e: 0 };
+  const { basis, r } = rowSpaceBasis(a, k, m);
+  const lev = new Float64Array(m);
+  let e = 0;
+  for (let i = 0; i < r; i++) {
+    let pr = 0;
+    const bi = i * m;
+    for (let t = 0; t < m; t++) { const v = basis[bi + t]; lev[t] += v * v; pr += v * d[t]; }
+    e += pr * pr;
+  }
+  let ident = 0;
+  let maxLev = 0;
+  for (let t = 0; t < m; t++) { if (lev[t] >= 1 - idTol) ident++; if (lev[t] > maxLev) maxLev = lev[t]; }
+  return { r, ident, maxLev, e };
+}
+
+const dot = (a, b) => { let s = 0; for (let i = 0; i < a.length; i++) s += a[i] * b[i]; return s; };
+
+/** The request's certificate (``_certificate``); field names as in ``Certificate.to_dict``. */
+function certificateOf(system, indices, d, idTol, kBefore, policy) {
+  const total = dot(d, d);
+  let rank = 0; let ident = 0; let energy = 0; let maxLev = 0;
+  let worstPatch = null;
+  const blocks = system.blocks(indices);
+  if (system.kind !== "dense" && system.patchify) {
+    const pe = new Float64Array(system.nPositions);
+    const pk = new Int32Array(system.nPositions); const pr = new Int32Array(system.nPositions); const pi = new Int32Array(system.nPositions);
+    for (const b of blocks) {
+      const db = gather(d, b.coords);
+      const st = systemStats(b.rows, b.members.length, b.m, db, idTol);
+      const dd = dot(db, db);
+      pk[b.pos] = b.members.length; pr[b.pos] = st.r; pi[b.pos] = st.ident;
+      pe[b.pos] = dd > ENERGY_EPS * Math.max(total, 1) ? st.e / dd : 0;
+      rank += st.r; ident += st.ident; energy += st.e; maxLev = Math.max(maxLev, st.maxLev);
+    }
+    let w = 0;
+    for (let p = 0; p < pe.length; p++) { pe[p] = Math.min(1, Math.max(0, pe[p])); if (pe[p] > pe[w]) w = p; }
+    worstPatch = { index: w, k: pk[w], rank: pr[w], identifiable: pi[w], revealed_energy: pe[w], patch_dim: system.patchDim };
+  } else {
+    for (const b of blocks) {
+      const st = systemStats(b.rows, b.members.length, b.m, gather(d, b.coords), idTol);
+      rank += st.r; ident += st.ident; energy += st.e; maxLev = Math.max(maxLev, st.maxLev);
+    }
+  }
+  const cert = {
+    k: indices.length, n: system.n, rank, identifiable: ident,
+    revealed_energy: total > ENERGY_EPS ? Math.min(1, energy / total) : 0,
+    max_leverage: Math.min(1, maxLev), k_before_policy: kBefore, dropped_by_policy: kBefore - indices.length,
+    policy_ok: true, policy: policy ? policy.toDict() : null,
+  };
+  if (worstPatch) cert.worst_patch = worstPatch;
+  cert.policy_ok = policy ? policy.allows(cert) : true;
+  return cert;
+}
+
+/** Forward selection of the least revealing rows (``_greedy_keep``): a keep flag per index. */
+function greedyKeep(system, indices, d, policy) {
+  const total = dot(d, d);
+  const budget = policy.maxRevealedEnergy === null ? null : policy.maxRevealedEnergy * total;
+  const keep = new Uint8Array(indices.length);
+  const state = system.blocks(indices).map((b) => {
+    const k = b.members.length;
+    const norm = new Float64Array(k);
+    for (let i = 0; i < k; i++) { let s = 0; for (let t = 0; t < b.m; t++) s += b.rows[i * b.m + t] ** 2; norm[i] = Math.sqrt(s); }
+    return { members: b.members, res: Float64Array.from(b.rows), m: b.m, k, norm, basis: [], lev: new Float64Array(b.m), d: gather(d, b.coords), alive: new Uint8Array(k).fill(1) };
+  });
+  const gains = (st) => {
+    const g = new Float64Array(st.k);
+    for (let i = 0; i < st.k; i++) {
+      let rn2 = 0; let rd = 0;
+      const ri = i * st.m;
+      for (let t = 0; t < st.m; t++) { const v = st.res[ri + t]; rn2 += v * v; rd += v * st.d[t]; }
+      const dep = rn2 <= (DEPENDENT_RTOL * st.norm[i]) ** 2;
+      g[i] = st.alive[i] ? (dep ? 0 : (rd * rd) / rn2) : Infinity;
+    }
+    return g;
+  };
+  const cur = state.map(gains);
+  let energy = 0;
+  for (;;) {
+    let bestB = -1; let bestI = -1; let bestG = Infinity;
+    cur.forEach((g, b) => {
+      if (!g.length) return;
+      let i = 0;
+      for (let j = 1; j < g.length; j++) if (g[j] < g[i]) i = j;
+      if (g[i] < bestG) { bestB = b; bestI = i; bestG = g[i]; }
+    });
+    if (bestB < 0) break;
+    const st = state[bestB];
+    st.alive[bestI] = 0;
+    const r = st.res.subarray(bestI * st.m, (bestI + 1) * st.m);
+    const rn = Math.sqrt(dot(r, r));
+    if (rn <= DEPENDENT_RTOL * st.norm[bestI]) { keep[st.members[bestI]] = 1; cur[bestB][bestI] = Infinity; continue; }
+    let q = Float64Array.from(r, (v) => v / rn);
+    for (const qb of st.basis) { const c = dot(qb, q); for (let t = 0; t < st.m; t++) q[t] -= c * qb[t]; }
+    const qn = Math.sqrt(dot(q, q));
+    if (qn < 0.5) { keep[st.members[bestI]] = 1; cur[bestB][bestI] = Infinity; continue; }
+    q = q.map((v) => v / qn);
+    const lev = Float64Array.from(st.lev, (v, t) => v + q[t] * q[t]);
+    const gain = dot(q, st.d) ** 2;
+    let ok = !(policy.forbidIdentifiable && lev.some((v) => v >= 1 - policy.identifiableTol));
+    ok = ok && (budget === null || energy + gain <= budget);
+    if (ok) {
+      keep[st.members[bestI]] = 1;
+      energy += gain;
+      st.lev = lev;
+      st.basis.push(q);
+      for (let i = 0; i < st.k; i++) {
+        const ri = st.res.subarray(i * st.m, (i + 1) * st.m);
+        const c = dot(ri, q);
+        for (let t = 0; t < st.m; t++) ri[t] -= c * q[t];
+      }
+      cur[bestB] = gains(st);
+    } else {
+      cur[bestB][bestI] = Infinity;
+    }
+  }
+  return keep;
+}
+
+// -- masks (daonet.device.masks) -------------------------------------------------------------------------------
+const dropThreshold = (rate) => roundHalfEven(rate * 2 ** 32);
+
+/** Fresh Bernoulli keep-masks from ``crypto.getRandomValues`` (``RandomMasks``). */
+export class RandomMasks {
+  async masks(x, nOutputs, dropRate) {
+    const u = new Uint32Array(nOutputs);
+    for (let i = 0; i < nOutputs; i += 16384) crypto_().getRandomValues(u.subarray(i, Math.min(nOutputs, i + 16384)));
+    const thr = dropThreshold(dropRate);
+    return Uint8Array.from(u, (v) => (v >= thr ? 1 : 0));
+  }
+}
+
+/**
+ * Replay-safe masks (``KeyedMasks``): keep_i = U_i >= p, U the HMAC-SHA256 counter-mode stream of
+ * HMAC(key, context | model version | n_outputs | p | shape | quantized input). Same bytes as Python.
+ */
+export class KeyedMasks {
+  constructor(key, modelVersion = "", quantum = 1 / 255) {
+    const k = key instanceof Uint8Array ? key : new Uint8Array(key || []);
+    if (k.length < 16) throw new InputError("the mask key must be at least 16 bytes");
+    if (!(quantum > 0 && Number.isFinite(quantum))) throw new InputError(`quantum must be a positive number, got ${quantum}`);
+    this._key = crypto_().subtle.importKey("raw", k, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+    this.modelVersion = String(modelVersion);
+    this.quantum = quantum;
+  }
+
+  /** The device key kept in ``storage`` (e.g. ``localStorage``) as hex, created once; it is never sent. */
+  static async fromStorage(storage, modelVersion = "", name = "daonet-device-key") {
+    let text = storage.getItem(name);
+    if (text === null) {
+      const key = crypto_().getRandomValues(new Uint8Array(KEY_BYTES));
+      text = hex(key);
+      storage.setItem(name, text);
+    }
+    if (!/^[0-9a-f]{64}$/i.test(text.trim())) {
+      throw new InputError(`the device key in storage '${name}' is not ${KEY_BYTES} hex-encoded bytes; remove it to create a new one`);
+    }
+    return new KeyedMasks(Uint8Array.from(text.trim().match(/../g), (h) => parseInt(h, 16)), modelVersion);
+  }
+
+  toString() { return `KeyedMasks(model_version='${this.modelVersion}', key=<hidden>)`; }
+
+  /** The hashed bytes of one input: little-endian int32 grid values. */
+  quantize(x) {
+    const q = new Int32Array(x.length);
+    for (let i = 0; i < x.length; i++) {
+      const v = roundHalfEven(x[i] / this.quantum);
+      if (Math.abs(v) >= 2 ** 31) throw new InputError(`input values are too large for quantum ${pyFormatG(this.quantum, 6)}; use a larger quantum`);
+      q[i] = v;
+    }
+    return q;
+  }
+
+  async seed(x, shape, nOutputs, dropRate) {
+    const q = this.quantize(x);
+    const enc = new TextEncoder();
+    const header = enc.encode([MASK_CONTEXT, this.modelVersion, String(nOutputs), pyFloatRepr(dropRate), shape.join(",")].join("\0") + "\0");
+    const msg = new Uint8Array(header.length + 4 * q.length);
+    msg.set(header);
+    const dv = new DataView(msg.buffer, header.length);
+    for (let i = 0; i < q.length; i++) dv.setInt32(4 * i, q[i], true);
+    return new Uint8Array(await crypto_().subtle.sign("HMAC", await this._key, msg));
+  }
+
+  static async stream(prk, nOutputs) {
+    const key = await crypto_().subtle.importKey("raw", prk, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+    const blocks = Math.floor((4 * nOutputs + 31) / 32);
+    const parts = await Promise.all(Array.from({ length: blocks }, (_, i) => {
+      const ctr = new Uint8Array(4);
+      new DataView(ctr.buffer).setUint32(0, i, true);
+      return crypto_().subtle.sign("HMAC", key, ctr);
+    }));
+    const raw = new Uint8Array(blocks * 32);
+    parts.forEach((p, i) => raw.set(new Uint8Array(p), 32 * i));
+    const dv = new DataView(raw.buffer);
+    return Uint32Array.from({ length: nOutputs }, (_, i) => dv.getUint32(4 * i, true));
+  }
+
+  async masks(x, nOutputs, dropRate, shape = [x.length]) {
+    if (!(dropRate >= 0 && dropRate < 1)) throw new InputError(`drop rate must be in [0, 1), got ${dropRate}`);
+    const thr = dropThreshold(dropRate);
+    const u = await KeyedMasks.stream(await this.seed(x, shape, nOutputs, dropRate), nOutputs);
+    return Uint8Array.from(u, (v) => (v >= thr ? 1 : 0));
+  }
+}
+
+// -- the wire format v1 (daonet.wire) ---------------------------------------------------------------------------
+/** Sparse-encode one dropped activation vector (``daonet.wire.encode``). */
+export function encodeWire(activations, modelVersion, valueDtype = "float32") {
+  if (valueDtype !== "float32" && valueDtype !== "float16") throw new PayloadError(`value dtype '${valueDtype}' is not supported; use 'float32' or 'float16'`);
+  const idx = [];
+  const vals = [];
+  for (let i = 0; i < activations.length; i++) {
+    const v = activations[i];
+    if (!Number.isFinite(v)) throw new PayloadError("activations contain NaN/inf; check the input and the first layer's weights");
+    if (v < 0) throw new PayloadError("activations are negative; the payload carries ReLU outputs, which are >= 0");
+    if (v === 0) continue;
+    if (valueDtype === "float16") {
+      const h = f32ToF16Bits(v);
+      if (h === 0) continue;
+      vals.push(h);
+    } else {
+      vals.push(v);
+    }
+    idx.push(i);
+  }
+  const version = new TextEncoder().encode(modelVersion);
+  if (version.length > 255 || /[^\x00-\x7f]/.test(modelVersion)) throw new PayloadError("model version must be ASCII and at most 255 characters");
+  const n = activations.length;
+  const ib = n <= 0xffff ? 2 : 4;
+  const vb = valueDtype === "float16" ? 2 : 4;
+  const nnz = idx.length;
+  const out = new Uint8Array(16 + version.length + nnz * (ib + vb));
+  const dv = new DataView(out.buffer);
+  out.set([0x44, 0x41, 0x4f, 0x31, WIRE_VERSION, ib, vb, version.length]);
+  dv.setUint32(8, n, true);
+  dv.setUint32(12, nnz, true);
+  out.set(version, 16);
+  let at = 16 + version.length;
+  for (const i of idx) { if (ib === 2) dv.setUint16(at, i, true); else dv.setUint32(at, i, true); at += ib; }
+  for (const v of vals) { if (vb === 2) dv.setUint16(at, v, true); else dv.setFloat32(at, v, true); at += vb; }
+  return out;
+}
+
+/** The header of a payload (``daonet.wire.read_frame``), for display and tests. */
+export function readFrame(data) {
+  if (data.length < 16) throw new PayloadError(`payload is truncated: ${data.length} bytes, the header alone is 16`);
+  const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  const magic = String.fromCharCode(...data.subarray(0, 4));
+  if (magic !== "DAO1") throw new PayloadError("payload does not start with the magic bytes DAO1");
+  const [ver, ib, vb, vlen] = [data[4], data[5], data[6], data[7]];
+  if (ver !== WIRE_VERSION || ![2, 4].includes(ib) || ![2, 4].includes(vb)) throw new PayloadError("payload header is invalid");
+  const nOutputs = dv.getUint32(8, true);
+  const nnz = dv.getUint32(12, true);
+  if (data.length !== 16 + vlen + nnz * (ib + vb)) throw new PayloadError("payload length does not match its header");
+  return { modelVersion: new TextDecoder().decode(data.subarray(16, 16 + vlen)), indexWidth: ib, valueWidth: vb, nOutputs, nnz, offset: 16 + vlen };
+}
+
+// -- the device model (daonet.device.runtime.DeviceModel) -------------------------------------------------------
+const DTYPES = [
+  [Uint8Array, "uint8"], [Uint8ClampedArray, "uint8"], [Int8Array, "int8"], [Int16Array, "int16"], [Uint16Array, "uint16"],
+  [Int32Array, "int32"], [Uint32Array, "uint32"], [Float32Array, "float32"], [Float64Array, "float64"],
+];
+
+function typedDtype(a) {
+  for (const [T, name] of DTYPES) if (a instanceof T) return name;
+  return null;
+}
+
+/** ``{data, shape, dtype}`` of an input: a typed array (flat), nested arrays of numbers, or {data, shape}. */
+function asArray(x) {
+  if (x && typeof x === "object" && !Array.isArray(x) && !ArrayBuffer.isView(x) && "data" in x) {
+    const inner = asArray(x.data);
+    const shape = (x.shape || inner.shape).map(Number);
+    if (prod(shape) !== inner.data.length) throw new InputError(`input cannot be read as an array: ${inner.data.length} values do not fill shape ${pyTuple(shape)}`);
+    return { data: inner.data, shape, dtype: inner.dtype };
+  }
+  if (ArrayBuffer.isView(x)) {
+    const dtype = typedDtype(x);
+    if (!dtype) throw new InputError(`input has dtype ${x.constructor.name}; pass real numbers (float32, or uint8 pixels)`);
+    return { data: x, shape: [x.length], dtype };
+  }
+  if (!Array.isArray(x)) {
+    if (typeof x === "number") return { data: [x], shape: [], dtype: "float64" };
+    throw new InputError(`input has dtype ${typeof x}; pass real numbers (float32, or uint8 pixels)`);
+  }
+  const shape = [];
+  for (let a = x; Array.isArray(a); a = a[0]) shape.push(a.length);
+  const flat = [];
+  const walk = (a, depth) => {
+    if (depth === shape.length) {
+      if (Array.isArray(a)) throw new InputError("input cannot be read as an array: its nested lists are ragged");
+      flat.push(a);
+      return;
+    }
+    if (!Array.isArray(a) || a.length !== shape[depth]) throw new InputError("input cannot be read as an array: its nested lists are ragged");
+    for (const v of a) walk(v, depth + 1);
+  };
+  walk(x, 0);
+  for (const v of flat) {
+    if (typeof v !== "number") throw new InputError(`input has dtype ${typeof v === "string" ? "<U" : typeof v}; pass real numbers (float32, or uint8 pixels)`);
+  }
+  return { data: flat, shape, dtype: "float64" };
+}
+
+const sameShape = (a, b) => a && b && a.length === b.length && a.every((v, i) => v === b[i]);
+
+export class DeviceModel {
+  constructor(manifest, tensors) {
+    checkManifest(manifest);
+    this.manifest = manifest;
+    const layer = manifest.layer;
+    this.kind = layer.kind;
+    this.inputShape = manifest.input.shape.map(Number);
+    this.outputShape = layer.output_shape.map(Number);
+    this.nOutputs = Number(layer.n_outputs);
+    this.outChannels = this.outputShape[0];
+    this.kernel = (layer.kernel || []).map(Number);
+    this.stride = (layer.stride || []).map(Number);
+    this.dropRate = Number(manifest.drop.rate);
+    this.valueDtype = (manifest.wire || {}).value_dtype || "float32";
+    this.rawDtype = manifest.input.raw_dtype || "float32";
+    this.valueRange = manifest.input.range || null;
+    this.quantize = layer.quantize || null;
+    const c = this.inputShape[0];
+    const norm = manifest.normalization || {};
+    this.mean = Float32Array.from(norm.mean || new Array(c).fill(0));
+    this.std = Float32Array.from(norm.std || new Array(c).fill(1));
+    if (this.mean.length !== c || this.std.length !== c) throw new BundleError(`normalization has ${this.mean.length} means for ${c} channels; re-export the bundle`);
+    this.weight = tensors.weight.data;
+    this.bias = tensors.bias.data;
+    const expected = this.kind === "dense" ? [this.outChannels, prod(this.inputShape)] : [this.outChannels, c, ...this.kernel];
+    if (!sameShape(tensors.weight.shape, expected) || !sameShape(tensors.bias.shape, [this.outChannels])) {
+      throw new BundleError(`first-layer weight has shape ${pyTuple(tensors.weight.shape)}, manifest implies ${pyTuple(expected)}; the bundle is inconsistent, re-export it`);
+    }
+    const mu = tensors.public_mean;
+    const n = prod(this.inputShape);
+    const per = n / c;
+    this.publicMean = mu && mu.data.length === n ? Float64Array.from(mu.data) : Float64Array.from({ length: n }, (_, j) => this.mean[Math.floor(j / per)]);
+    this.policy = PrivacyPolicy.fromManifest(manifest.privacy);
+    this._system = null;
+  }
+
+  get modelId() { return this.manifest.model_id; }
+  get version() { return this.manifest.version; }
+  get classes() { return [...(this.manifest.classes || [])]; }
+  /** Bytes of one raw input as the device holds it (uint8 pixels, float32 samples). */
+  get rawInputBytes() { return prod(this.inputShape) * (this.rawDtype === "uint8" ? 1 : 4); }
+  get system() { return this._system || (this._system = new FirstLayerSystem(this)); }
+
+  /** Check and batch an input (``DeviceModel.validate``): ``{n, data: Float32Array(n * size)}``. */
+  validate(x) {
+    const arr = asArray(x);
+    const shape = this.inputShape;
+    const size = prod(shape);
+    const squeezed = shape[0] === 1 ? shape.slice(1) : null;
+    const fits = (s) => sameShape(s, shape) || sameShape(s, [size]) || sameShape(s, squeezed);
+    let n;
+    if (fits(arr.shape)) n = 1;
+    else if (arr.shape.length >= 1 && fits(arr.shape.slice(1))) n = arr.shape[0];
+    else throw new InputError(`input has shape ${pyTuple(arr.shape)}; this model takes ${pyTuple(shape)} (or a batch (N, ${shape.join(", ")}), or ${size} flat values)`);
+    if (n === 0) throw new InputError("input batch is empty");
+    const data = new Float32Array(n * size);
+    if (arr.dtype === "uint8") {
+      for (let i = 0; i < data.length; i++) data[i] = arr.data[i] / 255;
+    } else if (arr.dtype !== "float32" && arr.dtype !== "float64" && this.rawDtype === "uint8") {
+      throw new InputError(`integer input of dtype ${arr.dtype}: pass uint8 pixels or floats in [0, 1]`);
+    } else {
+      for (let i = 0; i < data.length; i++) data[i] = arr.data[i];
+    }
+    let lo = Infinity; let hi = -Infinity;
+    for (let i = 0; i < data.length; i++) {
+      const v = data[i];
+      if (!Number.isFinite(v)) throw new InputError("input contains NaN or inf; clean the signal/image before sending it");
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+    if (this.valueRange) {
+      const [rlo, rhi] = this.valueRange;
+      if (lo < rlo - RANGE_TOLERANCE || hi > rhi + RANGE_TOLERANCE) {
+        throw new InputError(`input values span [${pyFormatG(lo)}, ${pyFormatG(hi)}]; this model expects [${pyFloatRepr(rlo)}, ${pyFloatRepr(rhi)}] (scale 8-bit pixels by 1/255 or pass them as uint8)`);
+      }
+    }
+    return { n, data };
+  }
+
+  _one(x, what) {
+    const v = this.validate(x);
+    if (v.n !== 1) throw new InputError(`${what} takes one input; got a batch of ${v.n}${what === "encode" ? " (use encode_many)" : ""}`);
+    return v.data;
+  }
+
+  /** ReLU outputs before dropping: float64 accumulation, one rounding to float32 (as DeviceModel). */
+  activations(x) { return this._activations(this._one(x, "activations")); }
+
+  _activations(x) {
+    const shape = this.inputShape;
+    const c = shape[0];
+    const plane = x.length / c;
+    const z = new Float64Array(x.length);
+    for (let i = 0; i < x.length; i++) {
+      const ch = Math.floor(i / plane);
+      z[i] = Math.fround(Math.fround(x[i] - this.mean[ch]) / this.std[ch]);
+    }
+    const out = new Float32Array(this.nOutputs);
+    const W = this.weight;
+    const O = this.outChannels;
+    if (this.kind === "dense") {
+      const n = z.length;
+      for (let o = 0; o < O; o++) {
+        let acc = 0;
+        const wo = o * n;
+        for (let i = 0; i < n; i++) acc += z[i] * W[wo + i];
+        out[o] = acc + this.bias[o];
+      }
+    } else if (this.kind === "conv1d") {
+      const L = shape[1]; const [k] = this.kernel; const [s] = this.stride; const Lo = this.outputShape[1];
+      for (let o = 0; o < O; o++) {
+        for (let l = 0; l < Lo; l++) {
+          let acc = 0;
+          for (let ci = 0; ci < c; ci++) {
+            const wb = (o * c + ci) * k; const zb = ci * L + l * s;
+            for (let j = 0; j < k; j++) acc += z[zb + j] * W[wb + j];
+          }
+          out[o * Lo + l] = acc + this.bias[o];
+        }
+      }
+    } else {
+      const [H, Wd] = [shape[1], shape[2]]; const [kh, kw] = this.kernel; const [sh, sw] = this.stride;
+      const [Ho, Wo] = [this.outputShape[1], this.outputShape[2]];
+      for (let o = 0; o < O; o++) {
+        for (let r = 0; r < Ho; r++) {
+          for (let q = 0; q < Wo; q++) {
+            let acc = 0;
+            for (let ci = 0; ci < c; ci++) {
+              for (let i = 0; i < kh; i++) {
+                const zb = ci * H * Wd + (r * sh + i) * Wd + q * sw; const wb = ((o * c + ci) * kh + i) * kw;
+                for (let j = 0; j < kw; j++) acc += z[zb + j] * W[wb + j];
+              }
+            }
+            out[(o * Ho + r) * Wo + q] = acc + this.bias[o];
+          }
+        }
+      }
+    }
+    for (let i = 0; i < out.length; i++) if (!(out[i] > 0)) out[i] = 0;
+    if (this.quantize) {  // LocalizedFirstLayer.quantize: float32 arithmetic, round half to even
+      const clip = Math.fround(Math.abs(this.quantize.clip) + 1e-6);
+      const step = Math.fround(clip / Math.fround(this.quantize.levels));
+      for (let i = 0; i < out.length; i++) out[i] = Math.fround(roundHalfEven(Math.fround(Math.min(out[i], clip) / step)) * step);
+    }
+    return out;
+  }
+
+  /** What the wire will carry (float16 can underflow tiny values to zero: those are not sent). */
+  _asSent(row) {
+    if (this.valueDtype !== "float16") return row;
+    return row.map((v) => (v > 0 && f32ToF16Bits(v) !== 0 ? v : 0));
+  }
+
+  _centered(x) { return Float64Array.from(x, (v, j) => v - this.publicMean[j]); }
+
+  /** Certificate of one input and the dropped activation vector that would be sent for it. */
+  certify(x, sent) {
+    const xv = this._one(x, "certify");
+    const s = this._asSent(Float32Array.from(sent));
+    if (s.length !== this.nOutputs) throw new InputError(`activation vector has ${s.length} values; the first layer has ${this.nOutputs}`);
+    const indices = [];
+    s.forEach((v, i) => { if (v !== 0) indices.push(i); });
+    return certificateOf(this.system, indices, this._centered(xv), IDENTIFIABLE_TOL, indices.length, null);
+  }
+
+  /** Enforce ``policy`` on one request (``apply_policy``): ``{sent, certificate}``. */
+  applyPolicy(x, sent, policy = this.policy) {
+    const system = this.system;
+    const d = this._centered(x);
+    const indices = [];
+    sent.forEach((v, i) => { if (v !== 0) indices.push(i); });
+    const k0 = indices.length;
+    let cert = certificateOf(system, indices, d, policy.identifiableTol, k0, policy);
+    if (cert.policy_ok || !policy.active) return { sent, certificate: cert };
+    const keep = greedyKeep(system, indices, d, policy);
+    let kept = indices.filter((_, i) => keep[i]);
+    cert = certificateOf(system, kept, d, policy.identifiableTol, k0, policy);
+    while (!cert.policy_ok && kept.length) {
+      let worst = 0; let worstA = -Infinity;
+      kept.forEach((idx, i) => { const a = system.alignment(idx, d); if (a > worstA) { worstA = a; worst = i; } });
+      kept = kept.filter((_, i) => i !== worst);
+      cert = certificateOf(system, kept, d, policy.identifiableTol, k0, policy);
+    }
+    const out = new Float32Array(sent.length);
+    for (const i of kept) out[i] = sent[i];
+    return { sent: out, certificate: cert };
+  }
+
+  /**
+   * One input -> the payload (``encode`` / ``encode_certified``): ``{data, nnz, nOutputs, activations,
+   * certificate}``. ``masks``: RandomMasks (default) or KeyedMasks; ``mask``: an explicit keep-mask;
+   * ``certify`` (default true) enforces the manifest's privacy policy and returns the certificate.
+   */
+  async encode(x, { masks = null, mask = null, certify = true, policy = null } = {}) {
+    const xv = this._one(x, "encode");
+    const h = this._activations(xv);
+    let keepMask = mask;
+    if (keepMask === null && this.dropRate !== 0) keepMask = await (masks || new RandomMasks()).masks(xv, this.nOutputs, this.dropRate, this.inputShape);
+    let row = h;
+    if (keepMask !== null) {
+      if (keepMask.length !== h.length) throw new InputError(`mask has ${keepMask.length} values; the first layer has ${h.length}`);
+      row = h.map((v, i) => (keepMask[i] ? v : 0));
+    }
+    let certificate = null;
+    if (certify) ({ sent: row, certificate } = this.applyPolicy(xv, this._asSent(row), policy || this.policy));
+    const data = encodeWire(row, this.version, this.valueDtype);
+    return { data, nnz: readFrame(data).nnz, nOutputs: this.nOutputs, activations: row, certificate };
+  }
+}
+
+// -- the network client (daonet.device.client.Client) -------------------------------------------------------------
+export class Client {
+  constructor(url, device, { apiKey = null, masks = null, certify = true, fetch: fetchFn = null } = {}) {
+    url = String(url).replace(/\/+$/, "");
+    if (!/^https?:\/\//.test(url)) throw new DaonetError(`server URL '${url}' must start with http:// or https://`);
+    this.url = url;
+    this.device = device;
+    this.masks = masks || new RandomMasks();
+    this.certify = certify;
+    this.headers = apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+    this._fetch = fetchFn || globalThis.fetch.bind(globalThis);
+    this._checked = null;
+  }
+
+  async _request(method, path, init = {}) {
+    try {
+      return await this._fetch(this.url + path, { method, ...init, headers: { ...this.headers, ...(init.headers || {}) } });
+    } catch (exc) {
+      throw new DaonetError(`cannot connect to ${this.url}: ${exc.message}; is \`daonet serve\` running there?`);
+    }
+  }
+
+  static async _error(r) {
+    let body = {};
+    try { body = await r.json(); } catch { body = {}; }
+    if (!body || typeof body !== "object") body = {};
+    const error = String(body.error || "http_error");
+    const detail = String(body.detail || r.statusText);
+    if (r.status === 409 && error === "version_mismatch") return new VersionMismatchError(detail, String(body.server_version), String(body.payload_version));
+    return new ServerError(r.status, error, detail);
+  }
+
+  /** Verify once that the server serves this bundle's model id and version (before any payload is sent). */
+  async checkServer() {
+    if (this._checked) return this._checked;
+    const r = await this._request("GET", "/v1/models");
+    if (r.status !== 200) throw await Client._error(r);
+    let served;
+    try {
+      served = Object.fromEntries((await r.json()).models.map((m) => [m.model_id, m]));
+    } catch {
+      throw new DaonetError(`${this.url}/v1/models did not answer a daonet model list; is it a daonet server?`);
+    }
+    const mid = this.device.modelId;
+    const version = this.device.version;
+    const info = served[mid];
+    if (!info) {
+      throw new VersionMismatchError(`server at ${this.url} does not serve model '${mid}' (it serves: ${Object.keys(served).sort().join(", ") || "nothing"}); start it with this model's server bundle`, "(none)", version);
+    }
+    if (info.version !== version) {
+      throw new VersionMismatchError(`server at ${this.url} serves '${mid}' version '${info.version}', this device bundle is version '${version}'; update the device bundle or serve the matching server bundle`, String(info.version), version);
+    }
+    this._checked = info;
+    return info;
+  }
+
+  encode(x, { mask = null } = {}) {
+    return this.device.encode(x, { masks: this.masks, mask, certify: this.certify });
+  }
+
+  /** POST one payload (only these bytes leave the device) and parse the answer. */
+  async send(payload) {
+    await this.checkServer();
+    const t0 = (globalThis.performance || Date).now();
+    const r = await this._request("POST", `/v1/models/${encodeURIComponent(this.device.modelId)}/predict`, {
+      body: payload.data, headers: { "Content-Type": "application/octet-stream" },
+    });
+    const latencyMs = (globalThis.performance || Date).now() - t0;
+    if (r.status !== 200) throw await Client._error(r);
+    const body = await r.json();
+    return {
+      label: String(body.label), index: Number(body.index), probabilities: body.probabilities.map(Number),
+      bytesSent: payload.data.length, nnz: payload.nnz, nOutputs: payload.nOutputs, modelId: body.model_id,
+      modelVersion: body.model_version, latencyMs, certificate: payload.certificate, payload,
+    };
+  }
+
+  /** Encode here, send only the payload, return {label, probabilities, bytesSent, certificate, ...}. */
+  async predict(x, { mask = null } = {}) {
+    await this.checkServer();
+    return this.send(await this.encode(x, { mask }));
+  }
+}

@@ -1,0 +1,48 @@
+// Runs the JavaScript device runtime for the pytest parity tests: a JSON job on stdin, JSON results on stdout.
+//   {"module": path, "bundle": dir, "key": hex, "cases": [{"input": [...], "dtype": "uint8"|"float32"|"float64",
+//    "shape": [...]?, "mask": [0/1...]?, "certify": true}]}
+// Each result: {"payload": hex, "activations": [...], "sent": [...], "certificate": {...}} or {"error", "message"}.
+import { pathToFileURL } from "node:url";
+
+const chunks = [];
+for await (const c of process.stdin) chunks.push(c);
+const job = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+const dn = await import(pathToFileURL(job.module).href);
+const out = { results: [] };
+let device;
+try {
+  device = await dn.loadDevice(job.bundle);
+} catch (exc) {
+  out.load_error = { error: exc.name, message: exc.message };
+  process.stdout.write(JSON.stringify(out));
+  process.exit(0);
+}
+const key = job.key ? Uint8Array.from(job.key.match(/../g), (h) => parseInt(h, 16)) : null;
+const masks = key ? new dn.KeyedMasks(key, device.version) : null;
+const Typed = { uint8: Uint8Array, float32: Float32Array, float64: Float64Array, int32: Int32Array };
+const hex = (b) => Buffer.from(b).toString("hex");
+for (const c of job.cases) {
+  try {
+    let x = c.input;
+    const num = (v) => (typeof v === "string" ? Number(v.replace("nan", "NaN").replace("inf", "Infinity")) : v);
+    if (c.dtype) x = new Typed[c.dtype](c.input.flat(Infinity).map(num));
+    if (c.shape) x = { data: x, shape: c.shape };
+    const xv = device.validate(x);
+    const act = device._activations(xv.data.subarray(0, xv.data.length / xv.n));
+    const p = await device.encode(x, { masks, mask: c.mask ?? null, certify: c.certify ?? true });
+    out.results.push({ payload: hex(p.data), activations: Array.from(act), sent: Array.from(p.activations), nnz: p.nnz,
+      certificate: p.certificate });
+  } catch (exc) {
+    out.results.push({ error: exc.name, message: exc.message });
+  }
+}
+if (job.time) {  // per-input encode(+certificate) time, for bench/js_bench.py
+  const xs = job.cases.map((c) => new Typed[c.dtype](c.input.flat(Infinity)));
+  for (const x of xs.slice(0, 5)) await device.encode(x, { masks });  // warm up the JIT
+  const t0 = performance.now();
+  let n = 0;
+  while (performance.now() - t0 < job.time * 1000) { await device.encode(xs[n % xs.length], { masks }); n++; }
+  out.seconds_per_input = (performance.now() - t0) / 1000 / n;
+  out.timed_inputs = n;
+}
+process.stdout.write(JSON.stringify(out));

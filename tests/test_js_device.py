@@ -1,0 +1,215 @@
+"""The JavaScript device runtime (``daonet/web/daonet-device.mjs``) against the numpy one, run in real Node.
+
+For real MNIST and ECG5000 test inputs and one device key, the JS payload bytes must equal the Python
+payload bytes (KeyedMasks: the same HMAC stream), the activations agree to 1e-5 and the certificate to 1e-6;
+bad inputs get the same messages; tampered, truncated or unsupported bundles are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daonet.device import DeviceModel
+from daonet.device.certificate import PrivacyPolicy
+from daonet.device.masks import KeyedMasks
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "src" / "daonet" / "web" / "daonet-device.mjs"
+RUNNER = ROOT / "tests" / "js" / "device_runner.mjs"
+KEY = bytes.fromhex("5a" * 16 + "c3" * 16)
+
+
+def node_binary() -> str | None:
+    """Node >= 18 (fetch + WebCrypto), or None."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    try:
+        major = int(out.lstrip("v").split(".")[0])
+    except ValueError:
+        return None
+    return node if major >= 18 else None
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    binary = node_binary()
+    if binary is None:
+        pytest.skip("Node.js >= 18 is not installed (apt-get install nodejs): the JS device runtime cannot run")
+    return binary
+
+
+def run_js(node: str, bundle: Path, cases: list[dict], key: bytes | None = KEY, time_s: float = 0.0) -> dict:
+    job = {"module": str(MODULE), "bundle": str(bundle), "key": key.hex() if key else None, "cases": cases}
+    if time_s:
+        job["time"] = time_s
+    proc = subprocess.run([node, str(RUNNER)], input=json.dumps(job), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def case(x: np.ndarray, **kw) -> dict:
+    return {"input": np.asarray(x).tolist(), "dtype": "uint8" if x.dtype == np.uint8 else "float32", **kw}
+
+
+def _train_export(tmp: Path, name: str, dataset: str, model: str, n_train: int, raw_dtype: str = "float32",
+                  value_dtype: str = "float32", privacy: dict | None = None, **cfg):
+    import torch
+
+    from daonet.export import export_model
+    from daonet.train import TrainConfig, train
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train(TrainConfig(dataset=dataset, model=model, epochs=1, n_train=n_train, n_test=64, **cfg),
+                       progress=False)
+    finally:
+        torch.set_num_threads(saved)
+    dev, _ = export_model(result.model, tmp / name, model_id=name, classes=result.dataset.classes,
+                          raw_dtype=raw_dtype, value_dtype=value_dtype, privacy=privacy)
+    return dev, result.dataset
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> dict[str, tuple[Path, np.ndarray]]:
+    """Small real models on real MNIST / ECG5000, one per first-layer kind, with their test inputs."""
+    tmp = tmp_path_factory.mktemp("js-parity")
+    out = {}
+    dev, ds = _train_export(tmp, "mnist-mlp", "mnist", "mlp", 1000, raw_dtype="uint8", drop_rate=0.5,
+                            model_kwargs={"hidden": 128, "hidden2": 32})
+    pixels = np.clip(np.rint(ds.x_test[:6] * 255), 0, 255).astype(np.uint8)  # what a phone holds
+    out["dense"] = (dev, pixels)
+    dev, _ = _train_export(tmp, "mnist-cnn-patch", "mnist", "cnn", 500, raw_dtype="uint8", drop_rate=0.5,
+                           model_kwargs={"stem": 8, "patch": 4, "width": 8},
+                           privacy={"max_revealed_energy": 0.5})
+    out["conv2d-patchify"] = (dev, pixels[:4])
+    dev, _ = _train_export(tmp, "mnist-cnn-overlap", "mnist", "cnn", 500, raw_dtype="uint8", drop_rate=0.9,
+                           quantize_levels=8, value_dtype="float16",
+                           model_kwargs={"stem": 2, "patch": 4, "stride": 3, "width": 8})
+    out["conv2d-overlap-quantized-f16"] = (dev, pixels[:3])
+    dev, ecg = _train_export(tmp, "ecg-cnn1d-patch", "ecg5000", "cnn1d", 300, drop_rate=0.5,
+                             model_kwargs={"stem": 8, "patch": 4, "width": 8})
+    signals = ecg.x_test[:6].astype(np.float32)
+    out["conv1d-patchify"] = (dev, signals)
+    dev, _ = _train_export(tmp, "ecg-cnn1d-overlap", "ecg5000", "cnn1d", 300, drop_rate=0.8,
+                           model_kwargs={"stem": 4, "patch": 6, "stride": 2, "width": 8},
+                           privacy={"max_revealed_energy": 0.2})
+    out["conv1d-overlap"] = (dev, signals[:4])
+    return out
+
+
+KINDS = ["dense", "conv2d-patchify", "conv2d-overlap-quantized-f16", "conv1d-patchify", "conv1d-overlap"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_js_payload_bytes_equal_python(node, bundles, kind):
+    bundle, xs = bundles[kind]
+    device = DeviceModel.load(bundle)
+    js = run_js(node, bundle, [case(x) for x in xs])
+    assert "load_error" not in js, js
+    masks = KeyedMasks(KEY, model_version=device.version)
+    sent_total = 0
+    for x, got in zip(xs, js["results"], strict=True):
+        assert "error" not in got, got
+        payload, cert = device.encode_certified(x, masks)
+        assert got["payload"] == payload.data.hex(), f"{kind}: JS payload differs from Python's"
+        np.testing.assert_allclose(np.asarray(got["activations"], np.float32), device.activations(x)[0], atol=1e-5)
+        c = got["certificate"]
+        for field in ("k", "n", "rank", "identifiable", "k_before_policy", "dropped_by_policy", "policy_ok"):
+            assert c[field] == getattr(cert, field), (kind, field, c[field], getattr(cert, field))
+        assert abs(c["revealed_energy"] - cert.revealed_energy) <= 1e-6
+        assert abs(c["max_leverage"] - cert.max_leverage) <= 1e-6
+        if cert.worst_patch is not None:
+            assert c["worst_patch"]["index"] == cert.worst_patch["index"]
+            assert abs(c["worst_patch"]["revealed_energy"] - cert.worst_patch["revealed_energy"]) <= 1e-6
+        sent_total += payload.nnz
+    assert sent_total > 0  # something was actually compared
+
+
+def test_js_certificate_of_explicit_masks_and_policy_drops(node, bundles):
+    """Many random masks on the dense model: the policy path (greedy further dropping) agrees too."""
+    bundle, xs = bundles["dense"]
+    device = DeviceModel.load(bundle)
+    rng = np.random.default_rng(3)
+    masks = [rng.random(device.n_outputs) >= rate for rate in (0.0, 0.3, 0.95) for _ in range(3)]
+    cases = [case(xs[i % len(xs)], mask=m.astype(int).tolist()) for i, m in enumerate(masks)]
+    js = run_js(node, bundle, cases)
+    policy = PrivacyPolicy(max_revealed_energy=None)
+    dropped = 0
+    for i, (m, got) in enumerate(zip(masks, js["results"], strict=True)):
+        payload, cert = device.encode_certified(xs[i % len(xs)], mask=m, policy=policy)
+        assert got["payload"] == payload.data.hex()
+        assert abs(got["certificate"]["revealed_energy"] - cert.revealed_energy) <= 1e-6
+        dropped += cert.dropped_by_policy
+    # the conv1d-overlap bundle has an energy bound: its policy drops more on some inputs
+    bundle, sig = bundles["conv1d-overlap"]
+    device = DeviceModel.load(bundle)
+    keyed = KeyedMasks(KEY, model_version=device.version)
+    js = run_js(node, bundle, [case(x) for x in sig])
+    for x, got in zip(sig, js["results"], strict=True):
+        payload, cert = device.encode_certified(x, keyed)
+        assert got["payload"] == payload.data.hex()
+        assert got["certificate"]["dropped_by_policy"] == cert.dropped_by_policy
+        dropped += cert.dropped_by_policy
+    assert dropped > 0, "no case exercised the policy's further dropping"
+
+
+def test_js_validation_messages_match_python(node, bundles):
+    from daonet.errors import InputError
+
+    bundle, xs = bundles["dense"]
+    device = DeviceModel.load(bundle)
+    bad = [
+        {"input": [1.0, 2.0, 3.0], "dtype": "float32"},
+        {"input": ["nan"] * 784, "dtype": "float32"},
+        {"input": [2.0] * 784, "dtype": "float32"},
+        {"input": [3] * 784, "dtype": "int32"},
+        {"input": [0] * 784, "dtype": "float32", "shape": [2, 392]},
+    ]
+    py_inputs = [np.float32([1, 2, 3]), np.full(784, np.nan, np.float32), np.full(784, 2.0, np.float32),
+                 np.full(784, 3, np.int32), np.zeros((2, 392), np.float32)]
+    js = run_js(node, bundle, bad)
+    for x, got in zip(py_inputs, js["results"], strict=True):
+        with pytest.raises(InputError) as err:
+            device.encode(x)
+        assert got["error"] == "InputError"
+        assert got["message"] == str(err.value)
+
+
+def _copy(bundle: Path, dst: Path) -> Path:
+    shutil.copytree(bundle, dst)
+    return dst
+
+
+def test_js_refuses_tampered_truncated_and_unsupported_bundles(node, bundles, tmp_path):
+    bundle, xs = bundles["dense"]
+    tampered = _copy(bundle, tmp_path / "tampered")
+    weights = tampered / "first_layer.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-7] ^= 0x10
+    weights.write_bytes(bytes(raw))
+    err = run_js(node, tampered, [])["load_error"]
+    assert err["error"] == "BundleError" and "does not match its manifest" in err["message"]
+
+    truncated = _copy(bundle, tmp_path / "truncated")
+    weights = truncated / "first_layer.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert "modified or truncated" in run_js(node, truncated, [])["load_error"]["message"]
+
+    deeper = _copy(bundle, tmp_path / "deeper")
+    manifest = json.loads((deeper / "manifest.json").read_text())
+    manifest["layer"]["block"] = [{"kind": "dense", "out": 64}]
+    (deeper / "manifest.json").write_text(json.dumps(manifest))
+    err = run_js(node, deeper, [])["load_error"]
+    assert err["error"] == "BundleError" and "layer.block" in err["message"] and "does not support" in err["message"]
+
+    missing = run_js(node, tmp_path / "nowhere", [])["load_error"]
+    assert "missing" in missing["message"]
