@@ -5,8 +5,8 @@ Importing this package never imports torch; a test proves it.
 
 from .certificate import Certificate, PrivacyPolicy
 from .client import Client, Prediction, ServerError
-from .masks import KeyedMasks, MaskSource, RandomMasks
+from .masks import KeyedMasks, MaskSource, RandomMasks, SimilarityKeyedMasks
 from .runtime import DeviceModel, DevicePayload
 
 __all__ = ["Certificate", "Client", "DeviceModel", "DevicePayload", "KeyedMasks", "MaskSource", "Prediction",
-           "PrivacyPolicy", "RandomMasks", "ServerError"]
+           "PrivacyPolicy", "RandomMasks", "ServerError", "SimilarityKeyedMasks"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import stat
@@ -128,4 +129,143 @@ class KeyedMasks:
         out = np.empty((x.shape[0], n_outputs), dtype=bool)
         for i, xi in enumerate(x):
             out[i] = self.stream(self.seed(xi, n_outputs, drop_rate), n_outputs).astype(np.uint64) >= threshold
+        return out
+
+
+# -- similarity-keyed masks ---------------------------------------------------------------------------
+SIM_PROJECTION_CONTEXT = b"daonet-simhash-projection-v1"
+SIM_OFFSET_CONTEXT = b"daonet-simhash-offset-v1"
+SIM_MASK_CONTEXT = b"daonet-simhash-mask-v1"
+DEFAULT_SIM_WIDTH = 0.5
+DEFAULT_SIM_GROUPS = 32
+MAX_EXACT = 2**53  # integers JavaScript numbers hold exactly
+
+
+def _u32(v: int) -> bytes:
+    return int(v).to_bytes(4, "little")
+
+
+def _hmac_stream(prk: bytes, n_bytes: int) -> bytes:
+    """``n_bytes`` of HMAC-SHA256 counter mode: block ``i`` = HMAC(prk, uint32_le(i))."""
+    blocks = (n_bytes + 31) // 32
+    return b"".join(hmac.new(prk, _u32(i), hashlib.sha256).digest() for i in range(blocks))[:n_bytes]
+
+
+class SimilarityKeyedMasks:
+    """Near-duplicate-safe masks for streaming sensors: inputs that differ by sensor noise get the same mask.
+
+    Keyed masks (:class:`KeyedMasks`) hash the exact input, so a noisy re-capture draws a brand-new mask and
+    reveals new equations. Here the mask is keyed on a coarse locality-sensitive hash of the input instead:
+    the outputs are split into ``groups``; group ``g`` owns ``dims`` random ±1 projections of the quantized
+    input (derived from the device key, so the server cannot compute buckets), each cut into cells of
+    ``width`` (input units along a unit direction) at a key-derived offset; the group's keep bits are the
+    HMAC-SHA256 counter-mode stream of (key, geometry, g, its cell numbers). A re-capture that stays in the
+    same cells gets the identical mask; one that crosses a cell boundary in group ``g`` re-draws only that
+    group's ``n_outputs / groups`` bits, so leakage grows in small steps, not by a whole fresh mask.
+
+    Exact replays send identical bytes (the cells are an integer function of the quantized input).
+    Everything is integer arithmetic on ``round(x / quantum)`` plus HMAC-SHA256, so a browser client
+    reproduces it bit for bit: the derivation is specified in ``docs/masks.md``.
+    """
+
+    def __init__(self, key: bytes | None = None, key_path: str | Path | None = None, model_version: str = "",
+                 quantum: float = 1.0 / 255.0, width: float = DEFAULT_SIM_WIDTH, groups: int = DEFAULT_SIM_GROUPS,
+                 dims: int = 1) -> None:
+        if key is None:
+            key = load_or_create_key(key_path)
+        if not isinstance(key, bytes | bytearray) or len(key) < 16:
+            raise InputError("the mask key must be at least 16 bytes")
+        if not (isinstance(quantum, int | float) and quantum > 0 and np.isfinite(quantum)):
+            raise InputError(f"quantum must be a positive number, got {quantum!r}")
+        if not (isinstance(width, int | float) and width > 0 and np.isfinite(width)):
+            raise InputError(f"width must be a positive number (input units along a unit direction), got {width!r}")
+        if isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= 4096:
+            raise InputError(f"groups must be an integer in [1, 4096], got {groups!r}")
+        if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= 16:
+            raise InputError(f"dims must be an integer in [1, 16], got {dims!r}")
+        version = str(model_version)
+        if not version.isascii():
+            raise InputError(f"model_version must be ASCII, got {version!r}")
+        self._key = bytes(key)
+        self.model_version = version
+        self.quantum = float(quantum)
+        self.width = float(width)
+        self.groups = groups
+        self.dims = dims
+        self._hash_cache: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+
+    def __repr__(self) -> str:  # never print the key
+        return (f"SimilarityKeyedMasks(model_version={self.model_version!r}, quantum={self.quantum:g}, "
+                f"width={self.width:g}, groups={self.groups}, dims={self.dims}, key=<hidden>)")
+
+    # -- the locality-sensitive hash ---------------------------------------------------------------
+    def cell_width(self, n_inputs: int) -> int:
+        """``W``: the cell width in quantized units, ``round_half_even(width * sqrt(n) / quantum)`` (>= 1)."""
+        w = round(self.width * math.sqrt(n_inputs) / self.quantum)
+        if w >= 2**32:
+            raise InputError(f"width {self.width:g} is too large for quantum {self.quantum:g}; use a smaller width")
+        return max(1, int(w))
+
+    def _geometry(self, n_inputs: int) -> bytes:
+        return (_u32(n_inputs) + _u32(self.groups) + _u32(self.dims) + _u32(self.cell_width(n_inputs))
+                + np.float64(self.quantum).astype("<f8").tobytes())
+
+    def hash_params(self, n_inputs: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Key-derived ±1 projections ``(groups*dims, n)`` int64, offsets ``(groups*dims,)`` in ``[0, W)``, W."""
+        cached = self._hash_cache.get(n_inputs)
+        if cached is not None:
+            return cached
+        rows = self.groups * self.dims
+        width = self.cell_width(n_inputs)
+        geometry = self._geometry(n_inputs)
+        prk = hmac.new(self._key, SIM_PROJECTION_CONTEXT + b"\0" + geometry, hashlib.sha256).digest()
+        bits = np.unpackbits(np.frombuffer(_hmac_stream(prk, (rows * n_inputs + 7) // 8), np.uint8),
+                             bitorder="little")[: rows * n_inputs]
+        signs = (2 * bits.astype(np.int64) - 1).reshape(rows, n_inputs)
+        prk = hmac.new(self._key, SIM_OFFSET_CONTEXT + b"\0" + geometry, hashlib.sha256).digest()
+        offsets = np.frombuffer(_hmac_stream(prk, 4 * rows), "<u4").astype(np.int64) % width
+        self._hash_cache[n_inputs] = (signs, offsets, width)
+        return signs, offsets, width
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """One input -> int64 grid values ``round_half_even(x / quantum)``, flattened in C order."""
+        q = np.rint(np.asarray(x, dtype=np.float64).reshape(-1) / self.quantum)
+        if q.size == 0:
+            raise InputError("input is empty")
+        if not np.isfinite(q).all() or np.abs(q).max() * q.size >= MAX_EXACT:
+            raise InputError(f"input values are too large for quantum {self.quantum:g} (the projection must stay "
+                             "below 2**53); use a larger quantum")
+        return q.astype(np.int64)
+
+    def cells(self, x: np.ndarray) -> np.ndarray:
+        """The cell numbers ``(groups, dims)`` of one input: ``floor((s_r · q + o_r) / W)`` (exact integers)."""
+        q = self.quantize(x)
+        signs, offsets, width = self.hash_params(q.size)
+        return ((signs @ q + offsets) // width).reshape(self.groups, self.dims)
+
+    # -- the masks ---------------------------------------------------------------------------------
+    def group_seed(self, cells: np.ndarray, group: int, n_inputs: int, n_outputs: int, drop_rate: float) -> bytes:
+        """The PRK of one group: HMAC(key, context | version | geometry | n_outputs | p | g | cells)."""
+        version = self.model_version.encode("ascii")
+        msg = (SIM_MASK_CONTEXT + b"\0" + _u32(len(version)) + version + self._geometry(n_inputs)
+               + _u32(n_outputs) + np.float64(drop_rate).astype("<f8").tobytes() + _u32(group)
+               + np.asarray(cells[group], dtype="<i8").tobytes())
+        return hmac.new(self._key, msg, hashlib.sha256).digest()
+
+    def masks(self, x: np.ndarray, n_outputs: int, drop_rate: float) -> np.ndarray:
+        if not 0.0 <= drop_rate < 1.0:
+            raise InputError(f"drop rate must be in [0, 1), got {drop_rate}")
+        if n_outputs < 1:
+            raise InputError(f"n_outputs must be at least 1, got {n_outputs}")
+        threshold = np.uint64(round(drop_rate * 2**32))
+        per_group = (n_outputs + self.groups - 1) // self.groups
+        out = np.empty((x.shape[0], n_outputs), dtype=bool)
+        for i, xi in enumerate(x):
+            cells = self.cells(xi)
+            n_in = int(np.asarray(xi).size)
+            u = np.empty((per_group, self.groups), dtype=np.uint64)  # u[j, g]: output j*groups + g
+            for g in range(self.groups):
+                prk = self.group_seed(cells, g, n_in, n_outputs, drop_rate)
+                u[:, g] = np.frombuffer(_hmac_stream(prk, 4 * per_group), "<u4")
+            out[i] = u.reshape(-1)[:n_outputs] >= threshold
         return out
