@@ -58,6 +58,13 @@ def train(
                                                  "between input and transmitted activations")] = 0.0,
     adversary_weight: Annotated[float, typer.Option(min=0, help="defence: min-max training against a jointly "
                                                     "trained inverse network")] = 0.0,
+    device_layers: Annotated[int, typer.Option(min=1, max=3, help="layers run on the device before dropping: 1 = "
+                                               "the paper's single layer; 2-3 = a localized block (dense layers "
+                                               "for mlp, 3-wide convolutions for cnn/cnn1d)")] = 1,
+    device_pool: Annotated[int, typer.Option(min=0, help="max-pooling window at the device block's output "
+                                             "(cnn/cnn1d); 0 = off")] = 0,
+    noise_std: Annotated[float, typer.Option(min=0, help="defence: Gaussian noise on surviving values, as a "
+                                             "fraction of their RMS on the training data; 0 = off")] = 0.0,
     recommended: Annotated[bool, typer.Option(help="use the measured default operating point for this "
                                               "dataset/model (drop rate, defences, epochs; see README)")] = False,
     out: Annotated[Path, typer.Option(help="run directory to write")] = Path("runs/mnist-mlp"),
@@ -71,7 +78,8 @@ def train(
     cfg = TrainConfig(dataset=dataset, model=model, drop_rate=drop_rate, epochs=epochs, batch_size=batch_size,
                       lr=lr, seed=seed, model_kwargs=parse_kwargs(model_opt), n_train=n_train, n_test=n_test,
                       data_root=str(data_root) if data_root else None, augment=augment,
-                      quantize_levels=quantize_levels, nopeek_weight=nopeek_weight, adversary_weight=adversary_weight)
+                      quantize_levels=quantize_levels, nopeek_weight=nopeek_weight, adversary_weight=adversary_weight,
+                      device_layers=device_layers, device_pool=device_pool, noise_std=noise_std)
     if recommended:
         rec = recommended_config(dataset, model)
         cfg = replace(cfg, drop_rate=rec.drop_rate, epochs=rec.epochs, batch_size=rec.batch_size,

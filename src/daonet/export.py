@@ -1,4 +1,4 @@
-"""Split a trained run into a device bundle (first layer only) and a server bundle (the rest)."""
+"""Split a trained run into a device bundle (first layer, or the localized block) and a server bundle (the rest)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ def export_model(
     out = Path(out)
     first = model.first
     arch = dict(model.arch)
+    if not first.is_linear and (privacy or {}).get("max_revealed_energy") is not None:
+        raise DaonetError("--max-revealed-energy needs the paper's single linear first layer: this model runs a "
+                          "non-linear device block, which the revealed energy does not describe (it is covered "
+                          "by the audit only); export without it")
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
     try:
         dev_dir, srv_dir = staging / "device", staging / "server"
@@ -50,6 +54,7 @@ def export_model(
             "weight": first.weight.detach().cpu().numpy().astype(np.float32),
             "bias": first.bias.detach().cpu().numpy().astype(np.float32),
         }
+        dev_tensors.update({k: v.detach().cpu().numpy().astype(np.float32) for k, v in first.block_tensors().items()})
         if extra_device_files:
             dev_tensors.update({k: np.asarray(v, dtype=np.float32) for k, v in extra_device_files.items()})
         dev_hash = write_weights(dev_dir / DEVICE_WEIGHTS, dev_tensors)
@@ -69,6 +74,7 @@ def export_model(
             "layer": spec, "drop": drop,
             "wire": {"version": WIRE_VERSION, "value_dtype": value_dtype},
             "privacy": privacy or {"max_revealed_energy": None},
+            **({"noise": first.noise_spec()} if first.noise_std else {}),
             "files": {DEVICE_WEIGHTS: dev_hash},
         })
         write_manifest(srv_dir, {

@@ -54,6 +54,10 @@ class TrainConfig:
     quantize_levels: int = 0  # 0: off; L: surviving values on L steps (1: near-binary)
     nopeek_weight: float = 0.0  # weight of distance correlation(x, transmitted h) in the loss
     adversary_weight: float = 0.0  # weight of the (negated) inverse-network loss: min-max training
+    # beyond the paper's single localized layer (docs/device-block-and-noise.md)
+    device_layers: int = 1  # layers run on the device before dropping (1: the paper; 2-3: a localized block)
+    device_pool: int = 0  # max-pooling window at the device block's output (conv models); 0 = off
+    noise_std: float = 0.0  # Gaussian noise on surviving values, x RMS of the non-zero activations; 0 = off
 
     def validate(self) -> None:
         if not 0.0 <= self.drop_rate < 1.0:
@@ -68,7 +72,18 @@ class TrainConfig:
             raise InputError("eval_draws must be at least 1")
         if self.quantize_levels < 0:
             raise InputError(f"--quantize-levels must be >= 0, got {self.quantize_levels}")
-        for name in ("nopeek_weight", "adversary_weight"):
+        if not 1 <= self.device_layers <= 3:
+            raise InputError(f"--device-layers must be 1 (the paper's single layer), 2 or 3, got {self.device_layers}")
+        if self.device_pool < 0 or self.device_pool == 1:
+            raise InputError(f"--device-pool must be 0 (off) or a window of at least 2, got {self.device_pool}")
+        if self.noise_std and self.quantize_levels:
+            raise InputError("--noise-std and --quantize-levels cannot be combined (noise undoes the rounding)")
+        for key, off in (("device_layers", 1), ("device_pool", 0)):
+            given = self.model_kwargs.get(key)
+            if given is not None and getattr(self, key) not in (off, given):
+                raise InputError(f"--{key.replace('_', '-')} {getattr(self, key)} disagrees with --model-opt "
+                                 f"{key}={given}; give it once")
+        for name in ("nopeek_weight", "adversary_weight", "noise_std"):
             value = getattr(self, name)
             if not (value >= 0 and np.isfinite(value)):
                 raise InputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
@@ -108,12 +123,18 @@ def make_progress(transient: bool = False) -> Progress:
 def model_for(cfg: TrainConfig, ds: Dataset) -> SplitModel:
     mean, std = ds.normalization()
     kwargs = {**DEFAULT_KWARGS.get(cfg.model, {}), **cfg.model_kwargs}
+    if cfg.device_layers != 1:  # only when set: old configs and custom architectures stay unchanged
+        kwargs["device_layers"] = cfg.device_layers
+    if cfg.device_pool:
+        kwargs["device_pool"] = cfg.device_pool
     arch = {
         "name": cfg.model, "in_shape": list(ds.input_shape), "n_classes": ds.n_classes,
         "drop_rate": cfg.drop_rate, "mean": mean, "std": std, "kwargs": kwargs,
     }
     if cfg.quantize_levels:
         arch["quantize_levels"] = cfg.quantize_levels
+    if cfg.noise_std:
+        arch["noise_std"] = cfg.noise_std
     return build_model(arch)
 
 
@@ -213,6 +234,8 @@ def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = True) ->
                 bar.update(task, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss {total / n:.3f}")
     train_time = time.perf_counter() - t0
     model.first.generator = None
+    model.eval()
+    model.first.calibrate_noise(x)  # fixes the absolute noise scale from (public) training data
     ev = evaluate(model, ds.x_test, ds.y_test, draws=cfg.eval_draws, seed=cfg.seed + 1)
     metrics: dict[str, Any] = {
         "dataset": ds.name, "model": cfg.model, "drop_rate": cfg.drop_rate,
@@ -223,7 +246,10 @@ def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = True) ->
         "train_time_s": round(train_time, 3), "epochs": cfg.epochs,
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "torch_threads": torch.get_num_threads(),
+        "device_layers": model.first.device_layers,
     }
+    if cfg.noise_std:
+        metrics["noise"] = model.first.noise_spec()
     if cfg.drop_rate == 0:
         metrics["accuracy_without_dropping"] = ev["accuracy_mean"]
     return TrainResult(model, cfg, metrics, ds)

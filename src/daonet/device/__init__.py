@@ -3,10 +3,11 @@
 Importing this package never imports torch; a test proves it.
 """
 
+from .block import BlockCertificate
 from .certificate import Certificate, PrivacyPolicy
 from .client import Client, Prediction, ServerError
 from .masks import KeyedMasks, MaskSource, RandomMasks, SimilarityKeyedMasks
 from .runtime import DeviceModel, DevicePayload
 
-__all__ = ["Certificate", "Client", "DeviceModel", "DevicePayload", "KeyedMasks", "MaskSource", "Prediction",
-           "PrivacyPolicy", "RandomMasks", "ServerError", "SimilarityKeyedMasks"]
+__all__ = ["BlockCertificate", "Certificate", "Client", "DeviceModel", "DevicePayload", "KeyedMasks", "MaskSource",
+           "Prediction", "PrivacyPolicy", "RandomMasks", "ServerError", "SimilarityKeyedMasks"]

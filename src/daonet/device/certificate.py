@@ -120,6 +120,10 @@ class Certificate:
     policy: dict[str, Any] | None = None
     patches: PatchStats | None = None
     worst_patch: dict[str, Any] | None = field(default=None)
+    exact: bool = True  # False with noise on surviving values: the numbers are then an upper bound
+    note: str | None = None
+
+    applies = True  # the algebra describes what is sent (a block gets a BlockCertificate instead)
 
     @property
     def rank_fraction(self) -> float:
@@ -134,6 +138,8 @@ class Certificate:
         }
         if self.worst_patch is not None:
             out["worst_patch"] = self.worst_patch
+        if not self.exact:
+            out.update(exact=False, note=self.note)
         if per_patch and self.patches is not None:
             out["patches"] = self.patches.to_dict()
         return out
@@ -143,6 +149,8 @@ class Certificate:
              f"revealed energy {self.revealed_energy:.3f}")
         if self.dropped_by_policy:
             s += f", policy dropped {self.dropped_by_policy} more"
+        if self.note:
+            s += f" ({self.note})"
         return s
 
 
@@ -154,6 +162,9 @@ class FirstLayerSystem:
     """
 
     def __init__(self, device: DeviceModel) -> None:
+        if not getattr(device, "is_linear", True):
+            raise BundleError("non-linear block: covered by the audit only (the first-layer equations do not "
+                              "describe a device block's output)")
         self.kind = device.kind
         self.input_shape = tuple(device.input_shape)
         self.output_shape = tuple(device.output_shape)

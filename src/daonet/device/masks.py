@@ -25,6 +25,7 @@ from ..errors import InputError
 KEY_BYTES = 32
 DEFAULT_KEY_PATH = Path("~/.daonet/device_key")
 MASK_CONTEXT = b"daonet-mask-v1"
+NOISE_CONTEXT = b"daonet-noise-v1"
 
 
 class MaskSource(Protocol):
@@ -33,14 +34,27 @@ class MaskSource(Protocol):
     def masks(self, x: np.ndarray, n_outputs: int, drop_rate: float) -> np.ndarray: ...
 
 
+class NoiseSource(Protocol):
+    """Standard noise for the surviving values (manifest ``noise``): ``(N, n_outputs)`` float64, zero where
+    ``where`` is False. Mask sources implement it, so masks and noise come from one device-owned source."""
+
+    def noise(self, x: np.ndarray, where: np.ndarray, n_outputs: int, drop_rate: float) -> np.ndarray: ...
+
+
 class RandomMasks:
-    """Fresh Bernoulli masks from a device-owned generator (seed it in tests, never on a device)."""
+    """Fresh Bernoulli masks (and Gaussian noise) from a device-owned generator (seed it in tests only)."""
 
     def __init__(self, seed: int | np.random.Generator | None = None) -> None:
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
     def masks(self, x: np.ndarray, n_outputs: int, drop_rate: float) -> np.ndarray:
         return self.rng.random((x.shape[0], n_outputs)) >= drop_rate
+
+    def noise(self, x: np.ndarray, where: np.ndarray, n_outputs: int, drop_rate: float) -> np.ndarray:
+        """Standard Gaussian noise at ``where`` (fresh for every request)."""
+        out = np.zeros(where.shape, dtype=np.float64)
+        out[where] = self.rng.standard_normal(int(where.sum()))
+        return out
 
 
 def _check_key_file(path: Path) -> bytes:
@@ -130,6 +144,31 @@ class KeyedMasks:
         for i, xi in enumerate(x):
             out[i] = self.stream(self.seed(xi, n_outputs, drop_rate), n_outputs).astype(np.uint64) >= threshold
         return out
+
+    def noise(self, x: np.ndarray, where: np.ndarray, n_outputs: int, drop_rate: float) -> np.ndarray:
+        """Replay-safe noise: the same input gets the same noise, so a re-send repeats the same bytes.
+
+        Output ``i`` of an input with mask PRK ``prk`` (:meth:`seed`) gets :func:`index_noise` ``(prk, i)``.
+        """
+        out = np.zeros(where.shape, dtype=np.float64)
+        for r, (xi, row) in enumerate(zip(x, where, strict=True)):
+            idx = np.flatnonzero(row)
+            if idx.size:
+                out[r, idx] = index_noise(self.seed(xi, n_outputs, drop_rate), idx)
+        return out
+
+
+def index_noise(prk: bytes, indices: np.ndarray) -> np.ndarray:
+    """Standard noise for outputs ``indices``, derived from a mask PRK (replay-safe, reproducible in JS).
+
+    ``b_i = HMAC(HMAC(prk, "daonet-noise-v1"), uint32_le(i))``; ``e_i = sum_{j<12} (u_j + 0.5) / 65536 - 6``
+    with ``u_j`` the first twelve little-endian uint16 of ``b_i``: the Irwin-Hall approximation of a standard
+    normal (mean 0, variance 1, bounded by 6), exact in float64, so a JavaScript device gets the same bits.
+    """
+    nprk = hmac.new(prk, NOISE_CONTEXT, hashlib.sha256).digest()
+    raw = b"".join(hmac.new(nprk, int(i).to_bytes(4, "little"), hashlib.sha256).digest()[:24] for i in indices)
+    u = np.frombuffer(raw, dtype="<u2").reshape(len(indices), 12).astype(np.float64)
+    return ((u + 0.5) / 65536.0).sum(1) - 6.0
 
 
 # -- similarity-keyed masks ---------------------------------------------------------------------------
@@ -268,4 +307,20 @@ class SimilarityKeyedMasks:
                 prk = self.group_seed(cells, g, n_in, n_outputs, drop_rate)
                 u[:, g] = np.frombuffer(_hmac_stream(prk, 4 * per_group), "<u4")
             out[i] = u.reshape(-1)[:n_outputs] >= threshold
+        return out
+
+    def noise(self, x: np.ndarray, where: np.ndarray, n_outputs: int, drop_rate: float) -> np.ndarray:
+        """Noise that follows the mask: output ``i`` (group ``g = i mod groups``) gets :func:`index_noise`
+        ``(group_seed(g), i)``, so a near-duplicate in the same cells gets the same noise as well as the same
+        mask (fresh noise per re-capture would average away over repeats)."""
+        out = np.zeros(where.shape, dtype=np.float64)
+        for r, (xi, row) in enumerate(zip(x, where, strict=True)):
+            idx = np.flatnonzero(row)
+            if not idx.size:
+                continue
+            cells = self.cells(xi)
+            n_in = int(np.asarray(xi).size)
+            for g in np.unique(idx % self.groups):
+                members = idx[idx % self.groups == g]
+                out[r, members] = index_noise(self.group_seed(cells, int(g), n_in, n_outputs, drop_rate), members)
         return out

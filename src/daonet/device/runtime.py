@@ -2,11 +2,13 @@
 
 This is everything a phone or wearable app runs. It reads only ``bundle/device``: the first layer's
 weights and a JSON manifest. No torch, no server weights, no network (see ``client`` for that).
+Optional, per manifest: a localized block after the first layer (``layer.block``) and noise on the
+surviving values (``noise``); see :mod:`daonet.device.block`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -17,10 +19,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..bundle import DEVICE_FORMAT, ManifestIdentity, load_bundle
 from ..errors import BundleError, InputError
 from ..wire import encode, read_frame
+from .block import NOISE_NOTE, BlockCertificate, BlockStep, NoiseSpec, add_noise, run_block
 from .certificate import Certificate, FirstLayerSystem, PrivacyPolicy, apply_policy, certify
 from .masks import MaskSource, RandomMasks
 
 RANGE_TOLERANCE = 1e-6
+AnyCertificate = Certificate | BlockCertificate  # a block gets the plain "covered by the audit only" form
+BLOCK_NOTE_REFUSAL = ("non-linear block: covered by the audit only (the first-layer equations, their certificate "
+                      "and the white-box attacks on W apply to a single linear layer)")
 
 
 @dataclass(frozen=True)
@@ -50,8 +56,12 @@ class DeviceModel(ManifestIdentity):
         layer = manifest["layer"]
         self.kind: str = layer["kind"]
         self.input_shape = tuple(int(s) for s in manifest["input"]["shape"])
-        self.output_shape = tuple(int(s) for s in layer["output_shape"])
+        self.output_shape = tuple(int(s) for s in layer["output_shape"])  # what is dropped and sent
+        self.first_output_shape = tuple(int(s) for s in layer.get("first_output_shape") or self.output_shape)
         self.n_outputs = int(layer["n_outputs"])
+        self.block: tuple[BlockStep, ...] = tuple(BlockStep.from_manifest(step, layer["kind"])
+                                                  for step in layer.get("block") or ())
+        self.noise: NoiseSpec | None = NoiseSpec.from_manifest(manifest.get("noise"))
         self.kernel = tuple(layer.get("kernel") or ())
         self.stride = tuple(layer.get("stride") or ())
         self.drop_rate = float(manifest["drop"]["rate"])
@@ -68,6 +78,10 @@ class DeviceModel(ManifestIdentity):
         self.bias = np.asarray(bias, dtype=np.float32)
         self.extras = extras or {}
         self._check_geometry()
+        if not self.is_linear and self.policy.max_revealed_energy is not None:
+            raise BundleError("this device bundle runs a non-linear block but its privacy policy sets "
+                              "max_revealed_energy: the revealed energy is defined for a single linear layer "
+                              "only; re-export without --max-revealed-energy (a block is covered by the audit)")
 
     # -- loading --------------------------------------------------------------------------------
     @classmethod
@@ -80,7 +94,7 @@ class DeviceModel(ManifestIdentity):
         return cls(manifest, tensors["weight"], tensors["bias"], extras, bundle_dir)
 
     def _check_geometry(self) -> None:
-        out_c = self.output_shape[0]
+        out_c = self.first_output_shape[0]
         if self.kind == "dense":
             expected = (out_c, int(np.prod(self.input_shape)))
         elif self.kind == "conv1d":
@@ -92,6 +106,26 @@ class DeviceModel(ManifestIdentity):
         if self.weight.shape != expected or self.bias.shape != (out_c,):
             raise BundleError(f"first-layer weight has shape {self.weight.shape}, manifest implies {expected}; "
                               "the bundle is inconsistent, re-export it")
+        shape = self.first_output_shape
+        for step in self.block:
+            step.check(self.extras)
+            shape = step.out_shape(shape)
+        if shape != self.output_shape or int(np.prod(shape)) != self.n_outputs:
+            raise BundleError(f"the device block outputs {shape}, the manifest says {self.output_shape} "
+                              f"({self.n_outputs} outputs); the bundle is inconsistent, re-export it")
+
+    @property
+    def is_linear(self) -> bool:
+        """True for the paper's single linear layer + ReLU (the algebraic certificate and white-box attacks on
+        ``W`` apply); False for a localized block, which only the audit's learned attackers measure."""
+        return not self.block
+
+    def describe_block(self) -> str:
+        """The device computation in words, e.g. ``"dense 784->800 + ReLU, dense 800->800 + ReLU"``."""
+        first = (f"dense {self.weight.shape[1]}->{self.weight.shape[0]} + ReLU" if self.kind == "dense" else
+                 f"{self.kind} {self.input_shape[0]}->{self.weight.shape[0]} kernel {list(self.kernel)} "
+                 f"stride {list(self.stride)} + ReLU")
+        return ", ".join([first, *(step.describe() for step in self.block)])
 
     @property
     def raw_input_bytes(self) -> int:
@@ -153,10 +187,13 @@ class DeviceModel(ManifestIdentity):
         else:
             win = sliding_window_view(z, self.kernel, axis=(2, 3))[:, :, :: self.stride[0], :: self.stride[1]]
             out = np.einsum("nchwij,ocij->nohw", win, w, optimize=True) + b[:, None, None]
-        out = out.reshape(n, -1).astype(np.float32)
-        if out.shape[1] != self.n_outputs:
-            raise BundleError(f"first layer produced {out.shape[1]} outputs, manifest says {self.n_outputs}")
+        out = out.astype(np.float32)
         h = np.maximum(out, 0.0, dtype=np.float32)
+        if self.block:
+            h = run_block(h.reshape((n, *self.first_output_shape)), self.block, self._block64)
+        h = h.reshape(n, -1)
+        if h.shape[1] != self.n_outputs:
+            raise BundleError(f"the device layers produced {h.shape[1]} outputs, manifest says {self.n_outputs}")
         if self.quantize:  # same rounding as LocalizedFirstLayer.quantize (a defence: coarse values)
             levels, clip = int(self.quantize["levels"]), np.float32(abs(self.quantize["clip"]) + 1e-6)
             step = clip / np.float32(levels)
@@ -169,12 +206,19 @@ class DeviceModel(ManifestIdentity):
 
     def _drop(self, xb: np.ndarray, masks: MaskSource | None, mask: np.ndarray | None) -> np.ndarray:
         h = self._activations(xb)
-        if mask is None:
-            if self.drop_rate == 0:
-                return h
-            mask = (masks or RandomMasks()).masks(xb, self.n_outputs, self.drop_rate)
-        mask = np.asarray(mask, dtype=bool).reshape(h.shape)
-        return np.where(mask, h, np.float32(0))
+        if mask is None and self.drop_rate > 0:
+            masks = masks or RandomMasks()
+            mask = masks.masks(xb, self.n_outputs, self.drop_rate)
+        if mask is not None:
+            h = np.where(np.asarray(mask, dtype=bool).reshape(h.shape), h, np.float32(0))
+        if self.noise is not None:
+            source = masks or RandomMasks()
+            if not hasattr(source, "noise"):
+                raise InputError(f"this bundle adds noise to surviving values but the mask source "
+                                 f"{type(source).__name__} cannot draw it; use RandomMasks or KeyedMasks")
+            standard = source.noise(xb, h > 0, self.n_outputs, self.drop_rate)  # type: ignore[attr-defined]
+            h = add_noise(h, standard, self.noise)
+        return h
 
     def encode(self, x: Any, masks: MaskSource | None = None, mask: np.ndarray | None = None) -> DevicePayload:
         """One input -> the payload bytes (wire format v1, see :mod:`daonet.wire`)."""
@@ -203,6 +247,12 @@ class DeviceModel(ManifestIdentity):
     def _bias64(self) -> np.ndarray:
         return self.bias.astype(np.float64)
 
+    @cached_property
+    def _block64(self) -> dict[str, np.ndarray]:
+        """The block's weights in float64 (same recipe as the first layer: accumulate in float64)."""
+        return {name: self.extras[name].astype(np.float64) for step in self.block if step.op != "maxpool"
+                for name in (step.weight, step.bias)}
+
     # -- the privacy certificate and policy (see :mod:`daonet.device.certificate`) ----------------
     @cached_property
     def public_mean(self) -> np.ndarray:
@@ -216,6 +266,8 @@ class DeviceModel(ManifestIdentity):
     @cached_property
     def system(self) -> FirstLayerSystem:
         """The first layer as equations over the raw input (built once, on first use)."""
+        if not self.is_linear:
+            raise BundleError(f"{BLOCK_NOTE_REFUSAL}; check DeviceModel.is_linear first")
         return FirstLayerSystem(self)
 
     @property
@@ -229,16 +281,26 @@ class DeviceModel(ManifestIdentity):
             return np.where(row.astype(np.float16) > 0, row, np.float32(0))
         return row
 
-    def certify(self, x: Any, sent: np.ndarray) -> Certificate:
+    def certify(self, x: Any, sent: np.ndarray) -> AnyCertificate:
         """Certificate of one input ``x`` and the dropped activation vector that would be sent for it."""
         xb = self.validate(x)
         if xb.shape[0] != 1:
             raise InputError(f"certify takes one input; got a batch of {xb.shape[0]}")
-        return certify(self.system, xb[0], self._as_sent(np.asarray(sent, np.float32).reshape(-1)),
-                       self.public_mean)
+        row = self._as_sent(np.asarray(sent, np.float32).reshape(-1))
+        if not self.is_linear:
+            return self._block_certificate(row)
+        return self._mark_noise(certify(self.system, xb[0], row, self.public_mean))
+
+    def _block_certificate(self, row: np.ndarray, k_before: int | None = None) -> BlockCertificate:
+        k = int(np.count_nonzero(row))
+        return BlockCertificate(k=k, n=int(np.prod(self.input_shape)), n_outputs=self.n_outputs,
+                                block=self.describe_block(), k_before_policy=k if k_before is None else k_before)
+
+    def _mark_noise(self, cert: Certificate) -> Certificate:
+        return replace(cert, exact=False, note=NOISE_NOTE) if self.noise is not None else cert
 
     def encode_certified(self, x: Any, masks: MaskSource | None = None, mask: np.ndarray | None = None,
-                         policy: PrivacyPolicy | None = None) -> tuple[DevicePayload, Certificate]:
+                         policy: PrivacyPolicy | None = None) -> tuple[DevicePayload, AnyCertificate]:
         """Like :meth:`encode`, but enforces the privacy policy (default: the manifest's) and returns the
         request's certificate, which stays on the device."""
         xb = self.validate(x)
@@ -247,18 +309,28 @@ class DeviceModel(ManifestIdentity):
         return self._encode_certified(xb, masks, mask, policy)[0]
 
     def encode_many_certified(self, xs: Any, masks: MaskSource | None = None, mask: np.ndarray | None = None,
-                              policy: PrivacyPolicy | None = None) -> list[tuple[DevicePayload, Certificate]]:
+                              policy: PrivacyPolicy | None = None) -> list[tuple[DevicePayload, AnyCertificate]]:
         """Batch form of :meth:`encode_certified`: random mask, then the policy, then the wire."""
         return self._encode_certified(self.validate(xs), masks, mask, policy)
 
     def _encode_certified(self, xb: np.ndarray, masks: MaskSource | None, mask: np.ndarray | None,
-                          policy: PrivacyPolicy | None) -> list[tuple[DevicePayload, Certificate]]:
+                          policy: PrivacyPolicy | None) -> list[tuple[DevicePayload, AnyCertificate]]:
         policy = policy if policy is not None else self.policy
         dropped = self._drop(xb, masks, mask)
+        out: list[tuple[DevicePayload, AnyCertificate]] = []
+        if not self.is_linear:
+            if policy.max_revealed_energy is not None:
+                raise InputError(f"a revealed-energy policy cannot be enforced for this device block: "
+                                 f"{BLOCK_NOTE_REFUSAL}")
+            for row in dropped:
+                sent = self._as_sent(row)
+                cert = self._block_certificate(sent)
+                out.append((self._payload(sent, cert), cert))
+            return out
         mu = self.public_mean
-        out = []
         for x, row in zip(xb, dropped, strict=True):
             sent, cert = apply_policy(self.system, x, self._as_sent(row), policy, mu)
+            cert = self._mark_noise(cert)
             out.append((self._payload(sent, cert), cert))
         return out
 

@@ -4,6 +4,18 @@ Dropping is Bernoulli with rate ``p`` and is active in training *and* at inferen
 ordinary dropout). Surviving values are **not rescaled**: the server receives the exact ReLU
 outputs ``h_S = relu(W_S x + b_S)``, which keeps the privacy certificate's algebra exact and
 training/inference identical (the rest of the network simply learns the 1-p scale).
+
+Two options go beyond the paper's single layer (both off by default):
+
+* a **localized first block** (``device_layers`` > 1): after the first layer, further dense layers or
+  "same" 3-wide convolutions, each followed by ReLU, and an optional max pooling, all on the device;
+  dropping happens at the block's output. The block is not linear in the input, so the algebraic
+  certificate does not apply to it: the audit's learned attackers measure it.
+* **noise on surviving values** (``noise_std`` > 0): every surviving non-zero value gets
+  ``max(h + sigma * e, floor)`` with ``e`` standard normal. ``noise_std`` is relative to the RMS of the
+  non-zero activations (per batch while training); after training the absolute ``sigma`` is fixed from
+  the public training data (:meth:`LocalizedFirstLayer.calibrate_noise`) and exported in the manifest.
+  The floor keeps values positive, because on the wire zero means "absent".
 """
 
 from __future__ import annotations
@@ -16,6 +28,9 @@ from torch import nn
 from ..errors import InputError
 
 KINDS = ("dense", "conv1d", "conv2d")
+MAX_DEVICE_LAYERS = 3
+NOISE_FLOOR_FRACTION = 0.01  # floor = max(0.01 * sigma, NOISE_MIN_FLOOR): surviving values stay non-zero
+NOISE_MIN_FLOOR = 1e-4  # above float16's smallest normal (6.1e-5), so a float16 wire never drops a survivor
 
 
 def _as_tuple(v: int | tuple[int, ...] | list[int], n: int) -> tuple[int, ...]:
@@ -54,6 +69,9 @@ class LocalizedFirstLayer(nn.Module):
         drop_rate: float = 0.0,
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        device_layers: int = 1,
+        block_width: int | None = None,
+        device_pool: int = 0,
     ) -> None:
         super().__init__()
         if kind not in KINDS:
@@ -93,11 +111,84 @@ class LocalizedFirstLayer(nn.Module):
             if min(spatial) < 1:
                 raise InputError(f"kernel {self.kernel} is larger than the input {self.in_shape[1:]}")
             self.output_shape = (out,) + spatial
+        self.first_output_shape: tuple[int, ...] = self.output_shape
+        self.block = self._build_block(device_layers, block_width or out, device_pool)
         self.n_outputs = 1
         for s in self.output_shape:
             self.n_outputs *= s
         self.generator: torch.Generator | None = None
         self.quantize_levels = 0
+        self.noise_std = 0.0  # relative to the RMS of non-zero activations; 0 = off
+
+    def _build_block(self, device_layers: int, width: int, pool: int) -> nn.ModuleList:
+        """Layers 2..``device_layers`` of the device block (+ optional max pooling); updates ``output_shape``."""
+        if not 1 <= int(device_layers) <= MAX_DEVICE_LAYERS:
+            raise InputError(f"device layers must be 1 to {MAX_DEVICE_LAYERS}, got {device_layers}")
+        if width < 1:
+            raise InputError(f"block width must be at least 1, got {width}")
+        if pool < 0 or pool == 1:
+            raise InputError(f"device pooling must be 0 (off) or a window of at least 2, got {pool}")
+        self.device_layers = int(device_layers)
+        self.block_width = int(width) if device_layers > 1 else None
+        self.device_pool = int(pool)
+        block = nn.ModuleList()
+        channels = self.output_shape[0]
+        for _ in range(self.device_layers - 1):
+            if self.kind == "dense":
+                block.append(nn.Linear(channels, width))
+            else:
+                conv = nn.Conv1d if self.kind == "conv1d" else nn.Conv2d
+                block.append(conv(channels, width, 3, 1, 1))  # "same" convolution: spatial shape kept
+            channels = width
+        spatial = self.output_shape[1:]
+        if pool:
+            if self.kind == "dense":
+                raise InputError("device pooling needs a convolutional first layer (cnn, cnn1d); "
+                                 "a dense block has no spatial axis")
+            if min(spatial) < pool:
+                raise InputError(f"device pooling window {pool} is larger than the block's output {spatial}")
+            spatial = tuple(s // pool for s in spatial)
+        self.output_shape = (channels, *spatial)
+        return block
+
+    @property
+    def is_linear(self) -> bool:
+        """True for the paper's single linear layer (+ ReLU): the algebraic certificate applies."""
+        return self.device_layers == 1 and not self.device_pool
+
+    def set_noise(self, noise_std: float) -> None:
+        """Add Gaussian noise to surviving values: ``noise_std`` times the RMS of the non-zero activations.
+
+        The absolute scale used at inference is the ``noise_sigma`` buffer (saved with the weights), set by
+        :meth:`calibrate_noise` after training; while training the current batch's RMS is used.
+        """
+        if not (noise_std >= 0 and float(noise_std) < float("inf")):
+            raise InputError(f"noise std must be a finite number >= 0, got {noise_std}")
+        if noise_std and self.quantize_levels:
+            raise InputError("noise on surviving values and quantization cannot be combined: noise would undo "
+                             "the rounding; pick one")
+        self.noise_std = float(noise_std)
+        if noise_std and not hasattr(self, "noise_sigma"):
+            self.register_buffer("noise_sigma", torch.tensor(0.0))
+
+    @torch.no_grad()
+    def calibrate_noise(self, x: torch.Tensor, batch: int = 1000) -> float:
+        """Fix the absolute noise scale from public data: ``noise_std`` x RMS of the non-zero activations."""
+        if not self.noise_std:
+            return 0.0
+        sq, count = 0.0, 0
+        for i in range(0, len(x), batch):
+            h = self.activations(x[i:i + batch])
+            nz = h[h > 0]
+            sq += float((nz.double() ** 2).sum())
+            count += int(nz.numel())
+        rms = (sq / count) ** 0.5 if count else 1.0
+        self.noise_sigma.fill_(self.noise_std * rms)
+        return float(self.noise_sigma)
+
+    @property
+    def noise_floor(self) -> float:
+        return max(NOISE_FLOOR_FRACTION * float(self.noise_sigma), NOISE_MIN_FLOOR) if self.noise_std else 0.0
 
     def set_quantization(self, levels: int, clip: float = 3.0) -> None:
         """Transmit surviving values on ``levels`` uniform steps of ``[0, clip]`` (``clip`` is learned,
@@ -105,6 +196,8 @@ class LocalizedFirstLayer(nn.Module):
         outputs fired. The device applies the same rounding (manifest ``layer.quantize``)."""
         if levels < 0:
             raise InputError(f"quantization levels must be >= 0, got {levels}")
+        if levels and self.noise_std:
+            raise InputError("quantization and noise on surviving values cannot be combined; pick one")
         self.quantize_levels = int(levels)
         if levels and not hasattr(self, "quant_clip"):
             self.quant_clip = nn.Parameter(torch.tensor(float(clip)))
@@ -117,12 +210,44 @@ class LocalizedFirstLayer(nn.Module):
     def bias(self) -> torch.Tensor:
         return self.op.bias
 
+    def block_spec(self) -> list[dict[str, Any]]:
+        """The device block after the first layer, in order (empty for the paper's single layer).
+
+        Each step: ``{"op": "dense"|"conv1d"|"conv2d", "in", "out", "kernel", "stride", "padding",
+        "activation": "relu", "weight", "bias"}`` (weight/bias: tensor names in the device bundle) or
+        ``{"op": "maxpool", "size"}`` (window = stride, floor, over every spatial axis).
+        """
+        steps: list[dict[str, Any]] = []
+        for i, op in enumerate(self.block):
+            step: dict[str, Any] = {"op": self.kind, "in": int(op.weight.shape[1]), "out": int(op.weight.shape[0]),
+                                    "activation": "relu", "weight": f"block.{i}.weight", "bias": f"block.{i}.bias"}
+            if self.kind == "dense":
+                step.update(kernel=[], stride=[], padding=[])
+            else:
+                nd = len(self.kernel)
+                step.update(kernel=[3] * nd, stride=[1] * nd, padding=[1] * nd)
+            steps.append(step)
+        if self.device_pool:
+            steps.append({"op": "maxpool", "size": self.device_pool})
+        return steps
+
+    def block_tensors(self) -> dict[str, torch.Tensor]:
+        """The block's weights under the names :meth:`block_spec` gives."""
+        out: dict[str, torch.Tensor] = {}
+        for i, op in enumerate(self.block):
+            out[f"block.{i}.weight"], out[f"block.{i}.bias"] = op.weight, op.bias
+        return out
+
     def spec(self) -> dict[str, Any]:
-        """Geometry for manifests (what the numpy device runtime needs to rebuild the op)."""
-        return {
+        """Geometry for manifests (what the numpy device runtime needs to rebuild the op).
+
+        ``out_channels`` is the *first layer's*; ``output_shape``/``n_outputs`` describe what is dropped and
+        sent (the block's output). ``block`` and ``first_output_shape`` appear only for a device block.
+        """
+        spec: dict[str, Any] = {
             "kind": self.kind,
             "in_shape": list(self.in_shape),
-            "out_channels": int(self.output_shape[0]),
+            "out_channels": int(self.first_output_shape[0]),
             "kernel": list(self.kernel),
             "stride": list(self.stride),
             "output_shape": list(self.output_shape),
@@ -131,6 +256,17 @@ class LocalizedFirstLayer(nn.Module):
             "quantize": ({"levels": self.quantize_levels, "clip": float(self.quant_clip.detach())}
                          if self.quantize_levels else None),
         }
+        if not self.is_linear:
+            spec["first_output_shape"] = list(self.first_output_shape)
+            spec["block"] = self.block_spec()
+        return spec
+
+    def noise_spec(self) -> dict[str, Any] | None:
+        """The manifest's ``noise`` object (absolute scale, fixed by :meth:`calibrate_noise`), or None."""
+        if not self.noise_std:
+            return None
+        return {"kind": "gaussian", "std": float(self.noise_sigma), "relative_std": self.noise_std,
+                "floor": self.noise_floor, "applies_to": "surviving"}
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """ReLU outputs before dropping."""
@@ -138,6 +274,11 @@ class LocalizedFirstLayer(nn.Module):
         if self.kind == "dense":
             z = z.flatten(1)
         h = torch.relu(self.op(z))
+        for op in self.block:
+            h = torch.relu(op(h))
+        if self.device_pool:
+            pool = nn.functional.max_pool1d if self.kind == "conv1d" else nn.functional.max_pool2d
+            h = pool(h, self.device_pool)
         if self.quantize_levels:
             h = quantize(h, self.quant_clip, self.quantize_levels)
         return h
@@ -146,13 +287,33 @@ class LocalizedFirstLayer(nn.Module):
         keep = 1.0 - self.drop_rate
         return torch.rand(shape, generator=self.generator, device=device) < keep
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def add_noise(self, h: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``max(h + sigma * e, floor)`` on non-zero values (zeros stay zeros: they are not sent).
+
+        ``noise``: the standard noise ``e`` (same shape as ``h``), e.g. the device's own draw in parity
+        tests; default: drawn from ``self.generator``. Training uses the batch's RMS for sigma.
+        """
+        if not self.noise_std:
+            return h
+        if self.training:
+            nz = h.detach()[h.detach() > 0]
+            sigma = self.noise_std * float(nz.pow(2).mean().sqrt()) if nz.numel() else 0.0
+            floor = max(NOISE_FLOOR_FRACTION * sigma, NOISE_MIN_FLOOR)
+        else:
+            sigma, floor = float(self.noise_sigma), self.noise_floor
+        if noise is None:
+            noise = torch.randn(h.shape, generator=self.generator, device=h.device, dtype=h.dtype)
+        noisy = torch.clamp(h + sigma * noise.reshape(h.shape).to(h.dtype), min=floor)
+        return torch.where(h > 0, noisy, h)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
         h = self.activations(x)
         if mask is not None:
-            return h * mask.reshape(h.shape).to(h.dtype)
-        if self.drop_rate > 0:
-            return h * self.sample_mask(h.shape, h.device).to(h.dtype)
-        return h
+            h = h * mask.reshape(h.shape).to(h.dtype)
+        elif self.drop_rate > 0:
+            h = h * self.sample_mask(h.shape, h.device).to(h.dtype)
+        return self.add_noise(h, noise)
 
 
 class SplitModel(nn.Module):
@@ -164,5 +325,6 @@ class SplitModel(nn.Module):
         self.rest = rest
         self.arch = arch  # {"name": ..., "kwargs": {...}}: enough to rebuild the architecture
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.rest(self.first(x, mask))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.rest(self.first(x, mask, noise))

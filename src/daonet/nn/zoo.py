@@ -1,5 +1,11 @@
 """A small model zoo. Examples, not the limit: register any architecture whose first block is a
-:class:`LocalizedFirstLayer` with :func:`register_arch` and the whole tool chain works with it."""
+:class:`LocalizedFirstLayer` with :func:`register_arch` and the whole tool chain works with it.
+
+Every zoo model takes ``device_layers`` (1: the paper's single localized layer; 2-3: a localized
+block on the device), ``block_width`` (width of the block's later layers; default: the first
+layer's) and, for the convolutional ones, ``device_pool`` (max pooling at the block's output). The
+server part starts from whatever the block outputs.
+"""
 
 from __future__ import annotations
 
@@ -26,25 +32,29 @@ def register_arch(name: str) -> Callable[[Builder], Builder]:
 
 
 @register_arch("mlp")
-def mlp(in_shape, n_classes, drop_rate, mean, std, hidden: int = 800, hidden2: int = 256):
-    """Dense first layer (e.g. 784-800), then ``hidden2`` units and the classifier."""
-    first = LocalizedFirstLayer("dense", in_shape, hidden, drop_rate=drop_rate, mean=mean, std=std)
+def mlp(in_shape, n_classes, drop_rate, mean, std, hidden: int = 800, hidden2: int = 256,
+        device_layers: int = 1, block_width: int | None = None):
+    """Dense first layer (e.g. 784-800; a block adds ``block_width``-wide dense layers), then ``hidden2`` units
+    and the classifier."""
+    first = LocalizedFirstLayer("dense", in_shape, hidden, drop_rate=drop_rate, mean=mean, std=std,
+                                device_layers=device_layers, block_width=block_width)
     rest = nn.Sequential(
-        nn.Linear(hidden, hidden2), nn.BatchNorm1d(hidden2), nn.ReLU(), nn.Linear(hidden2, n_classes)
+        nn.Linear(first.output_shape[0], hidden2), nn.BatchNorm1d(hidden2), nn.ReLU(), nn.Linear(hidden2, n_classes)
     )
     return first, rest
 
 
 @register_arch("cnn")
 def cnn(in_shape, n_classes, drop_rate, mean, std, stem: int = 64, patch: int = 4, width: int = 128,
-        stride: int | None = None):
+        stride: int | None = None, device_layers: int = 1, block_width: int | None = None, device_pool: int = 0):
     """Patchify 2-D stem (kernel = stride = ``patch``; ``stride < patch`` overlaps), then a small conv net."""
     if len(in_shape) != 3:
         raise InputError(f"cnn needs image inputs shaped (C, H, W), got {tuple(in_shape)}")
     first = LocalizedFirstLayer("conv2d", in_shape, stem, kernel=patch, stride=stride or patch, drop_rate=drop_rate,
-                                mean=mean, std=std)
+                                mean=mean, std=std, device_layers=device_layers, block_width=block_width,
+                                device_pool=device_pool)
     rest = nn.Sequential(
-        nn.Conv2d(stem, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(first.output_shape[0], width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
         nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, n_classes),
     )
@@ -53,14 +63,15 @@ def cnn(in_shape, n_classes, drop_rate, mean, std, stem: int = 64, patch: int = 
 
 @register_arch("cnn1d")
 def cnn1d(in_shape, n_classes, drop_rate, mean, std, stem: int = 32, patch: int = 4, width: int = 64,
-          stride: int | None = None):
+          stride: int | None = None, device_layers: int = 1, block_width: int | None = None, device_pool: int = 0):
     """Patchify 1-D stem for signals (ECG, body sensors; ``stride < patch`` overlaps), then a temporal conv net."""
     if len(in_shape) != 2:
         raise InputError(f"cnn1d needs signal inputs shaped (C, L), got {tuple(in_shape)}")
     first = LocalizedFirstLayer("conv1d", in_shape, stem, kernel=patch, stride=stride or patch, drop_rate=drop_rate,
-                                mean=mean, std=std)
+                                mean=mean, std=std, device_layers=device_layers, block_width=block_width,
+                                device_pool=device_pool)
     rest = nn.Sequential(
-        nn.Conv1d(stem, width, 3, padding=1), nn.BatchNorm1d(width), nn.ReLU(),
+        nn.Conv1d(first.output_shape[0], width, 3, padding=1), nn.BatchNorm1d(width), nn.ReLU(),
         nn.Conv1d(width, width, 3, padding=1), nn.BatchNorm1d(width), nn.ReLU(),
         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(width, n_classes),
     )
@@ -81,4 +92,6 @@ def build_model(arch: dict[str, Any]) -> SplitModel:
         raise InputError(f"bad options for model {name!r}: {exc}") from exc
     if arch.get("quantize_levels"):
         first.set_quantization(int(arch["quantize_levels"]))
+    if arch.get("noise_std"):
+        first.set_noise(float(arch["noise_std"]))
     return SplitModel(first, rest, dict(arch))

@@ -1,0 +1,212 @@
+"""The two device options beyond the paper's single layer, in numpy only.
+
+* **Localized first block**: after the first layer + ReLU, further dense layers or "same" convolutions
+  (each + ReLU) and an optional max pooling run on the device; dropping happens at the block's output.
+  :class:`BlockStep` is one step of the manifest's ``layer.block`` list; :func:`run_block` runs them.
+* **Noise on surviving values**: ``max(h + std * e, floor)`` on every non-zero value that is sent
+  (:class:`NoiseSpec`, the manifest's ``noise`` object; :func:`add_noise`).
+
+Neither keeps the first-layer equations exact, so :class:`BlockCertificate` replaces the algebraic
+certificate for a block, and a noisy single layer's certificate says that its numbers are an upper bound.
+The manifest fields are documented in docs/device-block-and-noise.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..errors import BundleError
+
+__all__ = ["BLOCK_NOTE", "NOISE_NOTE", "BlockCertificate", "BlockStep", "NoiseSpec", "add_noise", "run_block"]
+
+BLOCK_NOTE = "non-linear block: covered by the audit only"
+NOISE_NOTE = ("noise on surviving values: the equations are not exact; rank and revealed energy are an upper "
+              "bound on what they pin down")
+CONV_OPS = ("conv1d", "conv2d")
+
+
+@dataclass(frozen=True)
+class BlockStep:
+    """One step of ``layer.block``: a dense/conv layer + ReLU, or a max pooling (window = stride, floor)."""
+
+    op: str  # "dense" | "conv1d" | "conv2d" | "maxpool"
+    n_in: int = 0
+    n_out: int = 0
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    weight: str = ""
+    bias: str = ""
+    size: int = 0  # maxpool window
+
+    @classmethod
+    def from_manifest(cls, step: Any, kind: str) -> BlockStep:
+        if not isinstance(step, dict) or "op" not in step:
+            raise BundleError(f"each 'layer.block' step must be an object with an 'op', got {step!r}; re-export")
+        op = step["op"]
+        try:
+            if op == "maxpool":
+                size = int(step["size"])
+                if kind not in CONV_OPS or size < 2:
+                    raise BundleError(f"maxpool of size {size} after a {kind} layer is not supported; re-export")
+                return cls(op, size=size)
+            if op != kind:
+                raise BundleError(f"block step {op!r} after a {kind!r} first layer is not supported "
+                                  "(this daonet runs blocks of the first layer's kind); upgrade daonet")
+            if step.get("activation", "relu") != "relu":
+                raise BundleError(f"block activation {step.get('activation')!r} is not supported; upgrade daonet")
+            geometry = (tuple(int(v) for v in step.get(key) or ()) for key in ("kernel", "stride", "padding"))
+            return cls(op, int(step["in"]), int(step["out"]), *geometry, str(step["weight"]), str(step["bias"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"block step {step!r} is malformed ({exc}); re-export the bundle") from exc
+
+    def check(self, tensors: dict[str, np.ndarray]) -> None:
+        """The step's weights exist and have the shapes the manifest implies."""
+        if self.op == "maxpool":
+            return
+        expected = (self.n_out, self.n_in, *self.kernel)
+        for name, shape in ((self.weight, expected), (self.bias, (self.n_out,))):
+            arr = tensors.get(name)
+            if arr is None:
+                raise BundleError(f"the device bundle lacks the block tensor {name!r}; re-export the bundle")
+            if tuple(arr.shape) != shape:
+                raise BundleError(f"block tensor {name!r} has shape {tuple(arr.shape)}, the manifest implies "
+                                  f"{shape}; the bundle is inconsistent, re-export it")
+
+    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Output shape (without the batch axis) for an input of ``in_shape``."""
+        if self.op == "maxpool":
+            return (in_shape[0], *(s // self.size for s in in_shape[1:]))
+        if in_shape[0] != self.n_in:
+            raise BundleError(f"block step {self.op} takes {self.n_in} channels but gets {in_shape[0]}; re-export")
+        if self.op == "dense":
+            return (self.n_out,)
+        spatial = tuple((s + 2 * p - k) // st + 1 for s, k, st, p in
+                        zip(in_shape[1:], self.kernel, self.stride, self.padding, strict=True))
+        return (self.n_out, *spatial)
+
+    def describe(self) -> str:
+        if self.op == "maxpool":
+            return f"maxpool {self.size}"
+        if self.op == "dense":
+            return f"dense {self.n_in}->{self.n_out} + ReLU"
+        return f"{self.op} {self.n_in}->{self.n_out} kernel {list(self.kernel)} + ReLU"
+
+
+def conv(z: np.ndarray, w: np.ndarray, b: np.ndarray, stride: tuple[int, ...],
+         padding: tuple[int, ...] = ()) -> np.ndarray:
+    """Cross-correlation like torch's Conv1d/Conv2d: ``z`` (N, C, *spatial), ``w`` (O, C, *kernel)."""
+    nd = w.ndim - 2
+    if padding and any(padding):
+        z = np.pad(z, [(0, 0), (0, 0), *[(p, p) for p in padding]])
+    kernel = w.shape[2:]
+    win = sliding_window_view(z, kernel, axis=tuple(range(2, 2 + nd)))
+    win = win[(slice(None), slice(None), *[slice(None, None, s) for s in stride])]
+    if nd == 1:
+        out = np.einsum("nclk,ock->nol", win, w, optimize=True)
+    else:
+        out = np.einsum("nchwij,ocij->nohw", win, w, optimize=True)
+    return out + b.reshape((1, -1) + (1,) * nd)
+
+
+def maxpool(h: np.ndarray, size: int) -> np.ndarray:
+    """Max pooling with window = stride = ``size`` over every spatial axis (floor mode, like torch)."""
+    nd = h.ndim - 2
+    n, c, *spatial = h.shape
+    out_sp = [s // size for s in spatial]
+    h = h[(slice(None), slice(None), *[slice(0, o * size) for o in out_sp])]
+    shape = [n, c]
+    for o in out_sp:
+        shape += [o, size]
+    return h.reshape(shape).max(axis=tuple(3 + 2 * i for i in range(nd)))
+
+
+def run_block(h: np.ndarray, steps: tuple[BlockStep, ...], tensors: dict[str, np.ndarray]) -> np.ndarray:
+    """The block after the first layer: ``h`` is the first layer's float32 ReLU output ``(N, *first_output_shape)``.
+
+    Same recipe as the first layer: every layer takes float32 values, accumulates in float64 (``tensors``
+    should hold float64 weights) and rounds once to float32 before its ReLU, so the result does not depend
+    on a BLAS's summation order and other runtimes can reproduce the bits.
+    """
+    for step in steps:
+        if step.op == "maxpool":
+            h = maxpool(h, step.size)
+            continue
+        w, b = tensors[step.weight], tensors[step.bias]
+        z = h.astype(np.float64)
+        if step.op == "dense":
+            out = z.reshape(z.shape[0], -1) @ w.T + b
+        else:
+            out = conv(z, w, b, step.stride, step.padding)
+        h = np.maximum(out.astype(np.float32), np.float32(0))
+    return h
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """The manifest's ``noise``: surviving values become ``max(h + std * e, floor)``, ``e`` ~ N(0, 1).
+
+    ``std`` is absolute (in activation units), fixed at training from the public data as
+    ``relative_std`` x the RMS of the non-zero activations; ``floor`` > 0 keeps sent values non-zero.
+    """
+
+    std: float
+    floor: float
+    relative_std: float
+
+    @classmethod
+    def from_manifest(cls, noise: Any) -> NoiseSpec | None:
+        if noise is None:
+            return None
+        if not isinstance(noise, dict):
+            raise BundleError(f"the manifest's 'noise' must be an object or null, got {type(noise).__name__}")
+        if noise.get("kind", "gaussian") != "gaussian" or noise.get("applies_to", "surviving") != "surviving":
+            raise BundleError(f"noise {noise.get('kind')!r} on {noise.get('applies_to')!r} values is not supported; "
+                              "upgrade daonet")
+        try:
+            spec = cls(float(noise["std"]), float(noise["floor"]), float(noise.get("relative_std", 0.0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"the manifest's 'noise' is malformed ({exc}); re-export the bundle") from exc
+        if not (np.isfinite(spec.std) and spec.std >= 0 and np.isfinite(spec.floor) and spec.floor > 0):
+            raise BundleError(f"noise std {spec.std} / floor {spec.floor} are invalid (std >= 0, floor > 0); "
+                              "re-export the bundle")
+        return spec
+
+
+def add_noise(h: np.ndarray, standard: np.ndarray, spec: NoiseSpec) -> np.ndarray:
+    """``max(h + std * e, floor)`` where ``h > 0``, zeros unchanged; float64 arithmetic, one float32 rounding
+    (so another runtime with IEEE doubles gets the same bytes from the same ``e``)."""
+    noisy = np.maximum(h.astype(np.float64) + spec.std * standard, spec.floor)
+    return np.where(h > 0, noisy, 0.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class BlockCertificate:
+    """What the device can say about a request from a non-linear block: only what is sent.
+
+    The first-layer equations do not describe a block's output, so no rank or revealed energy is given
+    (they would not apply); privacy for a block comes from ``daonet audit``.
+    """
+
+    k: int  # surviving non-zero outputs that are sent
+    n: int  # input dimension
+    n_outputs: int
+    block: str  # e.g. "dense 784->800 + ReLU, dense 800->800 + ReLU"
+    note: str = BLOCK_NOTE
+    exact: bool = False
+    applies: bool = False  # the algebraic certificate does not apply
+    policy_ok: bool = True  # nothing to enforce: a revealed-energy policy is refused for blocks
+    k_before_policy: int = 0
+    dropped_by_policy: int = 0
+    policy: dict[str, Any] | None = None
+
+    def to_dict(self, per_patch: bool = False) -> dict[str, Any]:
+        return {"k": self.k, "n": self.n, "n_outputs": self.n_outputs, "applies": False, "note": self.note,
+                "block": self.block}
+
+    def summary(self) -> str:
+        return f"{self.k} outputs sent; {self.note} (device block: {self.block})"

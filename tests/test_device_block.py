@@ -1,0 +1,172 @@
+"""A localized first block on the device: torch vs numpy parity on real data, the real server on loopback,
+and the certificate/policy refusing to speak for a non-linear block."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from daonet.cli import app
+from daonet.device import BlockCertificate, Client, DeviceModel, PrivacyPolicy, RandomMasks
+from daonet.device.block import BLOCK_NOTE
+from daonet.errors import BundleError, DaonetError, InputError
+from daonet.export import export_model
+from daonet.nn import LocalizedFirstLayer, build_model
+from daonet.server import ServerModel
+from daonet.server.config import ServerConfig
+from daonet.train import TrainConfig, train
+
+CASES = {
+    # name: train config (real MNIST / ECG5000 subsets, 1 epoch: parity does not need accuracy)
+    "mnist-mlp-block2": TrainConfig(dataset="mnist", model="mlp", drop_rate=0.5, epochs=1, device_layers=2,
+                                    n_train=2000, n_test=300, model_kwargs={"hidden": 128, "hidden2": 32}),
+    "ecg5000-cnn1d-block2-pool": TrainConfig(dataset="ecg5000", model="cnn1d", drop_rate=0.5, epochs=1,
+                                             device_layers=2, device_pool=2, n_test=300,
+                                             model_kwargs={"stem": 8, "width": 8}),
+    "mnist-cnn-block3": TrainConfig(dataset="mnist", model="cnn", drop_rate=0.5, epochs=1, device_layers=3,
+                                    n_train=500, n_test=300,
+                                    model_kwargs={"stem": 8, "width": 8, "block_width": 6}),
+}
+
+
+@pytest.fixture(scope="module")
+def blocks(tmp_path_factory, one_torch_thread):
+    out = {}
+    for name, cfg in CASES.items():
+        result = train(cfg, progress=False)
+        dev, srv = export_model(result.model, tmp_path_factory.mktemp(name) / "bundle", model_id=name,
+                                classes=result.dataset.classes)
+        out[name] = (result, dev, srv)
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_block_activations_match_torch_on_real_data(blocks, name):
+    result, dev_dir, _ = blocks[name]
+    device = DeviceModel.load(dev_dir)
+    first = result.model.first
+    assert not device.is_linear and not first.is_linear
+    assert device.output_shape == first.output_shape and device.n_outputs == first.n_outputs
+    assert device.first_output_shape == first.first_output_shape
+    steps = device.manifest["layer"]["block"]
+    assert len([s for s in steps if s["op"] != "maxpool"]) == result.config.device_layers - 1
+    x = result.dataset.x_test[:200]
+    with torch.no_grad():
+        h_torch = first.activations(torch.from_numpy(x)).flatten(1).numpy()
+    h_np = device.activations(x)
+    assert h_np.shape == h_torch.shape == (200, device.n_outputs)
+    assert np.abs(h_np - h_torch).max() < 1e-5
+    assert (h_np > 0).mean() > 0.05  # a working block, not all-dead ReLUs
+
+
+def test_block_payloads_through_the_real_server(blocks, start_server):
+    """Client -> loopback server -> prediction equals the torch model with the very same masks."""
+    names = list(CASES)
+    server = start_server(ServerConfig(bundles=[blocks[n][2] for n in names], max_batch_size=16, max_wait_ms=2.0))
+    for name in names:
+        result, dev_dir, srv_dir = blocks[name]
+        x = result.dataset.x_test[:64]
+        with Client(server.url, dev_dir, masks=RandomMasks(7)) as client:
+            preds = client.predict_many(x, concurrency=8)
+        device = DeviceModel.load(dev_dir)
+        expected = [p for p, _ in device.encode_many_certified(x, RandomMasks(7))]
+        assert [p.payload.data for p in preds] == [p.data for p in expected]  # identical bytes on the wire
+        sent = np.stack([p.activations for p in expected])
+        assert 0 < sent.astype(bool).sum(1).mean() < device.n_outputs  # dropping at the block's output
+        result.model.eval()
+        with torch.no_grad():
+            logits = result.model(torch.from_numpy(x), mask=torch.from_numpy(sent > 0))
+        probs = np.stack([p.probabilities for p in preds])
+        np.testing.assert_allclose(probs, torch.softmax(logits, 1).numpy(), atol=1e-5)
+        np.testing.assert_allclose(probs, ServerModel.load(srv_dir).predict_bytes([p.data for p in expected]),
+                                   atol=1e-6)
+        cert = preds[0].certificate
+        assert isinstance(cert, BlockCertificate) and not cert.applies
+        assert cert.k == preds[0].nnz
+
+
+def test_block_certificate_says_audit_only(blocks, serve_digits_bundle):
+    result, dev_dir, _ = blocks["mnist-mlp-block2"]
+    device = DeviceModel.load(dev_dir)
+    x = result.dataset.x_test[0]
+    payload = device.encode(x, RandomMasks(0))
+    cert = device.certify(x, payload.activations)
+    assert isinstance(cert, BlockCertificate) and cert.note == BLOCK_NOTE
+    assert BLOCK_NOTE in cert.summary() and "dense 784->128 + ReLU, dense 128->128 + ReLU" in cert.summary()
+    d = cert.to_dict()
+    assert d["applies"] is False and d["k"] == payload.nnz
+    assert not {"rank", "revealed_energy", "identifiable"} & set(d)  # no numbers that do not apply
+    with pytest.raises(BundleError, match="non-linear block: covered by the audit only"):
+        device.system  # noqa: B018  (white-box attacks and the certificate need the first-layer equations)
+    assert DeviceModel.load(serve_digits_bundle.device).is_linear  # the paper's form is unchanged
+
+
+def test_block_refuses_a_revealed_energy_policy(blocks, tmp_path):
+    result, dev_dir, _ = blocks["mnist-mlp-block2"]
+    with pytest.raises(DaonetError, match="--max-revealed-energy needs the paper's single linear first layer"):
+        export_model(result.model, tmp_path / "b", model_id="b", classes=result.dataset.classes,
+                     privacy={"max_revealed_energy": 0.3})
+    device = DeviceModel.load(dev_dir)
+    with pytest.raises(InputError, match="revealed-energy policy cannot be enforced for this device block"):
+        device.encode_certified(result.dataset.x_test[0], policy=PrivacyPolicy(max_revealed_energy=0.3))
+    manifest = json.loads((dev_dir / "manifest.json").read_text())  # a hand-edited manifest is refused too
+    manifest["privacy"]["max_revealed_energy"] = 0.3
+    with pytest.raises(BundleError, match="non-linear block but its privacy policy sets max_revealed_energy"):
+        DeviceModel(manifest, device.weight, device.bias, device.extras)
+
+
+def test_inconsistent_block_manifest_is_refused(blocks):
+    device = DeviceModel.load(blocks["ecg5000-cnn1d-block2-pool"][1])
+    for edit, message in [
+        (lambda m: m["layer"]["block"][0].update(out=9), "block tensor 'block.0.weight' has shape"),
+        (lambda m: m["layer"]["block"][1].update(size=4), "the manifest says"),
+        (lambda m: m["layer"]["block"][0].update(op="conv2d"), "not supported"),
+        (lambda m: m["layer"]["block"][0].update(activation="gelu"), "activation 'gelu' is not supported"),
+        (lambda m: m["layer"]["block"].append({"size": 2}), "must be an object with an 'op'"),
+    ]:
+        manifest = json.loads(json.dumps(device.manifest))
+        edit(manifest)
+        with pytest.raises(BundleError, match=message):
+            DeviceModel(manifest, device.weight, device.bias, device.extras)
+    extras = {k: v for k, v in device.extras.items() if k != "block.0.bias"}
+    with pytest.raises(BundleError, match="lacks the block tensor 'block.0.bias'"):
+        DeviceModel(device.manifest, device.weight, device.bias, extras)
+
+
+def test_block_options_are_checked():
+    with pytest.raises(InputError, match="device layers must be 1 to 3"):
+        LocalizedFirstLayer("dense", (1, 8, 8), 16, device_layers=4)
+    with pytest.raises(InputError, match="pooling needs a convolutional first layer"):
+        LocalizedFirstLayer("dense", (1, 8, 8), 16, device_layers=2, device_pool=2)
+    with pytest.raises(InputError, match="larger than the block's output"):
+        LocalizedFirstLayer("conv1d", (1, 8), 4, kernel=4, device_pool=4)
+    with pytest.raises(InputError, match="disagrees with --model-opt device_layers=3"):
+        TrainConfig(device_layers=2, model_kwargs={"device_layers": 3}).validate()
+    with pytest.raises(InputError, match="--device-pool must be 0"):
+        TrainConfig(device_pool=1).validate()
+    arch = {"name": "mlp", "in_shape": [1, 8, 8], "n_classes": 10, "drop_rate": 0.5, "mean": None, "std": None,
+            "kwargs": {"hidden": 16}}
+    plain = build_model(arch)  # an old config (no block keys) builds the paper's single layer
+    assert plain.first.is_linear and plain.first.spec().get("block") is None and "noise" not in plain.arch
+
+
+def test_cli_trains_and_exports_a_block_with_noise(tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--dataset", "digits", "--model", "mlp", "--drop-rate", "0.5", "--epochs", "2",
+                              "--device-layers", "2", "--noise-std", "0.3", "--model-opt", "hidden=32",
+                              "--model-opt", "block_width=24", "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["device_layers"] == 2 and metrics["n_outputs"] == 24 and metrics["noise"]["relative_std"] == 0.3
+    res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "bundle")])
+    assert res.exit_code == 0, res.output
+    device = DeviceModel.load(tmp_path / "bundle" / "device")
+    assert [s["op"] for s in device.manifest["layer"]["block"]] == ["dense"]
+    assert device.noise is not None and device.noise.std == pytest.approx(metrics["noise"]["std"])
+    res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "b2"), "--max-revealed-energy", "0.3"])
+    assert res.exit_code != 0 and "single linear first layer" in str(res.exception) + res.output
