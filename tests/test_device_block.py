@@ -170,3 +170,14 @@ def test_cli_trains_and_exports_a_block_with_noise(tmp_path):
     assert device.noise is not None and device.noise.std == pytest.approx(metrics["noise"]["std"])
     res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "b2"), "--max-revealed-energy", "0.3"])
     assert res.exit_code != 0 and "single linear first layer" in str(res.exception) + res.output
+
+
+def test_javascript_runtime_refuses_a_block(blocks):
+    """The browser runtime does not run blocks yet: it must refuse the bundle, not send wrong activations."""
+    from test_js_device import node_binary, run_js
+
+    node = node_binary()
+    if node is None:
+        pytest.skip("Node.js >= 18 is not installed: the JS device runtime cannot run")
+    out = run_js(node, blocks["mnist-mlp-block2"][1], [])
+    assert "layer.block" in out["load_error"]["message"]

@@ -151,3 +151,13 @@ def test_bad_noise_settings_are_refused(noisy):
 
     with pytest.raises(InputError, match="cannot draw it; use RandomMasks or KeyedMasks"):
         device.encode(np.zeros((8, 8), np.float32), MasksOnly())
+
+
+def test_javascript_runtime_refuses_noise(noisy):
+    from test_js_device import node_binary, run_js
+
+    node = node_binary()
+    if node is None:
+        pytest.skip("Node.js >= 18 is not installed: the JS device runtime cannot run")
+    out = run_js(node, noisy[2].bundle_dir, [])
+    assert "noise on surviving values" in out["load_error"]["message"]
