@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from daonet.data import load_dataset
-from daonet.device import DeviceModel, KeyedMasks, RandomMasks
+from daonet.device import DeviceModel, KeyedMasks, RandomMasks, SimilarityKeyedMasks
 from daonet.device.block import NOISE_NOTE
 from daonet.errors import BundleError, InputError
 from daonet.export import export_model
@@ -113,6 +113,22 @@ def test_keyed_noise_replays_byte_identical_and_follows_the_spec(noisy):
         e = _reference_keyed_noise(masks, xb[0], int(i), device.n_outputs, device.drop_rate)
         expected = np.float32(max(float(clean[0, i]) + device.noise.std * e, device.noise.floor))
         assert payload.activations[i] == expected  # bit for bit
+
+
+def test_similarity_keyed_noise_follows_the_mask(noisy):
+    """Near-duplicates in the same cells get the same mask *and* the same noise (else repeats average it out)."""
+    result, _, device, _ = noisy
+    masks = SimilarityKeyedMasks(key=KEY, model_version=device.version, width=4.0)
+    x = (result.dataset.x_test[0] * 255).round().astype(np.uint8)
+    near = x.copy()
+    near.flat[:3] = np.clip(near.flat[:3].astype(int) + 2, 0, 255)
+    xb, nb = device.validate(x), device.validate(near)
+    assert not np.array_equal(xb, nb) and np.array_equal(masks.cells(xb[0]), masks.cells(nb[0]))
+    where = np.ones((1, device.n_outputs), dtype=bool)
+    e = masks.noise(xb, where, device.n_outputs, device.drop_rate)
+    assert np.array_equal(e, masks.noise(nb, where, device.n_outputs, device.drop_rate))
+    assert abs(e.mean()) < 0.3 and 0.7 < e.std() < 1.3
+    assert device.encode(x, masks).data == device.encode(x, masks).data
 
 
 def test_keyed_noise_is_standard(noisy):
