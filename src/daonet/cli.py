@@ -40,7 +40,8 @@ def parse_kwargs(pairs: list[str] | None) -> dict:
 
 @app.command()
 def train(
-    dataset: Annotated[str, typer.Option(help="digits, mnist, fashion-mnist, ecg5000 or cifar10")] = "mnist",
+    dataset: Annotated[str, typer.Option(help="digits, mnist, fashion-mnist, ecg5000, cifar10, or "
+                                                    "your own: npz:PATH, csv:DIR[,label=COLUMN], ucr:NAME")] = "mnist",
     model: Annotated[str, typer.Option(help="mlp, cnn or cnn1d (or a registered architecture)")] = "mlp",
     drop_rate: Annotated[float, typer.Option(help="probability of dropping each first-layer output")] = 0.9,
     epochs: Annotated[int, typer.Option(min=1)] = 10,

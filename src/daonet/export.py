@@ -17,6 +17,7 @@ from .bundle import (
     write_manifest,
     write_weights,
 )
+from .data import dataset_label
 from .errors import DaonetError
 from .nn import SplitModel
 from .train import load_run
@@ -102,7 +103,7 @@ def export_run(run_dir: str | Path, out: str | Path, model_id: str | None = None
     train_cfg = config.get("train", {})
     if value_dtype not in ("float32", "float16"):
         raise DaonetError(f"--value-dtype must be float32 or float16, got {value_dtype!r}")
-    mid = model_id or f"{train_cfg.get('dataset', 'data')}-{train_cfg.get('model', 'model')}"
+    mid = model_id or f"{dataset_label(train_cfg.get('dataset', 'data'))}-{train_cfg.get('model', 'model')}"
     if max_revealed_energy is not None and not 0.0 <= max_revealed_energy <= 1.0:
         raise DaonetError(f"--max-revealed-energy must be in [0, 1], got {max_revealed_energy}")
     mean_path = run_dir / "public_mean.npy"
