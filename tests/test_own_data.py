@@ -39,7 +39,8 @@ def _write_ecg200_csv(folder: Path, n_train: int = 60, n_test: int = 40) -> Path
     header = "diagnosis," + ",".join(f"t{i}" for i in range(ds.input_shape[1]))
     for name, x, y in (("train.csv", ds.x_train[:n_train], ds.y_train[:n_train]),
                        ("test.csv", ds.x_test[:n_test], ds.y_test[:n_test])):
-        rows = [f"{['normal', 'ischemia'][int(lbl)]}," + ",".join(f"{v:.6f}" for v in xi[0]) for xi, lbl in zip(x, y)]
+        rows = [f"{['normal', 'ischemia'][int(lbl)]}," + ",".join(f"{v:.6f}" for v in xi[0])
+                for xi, lbl in zip(x, y, strict=True)]
         (folder / name).write_text(header + "\n" + "\n".join(rows) + "\n")
     return folder
 
@@ -258,7 +259,8 @@ def test_serve_and_predict_own_data(own_bundles, tmp_path):
             rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
             assert len(rows) == 10
             assert all(r["label"] in ds.classes and abs(sum(r["probabilities"]) - 1) < 1e-3 for r in rows)
-            assert np.mean([ds.classes.index(r["label"]) == y for r, y in zip(rows, ds.y_test[:10])]) >= 0.5
+            hits = [ds.classes.index(r["label"]) == y for r, y in zip(rows, ds.y_test[:10], strict=True)]
+            assert np.mean(hits) >= 0.5
     finally:
         proc.terminate()
         proc.wait(timeout=10)
