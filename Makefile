@@ -6,11 +6,12 @@ STAMP := $(VENV)/.daonet-installed
 
 .PHONY: setup demo test lint bench sweep clean
 
-$(STAMP): pyproject.toml scripts/install-data.sh
+$(STAMP): pyproject.toml scripts/install-data.sh scripts/install-browser.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev,bench]"
 	scripts/install-data.sh $(PY)
+	scripts/install-browser.sh
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -43,6 +43,8 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(min=64, help="larger request bodies get 413")] = 1 << 20,
     torch_threads: Annotated[int | None, typer.Option(min=1, help="torch intra-op threads (default: torch's)")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    web: Annotated[bool, typer.Option("--web", help="also serve the web page at / (the first layer runs in the "
+                                                    "browser) and the device bundles at /device-bundles/")] = False,
 ) -> None:
     """Serve server bundles over HTTP: predictions from sparse dropped activations, never raw inputs."""
     from ..server.app import serve as run_server
@@ -55,7 +57,7 @@ def serve(
         config = ServerConfig(bundles=list(bundle_dir), host=host, port=port, max_body_bytes=max_body_bytes,
                               max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, api_key_hashes=hashes,
                               ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, torch_threads=torch_threads,
-                              log_level=log_level).validate()
+                              log_level=log_level, web=web).validate()
     except DaonetError as exc:
         fail(str(exc))
     if not _is_loopback(host):

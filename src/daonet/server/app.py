@@ -144,6 +144,10 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
                     "there is no endpoint that accepts one. See daonet.wire for the byte format.",
     )
     app.state.models = models
+    if config.web:  # the page and the read-only device bundles (daonet.web): static files only
+        from ..web import web_routes
+
+        app.router.routes.extend(web_routes(models))
     app.state.metrics = metrics
     app.state.config = config
 

@@ -132,6 +132,7 @@ class ServerConfig:
     ssl_keyfile: Path | None = None
     torch_threads: int | None = None
     log_level: str = "info"
+    web: bool = False  # also serve the web page at / and the device bundles read-only (daonet.web)
 
     def validate(self, require_bundles: bool = True) -> ServerConfig:
         """Check every field now, so a bad setting fails at startup, not at the first request."""
