@@ -17,7 +17,7 @@ import pytest
 
 from daonet.device import DeviceModel
 from daonet.device.certificate import PrivacyPolicy
-from daonet.device.masks import KeyedMasks
+from daonet.device.masks import KeyedMasks, SimilarityKeyedMasks
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "src" / "daonet" / "web" / "daonet-device.mjs"
@@ -46,8 +46,10 @@ def node() -> str:
     return binary
 
 
-def run_js(node: str, bundle: Path, cases: list[dict], key: bytes | None = KEY, time_s: float = 0.0) -> dict:
-    job = {"module": str(MODULE), "bundle": str(bundle), "key": key.hex() if key else None, "cases": cases}
+def run_js(node: str, bundle: Path, cases: list[dict], key: bytes | None = KEY, time_s: float = 0.0,
+           similarity: dict | None = None) -> dict:
+    job = {"module": str(MODULE), "bundle": str(bundle), "key": key.hex() if key else None, "cases": cases,
+           "similarity": similarity}
     if time_s:
         job["time"] = time_s
     proc = subprocess.run([node, str(RUNNER)], input=json.dumps(job), capture_output=True, text=True, timeout=120)
@@ -160,6 +162,27 @@ def test_js_certificate_of_explicit_masks_and_policy_drops(node, bundles):
         assert got["certificate"]["dropped_by_policy"] == cert.dropped_by_policy
         dropped += cert.dropped_by_policy
     assert dropped > 0, "no case exercised the policy's further dropping"
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv1d-patchify"])
+def test_js_similarity_keyed_masks_equal_python(node, bundles, kind):
+    """Near-duplicate-safe masks: same cells, same HMAC stream, same bytes; a re-capture with sensor noise
+    keeps (most of) its mask in both runtimes alike."""
+    bundle, xs = bundles[kind]
+    device = DeviceModel.load(bundle)
+    settings = {"width": 0.5, "groups": 16, "dims": 2}
+    rng = np.random.default_rng(0)
+    if xs.dtype == np.uint8:
+        noisy = np.clip(xs.astype(int) + rng.integers(-2, 3, xs.shape), 0, 255).astype(np.uint8)
+    else:
+        noisy = (xs + rng.normal(0, 0.01, xs.shape)).astype(np.float32)
+    inputs = [*xs[:3], *noisy[:3]]
+    js = run_js(node, bundle, [case(x, mask=None) for x in inputs], similarity=settings)
+    masks = SimilarityKeyedMasks(KEY, model_version=device.version, **settings)
+    for x, got in zip(inputs, js["results"], strict=True):
+        assert "error" not in got, got
+        payload, _ = device.encode_certified(x, masks)
+        assert got["payload"] == payload.data.hex()
 
 
 def test_js_validation_messages_match_python(node, bundles):

@@ -1,6 +1,6 @@
 // Runs the JavaScript device runtime for the pytest parity tests: a JSON job on stdin, JSON results on stdout.
 //   {"module": path, "bundle": dir, "key": hex, "cases": [{"input": [...], "dtype": "uint8"|"float32"|"float64",
-//    "shape": [...]?, "mask": [0/1...]?, "certify": true}]}
+//    "shape": [...]?, "mask": [0/1...]?, "certify": true}], "similarity": {quantum, width, groups, dims}?}
 // Each result: {"payload": hex, "activations": [...], "sent": [...], "certificate": {...}} or {"error", "message"}.
 import { pathToFileURL } from "node:url";
 
@@ -18,7 +18,9 @@ try {
   process.exit(0);
 }
 const key = job.key ? Uint8Array.from(job.key.match(/../g), (h) => parseInt(h, 16)) : null;
-const masks = key ? new dn.KeyedMasks(key, device.version) : null;
+const masks = !key ? null : job.similarity
+  ? new dn.SimilarityKeyedMasks(key, device.version, job.similarity)
+  : new dn.KeyedMasks(key, device.version);
 const Typed = { uint8: Uint8Array, float32: Float32Array, float64: Float64Array, int32: Int32Array };
 const hex = (b) => Buffer.from(b).toString("hex");
 for (const c of job.cases) {

@@ -1,5 +1,5 @@
 // The page of `daonet serve --web`: the first layer runs here (daonet-device.mjs); only the payload is sent.
-import { Client, KeyedMasks, RandomMasks, loadDevice } from "./daonet-device.mjs";
+import { Client, KeyedMasks, RandomMasks, SimilarityKeyedMasks, loadDevice } from "./daonet-device.mjs";
 
 const $ = (id) => document.getElementById(id);
 // What the page did last, for people curious in the console and for the browser tests.
@@ -188,7 +188,9 @@ async function predict() {
   state.busy = true;
   showError(null);
   try {
-    const masks = $("keyed").checked ? await KeyedMasks.fromStorage(localStorage, device.version) : new RandomMasks();
+    const mode = $("mask-mode").value;
+    const masks = mode === "keyed" ? await KeyedMasks.fromStorage(localStorage, device.version)
+      : mode === "similarity" ? await SimilarityKeyedMasks.fromStorage(localStorage, device.version) : new RandomMasks();
     const apiKey = $("api-key").value || null;
     const client = new Client(location.origin, device, { masks, apiKey });
     const answer = await client.predict(state.input);

@@ -711,6 +711,138 @@ export class KeyedMasks {
   }
 }
 
+/** ``n`` bytes of HMAC-SHA256 counter mode under ``prk``: block i = HMAC(prk, uint32_le(i)). */
+async function hmacStream(prk, n) {
+  const key = await crypto_().subtle.importKey("raw", prk, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+  const blocks = Math.ceil(n / 32);
+  const parts = await Promise.all(Array.from({ length: blocks }, (_, i) => {
+    const ctr = new Uint8Array(4);
+    new DataView(ctr.buffer).setUint32(0, i, true);
+    return crypto_().subtle.sign("HMAC", key, ctr);
+  }));
+  const raw = new Uint8Array(blocks * 32);
+  parts.forEach((p, i) => raw.set(new Uint8Array(p), 32 * i));
+  return raw.subarray(0, n);
+}
+
+const concatBytes = (...parts) => {
+  const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+};
+const u32le = (...vs) => { const b = new Uint8Array(4 * vs.length); const dv = new DataView(b.buffer); vs.forEach((v, i) => dv.setUint32(4 * i, v, true)); return b; };
+const f64le = (v) => { const b = new Uint8Array(8); new DataView(b.buffer).setFloat64(0, v, true); return b; };
+const MAX_EXACT = 2 ** 53;
+
+/**
+ * Near-duplicate-safe masks (``SimilarityKeyedMasks``): the mask is keyed on a coarse, key-derived
+ * locality-sensitive hash of the quantized input, so sensor-noise re-captures get the same mask. Integer
+ * arithmetic + HMAC-SHA256 only: the same bits as the Python class for the same key and settings.
+ */
+export class SimilarityKeyedMasks {
+  constructor(key, modelVersion = "", { quantum = 1 / 255, width = 0.5, groups = 32, dims = 1 } = {}) {
+    const k = key instanceof Uint8Array ? key : new Uint8Array(key || []);
+    if (k.length < 16) throw new InputError("the mask key must be at least 16 bytes");
+    if (!(quantum > 0 && Number.isFinite(quantum))) throw new InputError(`quantum must be a positive number, got ${quantum}`);
+    if (!(width > 0 && Number.isFinite(width))) throw new InputError(`width must be a positive number (input units along a unit direction), got ${width}`);
+    if (!Number.isInteger(groups) || groups < 1 || groups > 4096) throw new InputError(`groups must be an integer in [1, 4096], got ${groups}`);
+    if (!Number.isInteger(dims) || dims < 1 || dims > 16) throw new InputError(`dims must be an integer in [1, 16], got ${dims}`);
+    if (/[^\x00-\x7f]/.test(String(modelVersion))) throw new InputError(`model_version must be ASCII, got '${modelVersion}'`);
+    this._raw = k;
+    this._key = crypto_().subtle.importKey("raw", k, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+    this.modelVersion = String(modelVersion);
+    Object.assign(this, { quantum, width, groups, dims });
+    this._params = new Map();
+  }
+
+  static async fromStorage(storage, modelVersion = "", options = {}, name = "daonet-device-key") {
+    const keyed = await KeyedMasks.fromStorage(storage, modelVersion, name);
+    return new SimilarityKeyedMasks(keyed._raw, modelVersion, options);
+  }
+
+  toString() { return `SimilarityKeyedMasks(model_version='${this.modelVersion}', key=<hidden>)`; }
+
+  cellWidth(n) {
+    const w = roundHalfEven(this.width * Math.sqrt(n) / this.quantum);
+    if (w >= 2 ** 32) throw new InputError(`width ${pyFormatG(this.width, 6)} is too large for quantum ${pyFormatG(this.quantum, 6)}; use a smaller width`);
+    return Math.max(1, w);
+  }
+
+  _geometry(n) { return concatBytes(u32le(n, this.groups, this.dims, this.cellWidth(n)), f64le(this.quantum)); }
+
+  async _sign(msg) { return new Uint8Array(await crypto_().subtle.sign("HMAC", await this._key, msg)); }
+
+  /** Key-derived +-1 projections (rows x n), offsets in [0, W), W (``hash_params``). */
+  async hashParams(n) {
+    if (this._params.has(n)) return this._params.get(n);
+    const rows = this.groups * this.dims;
+    const width = this.cellWidth(n);
+    const geometry = this._geometry(n);
+    const enc = new TextEncoder();
+    let prk = await this._sign(concatBytes(enc.encode("daonet-simhash-projection-v1\0"), geometry));
+    const bytes = await hmacStream(prk, Math.ceil(rows * n / 8));
+    const signs = new Int8Array(rows * n);
+    for (let i = 0; i < rows * n; i++) signs[i] = ((bytes[i >> 3] >> (i & 7)) & 1) ? 1 : -1;
+    prk = await this._sign(concatBytes(enc.encode("daonet-simhash-offset-v1\0"), geometry));
+    const ob = await hmacStream(prk, 4 * rows);
+    const odv = new DataView(ob.buffer, ob.byteOffset, ob.byteLength);
+    const offsets = Array.from({ length: rows }, (_, r) => odv.getUint32(4 * r, true) % width);
+    const params = { signs, offsets, width };
+    this._params.set(n, params);
+    return params;
+  }
+
+  quantize(x) {
+    if (!x.length) throw new InputError("input is empty");
+    const q = Float64Array.from(x, (v) => roundHalfEven(v / this.quantum));
+    let m = 0;
+    for (const v of q) m = Math.max(m, Math.abs(v));
+    if (!Number.isFinite(m) || m * q.length >= MAX_EXACT) throw new InputError(`input values are too large for quantum ${pyFormatG(this.quantum, 6)} (the projection must stay below 2**53); use a larger quantum`);
+    return q;
+  }
+
+  /** Cell numbers (groups x dims): floor((s_r . q + o_r) / W), exact integers. */
+  async cells(x) {
+    const q = this.quantize(x);
+    const n = q.length;
+    const { signs, offsets, width } = await this.hashParams(n);
+    return offsets.map((o, r) => {
+      let a = o;
+      for (let j = 0; j < n; j++) a += signs[r * n + j] * q[j];
+      let c = Math.floor(a / width);
+      while (c * width > a) c -= 1;
+      while ((c + 1) * width <= a) c += 1;
+      return c;
+    });
+  }
+
+  async masks(x, nOutputs, dropRate) {
+    if (!(dropRate >= 0 && dropRate < 1)) throw new InputError(`drop rate must be in [0, 1), got ${dropRate}`);
+    const thr = dropThreshold(dropRate);
+    const cells = await this.cells(x);
+    const n = x.length;
+    const perGroup = Math.ceil(nOutputs / this.groups);
+    const version = new TextEncoder().encode(this.modelVersion);
+    const head = concatBytes(new TextEncoder().encode("daonet-simhash-mask-v1\0"), u32le(version.length), version,
+      this._geometry(n), u32le(nOutputs), f64le(dropRate));
+    const out = new Uint8Array(nOutputs);
+    await Promise.all(Array.from({ length: this.groups }, async (_, g) => {
+      const cb = new Uint8Array(8 * this.dims);
+      const cdv = new DataView(cb.buffer);
+      for (let d = 0; d < this.dims; d++) cdv.setBigInt64(8 * d, BigInt(cells[g * this.dims + d]), true);
+      const prk = await this._sign(concatBytes(head, u32le(g), cb));
+      const u = await hmacStream(prk, 4 * perGroup);
+      const dv = new DataView(u.buffer, u.byteOffset, u.byteLength);
+      for (let j = 0; j < perGroup; j++) {
+        const i = j * this.groups + g;
+        if (i < nOutputs) out[i] = dv.getUint32(4 * j, true) >= thr ? 1 : 0;
+      }
+    }));
+    return out;
+  }
+}
+
 // -- the wire format v1 (daonet.wire) ---------------------------------------------------------------------------
 /** Sparse-encode one dropped activation vector (``daonet.wire.encode``). */
 export function encodeWire(activations, modelVersion, valueDtype = "float32") {
