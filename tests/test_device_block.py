@@ -122,7 +122,7 @@ def test_block_refuses_a_revealed_energy_policy(blocks, tmp_path):
 def test_inconsistent_block_manifest_is_refused(blocks):
     device = DeviceModel.load(blocks["ecg5000-cnn1d-block2-pool"][1])
     for edit, message in [
-        (lambda m: m["layer"]["block"][0].update(out=9), "block tensor 'block.0.weight' has shape"),
+        (lambda m: m["layer"]["block"][0].update(n_out=9), "block tensor 'block.0.weight' has shape"),
         (lambda m: m["layer"]["block"][1].update(size=4), "the manifest says"),
         (lambda m: m["layer"]["block"][0].update(op="conv2d"), "not supported"),
         (lambda m: m["layer"]["block"][0].update(activation="gelu"), "activation 'gelu' is not supported"),

@@ -60,7 +60,7 @@ class BlockStep:
             if step.get("activation", "relu") != "relu":
                 raise BundleError(f"block activation {step.get('activation')!r} is not supported; upgrade daonet")
             geometry = (tuple(int(v) for v in step.get(key) or ()) for key in ("kernel", "stride", "padding"))
-            return cls(op, int(step["in"]), int(step["out"]), *geometry, str(step["weight"]), str(step["bias"]))
+            return cls(op, int(step["n_in"]), int(step["n_out"]), *geometry, str(step["weight"]), str(step["bias"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"block step {step!r} is malformed ({exc}); re-export the bundle") from exc
 

@@ -213,13 +213,13 @@ class LocalizedFirstLayer(nn.Module):
     def block_spec(self) -> list[dict[str, Any]]:
         """The device block after the first layer, in order (empty for the paper's single layer).
 
-        Each step: ``{"op": "dense"|"conv1d"|"conv2d", "in", "out", "kernel", "stride", "padding",
+        Each step: ``{"op": "dense"|"conv1d"|"conv2d", "n_in", "n_out", "kernel", "stride", "padding",
         "activation": "relu", "weight", "bias"}`` (weight/bias: tensor names in the device bundle) or
         ``{"op": "maxpool", "size"}`` (window = stride, floor, over every spatial axis).
         """
         steps: list[dict[str, Any]] = []
         for i, op in enumerate(self.block):
-            step: dict[str, Any] = {"op": self.kind, "in": int(op.weight.shape[1]), "out": int(op.weight.shape[0]),
+            step: dict[str, Any] = {"op": self.kind, "n_in": int(op.weight.shape[1]), "n_out": int(op.weight.shape[0]),
                                     "activation": "relu", "weight": f"block.{i}.weight", "bias": f"block.{i}.bias"}
             if self.kind == "dense":
                 step.update(kernel=[], stride=[], padding=[])
