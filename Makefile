@@ -9,7 +9,7 @@ STAMP := $(VENV)/.daonet-installed
 $(STAMP): pyproject.toml scripts/install-data.sh scripts/install-browser.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) -m pip install -q -e ".[dev,bench,ray]"
 	scripts/install-data.sh $(PY)
 	scripts/install-browser.sh
 	touch $(STAMP)

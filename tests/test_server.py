@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shutil
 
@@ -11,6 +10,16 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from server_cases import (
+    API_KEY_CASES,
+    API_KEYS,
+    BAD_PAYLOADS,
+    OCTET,
+    PREDICT,
+    WRONG_CONTENT_TYPES,
+    api_key_hashes,
+    send_bad_payload,
+)
 from typer.testing import CliRunner
 
 from daonet.cli import app as cli_app
@@ -35,9 +44,6 @@ def device(serve_digits_bundle) -> DeviceModel:
 def good(device, serve_digits_run) -> bytes:
     return device.encode(serve_digits_run.dataset.x_test[0], RandomMasks(0)).data
 
-
-PREDICT = "/v1/models/digits-mlp/predict"
-OCTET = {"Content-Type": "application/octet-stream"}
 
 
 def assert_still_serving(http: httpx.Client, good: bytes) -> None:
@@ -95,73 +101,10 @@ def test_empty_payload_is_a_valid_request(http, device, make_payload):
 
 
 # -- bad input: status, message, and the server keeps serving -----------------------------------------------
-V = "VERSION"  # replaced by the served version
-
-
-def bin_case(status, message, *args, **kwargs):
-    return ("bin", status, message, args, kwargs)
-
-
-BAD_BINARY = {
-    "raw-input-bytes": bin_case(400, "magic bytes", raw=np.zeros(64, np.float32).tobytes()),
-    "empty-body": bin_case(400, "truncated", raw=b""),
-    "truncated-header": bin_case(400, "truncated", raw=b"DAO1\x01\x02"),
-    "truncated-values": bin_case(400, "truncated", V, 256, [1, 2, 3], [1.0, 2.0, 3.0], cut=2),
-    "too-long": bin_case(400, "too long", V, 256, [1], [1.0], extra=b"\x00"),
-    "bad-wire-version": bin_case(400, "wire format version 9", V, 256, [1], [1.0], wire_version=9),
-    "bad-index-width": bin_case(400, "index width 3", V, 256, [], [], ibytes=3),
-    "version-mismatch": bin_case(409, "0123456789abcdef", "0123456789abcdef", 256, [1], [1.0]),
-    "index-out-of-range": bin_case(422, "index 300 is out of range", V, 256, [1, 300], [1.0, 2.0]),
-    "index-duplicated": bin_case(422, "index 7 appears more than once", V, 256, [7, 7], [1.0, 2.0]),
-    "index-unsorted": bin_case(422, "increasing order", V, 256, [9, 3], [1.0, 2.0]),
-    "negative-value": bin_case(422, "negative", V, 256, [1, 2], [1.0, -0.5]),
-    "nan-value": bin_case(422, "NaN", V, 256, [1, 2], [np.nan, 1.0]),
-    "inf-value": bin_case(422, "inf", V, 256, [1], [np.inf]),
-    "nnz-over-outputs": bin_case(422, "257 non-zeros but the first layer has only 256", V, 256,
-                                 list(range(256)) + [0], [1.0] * 257),
-    "wrong-n-outputs": bin_case(422, "this model's has 256", V, 100, [1], [1.0]),
-}
-
-BAD_JSON = {
-    "not-json": ("json", 400, "not valid JSON", b"{indices: [1]", {}),
-    "not-utf8": ("json", 400, "not valid JSON", b"\xff\xfe\x00", {}),
-    "not-an-object": ("json", 422, "must be an object", b"[1, 2]", {}),
-    "missing-version": ("json", 422, "'model_version'", {"indices": [1], "values": [1.0]}, {}),
-    "missing-values": ("json", 422, "'values'", {"model_version": V, "indices": [1]}, {}),
-    "string-indices": ("json", 422, "list of integers", {"model_version": V, "indices": ["1"], "values": [1.0]}, {}),
-    "json-version-mismatch": ("json", 409, "server runs", {"model_version": "x", "indices": [], "values": []}, {}),
-    "json-duplicate": ("json", 422, "more than once", {"model_version": V, "indices": [2, 2], "values": [1, 1]}, {}),
-    "json-negative": ("json", 422, "negative", {"model_version": V, "indices": [2], "values": [-1]}, {}),
-    "json-nan": ("json", 422, "NaN", b'{"model_version": "VERSION", "indices": [2], "values": [NaN]}', {}),
-    "json-out-of-range": ("json", 422, "out of range", {"model_version": V, "indices": [-1], "values": [1]}, {}),
-    "json-unpaired": ("json", 422, "pair up", {"model_version": V, "indices": [1, 2], "values": [1]}, {}),
-    "json-huge-int": ("json", 422, "", {"model_version": V, "indices": [10**30], "values": [1]}, {}),
-    "json-too-many": ("json", 422, "non-zeros", {"model_version": V, "indices": list(range(257)),
-                                                 "values": [1] * 257}, {}),
-}
-
-
-def _fill_version(obj, version):
-    if isinstance(obj, dict):
-        return {k: version if v == V else v for k, v in obj.items()}
-    return obj.replace(b"VERSION", version.encode()) if isinstance(obj, bytes) else obj
-
-
-@pytest.mark.parametrize("case", list(BAD_BINARY) + list(BAD_JSON))
+@pytest.mark.parametrize("case", list(BAD_PAYLOADS))
 def test_bad_payload_is_answered_and_server_keeps_serving(case, http, device, good, make_payload):
-    kind, status, message, args, kwargs = {**BAD_BINARY, **BAD_JSON}[case]
-    if kind == "bin":
-        kwargs = dict(kwargs)
-        raw, cut, extra = kwargs.pop("raw", None), kwargs.pop("cut", 0), kwargs.pop("extra", b"")
-        if raw is None:
-            version = device.version if args[0] == V else args[0]
-            raw = make_payload(version, *args[1:], **kwargs)
-            raw = (raw[:-cut] if cut else raw) + extra
-        r = http.post(PREDICT, content=raw, headers=OCTET)
-    else:
-        body = _fill_version(args, device.version)
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        r = http.post(PREDICT, content=content, headers={"Content-Type": "application/json"})
+    status, message = BAD_PAYLOADS[case][1:3]
+    r = send_bad_payload(http, case, device.version, make_payload)
     assert r.status_code == status, r.text
     err = r.json()
     assert set(err) >= {"error", "detail"}
@@ -181,8 +124,7 @@ def test_unknown_model_is_404(http, good):
     assert_still_serving(http, good)
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "multipart/form-data; boundary=x",
-                                          "application/x-www-form-urlencoded", "image/png"])
+@pytest.mark.parametrize("content_type", WRONG_CONTENT_TYPES)
 def test_wrong_content_type_is_415(http, good, content_type):
     headers = {"Content-Type": content_type} if content_type else {}
     r = http.post(PREDICT, content=good, headers=headers)
@@ -281,22 +223,11 @@ def test_metrics_count_requests_by_status_and_batches(http, good):
 # -- API keys ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def auth_server(start_server, serve_digits_bundle):
-    keys = {"generated": "dao_test-key-one", "chosen": "correct horse battery staple"}
-    hashes = [hash_api_key(keys["generated"]), hash_api_key(keys["chosen"], "pbkdf2", iterations=1000)]
-    server = start_server(ServerConfig(bundles=[serve_digits_bundle.server], api_key_hashes=hashes))
-    return server.url, keys
+    server = start_server(ServerConfig(bundles=[serve_digits_bundle.server], api_key_hashes=api_key_hashes()))
+    return server.url, API_KEYS
 
 
-@pytest.mark.parametrize("headers,status", [
-    ({}, 401),
-    ({"Authorization": "Bearer wrong"}, 401),
-    ({"X-API-Key": "wrong"}, 401),
-    ({"Authorization": "Basic ZGFvOnRlc3Q="}, 401),
-    ({"Authorization": "Bearer dao_test-key-one"}, 200),
-    ({"X-API-Key": "dao_test-key-one"}, 200),
-    ({"Authorization": "Bearer correct horse battery staple"}, 200),
-    ({"X-API-Key": "correct horse battery staple"}, 200),
-])
+@pytest.mark.parametrize("headers,status", API_KEY_CASES)
 def test_api_key(auth_server, good, headers, status):
     url, keys = auth_server
     with httpx.Client(base_url=url) as http:

@@ -45,6 +45,21 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
     web: Annotated[bool, typer.Option("--web", help="also serve the web page at / (the first layer runs in the "
                                                     "browser) and the device bundles at /device-bundles/")] = False,
+    ray: Annotated[bool, typer.Option("--ray", help="run on Ray Serve: same API on replicas (docs/ray.md); "
+                                      "needs daonet\\[ray]", rich_help_panel="Ray Serve")] = False,
+    replicas: Annotated[int, typer.Option(min=1, help="replicas (initial count when autoscaling)",
+                                          rich_help_panel="Ray Serve")] = 1,
+    ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster ('auto', 'ray://HOST:10001'); "
+                                                    "default: a new local instance", rich_help_panel="Ray Serve")
+                           ] = None,
+    min_replicas: Annotated[int | None, typer.Option(min=0, help="autoscaling: fewest replicas",
+                                                     rich_help_panel="Ray Serve")] = None,
+    max_replicas: Annotated[int | None, typer.Option(min=1, help="autoscaling: most replicas",
+                                                     rich_help_panel="Ray Serve")] = None,
+    target_ongoing_requests: Annotated[float | None, typer.Option(
+        help="autoscaling: requests in flight per replica to aim for", rich_help_panel="Ray Serve")] = None,
+    replica_cpus: Annotated[float, typer.Option(min=0, help="Ray CPUs reserved per replica",
+                                                rich_help_panel="Ray Serve")] = 1.0,
 ) -> None:
     """Serve server bundles over HTTP: predictions from sparse dropped activations, never raw inputs."""
     from ..server.app import serve as run_server
@@ -66,7 +81,30 @@ def serve(
                           "in clear text (pass --ssl-certfile/--ssl-keyfile)")
         if not hashes:
             console.print("[yellow]warning:[/] no API key required (pass --api-key-hash from `daonet hash-key`)")
+    ray_only = {"--replicas": replicas != 1, "--ray-address": ray_address is not None,
+                "--min-replicas": min_replicas is not None, "--max-replicas": max_replicas is not None,
+                "--target-ongoing-requests": target_ongoing_requests is not None, "--replica-cpus": replica_cpus != 1.0}
+    if not ray and any(ray_only.values()):
+        fail(f"{', '.join(k for k, v in ray_only.items() if v)} only apply with --ray")
+    if ray:
+        _serve_on_ray(config, replicas, ray_address, min_replicas, max_replicas, target_ongoing_requests,
+                      replica_cpus)
+        return
     run_server(config)
+
+
+def _serve_on_ray(config: Any, replicas: int, address: str | None, min_replicas: int | None,
+                  max_replicas: int | None, target: float | None, replica_cpus: float) -> None:
+    try:
+        from ..server.ray_serve import RayOptions, serve_on_ray
+    except ImportError as exc:
+        fail(f"--ray needs Ray Serve: pip install 'daonet[ray]' ({exc})")
+    try:
+        options = RayOptions(replicas=replicas, address=address, min_replicas=min_replicas, max_replicas=max_replicas,
+                             target_ongoing_requests=target, replica_cpus=replica_cpus).validate()
+    except DaonetError as exc:
+        fail(str(exc))
+    serve_on_ray(config, options)
 
 
 # -- reading inputs ------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__ as daonet_version
 from ..errors import MalformedPayloadError
 from ..wire import SparsePayload
-from .batching import MicroBatcher
+from .batching import Batcher, BatcherFactory, MicroBatcher
 from .config import ApiKeyVerifier, ServerConfig
 from .http_errors import ApiError, as_api_error
 from .metrics import CONTENT_TYPE_LATEST, ServerMetrics
@@ -103,8 +103,20 @@ def _parse(model: ServerModel, media: str, body: bytes) -> SparsePayload:
     return model.parse_json(obj)
 
 
-def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> FastAPI:
-    """Build the app: loads the bundles (or takes a ready registry) and one micro-batcher per model."""
+def micro_batcher(config: ServerConfig, model: ServerModel, metrics: ServerMetrics) -> Batcher[SparsePayload, Any]:
+    """The single-process batching: daonet's own :class:`MicroBatcher`, one per model."""
+    return MicroBatcher(partial(_forward, model), max_batch_size=config.max_batch_size,
+                        max_wait_ms=config.max_wait_ms, on_batch=metrics.batch_observer(model.model_id),
+                        name=f"batcher-{model.model_id}")
+
+
+def create_app(config: ServerConfig, registry: ModelRegistry | None = None,
+               batcher_factory: BatcherFactory | None = None) -> FastAPI:
+    """Build the app: loads the bundles (or takes a ready registry) and one batcher per model.
+
+    ``batcher_factory(config, model, metrics)`` swaps the batching only (Ray Serve's ``@serve.batch`` in
+    :mod:`daonet.server.ray_serve`); parsing, validation, auth, errors and metrics stay this app's.
+    """
     config.validate(require_bundles=registry is None)
     if config.torch_threads:
         import torch
@@ -115,12 +127,8 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None) -> F
     metrics.models.set(len(models))
     verifier = ApiKeyVerifier(config.api_key_hashes)
     slow_verify = any(h.startswith("pbkdf2") for h in config.api_key_hashes)
-    batchers: dict[str, MicroBatcher[SparsePayload, np.ndarray]] = {
-        m.model_id: MicroBatcher(partial(_forward, m), max_batch_size=config.max_batch_size,
-                                 max_wait_ms=config.max_wait_ms, on_batch=metrics.batch_observer(m.model_id),
-                                 name=f"batcher-{m.model_id}")
-        for m in models
-    }
+    make_batcher = batcher_factory or micro_batcher
+    batchers = {m.model_id: make_batcher(config, m, metrics) for m in models}
     state = {"ready": False}
 
     @asynccontextmanager

@@ -19,12 +19,35 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from .metrics import ServerMetrics
+    from .model import ServerModel
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-__all__ = ["MicroBatcher", "BatcherClosedError"]
+__all__ = ["Batcher", "BatcherFactory", "MicroBatcher", "BatcherClosedError"]
+
+
+class Batcher(Protocol[T, R]):
+    """What the HTTP app needs from a batcher: :class:`MicroBatcher` here, ``@serve.batch`` under Ray Serve."""
+
+    def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    async def submit(self, value: T) -> R: ...
+
+
+class BatcherFactory(Protocol):
+    """``factory(config, model, metrics) -> Batcher``: one batcher per served model."""
+
+    def __call__(self, config: Any, model: ServerModel, metrics: ServerMetrics) -> Batcher[Any, Any]: ...
 
 
 class BatcherClosedError(RuntimeError):
