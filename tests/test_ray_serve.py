@@ -63,7 +63,7 @@ def bundles(serve_digits_bundle, serve_signal_bundle, mnist_bundle):
 @pytest.fixture(scope="module")
 def ray_service(bundles, server_body_limit):
     config = ServerConfig(bundles=bundles, port=0, max_body_bytes=server_body_limit, max_batch_size=32,
-                          max_wait_ms=2.0, api_key_hashes=api_key_hashes(), torch_threads=1)
+                          max_wait_ms=2.0, api_key_hashes=api_key_hashes(), torch_threads=1, web=True)
     with RayService(config, RayOptions(replicas=2, num_cpus=2, replica_cpus=0.5)) as service:
         yield service
 
@@ -72,7 +72,7 @@ def ray_service(bundles, server_body_limit):
 def single_url(start_server, bundles, server_body_limit):
     """The single-process server with the same bundles and settings (the reference)."""
     config = ServerConfig(bundles=bundles, max_body_bytes=server_body_limit, max_batch_size=32, max_wait_ms=2.0,
-                          api_key_hashes=api_key_hashes())
+                          api_key_hashes=api_key_hashes(), web=True)
     return start_server(config).url
 
 
@@ -94,6 +94,10 @@ def test_two_replicas_serve_the_same_models(ray_service, clients):
     assert ray_client.get("/v1/models").json() == single.get("/v1/models").json()
     assert ray_client.get("/v1/ready").json()["models"] == ["digits-mlp", "ecg5000-cnn1d", "mnist-mlp"]
     assert ray_client.get("/v1/health").json() == {"status": "ok"}
+    # --web: the page and the device halves travelled with the server bundles, byte for byte
+    index = ray_client.get("/device-bundles/index.json")
+    assert index.status_code == 200 and index.json() == single.get("/device-bundles/index.json").json()
+    assert ray_client.get("/").text == single.get("/").text
     spec = ray_client.get("/openapi.json").json()
     assert [p for p, ops in spec["paths"].items() if "post" in ops] == ["/v1/models/{model_id}/predict"]
 
