@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
+import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +40,13 @@ def export_model(
     value_dtype: str = "float32",
     privacy: dict[str, Any] | None = None,
     extra_device_files: dict[str, np.ndarray] | None = None,
+    server_writer: Callable[[Path], tuple[str, str]] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``out/device`` and ``out/server``; returns both paths."""
+    """Write ``out/device`` and ``out/server``; returns both paths.
+
+    ``server_writer(directory) -> (file name, sha256)`` writes the server part in another form than a state
+    dict (``daonet.convert.export`` saves any architecture as a torch.export program this way).
+    """
     out = Path(out)
     first = model.first
     arch = dict(model.arch)
@@ -59,8 +67,11 @@ def export_model(
         if extra_device_files:
             dev_tensors.update({k: np.asarray(v, dtype=np.float32) for k, v in extra_device_files.items()})
         dev_hash = write_weights(dev_dir / DEVICE_WEIGHTS, dev_tensors)
-        srv_tensors = {k: v.detach().cpu().numpy() for k, v in model.rest.state_dict().items()}
-        srv_hash = write_weights(srv_dir / SERVER_WEIGHTS, srv_tensors)
+        if server_writer is None:
+            srv_tensors = {k: v.detach().cpu().numpy() for k, v in model.rest.state_dict().items()}
+            srv_name, srv_hash = SERVER_WEIGHTS, write_weights(srv_dir / SERVER_WEIGHTS, srv_tensors)
+        else:
+            srv_name, srv_hash = server_writer(srv_dir)
         version = content_version(dev_hash, srv_hash, config=arch)
         spec = first.spec()
         drop = {"policy": "bernoulli", "rate": first.drop_rate, "rescale": False}
@@ -82,7 +93,7 @@ def export_model(
             **common, "format": SERVER_FORMAT,
             "arch": arch, "first_layer": spec, "drop": drop, "device_input": input_spec,
             "wire": {"version": WIRE_VERSION},
-            "files": {SERVER_WEIGHTS: srv_hash},
+            "files": {srv_name: srv_hash},
         })
         out.mkdir(parents=True, exist_ok=True)
         for name in ("device", "server"):  # replace atomically-ish: never leave a half bundle
@@ -111,3 +122,15 @@ def export_run(run_dir: str | Path, out: str | Path, model_id: str | None = None
     return export_model(model, out, model_id=mid, classes=config.get("classes", []),
                         raw_dtype=config.get("raw_dtype", "float32"), value_dtype=value_dtype,
                         privacy={"max_revealed_energy": max_revealed_energy}, extra_device_files=extra)
+
+
+class _CallableModule(types.ModuleType):
+    """``daonet.export(model, out_dir, ...)``: the module is also the library call (see daonet.convert.export)."""
+
+    def __call__(self, model: Any, out_dir: str | Path, **kwargs: Any) -> tuple[Path, Path]:
+        from .convert import export
+
+        return export(model, out_dir, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..bundle import SERVER_FORMAT, ManifestIdentity, load_bundle
+from ..convert import PROGRAM_ARCH, load_program
 from ..errors import BundleError, DaonetError, InvalidPayloadError, VersionMismatchError
 from ..nn import build_model
 from ..wire import SparsePayload, decode, read_frame, validate_sparse
@@ -28,7 +29,7 @@ class ServerModel(ManifestIdentity):
 
     def __init__(self, manifest: dict[str, Any], rest: torch.nn.Module, bundle_dir: Path | None = None) -> None:
         self.manifest = manifest
-        self.rest = rest.eval()
+        self.rest = rest if isinstance(rest, torch.fx.GraphModule) else rest.eval()  # programs are traced in eval
         self.bundle_dir = bundle_dir
         self.first_layer = manifest["first_layer"]
         self.output_shape = tuple(int(s) for s in self.first_layer["output_shape"])
@@ -37,6 +38,11 @@ class ServerModel(ManifestIdentity):
     @classmethod
     def load(cls, bundle_dir: str | Path) -> ServerModel:
         bundle_dir, manifest, tensors = load_bundle(bundle_dir, SERVER_FORMAT)
+        if manifest["arch"].get("name") == PROGRAM_ARCH:  # any architecture, saved by daonet.export (verified)
+            rest = load_program(bundle_dir / next(iter(manifest["files"])))
+            server = cls(manifest, rest, bundle_dir)
+            server.check_against_network()
+            return server
         try:
             model = build_model(manifest["arch"])
             model.rest.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
