@@ -66,6 +66,9 @@ def train(
                                              "(cnn/cnn1d); 0 = off")] = 0,
     noise_std: Annotated[float, typer.Option(min=0, help="defence: Gaussian noise on surviving values, as a "
                                              "fraction of their RMS on the training data; 0 = off")] = 0.0,
+    adversary: Annotated[str, typer.Option(help="the min-max adversary: mlp (sees h) or adaptive (also log h, the "
+                                                "support pattern and the class probabilities: stronger)")] = "mlp",
+    adversary_steps: Annotated[int, typer.Option(min=1, help="adversary updates per model update")] = 1,
     recommended: Annotated[bool, typer.Option(help="use the measured default operating point for this "
                                               "dataset/model (drop rate, defences, epochs; see README)")] = False,
     out: Annotated[Path, typer.Option(help="run directory to write")] = Path("runs/mnist-mlp"),
@@ -80,12 +83,14 @@ def train(
                       lr=lr, seed=seed, model_kwargs=parse_kwargs(model_opt), n_train=n_train, n_test=n_test,
                       data_root=str(data_root) if data_root else None, augment=augment,
                       quantize_levels=quantize_levels, nopeek_weight=nopeek_weight, adversary_weight=adversary_weight,
-                      device_layers=device_layers, device_pool=device_pool, noise_std=noise_std)
+                      device_layers=device_layers, device_pool=device_pool, noise_std=noise_std,
+                      adversary=adversary, adversary_steps=adversary_steps)
     if recommended:
         rec = recommended_config(dataset, model)
         cfg = replace(cfg, drop_rate=rec.drop_rate, epochs=rec.epochs, batch_size=rec.batch_size,
                       adversary_weight=rec.adversary_weight, nopeek_weight=rec.nopeek_weight,
-                      quantize_levels=rec.quantize_levels)
+                      quantize_levels=rec.quantize_levels, adversary=rec.adversary,
+                      adversary_steps=rec.adversary_steps)
         drop_rate = cfg.drop_rate
         console.print(f"recommended operating point: p={cfg.drop_rate}, adversary weight {cfg.adversary_weight}, "
                       f"{cfg.epochs} epochs")

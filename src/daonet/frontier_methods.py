@@ -72,7 +72,10 @@ class Method:
     quantize_levels: int = 0
     nopeek_weight: float = 0.0
     adversary_weight: float = 0.0
+    adversary: str = "mlp"
+    adversary_steps: int = 1
     max_revealed_energy: float | None = None
+    train_options: dict[str, Any] = field(default_factory=dict)  # other TrainConfig fields (device block, noise)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", self.name):
@@ -86,7 +89,8 @@ class Method:
         """The base training settings with this method's options applied."""
         return replace(base, drop_rate=self.drop_rate, model_kwargs={**base.model_kwargs, **self.model_kwargs},
                        quantize_levels=self.quantize_levels, nopeek_weight=self.nopeek_weight,
-                       adversary_weight=self.adversary_weight)
+                       adversary_weight=self.adversary_weight, adversary=self.adversary,
+                       adversary_steps=self.adversary_steps, **self.train_options)
 
     @property
     def privacy(self) -> dict[str, Any]:
@@ -100,7 +104,10 @@ class Method:
         if self.nopeek_weight:
             parts.append(f"nopeek {self.nopeek_weight:g}")
         if self.adversary_weight:
-            parts.append(f"adversary {self.adversary_weight:g}")
+            strong = f" ({self.adversary}, {self.adversary_steps} steps)" if self.adversary != "mlp" or \
+                self.adversary_steps > 1 else ""
+            parts.append(f"adversary {self.adversary_weight:g}{strong}")
+        parts += [f"{k}={v}" for k, v in self.train_options.items()]
         if self.max_revealed_energy is not None:
             parts.append(f"policy rho<={self.max_revealed_energy:g}")
         return ", ".join(parts)
@@ -172,6 +179,10 @@ def all_methods(model: str) -> list[Method]:
         Method("adv2-p0.8", "adversary", 0.8, adversary_weight=2.0),
         Method("adv2-p0.5", "adversary", 0.5, adversary_weight=2.0),
         Method("adv2-p0", "adversary", 0.0, adversary_weight=2.0),
+        # the stronger adversary: adaptive features (log h, support, class probabilities), 3 attacker steps
+        Method("sadv2-p0.5", "adversary", 0.5, adversary_weight=2.0, adversary="adaptive", adversary_steps=3),
+        Method("sadv2-p0.9", "adversary", p, adversary_weight=2.0, adversary="adaptive", adversary_steps=3),
+        Method("sadv5-p0.5", "adversary", 0.5, adversary_weight=5.0, adversary="adaptive", adversary_steps=3),
         # thresholds near the mean revealed energy at p=0.9 (~0.2 on MNIST): rho<=0.1 already costs ~30 points
         Method("policy0.3-p0.9", "policy", p, max_revealed_energy=0.3),
         Method("policy0.2-p0.9", "policy", p, max_revealed_energy=0.2),

@@ -23,7 +23,7 @@ from torch import nn
 from .data import Dataset, load_dataset
 from .errors import DaonetError, InputError
 from .nn import SplitModel, build_model
-from .nn.defences import InverseAdversary, distance_correlation
+from .nn.defences import ADVERSARIES, InverseAdversary, distance_correlation
 
 DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
     "mlp": {"hidden": 800, "hidden2": 256},
@@ -58,6 +58,9 @@ class TrainConfig:
     device_layers: int = 1  # layers run on the device before dropping (1: the paper; 2-3: a localized block)
     device_pool: int = 0  # max-pooling window at the device block's output (conv models); 0 = off
     noise_std: float = 0.0  # Gaussian noise on surviving values, x RMS of the non-zero activations; 0 = off
+    adversary: str = "mlp"  # mlp: sees h; adaptive: also log h, the support pattern and the class probabilities
+    adversary_steps: int = 1  # attacker updates per model update (a better-trained adversary)
+    adversary_hidden: int = 512
 
     def validate(self) -> None:
         if not 0.0 <= self.drop_rate < 1.0:
@@ -72,6 +75,11 @@ class TrainConfig:
             raise InputError("eval_draws must be at least 1")
         if self.quantize_levels < 0:
             raise InputError(f"--quantize-levels must be >= 0, got {self.quantize_levels}")
+        if self.adversary not in ADVERSARIES:
+            raise InputError(f"--adversary must be one of {', '.join(ADVERSARIES)}, got {self.adversary!r}")
+        if self.adversary_steps < 1 or self.adversary_hidden < 8:
+            raise InputError(f"--adversary-steps must be >= 1 and --adversary-hidden >= 8, got "
+                             f"{self.adversary_steps}, {self.adversary_hidden}")
         if not 1 <= self.device_layers <= 3:
             raise InputError(f"--device-layers must be 1 (the paper's single layer), 2 or 3, got {self.device_layers}")
         if self.device_pool < 0 or self.device_pool == 1:
@@ -196,7 +204,8 @@ def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = True) ->
     loss_fn = nn.CrossEntropyLoss()
     adversary = adv_opt = None
     if cfg.adversary_weight > 0:
-        adversary = InverseAdversary(model.first.n_outputs, int(np.prod(ds.input_shape)))
+        adversary = InverseAdversary(model.first.n_outputs, int(np.prod(ds.input_shape)), cfg.adversary_hidden,
+                                     cfg.adversary, ds.n_classes)
         adv_opt = torch.optim.Adam(adversary.parameters(), lr=1e-3)
     t0 = time.perf_counter()
     with make_progress() as bar:
@@ -214,17 +223,21 @@ def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = True) ->
                 if cfg.augment and ds.kind == "image":
                     xb = _shift(xb, gen)
                 h = model.first(xb)
-                loss = loss_fn(model.rest(h), y[idx])
+                logits = model.rest(h)
+                loss = loss_fn(logits, y[idx])
                 if cfg.nopeek_weight > 0:
                     loss = loss + cfg.nopeek_weight * distance_correlation(xb, h)
                 if adversary is not None and adv_opt is not None:
                     target = ((xb - model.first.mean) / model.first.std).flatten(1)
-                    adv_loss = nn.functional.mse_loss(adversary(h.detach()), target)  # the attacker's step
-                    adv_opt.zero_grad(set_to_none=True)
-                    adv_loss.backward()
-                    adv_opt.step()
+                    probs = torch.softmax(logits.detach(), 1) if cfg.adversary == "adaptive" else None
+                    for _ in range(cfg.adversary_steps):  # the attacker's steps
+                        adv_loss = nn.functional.mse_loss(adversary(h.detach(), probs), target)
+                        adv_opt.zero_grad(set_to_none=True)
+                        adv_loss.backward()
+                        adv_opt.step()
                     # the model's step: stay accurate while making the current attacker's job hard
-                    loss = loss - cfg.adversary_weight * nn.functional.mse_loss(adversary(h), target).clamp_max(2.0)
+                    loss = loss - cfg.adversary_weight * nn.functional.mse_loss(adversary(h, probs),
+                                                                                target).clamp_max(2.0)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

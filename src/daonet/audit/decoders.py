@@ -235,6 +235,7 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
     dev = pairs.device
     x_tr = pairs.x_train if n_train is None else pairs.x_train[:n_train]
     n_tr = len(x_tr)
+    batch = min(budget.batch, max(32, n_tr // 16))  # small public sets (ECG5000: 500) still get many steps/epoch
     metric = metric_torch(kind, input_shape)
     var = float(x_tr.var()) or 1.0
     f_val = features(family, pairs, pairs.h_val)
@@ -254,8 +255,8 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
             model.train()
             perm = torch.randperm(n_tr, generator=gen).to(dev)
             total, count = 0.0, 0
-            for i in range(0, n_tr, budget.batch):
-                idx = perm[i:i + budget.batch]
+            for i in range(0, n_tr, batch):
+                idx = perm[i:i + batch]
                 if len(idx) < 2:
                     continue
                 rec, tgt = model(f_tr[idx]), x_tr[idx]
@@ -289,7 +290,7 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
         "epochs_run": len(val_hist), "best_epoch": best_epoch, "best_val": round(best, 5), "stopped": stopped,
         "converged": stopped.startswith("converged"), "val_metric_per_epoch": val_hist,
         "train_loss_per_epoch": loss_hist, "max_epochs": budget.max_epochs, "patience": budget.patience,
-        "hidden": budget.hidden, "batch": budget.batch, "lr": budget.lr, "loss": budget.loss,
+        "hidden": budget.hidden, "batch": batch, "lr": budget.lr, "loss": budget.loss,
         "parameters": int(sum(p.numel() for p in model.parameters())), "masks": pairs.how,
         "device": str(dev), "seconds": round(time.perf_counter() - t0, 2),
         "architecture": type(model).__name__,

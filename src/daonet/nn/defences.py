@@ -29,13 +29,38 @@ def distance_correlation(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(dcov_xy / torch.sqrt(dcov_xx * dcov_yy + 1e-12) + 1e-12)
 
 
-class InverseAdversary(nn.Module):
-    """A small decoder from the transmitted (dropped) activations back to the normalized input."""
+ADVERSARIES = ("mlp", "adaptive")
 
-    def __init__(self, n_outputs: int, n_inputs: int, hidden: int = 512) -> None:
+
+class InverseAdversary(nn.Module):
+    """A decoder from the transmitted (dropped) activations back to the normalized input.
+
+    ``kind="mlp"`` sees the dropped vector only (the original min-max defence). ``kind="adaptive"`` is the
+    stronger adversary the audit showed is needed: like the audit's adaptive decoder it also sees scale-free
+    views of the vector (``log1p``), the support pattern and the server's class probabilities, so the model
+    cannot hide information behind a scale trick or in which outputs arrive.
+    """
+
+    def __init__(self, n_outputs: int, n_inputs: int, hidden: int = 512, kind: str = "mlp",
+                 n_classes: int = 0) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_outputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+        if kind not in ADVERSARIES:
+            raise ValueError(f"adversary must be one of {', '.join(ADVERSARIES)}, got {kind!r}")
+        self.kind = kind
+        n_in = n_outputs if kind == "mlp" else 3 * n_outputs + n_classes
+        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                  nn.Linear(hidden, n_inputs))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h.flatten(1))
+    def features(self, h: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+        h = h.flatten(1)
+        if self.kind == "mlp":
+            return h
+        scale = h.detach().pow(2).sum() / (h.detach() > 0).sum().clamp_min(1)
+        hs = h / scale.sqrt().clamp_min(1e-6)
+        parts = [hs, torch.log1p(hs.clamp_min(0)), (h > 0).float()]
+        if probs is not None:
+            parts.append(probs)
+        return torch.cat(parts, 1)
+
+    def forward(self, h: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(self.features(h, probs))

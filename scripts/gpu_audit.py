@@ -1,0 +1,118 @@
+"""Full-budget audits for the README, in parallel worker processes (made for one GPU + 16 CPU cores).
+
+Usage: ``python scripts/gpu_audit.py OUT --data-root-mnist DIR --data-root-ucr DIR [--workers N] [--only JOB,...]``
+
+Jobs: ``default-<dataset>`` trains the recommended default model and audits it with the full budget and the
+attacker-budget curve; ``methods-<dataset>-<k>`` runs a slice of the per-method frontier (full budget, every
+attacker to convergence, from scratch, against each final bundle). Every job writes under ``OUT/<job>``;
+``daonet.frontier_methods.merge_methods`` joins the slices. The same commands run on a CPU, only slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+METHODS = {
+    "mnist": ["plain-p0", "plain-p0.5", "plain-p0.9", "plain-p0.97", "wide-p0.97", "quant1-p0.9", "nopeek-p0.9",
+              "adv2-p0", "adv2-p0.5", "adv2-p0.9", "sadv2-p0.5", "sadv2-p0.9", "sadv5-p0.5", "policy0.2-p0.9"],
+    "ecg5000": ["plain-p0", "plain-p0.5", "plain-p0.9", "plain-p0.97", "wide-p0.97", "quant1-p0.9", "adv2-p0.5",
+                "adv2-p0.9", "sadv2-p0.9", "sadv2-p0.5", "policy0.2-p0.9"],
+}
+MODEL = {"mnist": "mlp", "ecg5000": "cnn1d"}
+EPOCHS = {"mnist": 5, "ecg5000": 40}
+
+
+BUDGET = os.environ.get("DAONET_AUDIT_BUDGET", "full")  # quick: a smoke test of this script (not a claim)
+EPOCHS_OVERRIDE = int(os.environ.get("DAONET_TRAIN_EPOCHS", "0"))
+
+
+def job_default(dataset: str, out: Path, root: str) -> None:
+    from dataclasses import replace
+
+    from daonet.audit import AuditConfig, run_audit, write_report
+    from daonet.export import export_run
+    from daonet.train import recommended_config, save_run, train
+
+    cfg = recommended_config(dataset, MODEL[dataset], data_root=root)
+    if EPOCHS_OVERRIDE:
+        cfg = replace(cfg, epochs=EPOCHS_OVERRIDE)
+    res = train(cfg, progress=False)
+    save_run(res, out / "run")
+    export_run(out / "run", out / "bundle")
+    r = run_audit(out / "bundle", AuditConfig(dataset=dataset, budget=BUDGET, data_root=root), progress=False)
+    write_report(r, out / "audit")
+
+
+def job_methods(dataset: str, names: list[str], out: Path, root: str) -> None:
+    from dataclasses import replace
+
+    from daonet.audit import AuditConfig
+    from daonet.audit.frontier import default_train_config
+    from daonet.frontier_methods import all_methods, run_methods
+
+    known = {m.name: m for m in all_methods(MODEL[dataset])}
+    tcfg = replace(default_train_config(dataset, MODEL[dataset]), data_root=root,
+                   epochs=EPOCHS_OVERRIDE or EPOCHS[dataset])
+    acfg = AuditConfig(dataset=dataset, budget=BUDGET, budget_curve=False, data_root=root)
+    run_methods(dataset, MODEL[dataset], [known[n] for n in names], out, acfg, train_cfg=tcfg, progress=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--data-root-mnist", default=None)
+    ap.add_argument("--data-root-ucr", default=None)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--job", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    roots = {"mnist": a.data_root_mnist, "ecg5000": a.data_root_ucr}
+    if a.job:  # a worker
+        import torch
+
+        torch.set_num_threads(a.threads)
+        kind, dataset, *rest = a.job.split(":")
+        out = a.out / a.job.replace(":", "-").replace(",", "_")
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        if kind == "default":
+            job_default(dataset, out, roots[dataset])
+        else:
+            job_methods(dataset, rest[0].split(","), out, roots[dataset])
+        (out / "done.json").write_text(json.dumps({"job": a.job, "seconds": time.time() - t0}))
+        return
+    jobs = ["default:mnist", "default:ecg5000"]
+    for ds, names in METHODS.items():
+        per = 2 if ds == "mnist" else 4
+        jobs += [f"methods:{ds}:{','.join(names[i:i + per])}" for i in range(0, len(names), per)]
+    if a.only:
+        jobs = [j for j in jobs if any(j.startswith(o) for o in a.only.split(";"))]
+    procs: list[subprocess.Popen] = []
+    pending = list(jobs)
+    a.out.mkdir(parents=True, exist_ok=True)
+    while pending or procs:
+        while pending and len(procs) < a.workers:
+            j = pending.pop(0)
+            log = open(a.out / (j.replace(":", "-").replace(",", "_")[:80] + ".log"), "w")
+            cmd = [sys.executable, __file__, str(a.out), "--job", j, "--threads", str(a.threads)]
+            for k, v in (("--data-root-mnist", a.data_root_mnist), ("--data-root-ucr", a.data_root_ucr)):
+                if v:
+                    cmd += [k, v]
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()))
+            print(f"started {j}", flush=True)
+        time.sleep(2)
+        for p in list(procs):
+            if p.poll() is not None:
+                procs.remove(p)
+                print(f"finished rc={p.returncode}: {' '.join(p.args[-6:])}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
