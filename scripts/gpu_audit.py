@@ -20,9 +20,11 @@ from pathlib import Path
 
 METHODS = {
     "mnist": ["plain-p0", "plain-p0.5", "plain-p0.9", "plain-p0.97", "wide-p0.97", "quant1-p0.9", "nopeek-p0.9",
-              "adv2-p0", "adv2-p0.5", "adv2-p0.9", "sadv2-p0.5", "sadv2-p0.9", "sadv5-p0.5", "policy0.2-p0.9"],
+              "adv2-p0", "adv2-p0.5", "adv2-p0.9", "sadv2-p0.5", "sadv2-p0.9", "sadv5-p0.5", "policy0.2-p0.9",
+              "block2-p0.5", "block2-p0.9", "noise0.5-p0.5", "noise1-p0.5", "noise0.5-p0.9"],
     "ecg5000": ["plain-p0", "plain-p0.5", "plain-p0.9", "plain-p0.97", "wide-p0.97", "quant1-p0.9", "adv2-p0.5",
-                "adv2-p0.9", "sadv2-p0.9", "sadv2-p0.5", "policy0.2-p0.9"],
+                "adv2-p0.9", "sadv2-p0.9", "sadv2-p0.5", "policy0.2-p0.9", "block2-p0.5", "block2-p0.9",
+                "noise0.5-p0.5", "noise1-p0.5", "noise0.5-p0.9"],
 }
 MODEL = {"mnist": "mlp", "ecg5000": "cnn1d"}
 EPOCHS = {"mnist": 5, "ecg5000": 40}

@@ -58,6 +58,8 @@ FAMILIES: dict[str, tuple[str, str, str]] = {  # family -> (colour, marker, lege
     "adversary": ("tab:red", "D", "adversarial (min-max inverse net)"),
     "policy": ("tab:purple", "P", "certificate policy (device)"),
     "composed": ("tab:brown", "*", "composition"),
+    "block": ("tab:cyan", "X", "localized first block (2 layers on the device)"),
+    "noise": ("tab:pink", "h", "noise on surviving values"),
 }
 
 
@@ -183,6 +185,12 @@ def all_methods(model: str) -> list[Method]:
         Method("sadv2-p0.5", "adversary", 0.5, adversary_weight=2.0, adversary="adaptive", adversary_steps=3),
         Method("sadv2-p0.9", "adversary", p, adversary_weight=2.0, adversary="adaptive", adversary_steps=3),
         Method("sadv5-p0.5", "adversary", 0.5, adversary_weight=5.0, adversary="adaptive", adversary_steps=3),
+        # a localized block (2 layers on the device, dropping at its output) and noise on surviving values
+        Method("block2-p0.5", "block", 0.5, train_options={"device_layers": 2}),
+        Method("block2-p0.9", "block", p, train_options={"device_layers": 2}),
+        Method("noise0.5-p0.5", "noise", 0.5, train_options={"noise_std": 0.5}),
+        Method("noise1-p0.5", "noise", 0.5, train_options={"noise_std": 1.0}),
+        Method("noise0.5-p0.9", "noise", p, train_options={"noise_std": 0.5}),
         # thresholds near the mean revealed energy at p=0.9 (~0.2 on MNIST): rho<=0.1 already costs ~30 points
         Method("policy0.3-p0.9", "policy", p, max_revealed_energy=0.3),
         Method("policy0.2-p0.9", "policy", p, max_revealed_energy=0.2),
@@ -366,23 +374,45 @@ def mark_target(rows: list[dict[str, Any]]) -> float | None:
 
 def methods_markdown(rows: list[dict[str, Any]], metric: str) -> str:
     head = (f"| method | config | accuracy | Δ acc vs undefended | surviving outputs | best attack | best {metric} | "
-            f"class-prior {metric} | advantage | MLP decoder {metric} | adaptive decoder {metric} | rMLE {metric} "
-            "| in target | train s | audit s |")
-    lines = [head, "|" + "---|" * 15]
+            f"class-prior {metric} | prediction-only {metric} | advantage over class prior | advantage over "
+            f"prediction-only | MLP dec. | conv dec. | adaptive dec. | rMLE | all attackers converged | in target "
+            "| train s | audit s |")
+    lines = [head, "|" + "---|" * 19]
+
     def num(v: float | None, fmt: str) -> str:
         return "–" if v is None else format(v, fmt)
 
     for r in rows:
         d = r.get("accuracy_vs_undefended")
+        po = r.get("prediction_only")
         lines.append(
             f"| {r['method']} | {r['config']} | {r['accuracy']:.4f} | "
             f"{num(None if d is None else d * 100, '+.1f')} pt | {r['surviving']:.1f} / {r['n_outputs']} | "
-            f"{r['best_attack']} | {r['best']:.3f} | {r['class_prior']:.3f} | "
+            f"{r['best_attack']} | {r['best']:.3f} | {r['class_prior']:.3f} | {num(po, '.3f')} | "
             f"{r['advantage']:+.3f} ± {r.get('advantage_se') or 0:.3f} | "
-            f"{num(r['attacks'].get('decoder_mlp'), '.3f')} | {num(r['attacks'].get('decoder_adaptive'), '.3f')} | "
-            f"{num(r['attacks'].get('rmle'), '.3f')} | "
+            f"{num(None if po is None else r['best'] - po, '+.3f')} | "
+            f"{num(r['attacks'].get('decoder_mlp'), '.3f')} | {num(r['attacks'].get('decoder_conv'), '.3f')} | "
+            f"{num(r['attacks'].get('decoder_adaptive'), '.3f')} | {num(r['attacks'].get('rmle'), '.3f')} | "
+            f"{num(r.get('all_converged'), '')} | "
             f"{'yes' if r.get('in_target') else 'no'} | {num(r.get('train_s'), '.0f')} | {r['audit_s']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def merge_methods(parts: list[Path], out: Path, title: str, commands: list[str]) -> list[dict[str, Any]]:
+    """Join frontier slices run in parallel (each a ``run_methods`` output folder) into one table and plot."""
+    rows: list[dict[str, Any]] = []
+    first: dict[str, Any] | None = None
+    for part in parts:
+        data = json.loads((part / "methods.json").read_text())
+        first = first or data
+        rows += data["rows"]
+    if first is None:
+        raise InputError("no frontier slices to merge")
+    kind = "image" if first["metric"] == "ssim" else "signal"
+    audit_cfg = AuditConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in first["audit_config"].items()})
+    train_cfg = TrainConfig(**first["train_base"])
+    write_methods(rows, out, kind, title, audit_cfg, train_cfg, commands)
+    return rows
 
 
 def _label_offset(r: dict[str, Any], placed: list[tuple[float, float]], span: tuple[float, float]) -> tuple[int, int]:
