@@ -203,6 +203,6 @@ def test_decoder_early_stops_on_held_out_data_and_keeps_its_best_epoch(dropped, 
     rep = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report
     dec = rep["budgets"]["decoder_mlp"]
     assert dec["converged"] and dec["epochs_run"] < 400 and rep["all_converged"]
-    assert dec["epochs_run"] - dec["best_epoch"] == 3  # stopped after `patience` epochs without a gain
+    assert dec["epochs_run"] - dec["best_epoch"] <= 3  # stopped after `patience` epochs without a real gain
     assert dec["best_val"] == max(dec["val_metric_per_epoch"])
     assert not any("epoch cap" in w for w in rep["warnings"])

@@ -275,11 +275,10 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
             val_hist.append(round(val, 5))
             loss_hist.append(round(total / max(count, 1), 5))
             sched.step(val)
-            if val > best + budget.min_delta:
-                best, best_epoch, bad = val, epoch + 1, 0
+            bad = 0 if val > best + budget.min_delta else bad + 1  # patience counts significant gains only
+            if val > best:  # ... but the weights kept are always the best held-out epoch's
+                best, best_epoch = val, epoch + 1
                 best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad += 1
             bar.update(task, advance=1, status=f"epoch {epoch + 1} val {val:.4f} best {best:.4f}@{best_epoch}")
             if bad >= budget.patience:
                 stopped = f"converged: no held-out gain > {budget.min_delta:g} in {budget.patience} epochs"
