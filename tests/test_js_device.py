@@ -47,9 +47,9 @@ def node() -> str:
 
 
 def run_js(node: str, bundle: Path, cases: list[dict], key: bytes | None = KEY, time_s: float = 0.0,
-           similarity: dict | None = None) -> dict:
+           similarity: dict | None = None, server: str | None = None) -> dict:
     job = {"module": str(MODULE), "bundle": str(bundle), "key": key.hex() if key else None, "cases": cases,
-           "similarity": similarity}
+           "similarity": similarity, "server": server}
     if time_s:
         job["time"] = time_s
     proc = subprocess.run([node, str(RUNNER)], input=json.dumps(job), capture_output=True, text=True, timeout=120)
@@ -236,3 +236,25 @@ def test_js_refuses_tampered_truncated_and_unsupported_bundles(node, bundles, tm
 
     missing = run_js(node, tmp_path / "nowhere", [])["load_error"]
     assert "missing" in missing["message"]
+
+
+def test_js_client_checks_the_server_then_predicts_like_python(node, server_url, serve_digits_run,
+                                                               serve_digits_bundle, tmp_path):
+    from daonet.device import Client
+
+    device = DeviceModel.load(serve_digits_bundle.device)
+    pixels = np.rint(serve_digits_run.dataset.x_test[:3] * 255).astype(np.uint8).reshape(-1, *device.input_shape)
+    js = run_js(node, serve_digits_bundle.device, [case(x) for x in pixels], server=server_url)
+    with Client(server_url, device, masks=KeyedMasks(KEY, model_version=device.version)) as client:
+        for x, got in zip(pixels, js["answers"], strict=True):
+            expected = client.predict(x)
+            assert got["payload"] == expected.payload.data.hex() and got["bytesSent"] == expected.payload_bytes
+            assert got["label"] == expected.label
+            np.testing.assert_allclose(got["probabilities"], expected.probabilities, atol=1e-6)
+
+    stale = _copy(serve_digits_bundle.device, tmp_path / "stale")  # a device bundle of another version
+    manifest = json.loads((stale / "manifest.json").read_text())
+    manifest["version"] = "0123456789abcdef"
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    got = run_js(node, stale, [case(pixels[0])], server=server_url)["answers"][0]
+    assert got["error"] == "VersionMismatchError" and "0123456789abcdef" in got["message"]

@@ -38,6 +38,19 @@ for (const c of job.cases) {
     out.results.push({ error: exc.name, message: exc.message });
   }
 }
+if (job.server) {  // predictions through the JS Client against a real server
+  out.answers = [];
+  const client = new dn.Client(job.server, device, { masks });
+  for (const c of job.cases) {
+    try {
+      const a = await client.predict(new Typed[c.dtype](c.input.flat(Infinity)));
+      out.answers.push({ label: a.label, index: a.index, probabilities: a.probabilities, bytesSent: a.bytesSent,
+        payload: hex(a.payload.data) });
+    } catch (exc) {
+      out.answers.push({ error: exc.name, message: exc.message });
+    }
+  }
+}
 if (job.time) {  // per-input encode(+certificate) time, for bench/js_bench.py
   const xs = job.cases.map((c) => new Typed[c.dtype](c.input.flat(Infinity)));
   for (const x of xs.slice(0, 5)) await device.encode(x, { masks });  // warm up the JIT

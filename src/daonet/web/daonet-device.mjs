@@ -441,11 +441,18 @@ function jacobiColumns(M, rows, cols) {
 function rowSpaceBasis(a, k, m) {
   const G = new Float64Array(k * k);
   let maxDiag = 0;
+  const m4 = m - (m % 4);
   for (let i = 0; i < k; i++) {
-    for (let j = 0; j <= i; j++) {
-      let s = 0;
-      const ai = i * m; const aj = j * m;
-      for (let t = 0; t < m; t++) s += a[ai + t] * a[aj + t];
+    const ai = i * m;
+    for (let j = 0; j <= i; j++) {  // four accumulators: the dot products dominate the certificate's cost
+      const aj = j * m;
+      let s0 = 0; let s1 = 0; let s2 = 0; let s3 = 0;
+      for (let t = 0; t < m4; t += 4) {
+        s0 += a[ai + t] * a[aj + t]; s1 += a[ai + t + 1] * a[aj + t + 1];
+        s2 += a[ai + t + 2] * a[aj + t + 2]; s3 += a[ai + t + 3] * a[aj + t + 3];
+      }
+      for (let t = m4; t < m; t++) s0 += a[ai + t] * a[aj + t];
+      const s = (s0 + s1) + (s2 + s3);
       G[i * k + j] = s; G[j * k + i] = s;
     }
     maxDiag = Math.max(maxDiag, G[i * k + i]);
@@ -473,7 +480,12 @@ function rowSpaceBasis(a, k, m) {
         const l = L[i * k + j];
         if (l === 0) continue;
         const bj = j * m;
-        for (let t = 0; t < m; t++) B[bi + t] -= l * B[bj + t];
+        let t = 0;
+        for (; t < m4; t += 4) {
+          B[bi + t] -= l * B[bj + t]; B[bi + t + 1] -= l * B[bj + t + 1];
+          B[bi + t + 2] -= l * B[bj + t + 2]; B[bi + t + 3] -= l * B[bj + t + 3];
+        }
+        for (; t < m; t++) B[bi + t] -= l * B[bj + t];
       }
       const inv = 1 / L[i * k + i];
       for (let t = 0; t < m; t++) B[bi + t] *= inv;
