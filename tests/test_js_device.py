@@ -258,3 +258,17 @@ def test_js_client_checks_the_server_then_predicts_like_python(node, server_url,
     (stale / "manifest.json").write_text(json.dumps(manifest))
     got = run_js(node, stale, [case(pixels[0])], server=server_url)["answers"][0]
     assert got["error"] == "VersionMismatchError" and "0123456789abcdef" in got["message"]
+
+
+def test_js_random_masks_drop_at_the_manifest_rate(node, bundles):
+    """Without a key the JS runtime draws fresh masks from crypto.getRandomValues: valid, different each time."""
+    from daonet.wire import decode
+
+    bundle, xs = bundles["dense"]
+    device = DeviceModel.load(bundle)
+    cases = [case(xs[0], certify=False) for _ in range(20)]
+    results = run_js(node, bundle, cases, key=None)["results"]
+    positive = int((device.activations(xs[0])[0] > 0).sum())
+    kept = [decode(bytes.fromhex(r["payload"]), expected_outputs=device.n_outputs).nnz for r in results]
+    assert len({r["payload"] for r in results}) > 15  # fresh randomness per request
+    assert abs(np.mean(kept) / positive - (1 - device.drop_rate)) < 0.1

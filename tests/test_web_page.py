@@ -200,3 +200,14 @@ def test_web_routes_are_read_only_and_confined(web_url, serve_digits_bundle):
     assert httpx.get(f"{web_url}/device-bundles/{device.model_id}/%2e%2e%2fserver%2fmanifest.json").status_code == 404
     assert httpx.get(f"{web_url}/web/__init__.py").status_code == 404
     assert httpx.post(f"{base}/manifest.json").status_code == 405
+
+
+def test_web_needs_the_device_half_next_to_the_server_bundle(serve_digits_bundle, tmp_path):
+    from daonet.errors import BundleError
+    from daonet.server.app import create_app
+    from daonet.server.config import ServerConfig
+
+    lonely = tmp_path / "only" / "server"
+    shutil.copytree(serve_digits_bundle.server, lonely)
+    with pytest.raises(BundleError, match="device/ half next to server/"):
+        create_app(ServerConfig(bundles=[lonely], web=True))
