@@ -32,6 +32,7 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +60,15 @@ def build_request(path: str, body: bytes) -> bytes:
     return head + body
 
 
-async def _run_load(port: int, requests: list[bytes], total: int, concurrency: int
-                    ) -> tuple[list[float], list[int], float]:
+def _top_index(body: bytes) -> int:
+    return json.loads(body)["index"]
+
+
+async def _run_load(port: int, requests: list[bytes], total: int, concurrency: int,
+                    answer: Callable[[bytes], Any] = _top_index) -> tuple[list[float], list[Any], float]:
     counter = itertools.count()
     latencies: list[float] = [0.0] * total
-    answers: list[int] = [-1] * total
+    answers: list[Any] = [-1] * total
 
     async def worker() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -78,7 +83,7 @@ async def _run_load(port: int, requests: list[bytes], total: int, concurrency: i
                 status = int(_STATUS.match(head).group(1))
                 if status != 200:
                     raise RuntimeError(f"request {i} answered {status}: {body[:200]!r}")
-                answers[i] = json.loads(body)["index"]
+                answers[i] = answer(body)
         finally:
             writer.close()
 

@@ -42,7 +42,8 @@ from .model import ModelRegistry, ServerModel
 
 logger = logging.getLogger("daonet.server.ray")
 
-__all__ = ["RayOptions", "RayServeBatcher", "RayService", "DaonetDeployment", "pack_bundle", "serve_on_ray"]
+__all__ = ["RayOptions", "RayServeBatcher", "RayService", "DaonetDeployment", "bind_app", "build_app", "pack_bundle",
+           "serve_on_ray"]
 
 APP_NAME = "daonet"
 DEPLOYMENT_NAME = "daonet"
@@ -208,6 +209,43 @@ class DaonetDeployment:
         return create_app(self.config, self.registry, batcher_factory=RayServeBatcher)
 
 
+# -- the application ------------------------------------------------------------------------------------------
+def logging_config(config: ServerConfig) -> dict[str, Any]:
+    """Ray Serve's logging from daonet's log level. Access lines only at info/debug, as uvicorn does for
+    ``daonet serve``: Ray writes one per request in the proxy and in the replica, which costs CPU under load."""
+    level = config.log_level.upper()
+    return {"log_level": "WARNING" if level in ("CRITICAL", "TRACE") else level,
+            "enable_access_log": level in ("DEBUG", "INFO", "TRACE")}
+
+
+def bind_app(config: ServerConfig, options: RayOptions) -> Any:
+    """The Ray Serve application: the deployment with its scaling options, bundles read here as bytes."""
+    config.validate()
+    options.validate()
+    bundles = [pack_bundle(b) for b in config.bundles]
+    return DaonetDeployment.options(**options.deployment_options(), logging_config=logging_config(config)).bind(
+        _replica_spec(config), bundles)
+
+
+_OPTION_FIELDS = {f.name for f in dataclasses.fields(RayOptions)} - {"address", "num_cpus"}
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(ServerConfig)} - {"host", "port", "ssl_certfile", "ssl_keyfile"}
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """Application builder for Ray's own tools: ``serve run``/``serve deploy`` and KubeRay's ``serveConfigV2``
+    (``import_path: daonet.server.ray_serve:build_app``). ``args``: ``bundles`` (paths on the node that builds
+    the app), any :class:`ServerConfig` field (``api_key_hashes``, ``max_body_bytes``, ...) and any scaling
+    field of :class:`RayOptions` (``replicas``, ``min_replicas``, ...). Host, port and TLS are the cluster's
+    proxy settings (``http_options`` in the Serve config)."""
+    unknown = set(args) - _OPTION_FIELDS - _CONFIG_FIELDS
+    if unknown:
+        raise ConfigError(f"unknown daonet app argument(s) {sorted(unknown)}; known: "
+                          f"{sorted(_OPTION_FIELDS | _CONFIG_FIELDS)}")
+    config = ServerConfig(**{k: v for k, v in args.items() if k in _CONFIG_FIELDS})
+    options = RayOptions(**{k: v for k, v in args.items() if k in _OPTION_FIELDS})
+    return bind_app(config, options)
+
+
 # -- running it -----------------------------------------------------------------------------------------------
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago (Ray's proxy cannot take port 0 and report what it got)."""
@@ -222,10 +260,12 @@ class RayService:
     ``with RayService(config, options) as service: httpx.get(service.url + "/v1/models")``
     """
 
-    def __init__(self, config: ServerConfig, options: RayOptions, ready_timeout: float = 180.0) -> None:
+    def __init__(self, config: ServerConfig, options: RayOptions, ready_timeout: float = 180.0,
+                 name: str = APP_NAME, route_prefix: str = "/") -> None:
         self.config = config.validate()
         self.options = options.validate()
         self.ready_timeout = ready_timeout
+        self.name, self.route_prefix = name, route_prefix  # several apps can share one Ray cluster and proxy
         self.started_ray = False
         self.url = ""
 
@@ -233,7 +273,7 @@ class RayService:
         import httpx
         import ray
 
-        bundles = [pack_bundle(b) for b in self.config.bundles]
+        app = bind_app(self.config, self.options)
         if not ray.is_initialized():
             if self.options.address is None:
                 ray.init(num_cpus=self.options.num_cpus, include_dashboard=False, log_to_driver=False)
@@ -244,11 +284,10 @@ class RayService:
         http = {"host": self.config.host, "port": port}
         if self.config.tls:
             http.update(ssl_certfile=str(self.config.ssl_certfile), ssl_keyfile=str(self.config.ssl_keyfile))
-        serve.start(http_options=http)
-        app = DaonetDeployment.options(**self.options.deployment_options()).bind(_replica_spec(self.config), bundles)
-        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        serve.start(http_options=http, logging_config=logging_config(self.config))
+        serve.run(app, name=self.name, route_prefix=self.route_prefix, blocking=False)
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-        self.url = f"{'https' if self.config.tls else 'http'}://{host}:{port}"
+        self.url = f"{'https' if self.config.tls else 'http'}://{host}:{port}{self.route_prefix.rstrip('/')}"
         deadline = time.monotonic() + self.ready_timeout
         while True:  # serve.run returns when the app is RUNNING; wait for the proxy route too
             with contextlib.suppress(httpx.HTTPError):
@@ -264,12 +303,12 @@ class RayService:
         """The Ray actor names of this app's live replicas (for operations and the fault test)."""
         import ray
 
-        prefix = f"SERVE_REPLICA::{APP_NAME}#{DEPLOYMENT_NAME}#"
+        prefix = f"SERVE_REPLICA::{self.name}#{DEPLOYMENT_NAME}#"
         return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                       if a["name"].startswith(prefix))
 
     def running_replicas(self) -> int:
-        status = serve.status().applications.get(APP_NAME)
+        status = serve.status().applications.get(self.name)
         if status is None:
             return 0
         dep = status.deployments[DEPLOYMENT_NAME]
@@ -279,7 +318,7 @@ class RayService:
         import ray
 
         with contextlib.suppress(Exception):
-            serve.delete(APP_NAME)
+            serve.delete(self.name)
         if self.started_ray:
             with contextlib.suppress(Exception):
                 serve.shutdown()
