@@ -105,7 +105,7 @@ def test_export_method_writes_policy_and_public_mean(tmp_path, digits):
     run = save_run(res, tmp_path / "run")
     export_method(run, tmp_path / "b", Method("m", "policy", 0.5, max_revealed_energy=0.25), digits, "digits-m")
     device, _ = load_pair(tmp_path / "b")
-    assert device.manifest["privacy"]["max_revealed_energy"] == 0.25
+    assert device.manifest.privacy.max_revealed_energy == 0.25
     np.testing.assert_allclose(device.public_mean.reshape(-1), digits.x_train.mean(0).reshape(-1), atol=1e-6)
 
 

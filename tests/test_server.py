@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import shutil
 
@@ -182,7 +184,7 @@ def test_internal_error_is_500_without_content_and_server_keeps_serving(start_se
             raise RuntimeError(f"secret detail {x.sum()}")
 
     model = ServerModel.load(serve_digits_bundle.server)
-    broken = ServerModel({**model.manifest, "model_id": "broken"}, Broken())
+    broken = ServerModel(dataclasses.replace(model.manifest, model_id="broken"), Broken())
     server = start_server(ServerConfig(), ModelRegistry([model, broken]))
     caplog.set_level(logging.DEBUG)
     with httpx.Client(base_url=server.url) as http:

@@ -134,8 +134,8 @@ def test_manifests_share_id_and_version(digits_bundle):
     _, dev, srv = digits_bundle
     d, s = read_manifest(dev, "daonet-device-bundle"), read_manifest(srv, "daonet-server-bundle")
     check_pair(d, s)
-    assert d["layer"]["kind"] == "dense" and d["drop"] == {"policy": "bernoulli", "rate": 0.5, "rescale": False}
-    assert len(d["version"]) == 16 and d["version"] == s["version"]
+    assert d.layer.kind == "dense" and d.drop.to_json() == {"policy": "bernoulli", "rate": 0.5, "rescale": False}
+    assert len(d.version) == 16 and d.version == s.version
     # the device bundle holds the first layer only
     assert set(DeviceModel.load(dev).extras) == set()
 
@@ -255,7 +255,7 @@ def test_quantized_transmission_matches_between_torch_and_device(tmp_path):
     result = train(cfg, progress=False)
     dev, srv = export_model(result.model, tmp_path / "q", model_id="q", classes=result.dataset.classes)
     device, server = DeviceModel.load(dev), ServerModel.load(srv)
-    assert device.manifest["layer"]["quantize"]["levels"] == 2
+    assert device.manifest.layer.quantize is not None and device.manifest.layer.quantize.levels == 2
     x = result.dataset.x_test[:100]
     h = device.activations(x)
     with torch.no_grad():

@@ -11,17 +11,24 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from .errors import BundleError, VersionMismatchError
+from .manifest import (
+    DEVICE_FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    SERVER_FORMAT,
+    DeviceManifest,
+    ServerManifest,
+)
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
-DEVICE_FORMAT = "daonet-device-bundle"
-SERVER_FORMAT = "daonet-server-bundle"
+__all__ = ["MANIFEST", "FORMAT_VERSION", "DEVICE_FORMAT", "SERVER_FORMAT", "sha256_file", "content_version",
+           "write_weights", "write_manifest", "read_manifest", "load_verified_weights", "check_pair", "load_bundle",
+           "ManifestIdentity"]
 
 
 def sha256_file(path: Path) -> str:
@@ -48,45 +55,23 @@ def write_weights(path: Path, tensors: dict[str, np.ndarray]) -> str:
     return sha256_file(path)
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(directory: Path, manifest: DeviceManifest | ServerManifest) -> None:
+    """Write ``manifest.json`` (sorted keys: a stable, diffable file)."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (directory / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
 
 
-def read_manifest(directory: str | Path, expected_format: str) -> dict[str, Any]:
-    """Read and sanity-check a manifest; raise :class:`BundleError` with a fix-it hint otherwise."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise BundleError(f"bundle directory {directory} does not exist; create it with `daonet export RUN_DIR`")
-    path = directory / MANIFEST
-    if not path.exists():
-        raise BundleError(f"{path} is missing; is {directory} a daonet bundle? Re-export it with `daonet export`")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc}); the bundle is corrupt, re-export it") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        hint = ""
-        if got in (DEVICE_FORMAT, SERVER_FORMAT):
-            hint = f" (this is a {got}; pass the {'device' if expected_format == DEVICE_FORMAT else 'server'}/ "
-            hint += "directory instead)"
-        raise BundleError(f"{path} is a {got!r} manifest, expected {expected_format!r}{hint}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(
-            f"{path} has format version {manifest.get('format_version')}, this daonet reads version "
-            f"{FORMAT_VERSION}; upgrade daonet or re-export the bundle"
-        )
-    for key in ("model_id", "version", "files"):
-        if key not in manifest:
-            raise BundleError(f"{path} lacks the field {key!r}; the bundle is corrupt, re-export it")
-    return manifest
+def read_manifest(directory: str | Path, expected_format: str) -> DeviceManifest | ServerManifest:
+    """Read and validate a manifest (typed); raise :class:`BundleError` with a fix-it hint otherwise."""
+    cls = DeviceManifest if expected_format == DEVICE_FORMAT else ServerManifest
+    return cls.load(directory)
 
 
-def load_verified_weights(directory: str | Path, manifest: dict[str, Any], name: str) -> dict[str, np.ndarray]:
+def load_verified_weights(directory: str | Path, manifest: DeviceManifest | ServerManifest,
+                          name: str) -> dict[str, np.ndarray]:
     """Load one listed weight file after checking its SHA-256 against the manifest."""
     directory = Path(directory)
-    expected = manifest["files"].get(name)
+    expected = manifest.files.get(name)
     path = directory / name
     if expected is None:
         raise BundleError(f"{directory / MANIFEST} does not list {name}; the bundle is corrupt, re-export it")
@@ -106,10 +91,21 @@ def load_verified_weights(directory: str | Path, manifest: dict[str, Any], name:
         raise BundleError(f"{path} is not a readable safetensors file: {exc}") from exc
 
 
-def check_pair(device_manifest: dict[str, Any], server_manifest: dict[str, Any]) -> None:
-    """Refuse a device/server pair that comes from different models or versions."""
+class _Identified(Protocol):
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+
+def check_pair(device: _Identified, server: _Identified) -> None:
+    """Refuse a device/server pair that comes from different models or versions.
+
+    Takes the two manifests (or the loaded ``DeviceModel``/``ServerModel``, which carry the same fields).
+    """
     for key in ("model_id", "version"):
-        d, s = device_manifest.get(key), server_manifest.get(key)
+        d, s = getattr(device, key), getattr(server, key)
         if d != s:
             raise VersionMismatchError(
                 f"device bundle has {key} {d!r} but server bundle has {s!r}; export both halves from the "
@@ -118,7 +114,8 @@ def check_pair(device_manifest: dict[str, Any], server_manifest: dict[str, Any])
             )
 
 
-def load_bundle(bundle_dir: str | Path, expected_format: str) -> tuple[Path, dict[str, Any], dict[str, np.ndarray]]:
+def load_bundle(bundle_dir: str | Path,
+                expected_format: str) -> tuple[Path, DeviceManifest | ServerManifest, dict[str, np.ndarray]]:
     """Read one half of a bundle: ``(directory, manifest, verified weights)``.
 
     Accepts the half's own directory or the bundle root holding ``device/`` and ``server/``.
@@ -128,25 +125,25 @@ def load_bundle(bundle_dir: str | Path, expected_format: str) -> tuple[Path, dic
     if (bundle_dir / side).is_dir() and not (bundle_dir / MANIFEST).exists():
         bundle_dir = bundle_dir / side
     manifest = read_manifest(bundle_dir, expected_format)
-    if len(manifest["files"]) != 1:
+    if len(manifest.files) != 1:
         raise BundleError(f"{bundle_dir}: a {side} bundle lists exactly one weight file")
-    name = next(iter(manifest["files"]))
+    name = next(iter(manifest.files))
     return bundle_dir, manifest, load_verified_weights(bundle_dir, manifest, name)
 
 
 class ManifestIdentity:
     """``model_id``/``version``/``classes`` read from ``self.manifest`` (shared by both halves)."""
 
-    manifest: dict[str, Any]
+    manifest: DeviceManifest | ServerManifest
 
     @property
     def model_id(self) -> str:
-        return self.manifest["model_id"]
+        return self.manifest.model_id
 
     @property
     def version(self) -> str:
-        return self.manifest["version"]
+        return self.manifest.version
 
     @property
     def classes(self) -> list[str]:
-        return list(self.manifest.get("classes", []))
+        return list(self.manifest.classes)

@@ -12,16 +12,21 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import (
-    DEVICE_FORMAT,
-    FORMAT_VERSION,
-    SERVER_FORMAT,
-    content_version,
-    write_manifest,
-    write_weights,
-)
+from .bundle import content_version, write_manifest, write_weights
 from .data import dataset_label
 from .errors import DaonetError
+from .manifest import (
+    ArchSpec,
+    DeviceManifest,
+    DropSpec,
+    InputSpec,
+    LayerSpec,
+    NoiseSpec,
+    Normalization,
+    PrivacySpec,
+    ServerManifest,
+    WireSpec,
+)
 from .nn import SplitModel
 from .train import load_run
 from .wire import WIRE_VERSION
@@ -38,19 +43,38 @@ def export_model(
     classes: list[str],
     raw_dtype: str = "float32",
     value_dtype: str = "float32",
-    privacy: dict[str, Any] | None = None,
+    privacy: PrivacySpec | dict[str, Any] | None = None,
     extra_device_files: dict[str, np.ndarray] | None = None,
     server_writer: Callable[[Path], tuple[str, str]] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``out/device`` and ``out/server``; returns both paths.
+    """Split a model into ``out/device`` (first layer) and ``out/server`` (the rest), replacing both.
 
-    ``server_writer(directory) -> (file name, sha256)`` writes the server part in another form than a state
-    dict (``daonet.convert.export`` saves any architecture as a torch.export program this way).
+    Args:
+        model: the trained split model.
+        out: the bundle root to write.
+        model_id: the id the server serves it under.
+        classes: class names, in output order.
+        raw_dtype: how the device holds raw inputs (``uint8`` pixels get the range [0, 1]).
+        value_dtype: ``float32`` or ``float16`` for the values on the wire.
+        privacy: the device policy stored in the manifest (default: no energy bound); a dict is validated.
+        extra_device_files: more float32 tensors for the device bundle (e.g. ``public_mean``).
+        server_writer: ``server_writer(directory) -> (file name, sha256)`` writes the server part in another
+            form than a state dict (``daonet.convert.export`` saves any architecture as a torch.export program).
+    Returns:
+        ``(out/device, out/server)``.
+    Raises:
+        DaonetError: bad options; ManifestError if the model's geometry cannot be described.
     """
+    if value_dtype not in ("float32", "float16"):
+        raise DaonetError(f"--value-dtype must be float32 or float16, got {value_dtype!r}")
+    if raw_dtype not in ("float32", "uint8"):
+        raise DaonetError(f"raw_dtype must be float32 or uint8, got {raw_dtype!r}")
+    if not isinstance(privacy, PrivacySpec):
+        privacy = PrivacySpec.from_json(privacy or {}, "privacy")
     out = Path(out)
     first = model.first
     arch = dict(model.arch)
-    if not first.is_linear and (privacy or {}).get("max_revealed_energy") is not None:
+    if not first.is_linear and privacy.max_revealed_energy is not None:
         raise DaonetError("--max-revealed-energy needs the paper's single linear first layer: this model runs a "
                           "non-linear device block, which the revealed energy does not describe (it is covered "
                           "by the audit only); export without it")
@@ -73,28 +97,23 @@ def export_model(
         else:
             srv_name, srv_hash = server_writer(srv_dir)
         version = content_version(dev_hash, srv_hash, config=arch)
-        spec = first.spec()
-        drop = {"policy": "bernoulli", "rate": first.drop_rate, "rescale": False}
-        input_spec = {"shape": list(first.in_shape), "dtype": "float32", "raw_dtype": raw_dtype,
-                      "range": [0.0, 1.0] if raw_dtype == "uint8" else None}
-        common = {"format_version": FORMAT_VERSION, "model_id": model_id, "version": version,
-                  "classes": list(classes)}
-        write_manifest(dev_dir, {
-            **common, "format": DEVICE_FORMAT,
-            "input": input_spec,
-            "normalization": {"mean": arch.get("mean"), "std": arch.get("std")},
-            "layer": spec, "drop": drop,
-            "wire": {"version": WIRE_VERSION, "value_dtype": value_dtype},
-            "privacy": privacy or {"max_revealed_energy": None},
-            **({"noise": first.noise_spec()} if first.noise_std else {}),
-            "files": {DEVICE_WEIGHTS: dev_hash},
-        })
-        write_manifest(srv_dir, {
-            **common, "format": SERVER_FORMAT,
-            "arch": arch, "first_layer": spec, "drop": drop, "device_input": input_spec,
-            "wire": {"version": WIRE_VERSION},
-            "files": {srv_name: srv_hash},
-        })
+        layer = LayerSpec.from_json(first.spec(), "first layer")
+        drop = DropSpec(rate=first.drop_rate)
+        input_spec = InputSpec(shape=tuple(first.in_shape), raw_dtype=raw_dtype,
+                               range=(0.0, 1.0) if raw_dtype == "uint8" else None)
+        common: dict[str, Any] = {"model_id": model_id, "version": version, "classes": tuple(classes)}
+        mean, std = arch.get("mean"), arch.get("std")
+        write_manifest(dev_dir, DeviceManifest(
+            **common, files={DEVICE_WEIGHTS: dev_hash}, input=input_spec,
+            normalization=Normalization(mean=None if mean is None else tuple(mean),
+                                        std=None if std is None else tuple(std)),
+            layer=layer, drop=drop, wire=WireSpec(version=WIRE_VERSION, value_dtype=value_dtype),
+            privacy=privacy, noise=NoiseSpec.from_json(first.noise_spec(), "noise") if first.noise_std else None,
+        ).validated())
+        write_manifest(srv_dir, ServerManifest(
+            **common, files={srv_name: srv_hash}, arch=ArchSpec.from_json(arch, "arch"),
+            first_layer=layer, drop=drop, device_input=input_spec, wire=WireSpec(version=WIRE_VERSION),
+        ).validated())
         out.mkdir(parents=True, exist_ok=True)
         for name in ("device", "server"):  # replace atomically-ish: never leave a half bundle
             target = out / name
@@ -106,22 +125,35 @@ def export_model(
     return out / "device", out / "server"
 
 
-def export_run(run_dir: str | Path, out: str | Path, model_id: str | None = None,
+def export_run(run_dir: str | Path, out: str | Path, *, model_id: str | None = None,
                value_dtype: str = "float32", max_revealed_energy: float | None = None) -> tuple[Path, Path]:
-    """Export a run directory written by ``daonet train``."""
+    """Export a run directory written by ``daonet train`` (see :func:`export_model`).
+
+    Args:
+        run_dir: the run directory.
+        out: the bundle root to write.
+        model_id: default ``DATASET-MODEL``.
+        value_dtype: ``float32`` or ``float16`` on the wire.
+        max_revealed_energy: the device policy's bound on revealed energy, in [0, 1] (``None``: off).
+    Returns:
+        ``(out/device, out/server)``.
+    Raises:
+        DaonetError: not a run directory, or bad options.
+    """
     run_dir = Path(run_dir)
     model, config = load_run(run_dir)
     train_cfg = config.get("train", {})
-    if value_dtype not in ("float32", "float16"):
-        raise DaonetError(f"--value-dtype must be float32 or float16, got {value_dtype!r}")
     mid = model_id or f"{dataset_label(train_cfg.get('dataset', 'data'))}-{train_cfg.get('model', 'model')}"
     if max_revealed_energy is not None and not 0.0 <= max_revealed_energy <= 1.0:
         raise DaonetError(f"--max-revealed-energy must be in [0, 1], got {max_revealed_energy}")
+    model, config = load_run(run_dir)
+    train_cfg = config.get("train", {})
+    mid = model_id or f"{train_cfg.get('dataset', 'data')}-{train_cfg.get('model', 'model')}"
     mean_path = run_dir / "public_mean.npy"
     extra = {"public_mean": np.load(mean_path)} if mean_path.exists() else None
     return export_model(model, out, model_id=mid, classes=config.get("classes", []),
                         raw_dtype=config.get("raw_dtype", "float32"), value_dtype=value_dtype,
-                        privacy={"max_revealed_energy": max_revealed_energy}, extra_device_files=extra)
+                        privacy=PrivacySpec(max_revealed_energy=max_revealed_energy), extra_device_files=extra)
 
 
 class _CallableModule(types.ModuleType):

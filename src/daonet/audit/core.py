@@ -578,18 +578,11 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
 
 
 def _privacy_manifest(device: DeviceModel) -> Any:
-    man = device.manifest
-    priv = man.get("privacy") if isinstance(man, dict) else getattr(man, "privacy", None)
-    return priv.model_dump() if hasattr(priv, "model_dump") else priv
+    return device.policy.to_dict()  # the manifest's privacy block, every field spelled out
 
 
 def _arch(server: ServerModel) -> dict[str, Any]:
-    man = server.manifest
-    arch = man.get("arch", {}) if isinstance(man, dict) else getattr(man, "arch", None)
-    if hasattr(arch, "model_dump"):
-        arch = arch.model_dump()
-    arch = arch or {}
-    return {"arch": arch.get("name"), "arch_kwargs": arch.get("kwargs")}
+    return {"arch": server.manifest.arch.name, "arch_kwargs": server.manifest.arch.kwargs}
 
 
 def _budget_curve(ctx: AttackContext, fits: dict[str, Any], sizes: tuple[int, ...], x_test: np.ndarray,

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import BundleError
+from ..manifest import NoiseSpec  # the manifest's typed ``noise`` block
 
 __all__ = ["BLOCK_NOTE", "NOISE_NOTE", "BlockCertificate", "BlockStep", "NoiseSpec", "add_noise", "run_block"]
 
@@ -144,37 +145,6 @@ def run_block(h: np.ndarray, steps: tuple[BlockStep, ...], tensors: dict[str, np
             out = conv(z, w, b, step.stride, step.padding)
         h = np.maximum(out.astype(np.float32), np.float32(0))
     return h
-
-
-@dataclass(frozen=True)
-class NoiseSpec:
-    """The manifest's ``noise``: surviving values become ``max(h + std * e, floor)``, ``e`` ~ N(0, 1).
-
-    ``std`` is absolute (in activation units), fixed at training from the public data as
-    ``relative_std`` x the RMS of the non-zero activations; ``floor`` > 0 keeps sent values non-zero.
-    """
-
-    std: float
-    floor: float
-    relative_std: float
-
-    @classmethod
-    def from_manifest(cls, noise: Any) -> NoiseSpec | None:
-        if noise is None:
-            return None
-        if not isinstance(noise, dict):
-            raise BundleError(f"the manifest's 'noise' must be an object or null, got {type(noise).__name__}")
-        if noise.get("kind", "gaussian") != "gaussian" or noise.get("applies_to", "surviving") != "surviving":
-            raise BundleError(f"noise {noise.get('kind')!r} on {noise.get('applies_to')!r} values is not supported; "
-                              "upgrade daonet")
-        try:
-            spec = cls(float(noise["std"]), float(noise["floor"]), float(noise.get("relative_std", 0.0)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"the manifest's 'noise' is malformed ({exc}); re-export the bundle") from exc
-        if not (np.isfinite(spec.std) and spec.std >= 0 and np.isfinite(spec.floor) and spec.floor > 0):
-            raise BundleError(f"noise std {spec.std} / floor {spec.floor} are invalid (std >= 0, floor > 0); "
-                              "re-export the bundle")
-        return spec
 
 
 def add_noise(h: np.ndarray, standard: np.ndarray, spec: NoiseSpec) -> np.ndarray:

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import BundleError, InputError
+from ..errors import InputError
+from ..manifest import IDENTIFIABLE_TOL, PrivacySpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runtime import DeviceModel
 
 __all__ = ["Certificate", "PatchStats", "PrivacyPolicy", "FirstLayerSystem", "certify", "apply_policy"]
 
-IDENTIFIABLE_TOL = 1e-6  # P_jj >= 1 - tol counts as identifiable
 _DEPENDENT_RTOL = 1e-9  # a row whose residual is below this (relative) adds nothing new
 _ENERGY_EPS = 1e-12
 
@@ -58,20 +58,18 @@ class PrivacyPolicy:
             raise InputError(f"identifiable_tol must be in (0, 1), got {self.identifiable_tol}")
 
     @classmethod
-    def from_manifest(cls, privacy: dict[str, Any] | None) -> PrivacyPolicy:
-        """Read the manifest's ``"privacy"`` object (missing keys take the defaults)."""
-        privacy = privacy or {}
-        if not isinstance(privacy, dict):
-            raise BundleError(f"the manifest's 'privacy' must be an object, got {type(privacy).__name__}")
-        m = privacy.get("max_revealed_energy")
-        try:
-            return cls(
-                max_revealed_energy=None if m is None else float(m),
-                forbid_identifiable=bool(privacy.get("forbid_identifiable", True)),
-                identifiable_tol=float(privacy.get("identifiable_tol", IDENTIFIABLE_TOL)),
-            )
-        except (TypeError, ValueError) as exc:
-            raise BundleError(f"the manifest's 'privacy' settings are invalid: {exc}") from exc
+    def from_manifest(cls, privacy: PrivacySpec | dict[str, Any] | None) -> PrivacyPolicy:
+        """The policy of a manifest's (already validated) ``privacy`` block; a plain dict is validated first
+        (missing keys take the defaults; bad values raise :class:`~daonet.errors.BundleError`)."""
+        if not isinstance(privacy, PrivacySpec):
+            privacy = PrivacySpec.from_json(privacy or {}, "privacy")
+        return cls(max_revealed_energy=privacy.max_revealed_energy, forbid_identifiable=privacy.forbid_identifiable,
+                   identifiable_tol=privacy.identifiable_tol)
+
+    def to_spec(self) -> PrivacySpec:
+        """The manifest block that stores this policy."""
+        return PrivacySpec(max_revealed_energy=self.max_revealed_energy,
+                           forbid_identifiable=self.forbid_identifiable, identifiable_tol=self.identifiable_tol)
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_revealed_energy": self.max_revealed_energy, "forbid_identifiable": self.forbid_identifiable,

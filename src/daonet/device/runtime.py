@@ -18,8 +18,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..bundle import DEVICE_FORMAT, ManifestIdentity, load_bundle
 from ..errors import BundleError, InputError
+from ..manifest import DeviceManifest, NoiseSpec
 from ..wire import encode, read_frame
-from .block import NOISE_NOTE, BlockCertificate, BlockStep, NoiseSpec, add_noise, run_block
+from .block import NOISE_NOTE, BlockCertificate, BlockStep, add_noise, run_block
 from .certificate import Certificate, FirstLayerSystem, PrivacyPolicy, apply_policy, certify
 from .masks import MaskSource, RandomMasks
 
@@ -49,31 +50,43 @@ class DevicePayload:
 class DeviceModel(ManifestIdentity):
     """A loaded device bundle. ``encode(x)`` turns a raw input into the bytes that may leave."""
 
-    def __init__(self, manifest: dict[str, Any], weight: np.ndarray, bias: np.ndarray,
+    def __init__(self, manifest: DeviceManifest | dict[str, Any], weight: np.ndarray, bias: np.ndarray,
                  extras: dict[str, np.ndarray] | None = None, bundle_dir: Path | None = None) -> None:
+        """Build from a manifest and the first layer's weights (``load`` reads both from a bundle).
+
+        Args:
+            manifest: the typed manifest, or its JSON object (validated here, once).
+            weight, bias: the first layer's parameters, shapes as the manifest implies.
+            extras: further device tensors (``public_mean``, a block's weights).
+            bundle_dir: where it was loaded from, if anywhere.
+        Raises:
+            BundleError: the manifest is invalid or the weights do not match it.
+        """
+        if not isinstance(manifest, DeviceManifest):
+            manifest = DeviceManifest.from_json(manifest, "device manifest")
         self.manifest = manifest
         self.bundle_dir = bundle_dir
-        layer = manifest["layer"]
-        self.kind: str = layer["kind"]
-        self.input_shape = tuple(int(s) for s in manifest["input"]["shape"])
-        self.output_shape = tuple(int(s) for s in layer["output_shape"])  # what is dropped and sent
-        self.first_output_shape = tuple(int(s) for s in layer.get("first_output_shape") or self.output_shape)
-        self.n_outputs = int(layer["n_outputs"])
-        self.block: tuple[BlockStep, ...] = tuple(BlockStep.from_manifest(step, layer["kind"])
-                                                  for step in layer.get("block") or ())
-        self.noise: NoiseSpec | None = NoiseSpec.from_manifest(manifest.get("noise"))
-        self.kernel = tuple(layer.get("kernel") or ())
-        self.stride = tuple(layer.get("stride") or ())
-        self.drop_rate = float(manifest["drop"]["rate"])
-        self.value_dtype = manifest.get("wire", {}).get("value_dtype", "float32")
-        self.raw_dtype = manifest["input"].get("raw_dtype", "float32")
-        self.value_range = manifest["input"].get("range")
-        self.quantize: dict[str, Any] | None = layer.get("quantize")
-        norm = manifest.get("normalization") or {}
+        layer = manifest.layer
+        self.kind: str = layer.kind
+        self.input_shape: tuple[int, ...] = manifest.input.shape
+        self.output_shape: tuple[int, ...] = layer.output_shape  # what is dropped and sent
+        self.first_output_shape: tuple[int, ...] = layer.first_shape
+        self.n_outputs = layer.n_outputs
+        self.block: tuple[BlockStep, ...] = tuple(BlockStep.from_manifest(step, layer.kind)
+                                                  for step in layer.block or ())
+        self.noise: NoiseSpec | None = manifest.noise
+        self.kernel: tuple[int, ...] = layer.kernel
+        self.stride: tuple[int, ...] = layer.stride
+        self.drop_rate = manifest.drop.rate
+        self.value_dtype = manifest.value_dtype
+        self.raw_dtype = manifest.input.raw_dtype
+        self.value_range = manifest.input.range
+        self.quantize = layer.quantize
+        norm = manifest.normalization
         channels = self.input_shape[0]
         bshape = (channels,) + (1,) * (len(self.input_shape) - 1)
-        self.mean = np.asarray(norm.get("mean") or [0.0] * channels, dtype=np.float32).reshape(bshape)
-        self.std = np.asarray(norm.get("std") or [1.0] * channels, dtype=np.float32).reshape(bshape)
+        self.mean = np.asarray(norm.mean or [0.0] * channels, dtype=np.float32).reshape(bshape)
+        self.std = np.asarray(norm.std or [1.0] * channels, dtype=np.float32).reshape(bshape)
         self.weight = np.asarray(weight, dtype=np.float32)
         self.bias = np.asarray(bias, dtype=np.float32)
         self.extras = extras or {}
@@ -86,8 +99,17 @@ class DeviceModel(ManifestIdentity):
     # -- loading --------------------------------------------------------------------------------
     @classmethod
     def load(cls, bundle_dir: str | Path) -> DeviceModel:
-        """Load ``bundle/device`` after verifying the weights' SHA-256 against the manifest."""
+        """Load ``bundle/device`` (or a bundle root holding ``device/``).
+
+        Args:
+            bundle_dir: the device bundle directory written by ``daonet export``.
+        Returns:
+            The device model, its manifest validated and its weights checked against their SHA-256.
+        Raises:
+            BundleError: a missing, tampered, truncated or inconsistent bundle (the message says how to fix it).
+        """
         bundle_dir, manifest, tensors = load_bundle(bundle_dir, DEVICE_FORMAT)
+        assert isinstance(manifest, DeviceManifest)
         if "weight" not in tensors or "bias" not in tensors:
             raise BundleError(f"{bundle_dir} lacks 'weight'/'bias'; re-export the bundle")
         extras = {k: v for k, v in tensors.items() if k not in ("weight", "bias")}
@@ -96,13 +118,9 @@ class DeviceModel(ManifestIdentity):
     def _check_geometry(self) -> None:
         out_c = self.first_output_shape[0]
         if self.kind == "dense":
-            expected = (out_c, int(np.prod(self.input_shape)))
-        elif self.kind == "conv1d":
+            expected: tuple[int, ...] = (out_c, int(np.prod(self.input_shape)))
+        else:  # the manifest guarantees conv1d/conv2d with matching kernel length
             expected = (out_c, self.input_shape[0], *self.kernel)
-        elif self.kind == "conv2d":
-            expected = (out_c, self.input_shape[0], *self.kernel)
-        else:
-            raise BundleError(f"unknown first-layer kind {self.kind!r} in the manifest; upgrade daonet")
         if self.weight.shape != expected or self.bias.shape != (out_c,):
             raise BundleError(f"first-layer weight has shape {self.weight.shape}, manifest implies {expected}; "
                               "the bundle is inconsistent, re-export it")
@@ -195,7 +213,7 @@ class DeviceModel(ManifestIdentity):
         if h.shape[1] != self.n_outputs:
             raise BundleError(f"the device layers produced {h.shape[1]} outputs, manifest says {self.n_outputs}")
         if self.quantize:  # same rounding as LocalizedFirstLayer.quantize (a defence: coarse values)
-            levels, clip = int(self.quantize["levels"]), np.float32(abs(self.quantize["clip"]) + 1e-6)
+            levels, clip = self.quantize.levels, np.float32(abs(self.quantize.clip) + 1e-6)
             step = clip / np.float32(levels)
             h = (np.round(np.minimum(h, clip) / step) * step).astype(np.float32)
         return h
@@ -272,8 +290,8 @@ class DeviceModel(ManifestIdentity):
 
     @property
     def policy(self) -> PrivacyPolicy:
-        """The policy stored in the manifest's ``"privacy"`` object."""
-        return PrivacyPolicy.from_manifest(self.manifest.get("privacy"))
+        """The policy stored in the manifest's ``privacy`` block."""
+        return PrivacyPolicy.from_manifest(self.manifest.privacy)
 
     def _as_sent(self, row: np.ndarray) -> np.ndarray:
         """What the wire will actually carry (float16 can underflow tiny values to zero: those are not sent)."""

@@ -45,7 +45,7 @@ def mlp(in_shape, n_classes, drop_rate, mean, std, hidden: int = 800, hidden2: i
 
 
 @register_arch("cnn")
-def cnn(in_shape, n_classes, drop_rate, mean, std, stem: int = 64, patch: int = 4, width: int = 128,
+def cnn(in_shape, n_classes, drop_rate, mean, std, stem: int = 64, patch: int = 4, width: int = 64,
         stride: int | None = None, device_layers: int = 1, block_width: int | None = None, device_pool: int = 0):
     """Patchify 2-D stem (kernel = stride = ``patch``; ``stride < patch`` overlaps), then a small conv net."""
     if len(in_shape) != 3:

@@ -16,6 +16,7 @@ import torch
 from ..bundle import SERVER_FORMAT, ManifestIdentity, load_bundle
 from ..convert import PROGRAM_ARCH, load_program
 from ..errors import BundleError, DaonetError, InvalidPayloadError, VersionMismatchError
+from ..manifest import ServerManifest
 from ..nn import build_model
 from ..wire import SparsePayload, decode, read_frame, validate_sparse
 
@@ -27,24 +28,35 @@ class UnknownModelError(DaonetError, LookupError):
 class ServerModel(ManifestIdentity):
     """The rest of the network behind the localized first layer."""
 
-    def __init__(self, manifest: dict[str, Any], rest: torch.nn.Module, bundle_dir: Path | None = None) -> None:
+    def __init__(self, manifest: ServerManifest, rest: torch.nn.Module, bundle_dir: Path | None = None) -> None:
+        """Wrap the rest of the network; ``load`` builds it from a bundle."""
         self.manifest = manifest
         self.rest = rest if isinstance(rest, torch.fx.GraphModule) else rest.eval()  # programs are traced in eval
         self.bundle_dir = bundle_dir
-        self.first_layer = manifest["first_layer"]
-        self.output_shape = tuple(int(s) for s in self.first_layer["output_shape"])
-        self.n_outputs = int(self.first_layer["n_outputs"])
+        self.first_layer = manifest.first_layer
+        self.output_shape: tuple[int, ...] = self.first_layer.output_shape
+        self.n_outputs = self.first_layer.n_outputs
 
     @classmethod
     def load(cls, bundle_dir: str | Path) -> ServerModel:
+        """Load ``bundle/server`` (or a bundle root holding ``server/``).
+
+        Args:
+            bundle_dir: the server bundle directory written by ``daonet export``.
+        Returns:
+            The model in eval mode, its manifest validated and its weights checked against their SHA-256.
+        Raises:
+            BundleError: a missing, tampered or inconsistent bundle, or weights that do not fit the architecture.
+        """
         bundle_dir, manifest, tensors = load_bundle(bundle_dir, SERVER_FORMAT)
-        if manifest["arch"].get("name") == PROGRAM_ARCH:  # any architecture, saved by daonet.export (verified)
-            rest = load_program(bundle_dir / next(iter(manifest["files"])))
+        assert isinstance(manifest, ServerManifest)
+        if manifest.arch.name == PROGRAM_ARCH:  # any architecture, saved by daonet.export (verified)
+            rest = load_program(bundle_dir / next(iter(manifest.files)))
             server = cls(manifest, rest, bundle_dir)
             server.check_against_network()
             return server
         try:
-            model = build_model(manifest["arch"])
+            model = build_model(manifest.arch.as_dict())
             model.rest.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
         except (KeyError, RuntimeError) as exc:
             raise BundleError(f"{bundle_dir}: weights do not fit the architecture ({exc}); re-export it") from exc
@@ -75,8 +87,9 @@ class ServerModel(ManifestIdentity):
         """What a client needs to check its device bundle against this server."""
         return {
             "model_id": self.model_id, "version": self.version, "classes": self.classes,
-            "device_input": self.manifest.get("device_input"), "first_layer": self.first_layer,
-            "drop": self.manifest.get("drop"), "wire_version": self.manifest.get("wire", {}).get("version", 1),
+            "device_input": self.manifest.device_input.to_json() if self.manifest.device_input else None,
+            "first_layer": self.first_layer.to_json(), "drop": self.manifest.drop.to_json(),
+            "wire_version": self.manifest.wire.version,
         }
 
     # -- payload handling -------------------------------------------------------------------------

@@ -1,0 +1,557 @@
+"""Typed bundle manifests: ``DeviceManifest`` and ``ServerManifest``, validated once when read.
+
+``daonet export`` builds these objects and writes them as ``manifest.json``; the device runtime, the server,
+the privacy policy and the audit read typed attributes, never JSON keys. Everything a manifest promises
+(drop rate range, shapes, layer geometry, wire version, file hashes, ...) is checked here, once, with an
+error that names the field, what is wrong with it and how to fix it.
+
+Why stdlib dataclasses and not pydantic: the device side imports this module, and a device install is
+numpy + httpx + safetensors only (phones, wearables, Pyodide). pydantic-core is a compiled wheel that would
+triple that footprint for ~150 lines of parsing. A small annotation-driven parser (:func:`_parse`) gives
+the same "declare a field, get it validated" ergonomics.
+
+The JSON layout is a contract with other runtimes (the JavaScript device runtime reads ``manifest.json``):
+keys and nesting are unchanged from format version 1. Keys this version does not know are kept in
+``extra`` and written back, so a newer writer's fields survive a round trip.
+
+To extend: add a field with a default to the right dataclass (an optional sub-block is
+``noise: NoiseSpec | None = optional()``, omitted from the JSON while ``None``), and check it in that
+class's ``_check``. Old bundles keep loading because the default applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+from .errors import BundleError
+
+__all__ = [
+    "MANIFEST", "FORMAT_VERSION", "DEVICE_FORMAT", "SERVER_FORMAT", "LAYER_KINDS",
+    "ManifestError", "InputSpec", "Normalization", "QuantizeSpec", "LayerSpec", "DropSpec", "WireSpec",
+    "PrivacySpec", "NoiseSpec", "ArchSpec", "DeviceManifest", "ServerManifest", "read_manifest_json", "optional",
+]
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+DEVICE_FORMAT = "daonet-device-bundle"
+SERVER_FORMAT = "daonet-server-bundle"
+LAYER_KINDS = ("dense", "conv1d", "conv2d")
+IDENTIFIABLE_TOL = 1e-6  # P_jj >= 1 - tol counts as identifiable (the privacy policy's default)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_FIX = "re-export the bundle with `daonet export`"
+
+S = TypeVar("S", bound="Spec")
+
+
+class ManifestError(BundleError):
+    """A manifest field is missing, has the wrong type, or contradicts another field."""
+
+
+def optional(default: Any = None) -> Any:
+    """A field that is left out of the JSON while it equals ``default`` (for optional, newer blocks)."""
+    return field(default=default, metadata={"omit_default": True})
+
+
+def _fail(where: str, problem: str, fix: str = _FIX) -> typing.NoReturn:
+    raise ManifestError(f"{where}: {problem}; {fix}")
+
+
+# -- the annotation-driven parser -------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict or tp is dict:
+        return "an object"
+    if isinstance(tp, type) and issubclass(tp, Spec):
+        return "an object"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false",
+            type(None): "null"}.get(tp, str(tp))
+
+
+def _parse(tp: Any, value: Any, where: str) -> Any:
+    """Convert one JSON value to the annotated type, or raise :class:`ManifestError` naming ``where``."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _parse(arg, value, where)
+            except ManifestError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        _fail(where, f"expected {_type_name(tp)}, got {json.dumps(value)[:60]}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            _fail(where, f"{json.dumps(value)[:60]} is not supported (this daonet reads {_type_name(tp)})",
+                  "upgrade daonet if the bundle is newer, or " + _FIX)
+        return value
+    if origin is tuple or origin is list:
+        if not isinstance(value, list | tuple):
+            _fail(where, f"expected a list, got {json.dumps(value)[:60]}")
+        args = typing.get_args(tp)
+        item = args[0] if args else Any
+        items = [_parse(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            _fail(where, f"expected an object, got {json.dumps(value)[:60]}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _parse(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(tp, type) and issubclass(tp, Spec):
+        return tp.from_json(value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(where, f"expected true/false, got {json.dumps(value)[:60]}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(where, f"expected an integer, got {json.dumps(value)[:60]}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            _fail(where, f"expected a finite number, got {json.dumps(value)[:60]}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(where, f"expected a string, got {json.dumps(value)[:60]}")
+        return value
+    raise TypeError(f"manifest field {where} has an unsupported annotation {tp!r}")  # a bug in this module
+
+
+_NOT_JSON = frozenset({"extra", "raw"})
+
+
+def _allows_none(tp: Any) -> bool:
+    return tp is Any or (typing.get_origin(tp) in (typing.Union, types.UnionType)
+                         and type(None) in typing.get_args(tp))
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, Spec):
+        return value.to_json()
+    if isinstance(value, tuple | list):
+        return [_dump(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _dump(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spec:
+    """Base of every manifest block: ``from_json`` parses and checks, ``to_json`` writes the same layout."""
+
+    _hints: ClassVar[dict[type, dict[str, Any]]] = {}
+
+    @classmethod
+    def _fields(cls) -> dict[str, Any]:
+        hints = Spec._hints.get(cls)
+        if hints is None:
+            all_hints = typing.get_type_hints(cls)
+            hints = {f.name: all_hints[f.name] for f in dataclasses.fields(cls) if f.name not in _NOT_JSON}
+            Spec._hints[cls] = hints
+        return hints
+
+    @classmethod
+    def from_json(cls: type[S], obj: Any, where: str = "manifest") -> S:
+        """Parse a JSON object (a ``dict``); raises :class:`ManifestError` that names the bad field."""
+        if not isinstance(obj, dict):
+            _fail(where, f"expected an object, got {json.dumps(obj)[:60]}")
+        hints = cls._fields()
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in _NOT_JSON:
+                continue
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            value = obj.get(f.name)
+            if value is None and not required and not _allows_none(hints[f.name]):
+                continue  # null for a block that has a default: the default
+            if f.name in obj:
+                kwargs[f.name] = _parse(hints[f.name], value, f"{where}.{f.name}")
+            elif required:
+                _fail(where, f"the field {f.name!r} is missing (the manifest is malformed: corrupt, or not "
+                      "written by daonet)")
+        names = {f.name for f in dataclasses.fields(cls)}
+        if "extra" in names:
+            kwargs["extra"] = {k: v for k, v in obj.items() if k not in hints}
+        if "raw" in names:
+            kwargs["raw"] = dict(obj)
+        spec = cls(**kwargs)
+        spec._check(where)
+        return spec
+
+    def _check(self, where: str) -> None:
+        """Cross-field checks (overridden per block); field types are already checked."""
+
+    def validated(self: S, where: str = "manifest") -> S:
+        """This block as it will be read back: built in code, checked exactly like a loaded file."""
+        return type(self).from_json(self.to_json(), where)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name in _NOT_JSON:
+                continue
+            value = getattr(self, f.name)
+            if f.metadata.get("omit_default") and value == f.default:
+                continue
+            out[f.name] = _dump(value)
+        out.update(_dump(getattr(self, "extra", None) or {}))
+        return out
+
+
+def _positive_ints(values: tuple[int, ...], where: str, what: str) -> None:
+    if any(v < 1 for v in values):
+        _fail(where, f"{what} must be positive integers, got {list(values)}")
+
+
+def _prod(values: tuple[int, ...]) -> int:
+    return math.prod(values)
+
+
+# -- the blocks ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class InputSpec(Spec):
+    """The raw input the device takes: ``shape`` (C, ...), held as ``raw_dtype``, values in ``range``."""
+
+    shape: tuple[int, ...]
+    dtype: Literal["float32"] = "float32"
+    raw_dtype: Literal["float32", "uint8"] = "float32"
+    range: tuple[float, float] | None = None
+
+    def _check(self, where: str) -> None:
+        if not self.shape:
+            _fail(f"{where}.shape", "is empty; an input has at least a channel axis")
+        _positive_ints(self.shape, f"{where}.shape", "dimensions")
+        if self.range is not None and (len(self.range) != 2 or not self.range[0] < self.range[1]):
+            _fail(f"{where}.range", f"must be [low, high] with low < high, got {list(self.range)}")
+
+    @property
+    def size(self) -> int:
+        return _prod(self.shape)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Normalization(Spec):
+    """Per-channel ``(x - mean) / std`` applied before the first layer (``None``: 0 and 1)."""
+
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def _check(self, where: str) -> None:
+        if self.std is not None and any(s <= 0 for s in self.std):
+            _fail(f"{where}.std", f"must be positive, got {list(self.std)}")
+
+    def check_channels(self, channels: int, where: str) -> None:
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None and len(v) != channels:
+                _fail(f"{where}.{name}", f"has {len(v)} values for {channels} input channel(s)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantizeSpec(Spec):
+    """Surviving values rounded to ``levels`` steps of ``[0, clip]``."""
+
+    levels: int
+    clip: float
+
+    def _check(self, where: str) -> None:
+        if self.levels < 1:
+            _fail(f"{where}.levels", f"must be at least 1, got {self.levels}")
+        if self.clip == 0:
+            _fail(f"{where}.clip", "must be non-zero")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerSpec(Spec):
+    """Geometry of the localized first layer (what ``LocalizedFirstLayer.spec()`` writes)."""
+
+    kind: Literal["dense", "conv1d", "conv2d"]
+    output_shape: tuple[int, ...]
+    n_outputs: int
+    in_shape: tuple[int, ...] | None = None
+    out_channels: int | None = None
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    activation: Literal["relu"] = "relu"
+    quantize: QuantizeSpec | None = None
+    # a localized block after the first layer (steps run by daonet.device.block); dropping happens at its output
+    first_output_shape: tuple[int, ...] | None = optional()
+    block: tuple[dict[str, Any], ...] | None = optional()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def first_shape(self) -> tuple[int, ...]:
+        """The first layer's own output shape (``output_shape`` is what is dropped and sent)."""
+        return self.first_output_shape or self.output_shape
+
+    def _check(self, where: str) -> None:
+        """Geometry checks for the layouts this daonet knows; a layer with extra keys (a newer layout) is
+        checked by the code that knows those keys, a block's steps by the device runtime."""
+        _positive_ints(self.output_shape, f"{where}.output_shape", "dimensions")
+        if _prod(self.output_shape) != self.n_outputs:
+            _fail(f"{where}.n_outputs", f"is {self.n_outputs}, but output_shape {list(self.output_shape)} has "
+                  f"{_prod(self.output_shape)} outputs")
+        if self.block and self.first_output_shape is None:
+            _fail(f"{where}.first_output_shape", "is missing: a layer with a block needs the first layer's own "
+                  "output shape")
+        if self.extra:
+            return
+        first = self.first_shape
+        _positive_ints(first, f"{where}.first_output_shape", "dimensions")
+        if self.out_channels is not None and self.out_channels != first[0]:
+            _fail(f"{where}.out_channels", f"is {self.out_channels}, the first layer's output starts with {first[0]}")
+        nd = {"dense": 0, "conv1d": 1, "conv2d": 2}[self.kind]
+        for name in ("kernel", "stride"):
+            v = getattr(self, name)
+            if len(v) != nd:
+                _fail(f"{where}.{name}", f"a {self.kind} layer needs {nd} value(s), got {list(v)}")
+            _positive_ints(v, f"{where}.{name}", name)
+        if len(first) != nd + 1:
+            _fail(f"{where}.output_shape", f"a {self.kind} layer has {nd + 1} output axes, got {list(first)}")
+        if self.in_shape is not None:
+            self.check_input(self.in_shape, f"{where}.in_shape")
+
+    def check_input(self, shape: tuple[int, ...], where: str) -> None:
+        """Does this geometry turn inputs of ``shape`` into ``output_shape``?"""
+        if self.kind == "dense" or self.extra:
+            return
+        nd = len(self.kernel)
+        if len(shape) != nd + 1:
+            _fail(where, f"a {self.kind} layer takes inputs with {nd + 1} axes, got {list(shape)}")
+        spatial = tuple((s - k) // st + 1 for s, k, st in zip(shape[1:], self.kernel, self.stride, strict=True))
+        if spatial != self.first_shape[1:]:
+            _fail(where, f"input {list(shape)} with kernel {list(self.kernel)} and stride {list(self.stride)} "
+                  f"gives outputs {list(spatial)}, the layer says {list(self.first_shape[1:])}")
+
+    @property
+    def patchify(self) -> bool:
+        return all(s >= k for s, k in zip(self.stride, self.kernel, strict=True))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DropSpec(Spec):
+    """How outputs are dropped: Bernoulli with ``rate`` in [0, 1), survivors not rescaled."""
+
+    rate: float
+    policy: Literal["bernoulli"] = "bernoulli"
+    rescale: Literal[False] = False
+
+    def _check(self, where: str) -> None:
+        if not 0.0 <= self.rate < 1.0:
+            _fail(f"{where}.rate", f"must be in [0, 1), got {self.rate}", "train and export with --drop-rate in [0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WireSpec(Spec):
+    """The wire format payloads use (see :mod:`daonet.wire`)."""
+
+    version: Literal[1] = 1
+    value_dtype: Literal["float32", "float16"] | None = optional()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacySpec(Spec):
+    """The device's privacy policy (see ``daonet.device.certificate.PrivacyPolicy``)."""
+
+    max_revealed_energy: float | None = None
+    forbid_identifiable: bool = optional(True)
+    identifiable_tol: float = optional(IDENTIFIABLE_TOL)
+
+    def _check(self, where: str) -> None:
+        m = self.max_revealed_energy
+        if m is not None and not 0.0 <= m <= 1.0:
+            _fail(f"{where}.max_revealed_energy", f"must be in [0, 1] or null, got {m}",
+                  "export with --max-revealed-energy in [0, 1]")
+        if not 0.0 < self.identifiable_tol < 1.0:
+            _fail(f"{where}.identifiable_tol", f"must be in (0, 1), got {self.identifiable_tol}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoiseSpec(Spec):
+    """Noise on surviving values: they become ``max(h + std * e, floor)``, ``e`` ~ N(0, 1).
+
+    ``std`` is absolute (activation units), fixed at training as ``relative_std`` x the RMS of the non-zero
+    activations on public data; ``floor`` > 0 keeps sent values non-zero.
+    """
+
+    std: float
+    floor: float
+    relative_std: float = 0.0
+    kind: Literal["gaussian"] = "gaussian"
+    applies_to: Literal["surviving"] = "surviving"
+
+    def _check(self, where: str) -> None:
+        if self.std < 0 or self.floor <= 0:
+            _fail(where, f"noise std {self.std} / floor {self.floor} are invalid (std >= 0, floor > 0)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchSpec(Spec):
+    """Enough to rebuild the whole network (``daonet.nn.build_model``); unknown keys are kept verbatim."""
+
+    name: str
+    in_shape: tuple[int, ...]
+    n_classes: int
+    drop_rate: float
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    quantize_levels: int | None = optional()
+    extra: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def _check(self, where: str) -> None:
+        _positive_ints(self.in_shape, f"{where}.in_shape", "dimensions")
+        if self.n_classes < 1:
+            _fail(f"{where}.n_classes", f"must be at least 1, got {self.n_classes}")
+        if not 0.0 <= self.drop_rate < 1.0:
+            _fail(f"{where}.drop_rate", f"must be in [0, 1), got {self.drop_rate}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The dict exactly as it was read (the model version hashes it), else as built."""
+        return json.loads(json.dumps(self.raw)) if self.raw else super().to_json()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plain dict ``build_model`` takes."""
+        return self.to_json()
+
+
+def _check_files(files: dict[str, str], where: str) -> None:
+    if not files:
+        _fail(where, "lists no weight files")
+    for name, digest in files.items():
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            _fail(f"{where}.{name}", "is not a plain file name inside the bundle")
+        if not _SHA256.fullmatch(digest):
+            _fail(f"{where}.{name}", f"is not a SHA-256 hex digest: {digest[:20]!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Identity(Spec):
+    """Fields both halves share; ``version`` is a content hash over both halves."""
+
+    model_id: str
+    version: str
+    files: dict[str, str]
+    classes: tuple[str, ...] = ()
+    format_version: int = FORMAT_VERSION
+
+    def _check(self, where: str) -> None:
+        if self.format_version != FORMAT_VERSION:
+            _fail(f"{where}.format_version", f"is {self.format_version}, this daonet reads version {FORMAT_VERSION}",
+                  "upgrade daonet or re-export the bundle")
+        if not self.model_id:
+            _fail(f"{where}.model_id", "is empty")
+        if not self.version or not self.version.isascii() or len(self.version) > 255:
+            _fail(f"{where}.version", f"must be a short ASCII string, got {self.version[:40]!r}")
+        _check_files(self.files, f"{where}.files")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceManifest(_Identity):
+    """``bundle/device/manifest.json``: everything the device runtime needs besides the weights."""
+
+    FORMAT: ClassVar[str] = DEVICE_FORMAT
+
+    input: InputSpec
+    layer: LayerSpec
+    drop: DropSpec
+    normalization: Normalization = field(default_factory=Normalization)
+    wire: WireSpec = field(default_factory=WireSpec)
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
+    noise: NoiseSpec | None = optional()
+    format: Literal["daonet-device-bundle"] = DEVICE_FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def _check(self, where: str) -> None:
+        super()._check(where)
+        self.layer.check_input(self.input.shape, f"{where}.input.shape")
+        if self.layer.in_shape is not None and self.layer.in_shape != self.input.shape:
+            _fail(f"{where}.layer.in_shape", f"is {list(self.layer.in_shape)}, input.shape is "
+                  f"{list(self.input.shape)}")
+        self.normalization.check_channels(self.input.shape[0], f"{where}.normalization")
+
+    @property
+    def value_dtype(self) -> str:
+        return self.wire.value_dtype or "float32"
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DeviceManifest:
+        return cls.from_json(read_manifest_json(directory, DEVICE_FORMAT), str(Path(directory) / MANIFEST))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerManifest(_Identity):
+    """``bundle/server/manifest.json``: the architecture, and the device side the server expects."""
+
+    FORMAT: ClassVar[str] = SERVER_FORMAT
+
+    arch: ArchSpec
+    first_layer: LayerSpec
+    drop: DropSpec
+    device_input: InputSpec | None = None
+    wire: WireSpec = field(default_factory=WireSpec)
+    format: Literal["daonet-server-bundle"] = SERVER_FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def _check(self, where: str) -> None:
+        super()._check(where)
+        if self.device_input is not None:
+            self.first_layer.check_input(self.device_input.shape, f"{where}.device_input.shape")
+        if self.classes and len(self.classes) != self.arch.n_classes:
+            _fail(f"{where}.classes", f"names {len(self.classes)} classes, the network (arch.n_classes) predicts "
+                  f"{self.arch.n_classes}")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ServerManifest:
+        return cls.from_json(read_manifest_json(directory, SERVER_FORMAT), str(Path(directory) / MANIFEST))
+
+
+def read_manifest_json(directory: str | Path, expected_format: str) -> dict[str, Any]:
+    """The raw JSON object of ``directory/manifest.json`` after the checks that need no schema (it exists, it
+    is JSON, it is the expected half). :meth:`DeviceManifest.load`/:meth:`ServerManifest.load` parse it."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BundleError(f"bundle directory {directory} does not exist; create it with `daonet export RUN_DIR`")
+    path = directory / MANIFEST
+    if not path.exists():
+        raise BundleError(f"{path} is missing; is {directory} a daonet bundle? Re-export it with `daonet export`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc}); the bundle is corrupt, re-export it") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        hint = ""
+        if got in (DEVICE_FORMAT, SERVER_FORMAT):
+            hint = f" (this is a {got}; pass the {'device' if expected_format == DEVICE_FORMAT else 'server'}/ "
+            hint += "directory instead)"
+        raise BundleError(f"{path} is a {got!r} manifest, expected {expected_format!r}{hint}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{path} has format version {manifest.get('format_version')}, this daonet reads version "
+            f"{FORMAT_VERSION}; upgrade daonet or re-export the bundle"
+        )
+    return manifest
