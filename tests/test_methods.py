@@ -94,7 +94,7 @@ def test_policy_bundle_requests_satisfy_the_policy(frontier, digits):
 def test_quantized_payloads_take_few_values(frontier, digits):
     out, _, _, _ = frontier
     device, server = load_pair(out / "bundles" / "q2-pol-p0.5")
-    assert device.quantize["levels"] == 2
+    assert device.quantize is not None and device.quantize.levels == 2
     values = np.concatenate([server.parse(p.data).values for p in device.encode_many(digits.x_test[:200],
                                                                                         RandomMasks(1))])
     assert values.size > 0 and len(np.unique(values)) <= 2  # + the zero of dropped/inactive outputs = 3

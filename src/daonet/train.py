@@ -25,7 +25,6 @@ from .errors import DaonetError, InputError
 from .nn import SplitModel, build_model
 from .nn.defences import ADVERSARIES, InverseAdversary, distance_correlation
 
-
 # The architecture options every run records in its config (so the model version pins them). They must equal the
 # builders' own defaults in daonet.nn.zoo (a test checks): a model built without options is the same model.
 DEFAULT_KWARGS: dict[str, dict[str, Any]] = {

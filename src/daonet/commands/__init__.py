@@ -1,3 +1,1 @@
-"""CLI commands beyond train/export, one module per feature area (each registers on ``cli.app``)."""
-
-from . import audit, bench, demo, methods, serve, sweep  # noqa: F401
+"""CLI commands, one module per feature area. Each defines plain functions; ``daonet.cli`` registers them."""

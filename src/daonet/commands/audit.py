@@ -1,21 +1,30 @@
 """``daonet audit``: attack a bundle's payloads and report what the server can learn.
 
-Two forms:
+Two forms, one option list (:func:`audit`):
 
-* ``daonet audit BUNDLE_DIR --dataset mnist --out reports/mnist`` audits one exported bundle.
+* ``daonet audit BUNDLE_DIR --dataset mnist --out reports/mnist`` audits one exported bundle
+  (``daonet audit bundle BUNDLE_DIR`` is the same: ``bundle`` is the group's default command).
 * ``daonet audit frontier --dataset mnist --model mlp --drop-rates 0,0.5,0.9,0.97 --out reports/frontier``
   trains, exports and audits one model per drop rate (all cached in ``--out``) and draws the frontier.
+
+``daonet.cli`` registers :func:`audit` as ``bundle`` and :data:`frontier` (the same function with the
+target fixed) as ``frontier``, under :class:`AuditGroup`.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
-from ..cli import app, console, fail, parse_kwargs
+from .common import console, fail, parse_kwargs
 
 FRONTIER = "frontier"
 
@@ -26,7 +35,6 @@ def _floats(text: str, what: str) -> list[float]:
         return [float(t) for t in items]
     except ValueError:
         fail(f"{what} takes numbers separated by commas or spaces, got {text!r}")
-        raise  # unreachable: fail exits
 
 
 def _attacks(text: str) -> tuple[str, ...]:
@@ -43,9 +51,8 @@ def _attacks(text: str) -> tuple[str, ...]:
     return items
 
 
-@app.command()
 def audit(
-    target: Annotated[str, typer.Argument(help="a bundle directory from `daonet export`, or the word `frontier`")],
+    target: Annotated[str, typer.Argument(help="a bundle directory from `daonet export`")],
     dataset: Annotated[str, typer.Option(help="the data set the bundle was trained on (digits, mnist, "
                                               "fashion-mnist, ecg5000, cifar10)")] = "mnist",
     out: Annotated[Path, typer.Option(help="writes audit.json + report.html (frontier: one folder per rate)")]
@@ -142,3 +149,36 @@ def audit(
     if not rep["budget"]["claim"]:
         console.print(f"[bold yellow]{rep['budget']['note']}[/]")
     console.print(f"[green]written[/] {html} and {js}")
+
+
+def _with_target(fn: Callable[..., None], target: str, doc: str) -> Callable[..., None]:
+    """``fn`` with its first argument fixed: the same options (one list to edit), registered as a subcommand."""
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
+    params = [p.replace(annotation=hints[p.name]) for p in sig.parameters.values() if p.name != "target"]
+
+    def command(**kwargs: Any) -> None:
+        fn(target, **kwargs)
+
+    command.__signature__ = sig.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]
+    command.__name__ = command.__qualname__ = target
+    command.__doc__ = doc
+    return command
+
+
+frontier = _with_target(audit, FRONTIER, """Train, export and audit one model per drop rate; draw the frontier.
+
+    `daonet audit frontier --dataset mnist --model mlp --drop-rates 0,0.5,0.9,0.97 --out reports/frontier`
+    (everything is cached in --out; rerunning with identical settings reuses it).
+    """)
+
+
+class AuditGroup(TyperGroup):
+    """``daonet audit BUNDLE ...`` runs the hidden default command ``bundle``; named subcommands run as usual."""
+
+    default_command = "bundle"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)

@@ -12,12 +12,11 @@ from typing import Annotated, Any
 
 import typer
 
-from ..cli import app, console, fail
 from ..errors import DaonetError
+from .common import console, fail
 
 bench_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                         help="Benchmarks: daonet next to the alternatives (plaintext serving, encryption).")
-app.add_typer(bench_app, name="bench")
 
 
 @bench_app.command("encryption")

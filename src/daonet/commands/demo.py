@@ -8,11 +8,10 @@ from typing import Annotated
 
 import typer
 
-from ..cli import app, console
 from ..demo import DEFAULT_CACHE, run_demo
+from .common import console
 
 
-@app.command()
 def demo(
     n: Annotated[int, typer.Option(min=1, max=10000, help="MNIST test images to push through")] = 1000,
     cache: Annotated[Path, typer.Option(help="where the demo model and bundles are cached")] = DEFAULT_CACHE,

@@ -14,12 +14,11 @@ from typing import Annotated
 
 import typer
 
-from ..cli import app, console, fail, parse_kwargs
+from .common import console, fail, parse_kwargs
 
 EPOCHS_DEFAULTS = {"mnist-mlp": 5, "ecg5000-cnn1d": 40}
 
 
-@app.command("audit-methods")
 def audit_methods(
     dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, ecg5000, digits, ...")] = "mnist",
     model: Annotated[str, typer.Option(help="mlp, cnn or cnn1d")] = "mlp",

@@ -7,11 +7,10 @@ from typing import Annotated
 
 import typer
 
-from ..cli import app, console, fail
 from ..sweep import DROP_RATES, TASKS, run_sweep, to_markdown
+from .common import console, fail
 
 
-@app.command()
 def sweep(
     task: Annotated[list[str] | None, typer.Option(help=f"repeatable; default all of {', '.join(TASKS)}")] = None,
     drop_rate: Annotated[list[float] | None, typer.Option(help="repeatable; default 0 .5 .75 .9 .95")] = None,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import BundleError, InputError
 from ..manifest import IDENTIFIABLE_TOL, PrivacySpec
 
 if TYPE_CHECKING:  # pragma: no cover
