@@ -67,8 +67,8 @@ MODELS: dict[str, tuple[str, dict[str, Any] | None]] = {
 
 def ensure_bundle(name: str, cache: Path) -> Path:
     """The bundle of model ``name`` (see MODELS), trained and exported once if missing."""
-    from daonet.demo import _cached_config, ensure_bundles
     from daonet.export import export_run
+    from daonet.studies.demo import _cached_config, ensure_bundles
     from daonet.train import recommended_config, save_run, train
 
     dataset, overrides = MODELS[name]

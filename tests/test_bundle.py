@@ -101,17 +101,19 @@ def test_server_manifest_cross_checks(serve_signal_bundle, tmp_path):
 def test_unknown_fields_survive_and_nulls_take_defaults(serve_digits_bundle, tmp_path):
     def edit(m):
         m["signature"] = {"alg": "ed25519", "value": "00"}  # a newer writer's block
-        m["layer"]["block"] = [{"op": "conv2d"}]
+        m["layer"]["residual"] = [{"op": "conv2d"}]
         m["privacy"] = None
         m["normalization"] = None
 
     newer = _copy_with(serve_digits_bundle.device, tmp_path / "device", edit)
     manifest = DeviceManifest.load(newer)
     assert manifest.extra == {"signature": {"alg": "ed25519", "value": "00"}}
-    assert manifest.layer.extra == {"block": [{"op": "conv2d"}]}
+    assert manifest.layer.extra == {"residual": [{"op": "conv2d"}]}
     assert manifest.privacy == PrivacySpec() and manifest.normalization.mean is None
     out = manifest.to_json()
-    assert out["signature"]["alg"] == "ed25519" and out["layer"]["block"] == [{"op": "conv2d"}]
+    assert out["signature"]["alg"] == "ed25519" and out["layer"]["residual"] == [{"op": "conv2d"}]
+    out["layer"]["residual"][0]["op"] = "changed"  # to_json hands out a copy
+    assert manifest.layer.extra["residual"][0]["op"] == "conv2d"
 
 
 def test_blocks_validate_when_built_in_code():

@@ -41,7 +41,7 @@ def test_export_of_missing_run(tmp_path):
 
 
 def test_sweep_writes_table(tmp_path):
-    from daonet import sweep as sweep_mod
+    from daonet.studies import sweep as sweep_mod
     from daonet.train import TrainConfig
 
     sweep_mod.TASKS["digits-mlp-test"] = TrainConfig(dataset="digits", model="mlp", epochs=1,

@@ -52,7 +52,7 @@ def test_block_activations_match_torch_on_real_data(blocks, name):
     assert not device.is_linear and not first.is_linear
     assert device.output_shape == first.output_shape and device.n_outputs == first.n_outputs
     assert device.first_output_shape == first.first_output_shape
-    steps = device.manifest["layer"]["block"]
+    steps = device.manifest.layer.block or ()
     assert len([s for s in steps if s["op"] != "maxpool"]) == result.config.device_layers - 1
     x = result.dataset.x_test[:200]
     with torch.no_grad():
@@ -128,7 +128,7 @@ def test_inconsistent_block_manifest_is_refused(blocks):
         (lambda m: m["layer"]["block"][0].update(activation="gelu"), "activation 'gelu' is not supported"),
         (lambda m: m["layer"]["block"].append({"size": 2}), "must be an object with an 'op'"),
     ]:
-        manifest = json.loads(json.dumps(device.manifest))
+        manifest = device.manifest.to_json()
         edit(manifest)
         with pytest.raises(BundleError, match=message):
             DeviceModel(manifest, device.weight, device.bias, device.extras)
@@ -166,7 +166,7 @@ def test_cli_trains_and_exports_a_block_with_noise(tmp_path):
     res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "bundle")])
     assert res.exit_code == 0, res.output
     device = DeviceModel.load(tmp_path / "bundle" / "device")
-    assert [s["op"] for s in device.manifest["layer"]["block"]] == ["dense"]
+    assert [s["op"] for s in device.manifest.layer.block or ()] == ["dense"]
     assert device.noise is not None and device.noise.std == pytest.approx(metrics["noise"]["std"])
     res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "b2"), "--max-revealed-energy", "0.3"])
     assert res.exit_code != 0 and "single linear first layer" in str(res.exception) + res.output

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 
 import numpy as np
 import pytest
@@ -37,8 +36,9 @@ def noisy(tmp_path_factory, one_torch_thread):
 
 def test_manifest_holds_the_absolute_scale_from_public_data(noisy):
     result, _, device, _ = noisy
-    spec = device.manifest["noise"]
-    assert spec["kind"] == "gaussian" and spec["applies_to"] == "surviving" and spec["relative_std"] == 0.25
+    spec = device.manifest.noise
+    assert spec is not None
+    assert spec.kind == "gaussian" and spec.applies_to == "surviving" and spec.relative_std == 0.25
     h = device.activations(result.dataset.x_train)  # the public data the scale was fixed on
     rms = float(np.sqrt(np.mean(h[h > 0].astype(np.float64) ** 2)))
     assert device.noise.std == pytest.approx(0.25 * rms, rel=1e-4)
@@ -156,7 +156,7 @@ def test_bad_noise_settings_are_refused(noisy):
     for noise, message in [({"kind": "laplace", "std": 1.0, "floor": 0.01}, "not supported"),
                            ({"kind": "gaussian", "std": 1.0, "floor": 0.0}, "invalid"),
                            ({"kind": "gaussian", "floor": 0.01}, "malformed")]:
-        manifest = json.loads(json.dumps(device.manifest))
+        manifest = device.manifest.to_json()
         manifest["noise"] = noise
         with pytest.raises(BundleError, match=message):
             DeviceModel(manifest, device.weight, device.bias, device.extras)

@@ -141,14 +141,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, model_id: str | None = N
         DaonetError: not a run directory, or bad options.
     """
     run_dir = Path(run_dir)
-    model, config = load_run(run_dir)
-    train_cfg = config.get("train", {})
-    mid = model_id or f"{dataset_label(train_cfg.get('dataset', 'data'))}-{train_cfg.get('model', 'model')}"
     if max_revealed_energy is not None and not 0.0 <= max_revealed_energy <= 1.0:
         raise DaonetError(f"--max-revealed-energy must be in [0, 1], got {max_revealed_energy}")
     model, config = load_run(run_dir)
     train_cfg = config.get("train", {})
-    mid = model_id or f"{train_cfg.get('dataset', 'data')}-{train_cfg.get('model', 'model')}"
+    mid = model_id or f"{dataset_label(train_cfg.get('dataset', 'data'))}-{train_cfg.get('model', 'model')}"
     mean_path = run_dir / "public_mean.npy"
     extra = {"public_mean": np.load(mean_path)} if mean_path.exists() else None
     return export_model(model, out, model_id=mid, classes=config.get("classes", []),

@@ -99,6 +99,17 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
 
 
+# Training settings per known (dataset, model) task: what the drop-rate sweep and the audit frontier train.
+TASKS: dict[str, TrainConfig] = {
+    "mnist-mlp": TrainConfig(dataset="mnist", model="mlp", epochs=10),
+    # wider first layer: more survivors at the same p, so accuracy holds at high drop rates
+    "mnist-mlp-wide": TrainConfig(dataset="mnist", model="mlp", epochs=6, model_kwargs={"hidden": 4096}),
+    "mnist-cnn": TrainConfig(dataset="mnist", model="cnn", epochs=5),
+    "fashion-mnist-cnn": TrainConfig(dataset="fashion-mnist", model="cnn", epochs=5),
+    "ecg5000-cnn1d": TrainConfig(dataset="ecg5000", model="cnn1d", epochs=60, batch_size=32),
+}
+
+
 # Default operating points, picked from the measured privacy-accuracy frontier (docs/frontier-methods.md,
 # `daonet audit-methods`): MNIST mlp: random dropping p=0.5 plus min-max training against an inverse
 # network (accuracy 0.945, best attack +0.055 SSIM over the class prior, vs 0.931 / +0.191 for plain p=0.9);

@@ -16,16 +16,14 @@ from typing import Any
 
 from ..data import load_dataset
 from ..export import export_run
-from ..train import TrainConfig, save_run, train
+from ..train import TASKS, TrainConfig, save_run, train
 from .core import AuditConfig, _json_default, load_examples, load_pair, run_audit, write_report
 from .metrics import primary_metric
 from .report import example_grid, frontier_markdown, render_frontier_html
 
 
 def default_train_config(dataset: str, model: str) -> TrainConfig:
-    """The sweep's settings for known (dataset, model) pairs, else the training defaults."""
-    from ..sweep import TASKS
-
+    """The sweep's settings for known (dataset, model) pairs (:data:`daonet.train.TASKS`), else the defaults."""
     return replace(TASKS.get(f"{dataset}-{model}", TrainConfig(dataset=dataset, model=model)))
 
 

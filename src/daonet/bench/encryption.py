@@ -568,7 +568,7 @@ def run_encryption_bench(
     """Measure plaintext, daonet and HE on the first ``n`` MNIST test images; returns the JSON-ready result.
 
     ``bundle_dir``: an exported daonet bundle (``device/`` + ``server/``); default: the demo's cached bundle
-    (:func:`daonet.demo.ensure_bundles`, trained on first use). ``run_dir``: the training run it came from
+    (:func:`daonet.studies.demo.ensure_bundles`, trained on first use). ``run_dir``: the training run it came from
     (the plaintext server runs that run's whole model); default: ``run`` beside the bundle, as the demo lays
     them out. ``he_options``: keyword arguments for :func:`daonet.bench.he.run_he_benchmark` (hidden, epochs,
     n_train, cache_dir, ...). ``repeats``: timing passes over the images for the two cheap approaches (their
@@ -605,7 +605,7 @@ def run_encryption_bench(
     if http_kinds:
         trained = False
         if bundle_dir is None:
-            from ..demo import DEFAULT_CACHE, ensure_bundles
+            from ..studies.demo import DEFAULT_CACHE, ensure_bundles
 
             bundle, trained = ensure_bundles(DEFAULT_CACHE, progress=progress)
         else:

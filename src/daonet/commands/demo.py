@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..demo import DEFAULT_CACHE, run_demo
+from ..studies.demo import DEFAULT_CACHE, run_demo
 from .common import console
 
 

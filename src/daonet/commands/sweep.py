@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..sweep import DROP_RATES, TASKS, run_sweep, to_markdown
+from ..studies.sweep import DROP_RATES, TASKS, run_sweep, to_markdown
 from .common import console, fail
 
 

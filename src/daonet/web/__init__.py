@@ -79,9 +79,9 @@ def find_device_bundles(models: Iterable[Any]) -> list[DeviceBundle]:
                               "device/ half next to server/ as `daonet export` writes them")
         manifest = read_manifest(device_dir, DEVICE_FORMAT)
         check_pair(manifest, m.manifest)
-        if len(manifest["files"]) != 1:
+        if len(manifest.files) != 1:
             raise BundleError(f"{device_dir}: a device bundle lists exactly one weight file")
-        out.append(DeviceBundle(m.model_id, m.version, device_dir, next(iter(manifest["files"]))))
+        out.append(DeviceBundle(m.model_id, m.version, device_dir, next(iter(manifest.files))))
     return out
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import load_dataset
-from .device import Client, RandomMasks
-from .export import export_run
-from .server.config import ServerConfig
-from .server.launch import ServerProcess
-from .train import recommended_config, save_run, train
+from ..data import load_dataset
+from ..device import Client, RandomMasks
+from ..export import export_run
+from ..server.config import ServerConfig
+from ..server.launch import ServerProcess
+from ..train import recommended_config, save_run, train
 
 DEFAULT_CACHE = Path(".daonet-cache/demo")
 DEMO_CONFIG = recommended_config("mnist", "mlp")  # the measured default operating point (see train.RECOMMENDED)

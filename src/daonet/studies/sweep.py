@@ -7,18 +7,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .data import load_dataset
-from .train import TrainConfig, train
+from ..data import load_dataset
+from ..train import TASKS, train
 
 DROP_RATES = (0.0, 0.5, 0.75, 0.9, 0.95)
-TASKS: dict[str, TrainConfig] = {
-    "mnist-mlp": TrainConfig(dataset="mnist", model="mlp", epochs=10),
-    # wider first layer: more survivors at the same p, so accuracy holds at high drop rates
-    "mnist-mlp-wide": TrainConfig(dataset="mnist", model="mlp", epochs=6, model_kwargs={"hidden": 4096}),
-    "mnist-cnn": TrainConfig(dataset="mnist", model="cnn", epochs=5),
-    "fashion-mnist-cnn": TrainConfig(dataset="fashion-mnist", model="cnn", epochs=5),
-    "ecg5000-cnn1d": TrainConfig(dataset="ecg5000", model="cnn1d", epochs=60, batch_size=32),
-}
 
 
 def run_sweep(tasks: list[str], drop_rates: tuple[float, ...] = DROP_RATES, epochs: int | None = None,
