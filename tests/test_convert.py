@@ -155,7 +155,7 @@ def test_export_any_architecture_round_trip(digits_xy, tmp_path):
     dev, srv = daonet.export(model, tmp_path / "mine", classes=classes, public_data=x.numpy())
     device, server = DeviceModel.load(dev), ServerModel.load(srv)
     assert device.model_id == server.model_id == "mine" and device.version == server.version
-    assert server.manifest["arch"]["name"] == "torch.export"
+    assert server.manifest.arch.name == "torch.export"
     assert (srv / "server_program.pt2").exists() and not list(srv.glob("*.safetensors"))
     assert np.allclose(device.public_mean.reshape(-1), x.numpy().reshape(len(x), -1).mean(0), atol=1e-6)
     layer = first_layer(model)
@@ -186,8 +186,8 @@ def test_export_checks_its_arguments(digits_xy, tmp_path):
     dev, _ = daonet.export(model, tmp_path / "noisy", classes=list("0123456789"), public_data=x,
                            input_spec={"raw_dtype": "uint8"})
     manifest = DeviceModel.load(dev).manifest
-    assert manifest["noise"]["std"] > 0 and manifest["input"]["raw_dtype"] == "uint8"
-    assert manifest["input"]["shape"] == [1, 8, 8]  # the example input's shape; the device flattens for Linear
+    assert manifest.noise is not None and manifest.noise.std > 0 and manifest.input.raw_dtype == "uint8"
+    assert manifest.input.shape == (1, 8, 8)  # the example input's shape; the device flattens for Linear
 
 
 def test_import_daonet_stays_torch_free():
