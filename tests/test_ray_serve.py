@@ -36,6 +36,38 @@ KEY = {"X-API-Key": API_KEYS["generated"]}
 N_MNIST = 200
 
 
+def test_cli_serve_ray_answers_and_stops_on_sigterm(serve_digits_bundle, make_payload):
+    """`daonet serve --ray` for real, in its own process and Ray instance (before this module's Ray starts)."""
+    import signal
+    import subprocess
+    import sys
+
+    from daonet.server.ray_serve import free_port
+
+    port = free_port()
+    version = DeviceModel.load(serve_digits_bundle.device).version
+    proc = subprocess.Popen([sys.executable, "-c", "from daonet.cli import main; main()", "serve",
+                             str(serve_digits_bundle.server), "--ray", "--replicas", "1", "--replica-cpus", "0.5",
+                             "--port", str(port), "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 120
+        while "daonet on Ray Serve" not in line and time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stdout.readline() if proc.stdout else ""
+        assert f"http://127.0.0.1:{port}" in line, line
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            assert http.get("/v1/ready").json()["models"] == ["digits-mlp"]
+            r = http.post(PREDICT, content=make_payload(version, 256, [1, 5], [0.5, 1.0]), headers=OCTET)
+            assert r.status_code == 200 and len(r.json()["probabilities"]) == 10
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0  # deletes the app and stops its Ray instance
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture(scope="module")
 def mnist_run(one_torch_thread):
     """A real MNIST mlp trained on a 6k subset (a few seconds on one thread) and its test images."""

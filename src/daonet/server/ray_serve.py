@@ -333,15 +333,23 @@ class RayService:
 
 
 def serve_on_ray(config: ServerConfig, options: RayOptions) -> None:
-    """``daonet serve --ray``: deploy, print where it answers, keep the driver alive until Ctrl-C."""
-    service = RayService(config, options).start()
-    scale = (f"{options.replicas} replica(s)" if not options.autoscaling else
-             f"autoscaling {options.deployment_options()['autoscaling_config']}")
-    print(f"daonet on Ray Serve: {service.url} ({scale}); Ctrl-C stops it", flush=True)
+    """``daonet serve --ray``: deploy, print where it answers, keep the driver alive until Ctrl-C or SIGTERM,
+    then delete the application (and stop Ray if this process started it)."""
+    import signal
+
+    def _stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    service = RayService(config, options)
     try:
+        service.start()
+        signal.signal(signal.SIGTERM, _stop)  # after Ray's start: its own handler would abort the process
+        scale = (f"{options.replicas} replica(s)" if not options.autoscaling else
+                 f"autoscaling {options.deployment_options()['autoscaling_config']}")
+        print(f"daonet on Ray Serve: {service.url} ({scale}); Ctrl-C stops it", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        pass
+        print("stopping: deleting the application", flush=True)
     finally:
         service.stop()
