@@ -207,7 +207,7 @@ def render_audit_html(rep: dict[str, Any], ex: dict[str, Any] | None = None) -> 
     if "k" not in c:
         c = {"k": None}
         parts.append(f"<p>{_esc(rep['certificate'].get('note'))}</p>")
-    crow = [[k, c[k]["mean"], c[k]["p5"], c[k]["median"], c[k]["p95"], c[k]["max"]]
+    crow = [] if c.get("k") is None else [[k, c[k]["mean"], c[k]["p5"], c[k]["median"], c[k]["p95"], c[k]["max"]]
             for k in ("k", "rank", "rank_fraction", "identifiable", "revealed_energy", "revealed_energy_public_mu",
                       "max_leverage", "worst_patch_revealed_energy", "worst_patch_rank_fraction",
                       "dropped_by_policy") if k in c]
