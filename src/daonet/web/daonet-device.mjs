@@ -701,17 +701,10 @@ export class KeyedMasks {
     return new Uint8Array(await crypto_().subtle.sign("HMAC", await this._key, msg));
   }
 
+  /** ``nOutputs`` uniform uint32 values: block i = HMAC(prk, uint32_le(i)) (``KeyedMasks.stream``). */
   static async stream(prk, nOutputs) {
-    const key = await crypto_().subtle.importKey("raw", prk, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
-    const blocks = Math.floor((4 * nOutputs + 31) / 32);
-    const parts = await Promise.all(Array.from({ length: blocks }, (_, i) => {
-      const ctr = new Uint8Array(4);
-      new DataView(ctr.buffer).setUint32(0, i, true);
-      return crypto_().subtle.sign("HMAC", key, ctr);
-    }));
-    const raw = new Uint8Array(blocks * 32);
-    parts.forEach((p, i) => raw.set(new Uint8Array(p), 32 * i));
-    const dv = new DataView(raw.buffer);
+    const raw = hmacStream(prk, 4 * nOutputs);
+    const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
     return Uint32Array.from({ length: nOutputs }, (_, i) => dv.getUint32(4 * i, true));
   }
 
@@ -723,17 +716,68 @@ export class KeyedMasks {
   }
 }
 
-/** ``n`` bytes of HMAC-SHA256 counter mode under ``prk``: block i = HMAC(prk, uint32_le(i)). */
-async function hmacStream(prk, n) {
-  const key = await crypto_().subtle.importKey("raw", prk, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+// SHA-256 by hand for the counter-mode streams: one request needs up to hundreds of tiny HMACs, and an
+// async WebCrypto call each costs far more than the hashing (the per-input key derivation stays WebCrypto).
+const K256 = new Uint32Array([
+  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
+  0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+  0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
+  0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+  0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
+  0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+  0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+  0xc67178f2]);
+const H256 = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+const W64 = new Uint32Array(64);
+
+/** One SHA-256 compression of the 64-byte ``block`` into ``h`` (8 words, in place). */
+function sha256Block(h, block) {
+  for (let i = 0; i < 16; i++) W64[i] = (block[4 * i] << 24) | (block[4 * i + 1] << 16) | (block[4 * i + 2] << 8) | block[4 * i + 3];
+  for (let i = 16; i < 64; i++) {
+    const a = W64[i - 15]; const b = W64[i - 2];
+    const s0 = ((a >>> 7) | (a << 25)) ^ ((a >>> 18) | (a << 14)) ^ (a >>> 3);
+    const s1 = ((b >>> 17) | (b << 15)) ^ ((b >>> 19) | (b << 13)) ^ (b >>> 10);
+    W64[i] = (W64[i - 16] + s0 + W64[i - 7] + s1) | 0;
+  }
+  let [a, b, c, d, e, f, g, hh] = h;
+  for (let i = 0; i < 64; i++) {
+    const S1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
+    const t1 = (hh + S1 + ((e & f) ^ (~e & g)) + K256[i] + W64[i]) | 0;
+    const S0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
+    const t2 = (S0 + ((a & b) ^ (a & c) ^ (b & c))) | 0;
+    hh = g; g = f; f = e; e = (d + t1) | 0; d = c; c = b; b = a; a = (t1 + t2) | 0;
+  }
+  h[0] = (h[0] + a) | 0; h[1] = (h[1] + b) | 0; h[2] = (h[2] + c) | 0; h[3] = (h[3] + d) | 0;
+  h[4] = (h[4] + e) | 0; h[5] = (h[5] + f) | 0; h[6] = (h[6] + g) | 0; h[7] = (h[7] + hh) | 0;
+}
+
+/** SHA-256 of ``tail`` (< 56 bytes) after a 64-byte prefix already absorbed into ``state``. */
+function sha256Finish(state, tail) {
+  const h = Int32Array.from(state);
+  const block = new Uint8Array(64);
+  block.set(tail);
+  block[tail.length] = 0x80;
+  const bits = (64 + tail.length) * 8;
+  block[62] = (bits >>> 8) & 0xff; block[63] = bits & 0xff;
+  sha256Block(h, block);
+  const out = new Uint8Array(32);
+  for (let i = 0; i < 8; i++) { out[4 * i] = h[i] >>> 24; out[4 * i + 1] = (h[i] >>> 16) & 0xff; out[4 * i + 2] = (h[i] >>> 8) & 0xff; out[4 * i + 3] = h[i] & 0xff; }
+  return out;
+}
+
+/** ``n`` bytes of HMAC-SHA256 counter mode under a 32-byte ``prk``: block i = HMAC(prk, uint32_le(i)). */
+function hmacStream(prk, n) {
+  if (prk.length > 64) throw new DaonetError("HMAC keys longer than 64 bytes are not used here");
+  const pad = (byte) => { const k = new Uint8Array(64).fill(byte); prk.forEach((v, i) => { k[i] ^= v; }); return k; };
+  const inner = Int32Array.from(H256); sha256Block(inner, pad(0x36));
+  const outer = Int32Array.from(H256); sha256Block(outer, pad(0x5c));
   const blocks = Math.ceil(n / 32);
-  const parts = await Promise.all(Array.from({ length: blocks }, (_, i) => {
-    const ctr = new Uint8Array(4);
-    new DataView(ctr.buffer).setUint32(0, i, true);
-    return crypto_().subtle.sign("HMAC", key, ctr);
-  }));
   const raw = new Uint8Array(blocks * 32);
-  parts.forEach((p, i) => raw.set(new Uint8Array(p), 32 * i));
+  const ctr = new Uint8Array(4);
+  for (let i = 0; i < blocks; i++) {
+    ctr[0] = i & 0xff; ctr[1] = (i >>> 8) & 0xff; ctr[2] = (i >>> 16) & 0xff; ctr[3] = i >>> 24;
+    raw.set(sha256Finish(outer, sha256Finish(inner, ctr)), 32 * i);
+  }
   return raw.subarray(0, n);
 }
 
@@ -793,11 +837,11 @@ export class SimilarityKeyedMasks {
     const geometry = this._geometry(n);
     const enc = new TextEncoder();
     let prk = await this._sign(concatBytes(enc.encode("daonet-simhash-projection-v1\0"), geometry));
-    const bytes = await hmacStream(prk, Math.ceil(rows * n / 8));
+    const bytes = hmacStream(prk, Math.ceil(rows * n / 8));
     const signs = new Int8Array(rows * n);
     for (let i = 0; i < rows * n; i++) signs[i] = ((bytes[i >> 3] >> (i & 7)) & 1) ? 1 : -1;
     prk = await this._sign(concatBytes(enc.encode("daonet-simhash-offset-v1\0"), geometry));
-    const ob = await hmacStream(prk, 4 * rows);
+    const ob = hmacStream(prk, 4 * rows);
     const odv = new DataView(ob.buffer, ob.byteOffset, ob.byteLength);
     const offsets = Array.from({ length: rows }, (_, r) => odv.getUint32(4 * r, true) % width);
     const params = { signs, offsets, width };
@@ -844,7 +888,7 @@ export class SimilarityKeyedMasks {
       const cdv = new DataView(cb.buffer);
       for (let d = 0; d < this.dims; d++) cdv.setBigInt64(8 * d, BigInt(cells[g * this.dims + d]), true);
       const prk = await this._sign(concatBytes(head, u32le(g), cb));
-      const u = await hmacStream(prk, 4 * perGroup);
+      const u = hmacStream(prk, 4 * perGroup);
       const dv = new DataView(u.buffer, u.byteOffset, u.byteLength);
       for (let j = 0; j < perGroup; j++) {
         const i = j * this.groups + g;
