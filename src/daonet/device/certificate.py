@@ -22,6 +22,7 @@ an attacker do better than ``P x`` (see ``daonet audit``). It never leaves the d
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -72,6 +73,10 @@ class PrivacyPolicy:
                            forbid_identifiable=self.forbid_identifiable, identifiable_tol=self.identifiable_tol)
 
     def to_dict(self) -> dict[str, Any]:
+        return dict(self._as_dict)
+
+    @cached_property
+    def _as_dict(self) -> dict[str, Any]:  # every certificate records its policy: build the dict once
         return {"max_revealed_energy": self.max_revealed_energy, "forbid_identifiable": self.forbid_identifiable,
                 "identifiable_tol": self.identifiable_tol}
 
@@ -159,6 +164,8 @@ class FirstLayerSystem:
     Only the first layer's own weights are used (what the device, and the server, know).
     """
 
+    use_gram = True  # dense layers: look up each request's Gram matrix in W Wᵀ (False: the reference k×k×n product)
+
     def __init__(self, device: DeviceModel) -> None:
         if not getattr(device, "is_linear", True):
             raise BundleError("non-linear block: covered by the audit only (the first-layer equations do not "
@@ -209,6 +216,12 @@ class FirstLayerSystem:
             mult *= spatial[d]
         return flat.astype(np.int64)
 
+    @cached_property
+    def gram(self) -> np.ndarray:
+        """``W Wᵀ`` of the dense layer's effective rows (n_outputs²), built on first use: a request's Gram
+        matrix is then a lookup of its surviving rows instead of a k×k×n product."""
+        return self.dense_rows @ self.dense_rows.T
+
     @property
     def n_positions(self) -> int:
         return int(np.prod(self.spatial_out)) if self.kind != "dense" else 1
@@ -257,7 +270,7 @@ class FirstLayerSystem:
 
 
 # -- exact certificate ------------------------------------------------------------------------------
-def _row_space_basis(a: np.ndarray) -> np.ndarray:
+def _row_space_basis(a: np.ndarray, gram: np.ndarray | None = None) -> np.ndarray:
     """Orthonormal basis (rows) of the row space of ``a`` (k x n, k small).
 
     Fast path: eigen-decomposition of the k x k Gram matrix (O(k²n), ~8x faster than an SVD of ``a`` for
@@ -265,7 +278,7 @@ def _row_space_basis(a: np.ndarray) -> np.ndarray:
     is ill-conditioned we fall back to the SVD, which keeps the certificate exact.
     """
     eps = np.finfo(np.float64).eps
-    lam, u = np.linalg.eigh(a @ a.T)
+    lam, u = np.linalg.eigh(a @ a.T if gram is None else gram)
     lam_max = float(lam[-1]) if lam.size else 0.0
     if lam_max > 0 and float(lam[0]) > lam_max * 1e-8:  # well conditioned: every row is independent
         return (u.T @ a) / np.sqrt(lam)[:, None]
@@ -274,11 +287,12 @@ def _row_space_basis(a: np.ndarray) -> np.ndarray:
     return vt[: int((s > tol).sum())]
 
 
-def _system_stats(a: np.ndarray, d: np.ndarray, id_tol: float) -> tuple[int, int, np.ndarray, float]:
-    """(rank, identifiable, leverages P_jj, ‖P d‖²) of one system via an SVD, O(k²n)."""
+def _system_stats(a: np.ndarray, d: np.ndarray, id_tol: float,
+                  gram: np.ndarray | None = None) -> tuple[int, int, np.ndarray, float]:
+    """(rank, identifiable, leverages P_jj, ‖P d‖²) of one system, O(k²n); ``gram``: ``a aᵀ`` if known."""
     if a.shape[0] == 0:
         return 0, 0, np.zeros(a.shape[1]), 0.0
-    v = _row_space_basis(a)
+    v = _row_space_basis(a, gram)
     r = v.shape[0]
     lev = (v * v).sum(0)
     proj = v @ d
@@ -291,8 +305,12 @@ def _certificate(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, i
     rank = ident = 0
     energy, max_lev = 0.0, 0.0
     patch_arrays = None
-    blocks = system.blocks(indices)
-    if system.kind != "dense" and system.patchify:
+    if system.kind == "dense" and system.use_gram:  # one system: the surviving rows, Gram matrix looked up
+        idx = np.asarray(indices, dtype=np.int64)
+        rank, ident, lev, energy = _system_stats(system.dense_rows[idx], d, id_tol, system.gram[np.ix_(idx, idx)])
+        max_lev = float(lev.max()) if lev.size else 0.0
+    elif system.kind != "dense" and system.patchify:
+        blocks = system.blocks(indices)
         npos = system.n_positions
         pk, pr, pi, pe = (np.zeros(npos, dtype=np.int64), np.zeros(npos, dtype=np.int64),
                           np.zeros(npos, dtype=np.int64), np.zeros(npos))
@@ -308,7 +326,7 @@ def _certificate(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, i
         worst = int(np.argmax(pe))
         patch_arrays = PatchStats(pk, pr, pi, np.clip(pe, 0.0, 1.0), system.patch_dim, worst)
     else:
-        for _, a, coords in blocks:
+        for _, a, coords in system.blocks(indices):
             r, ni, lev, e = _system_stats(a, d[coords], id_tol)
             rank, ident, energy = rank + r, ident + ni, energy + e
             max_lev = max(max_lev, float(lev.max()) if lev.size else 0.0)
@@ -326,7 +344,9 @@ def _certificate(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, i
         dropped_by_policy=k_before - int(np.asarray(indices).size), policy_ok=True,
         policy=policy.to_dict() if policy is not None else None, patches=patch_arrays, worst_patch=worst_patch,
     )
-    return replace(cert, policy_ok=policy.allows(cert) if policy is not None else True)
+    if policy is not None and not policy.allows(cert):
+        cert = replace(cert, policy_ok=False)
+    return cert
 
 
 def _centered(system: FirstLayerSystem, x: np.ndarray, mu: np.ndarray | None) -> np.ndarray:

@@ -1,0 +1,135 @@
+"""Device step benchmark: the reference device step next to the fast one, in one run, on one core.
+
+    python bench/device_step.py --out reports/device-step            # the demo's MNIST model (trained once)
+    python bench/device_step.py --bundle bundles/mnist --inputs x.npy  # any dense bundle, inputs as .npy
+
+Both paths run in the same process on the same inputs and masks, interleaved (reference, fast, reference,
+...), so machine noise hits both alike; the figure that matters is the ratio. The fast path must give the
+same bytes: every payload is compared, and a mismatch fails the run.
+
+* reference: every first-layer output in float64 then the mask (``DeviceModel.fast_step = False``); the
+  certificate's Gram matrix as a k×k×n product (``FirstLayerSystem.use_gram = False``).
+* fast: mask first, a float32 screen over the input's non-zero values, float64 only for the kept outputs
+  the screen cannot rule out; the Gram matrix looked up in a precomputed ``W Wᵀ``.
+
+``encode`` is the plain step; ``encode_certified`` adds the device's privacy certificate and policy (what
+``daonet.device.Client`` runs per request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one core, as on a phone (set before numpy loads)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from daonet.device import DeviceModel, RandomMasks  # noqa: E402
+
+
+def _inputs(path: Path | None, n: int) -> np.ndarray:
+    if path is not None:
+        return np.load(path)[:n]
+    from daonet.data import load_dataset
+
+    return (load_dataset("mnist").x_test[:n] * 255).round().astype(np.uint8)  # as a device holds pixels
+
+
+def _bundle(path: Path | None) -> Path:
+    if path is not None:
+        return path
+    from daonet.studies.demo import DEFAULT_CACHE, ensure_bundles
+
+    return ensure_bundles(DEFAULT_CACHE)[0]
+
+
+def _time(fn: Any, xs: np.ndarray, seed: int) -> tuple[float, list[bytes]]:
+    """Mean µs per call over ``xs`` (one pass), and the payloads it made."""
+    masks = RandomMasks(seed)
+    out: list[bytes] = []
+    t0 = time.perf_counter()
+    for x in xs:
+        out.append(fn(x, masks))
+    return (time.perf_counter() - t0) / len(xs) * 1e6, out
+
+
+def run(bundle: Path, xs: np.ndarray, repeats: int) -> dict[str, Any]:
+    device = DeviceModel.load(bundle / "device" if (bundle / "device").is_dir() else bundle)
+    if device.kind != "dense":
+        raise SystemExit(f"{bundle}: the fast step covers dense first layers; this one is {device.kind}")
+    system = device.system
+    _ = device._screen, system.gram  # built once per model (load time), not per request
+
+    def encode(x: np.ndarray, masks: RandomMasks) -> bytes:
+        return device.encode(x, masks).data
+
+    def encode_certified(x: np.ndarray, masks: RandomMasks) -> bytes:
+        return device.encode_certified(x, masks)[0].data
+
+    def use(fast: bool) -> None:
+        device.fast_step = fast
+        system.use_gram = fast
+
+    results: dict[str, Any] = {}
+    for name, fn in (("encode", encode), ("encode_certified", encode_certified)):
+        times: dict[str, list[float]] = {"reference": [], "fast": []}
+        for r in range(repeats + 1):  # the first pass warms caches and is not counted
+            for path in ("reference", "fast"):
+                use(path == "fast")
+                us, payloads = _time(fn, xs, seed=r)
+                if r:
+                    times[path].append(us)
+                if path == "reference":
+                    ref_payloads = payloads
+                elif payloads != ref_payloads:
+                    bad = sum(a != b for a, b in zip(payloads, ref_payloads, strict=True))
+                    raise SystemExit(f"{name}: the fast step changed {bad} of {len(xs)} payloads")
+        ref, fast = statistics.median(times["reference"]), statistics.median(times["fast"])
+        results[name] = {"reference_us": round(ref, 1), "fast_us": round(fast, 1),
+                         "speedup": round(ref / fast, 2), "passes": repeats}
+    use(True)
+    k = [device.encode(x, RandomMasks(0)).nnz for x in xs]
+    return {
+        "bundle": str(bundle), "model_id": device.model_id, "version": device.version,
+        "n_inputs": int(len(xs)), "n_outputs": device.n_outputs, "input_size": int(np.prod(device.input_shape)),
+        "drop_rate": device.drop_rate, "mean_sent": round(float(np.mean(k)), 1), "results": results,
+        "identical_payloads": True,
+        "environment": {"python": sys.version.split()[0], "numpy": np.__version__, "machine": platform.machine(),
+                        "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+                        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bundle", type=Path, help="bundle (root or device/); default: the demo's cached MNIST model")
+    ap.add_argument("--inputs", type=Path, help=".npy of raw inputs; default: MNIST test images as uint8")
+    ap.add_argument("--n", type=int, default=500, help="inputs per pass")
+    ap.add_argument("--repeats", type=int, default=5, help="timed passes per path")
+    ap.add_argument("--out", type=Path, help="write device_step.json here")
+    args = ap.parse_args()
+    report = run(_bundle(args.bundle), _inputs(args.inputs, args.n), args.repeats)
+    for name, r in report["results"].items():
+        print(f"{name:17s} reference {r['reference_us']:8.1f} µs   fast {r['fast_us']:8.1f} µs   "
+              f"speedup {r['speedup']:.2f}x   (median of {r['passes']} passes over {report['n_inputs']} inputs)")
+    print(f"payloads identical; mean {report['mean_sent']} of {report['n_outputs']} outputs sent, "
+          f"p={report['drop_rate']}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "device_step.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
