@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .data import Dataset, load_dataset
 from .errors import DaonetError, InputError
+from .measure import make_progress  # noqa: F401  (re-exported: training and the audit share one bar)
 from .nn import SplitModel, build_model
 from .nn.defences import ADVERSARIES, InverseAdversary, distance_correlation
 
@@ -132,13 +132,6 @@ class TrainResult:
     config: TrainConfig
     metrics: dict[str, Any]
     dataset: Dataset
-
-
-def make_progress(transient: bool = False) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=transient,
-    )
 
 
 def model_for(cfg: TrainConfig, ds: Dataset) -> SplitModel:

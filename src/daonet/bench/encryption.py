@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import shlex
 import sys
 import time
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DaonetError, InputError
+from ..measure import PeakMemoryProbe, make_progress, stats
 from . import he
 
 if TYPE_CHECKING:
@@ -84,62 +84,6 @@ SECURE_COMPUTATION: dict[str, Any] = {
 
 
 # -- small helpers ----------------------------------------------------------------------------------------
-def _stats(values: Sequence[float]) -> dict[str, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
-            "mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max()), "count": int(arr.size)}
-
-
-def _status_kb(pid: int | str, key: str) -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    m = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(m.group(1)) * 1024 if m else None
-
-
-class _PeakProbe:
-    """Additional peak RSS of one process (this one, or a server child) during an operation, per role.
-
-    See the module docstring for the method. Where /proc/PID/clear_refs cannot be written (not Linux, or no
-    permission) the probe reports ``None`` rather than a number measured some other way.
-    """
-
-    METHOD = ("linux VmHWM reset via /proc/PID/clear_refs: peak RSS during the operation minus RSS at its start "
-              "(additional memory the operation needed)")
-
-    def __init__(self, pid: int | str | None = "self") -> None:
-        self.pid = pid  # None: a disabled probe (warm-up requests are not measured)
-        self.peaks: dict[str, int] = {}
-        self.ok = pid is not None and self._reset()
-
-    def _reset(self) -> bool:
-        if self.pid is None:
-            return False
-        try:
-            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
-        except OSError:
-            return False
-        return _status_kb(self.pid, "VmHWM") is not None and _status_kb(self.pid, "VmRSS") is not None
-
-    def rss(self) -> int | None:
-        return _status_kb(self.pid, "VmRSS")
-
-    @contextmanager
-    def measure(self, role: str) -> Iterator[None]:
-        if not self.ok or not self._reset():
-            yield
-            return
-        base = _status_kb(self.pid, "VmRSS") or 0
-        yield
-        peak = _status_kb(self.pid, "VmHWM") or 0
-        self.peaks[role] = max(self.peaks.get(role, 0), max(peak - base, 0))
-
-    def get(self, role: str) -> int | None:
-        return self.peaks.get(role) if self.ok else None
-
-
 def check_out_dir(out: str | Path) -> Path:
     """Create ``out`` and prove it is writable *before* minutes of measuring, not after."""
     out = Path(out)
@@ -171,7 +115,7 @@ def check_dataset(dataset: str) -> str:
 def bench_app(kind: str, path: str, model_id: str, torch_threads: int) -> Any:
     """Child side (run by :class:`~daonet.server.launch.ChildServer`): build one app and measure its set-up
     memory, reported back through ``app.state.launch_report``."""
-    probe = _PeakProbe()
+    probe = PeakMemoryProbe()
     with probe.measure("setup"):
         if kind == "daonet":
             from ..server.app import create_app
@@ -241,10 +185,10 @@ class _Samples:
         return cls([], [], [], [], [], [], [], [], [])
 
 
-def _plaintext_step(http: Any, path: str) -> Callable[[np.ndarray, _PeakProbe, _PeakProbe, _Samples], None]:
+def _plaintext_step(http: Any, path: str) -> Callable[[np.ndarray, PeakMemoryProbe, PeakMemoryProbe, _Samples], None]:
     """One plaintext request: serialize the raw pixels on the device, POST, parse the answer."""
 
-    def step(x: np.ndarray, dev: _PeakProbe, srv: _PeakProbe, s: _Samples) -> None:
+    def step(x: np.ndarray, dev: PeakMemoryProbe, srv: PeakMemoryProbe, s: _Samples) -> None:
         with dev.measure("plaintext_device"):
             t0 = time.perf_counter()
             body = np.ascontiguousarray(x).tobytes()
@@ -270,10 +214,11 @@ def _plaintext_step(http: Any, path: str) -> Callable[[np.ndarray, _PeakProbe, _
     return step
 
 
-def _daonet_step(client: Any, last: dict[str, Any]) -> Callable[[np.ndarray, _PeakProbe, _PeakProbe, _Samples], None]:
+def _daonet_step(client: Any,
+                 last: dict[str, Any]) -> Callable[[np.ndarray, PeakMemoryProbe, PeakMemoryProbe, _Samples], None]:
     """One daonet request: first layer + ReLU + dropping + wire encoding on the device, then Client.send."""
 
-    def step(x: np.ndarray, dev: _PeakProbe, srv: _PeakProbe, s: _Samples) -> None:
+    def step(x: np.ndarray, dev: PeakMemoryProbe, srv: PeakMemoryProbe, s: _Samples) -> None:
         with dev.measure("daonet_device"):
             t0 = time.perf_counter()
             payload = client.encode(x)
@@ -323,14 +268,6 @@ def _bundle_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _progress(enabled: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not enabled,
-                    refresh_per_second=2)  # the redraw thread takes the GIL: keep it rare while timing
-
-
 def _http_approaches(kinds: list[str], raw: np.ndarray, y: np.ndarray, bundle_dir: Path, run_dir: Path,
                      repeats: int, seed: int, torch_threads: int, device_threads: int | None,
                      progress: bool) -> dict[str, dict[str, Any]]:
@@ -342,11 +279,11 @@ def _http_approaches(kinds: list[str], raw: np.ndarray, y: np.ndarray, bundle_di
 
     model_id = DeviceModel.load(bundle_dir / "device").model_id  # serve the plaintext model under the same id
     specs = {"plaintext": (str(run_dir), model_id), "daonet": (str(bundle_dir / "server"), model_id)}
-    dev = _PeakProbe()
+    dev = PeakMemoryProbe()
     out: dict[str, dict[str, Any]] = {}
     with _servers({k: specs[k] for k in kinds}, torch_threads) as children:
         steps: dict[str, Callable[..., None]] = {}
-        probes: dict[str, _PeakProbe] = {}
+        probes: dict[str, PeakMemoryProbe] = {}
         closers: list[Callable[[], None]] = []
         device_setup: dict[str, int | None] = {}
         try:
@@ -366,13 +303,13 @@ def _http_approaches(kinds: list[str], raw: np.ndarray, y: np.ndarray, bundle_di
                 steps["daonet"] = _daonet_step(client, last)
                 device_setup["daonet"] = dev.get("daonet_setup")
             for k, c in children.items():
-                probes[k] = _PeakProbe(c.info["pid"])
+                probes[k] = PeakMemoryProbe(c.info["pid"])
 
             warm = _Samples.empty()
-            off = _PeakProbe(None)
+            off = PeakMemoryProbe(None)
             samples = {k: _Samples.empty() for k in steps}
             total = len(raw) * repeats * len(steps)
-            with _blas_threads(device_threads) as blas, _progress(progress) as bar:
+            with _blas_threads(device_threads) as blas, make_progress(enabled=progress, refresh_per_second=2) as bar:
                 for i in range(min(WARMUP_REQUESTS, len(raw))):  # first-request costs: connections, torch init
                     for k in steps:
                         steps[k](raw[i], off, off, warm)
@@ -403,18 +340,18 @@ def _http_approaches(kinds: list[str], raw: np.ndarray, y: np.ndarray, bundle_di
     return out
 
 
-def _summarize_http(kind: str, s: _Samples, y: np.ndarray, n: int, repeats: int, dev: _PeakProbe,
-                    srv: _PeakProbe, info: dict[str, Any], device_setup: int | None,
+def _summarize_http(kind: str, s: _Samples, y: np.ndarray, n: int, repeats: int, dev: PeakMemoryProbe,
+                    srv: PeakMemoryProbe, info: dict[str, Any], device_setup: int | None,
                     server_rss: int | None) -> dict[str, Any]:
     pred = np.asarray(s.pred).reshape(repeats, n)
     correct = pred == y[None, :]
     if kind == "plaintext":
-        breakdown = {"device_serialize": _stats(s.device), "http_round_trip": _stats(s.http)}
+        breakdown = {"device_serialize": stats(s.device), "http_round_trip": stats(s.http)}
         setup_bytes, setup_what = 0, "nothing: the server holds the model, the device sends raw pixels"
         device_peak = dev.get("plaintext_device")
         device_what = "serialize the raw pixels"
     else:
-        breakdown = {"device_encode": _stats(s.device), "http_round_trip": _stats(s.http)}
+        breakdown = {"device_encode": stats(s.device), "http_round_trip": stats(s.http)}
         setup_bytes, setup_what = 0, ""  # filled in by the caller, which knows the bundle
         device_peak = dev.get("daonet_device")
         device_what = "first layer + ReLU + dropping + wire encoding (numpy)"
@@ -424,7 +361,7 @@ def _summarize_http(kind: str, s: _Samples, y: np.ndarray, n: int, repeats: int,
         "accuracy": float(correct[0].mean()),
         "accuracy_all_passes": float(correct.mean()),
         "predictions": [int(p) for p in pred[0]],
-        "latency_s": _stats(s.latency),
+        "latency_s": stats(s.latency),
         "latency_breakdown_s": breakdown,
         "latency_what": "device step + HTTP round trip on loopback (incl. parsing the JSON answer), per request",
         "requests_timed": len(s.latency),
@@ -435,10 +372,10 @@ def _summarize_http(kind: str, s: _Samples, y: np.ndarray, n: int, repeats: int,
         "nnz_per_sample": float(np.mean(s.nnz)),
         "setup_bytes": setup_bytes,
         "setup_what": setup_what,
-        "device_compute_s": _stats(s.device),
+        "device_compute_s": stats(s.device),
         "device_compute_what": device_what,
         "memory": {
-            "method": _PeakProbe.METHOD,
+            "method": PeakMemoryProbe.METHOD,
             "device_peak_bytes": device_peak,
             "device_setup_peak_bytes": device_setup,
             "server_peak_bytes": srv.get("server"),
@@ -468,7 +405,7 @@ def _he_approach(n: int, ds: Any, progress: bool, options: dict[str, Any]) -> di
         "n_images": n,
         "accuracy": res["he_accuracy"],
         "predictions": [int(s["he_pred"]) for s in samples],
-        "latency_s": _stats([a + b + c for a, b, c in zip(enc, ev, dec, strict=True)]),
+        "latency_s": stats([a + b + c for a, b, c in zip(enc, ev, dec, strict=True)]),
         "latency_breakdown_s": {"key_generation_one_time": res["keygen_s"], "encrypt": res["encrypt_s"],
                                 "server_eval": res["server_eval_s"], "decrypt": res["decrypt_s"]},
         "latency_what": "encrypt + server evaluation + decrypt, per sample, in one process (no transport: moving "

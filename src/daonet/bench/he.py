@@ -26,11 +26,7 @@ that needs it raises :class:`~daonet.errors.DaonetError` with the install comman
 
 from __future__ import annotations
 
-import re
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DaonetError, InputError
+from ..measure import PeakMemoryProbe, make_progress, stats
 
 try:  # optional dependency: the [bench] extra
     import tenseal as ts
@@ -166,7 +163,7 @@ class HEMLP:
         n_batches = (len(xt) + batch_size - 1) // batch_size
 
         start = time.perf_counter()
-        with _progress(progress, transient=True) as bar:
+        with make_progress(transient=True, enabled=progress) as bar:
             task = bar.add_task("train x*x MLP", total=epochs * n_batches, status="") if bar else None
             model.train()
             for epoch in range(epochs):
@@ -356,79 +353,6 @@ class HEServer:
 # --- measurement helpers -------------------------------------------------------------------------------
 
 
-def _progress(enabled: bool, transient: bool = False) -> Any:
-    """A rich progress bar, or a null context yielding None (rich lives in the [server] extra)."""
-    if not enabled:
-        return _null()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=transient)
-
-
-@contextmanager
-def _null() -> Iterator[None]:
-    yield None
-
-
-def _status_kb(key: str) -> int | None:
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    m = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(m.group(1)) if m else None
-
-
-def _maxrss_bytes() -> int:
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss) if sys.platform == "darwin" else int(rss) * 1024
-
-
-class _MemoryProbe:
-    """Peak resident memory per role (device / server), including TenSEAL's C++ allocations.
-
-    tracemalloc would miss SEAL's memory pool, so this measures RSS. On Linux it resets the peak
-    (``VmHWM``, by writing 5 to /proc/self/clear_refs) before each operation and reports peak minus the
-    RSS at its start; elsewhere it falls back to ``ru_maxrss`` deltas, a lower bound because that peak
-    only ever grows. The resets happen outside the timed regions.
-    """
-
-    def __init__(self) -> None:
-        self.can_reset = self._reset()
-        self.method = ("linux VmHWM reset via /proc/self/clear_refs: peak RSS during the operation minus RSS "
-                       "at its start" if self.can_reset else
-                       "resource.getrusage ru_maxrss delta (lower bound: the process-lifetime peak only grows)")
-        self.peaks: dict[str, int] = {}
-
-    @staticmethod
-    def _reset() -> bool:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            return False
-        return _status_kb("VmHWM") is not None and _status_kb("VmRSS") is not None
-
-    @contextmanager
-    def measure(self, role: str) -> Iterator[None]:
-        if self.can_reset:
-            self._reset()
-            base = (_status_kb("VmRSS") or 0) * 1024
-        else:
-            base = _maxrss_bytes()
-        yield
-        peak = (_status_kb("VmHWM") or 0) * 1024 if self.can_reset else _maxrss_bytes()
-        self.peaks[role] = max(self.peaks.get(role, 0), max(peak - base, 0))
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
-            "mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max())}
-
-
 def run_he_benchmark(n_images: int, hidden: int = 128, epochs: int = 2, seed: int = 0, progress: bool = True, *,
                      cache_dir: str | Path = DEFAULT_CACHE_DIR, config: HEConfig | None = None,
                      n_train: int | None = None, batch_size: int = 64, lr: float = 1e-3, retrain: bool = False,
@@ -459,7 +383,7 @@ def run_he_benchmark(n_images: int, hidden: int = 128, epochs: int = 2, seed: in
     plain_logits = model.logits(x)
     plain_pred = plain_logits.argmax(axis=1)
 
-    mem = _MemoryProbe()
+    mem = PeakMemoryProbe(maxrss_fallback=True)
     with mem.measure("device_keygen"):
         client = HEClient(config)
     start = time.perf_counter()
@@ -476,7 +400,7 @@ def run_he_benchmark(n_images: int, hidden: int = 128, epochs: int = 2, seed: in
     up: list[int] = []
     down: list[int] = []
     he_logits = np.zeros((n_images, N_CLASSES), dtype=np.float64)
-    with _progress(progress) as bar:
+    with make_progress(enabled=progress) as bar:
         task = bar.add_task("HE inference", total=n_images, status="") if bar else None
         for i in range(n_images):
             with mem.measure("device"):
@@ -516,10 +440,10 @@ def run_he_benchmark(n_images: int, hidden: int = 128, epochs: int = 2, seed: in
         "keygen_s": client.keygen_seconds,
         "public_context_serialize_s": public_serialize_s,
         "server_setup_s": server_setup_s,
-        "encrypt_s": _stats(enc_s),
-        "server_eval_s": _stats(eval_s),
-        "decrypt_s": _stats(dec_s),
-        "device_compute_s": _stats([e + d for e, d in zip(enc_s, dec_s, strict=True)]),
+        "encrypt_s": stats(enc_s),
+        "server_eval_s": stats(eval_s),
+        "decrypt_s": stats(dec_s),
+        "device_compute_s": stats([e + d for e, d in zip(enc_s, dec_s, strict=True)]),
         "bytes_up_per_sample": int(round(float(np.mean(up)))),
         "bytes_down_per_sample": int(round(float(np.mean(down)))),
         "setup_bytes": len(public),
