@@ -56,7 +56,10 @@ class Recorder:
 
     def __init__(self, page) -> None:
         self.requests: list[tuple[str, str, bytes | None]] = []
+        self.errors: list[str] = []  # console errors (CSP violations among them) and uncaught exceptions
         page.on("request", lambda r: self.requests.append((r.method, r.url, r.post_data_buffer)))
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
 
     def predict_bodies(self) -> list[bytes]:
         return [body for method, url, body in self.requests if method == "POST" and url.endswith("/predict")]
@@ -110,6 +113,7 @@ def test_drawing_a_digit_gives_a_prediction_and_only_the_payload_leaves(browser,
             assert urlparse(url).netloc == origin, f"request to another origin: {url}"
             assert method == "GET" or url.endswith("/predict"), (method, url)
             assert pixels not in (body or b"") and pixels.hex() not in url  # the raw input never travels
+        assert rec.errors == []  # the page runs under its own CSP without a violation
     finally:
         page.close()
 
