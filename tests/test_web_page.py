@@ -73,12 +73,12 @@ def open_page(browser, url: str, key: bytes | None = None):
     response = page.goto(url)
     assert response is not None and response.status == 200
     page.wait_for_function("() => window.daonetPage && (window.daonetPage.ready || window.daonetPage.error)",
-                           timeout=15000)
+                           timeout=30000)
     return page, rec, response
 
 
 def wait_answer(page) -> dict:
-    page.wait_for_function("() => window.daonetPage.answer || window.daonetPage.error", timeout=15000)
+    page.wait_for_function("() => window.daonetPage.answer || window.daonetPage.error", timeout=30000)
     state = page.evaluate("() => ({answer: window.daonetPage.answer, error: window.daonetPage.error})")
     assert state["error"] is None, state["error"]
     return state["answer"]
@@ -157,7 +157,7 @@ def test_ecg_csv_in_the_page(browser, web_url, serve_signal_bundle, tmp_path):
     try:
         page.select_option("#model", label=f"{device.model_id} ({device.version})")
         page.wait_for_function("() => window.daonetPage.ready && window.daonetPage.device.modelId === "
-                               f"'{device.model_id}'", timeout=15000)
+                               f"'{device.model_id}'", timeout=30000)
         page.set_input_files("#csv-file", str(csv))
         answer = wait_answer(page)
         expected, _ = device.encode_certified(signal.astype(np.float32),
@@ -180,7 +180,7 @@ def test_tampered_bundle_shows_a_clear_error(browser, web_url):
     page.route("**/device-bundles/*/first_layer.safetensors", tamper)
     try:
         page.goto(web_url)
-        page.wait_for_function("() => window.daonetPage && window.daonetPage.error", timeout=15000)
+        page.wait_for_function("() => window.daonetPage && window.daonetPage.error", timeout=30000)
         error = page.locator("#error")
         assert error.is_visible()
         assert "does not match its manifest" in error.inner_text() and "BundleError" in error.inner_text()
