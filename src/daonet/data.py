@@ -66,6 +66,16 @@ class Dataset:
         std = np.where(std < 1e-8, 1.0, std)
         return [float(v) for v in mean], [float(v) for v in std]
 
+    @classmethod
+    def from_arrays(cls, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
+                    classes: list[str] | None = None, kind: str | None = None, name: str = "data") -> Dataset:
+        """Your own arrays, checked and laid out as ``npz:PATH`` files are (see :func:`load_npz`): e.g. to
+        audit a model with ``daonet.audit.run_audit(bundle, cfg, dataset=Dataset.from_arrays(...))``."""
+        arrays = [np.asarray(a.detach().cpu() if hasattr(a, "detach") else a)
+                  for a in (x_train, y_train, x_test, y_test)]
+        return _from_arrays(name, *arrays, list(classes) if classes is not None else None, kind,
+                            f"data set {name!r}", source="arrays")
+
     def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> Dataset:
         """A random (seeded) stratification-free subset, for fast tests."""
         rng = np.random.default_rng(seed)
