@@ -89,7 +89,8 @@ def start_server() -> Iterator[Callable[..., object]]:
 
     def start(config, registry=None, ssl_certfile=None, ssl_keyfile=None) -> BackgroundServer:
         app = create_app(config, registry)
-        server = BackgroundServer(app, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile).start()
+        server = BackgroundServer(app, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+                                  uvicorn_options=config.uvicorn_options()).start()
         started.append(server)
         return server
 

@@ -90,22 +90,22 @@ def send_bad_payload(http: httpx.Client, case: str, version: str, make_payload: 
 WRONG_CONTENT_TYPES = [None, "text/plain", "multipart/form-data; boundary=x", "application/x-www-form-urlencoded",
                        "image/png"]
 
-# -- API keys: one generated (sha256) and one chosen (pbkdf2) key -------------------------------------------
-API_KEYS = {"generated": "dao_test-key-one", "chosen": "correct horse battery staple"}
+# -- API keys: one generated and one chosen key (both sha256) -----------------------------------------------------
+API_KEYS = {"generated": "dao_test-key-one-0123456789", "chosen": "correct horse battery staple"}
 API_KEY_CASES = [
     ({}, 401),
     ({"Authorization": "Bearer wrong"}, 401),
     ({"X-API-Key": "wrong"}, 401),
     ({"Authorization": "Basic ZGFvOnRlc3Q="}, 401),
-    ({"Authorization": "Bearer dao_test-key-one"}, 200),
-    ({"X-API-Key": "dao_test-key-one"}, 200),
+    ({"Authorization": "Bearer dao_test-key-one-0123456789"}, 200),
+    ({"X-API-Key": "dao_test-key-one-0123456789"}, 200),
     ({"Authorization": "Bearer correct horse battery staple"}, 200),
     ({"X-API-Key": "correct horse battery staple"}, 200),
 ]
 
 
 def api_key_hashes() -> list[str]:
-    """Hashes of :data:`API_KEYS` for a server config (pbkdf2 with few iterations: tests stay fast)."""
+    """Hashes of :data:`API_KEYS` for a server config."""
     from daonet.server.config import hash_api_key
 
-    return [hash_api_key(API_KEYS["generated"]), hash_api_key(API_KEYS["chosen"], "pbkdf2", iterations=1000)]
+    return [hash_api_key(API_KEYS["generated"]), hash_api_key(API_KEYS["chosen"])]

@@ -17,6 +17,8 @@ from daonet.errors import DaonetError, VersionMismatchError
 from daonet.server.config import ServerConfig, hash_api_key
 from daonet.server.model import ServerModel
 
+RIGHT = "right-key-0123456789abcdef"
+
 
 def test_http_accuracy_equals_in_process(server_url, serve_digits_bundle, serve_digits_run):
     """Same inputs, same masks: predictions over HTTP (micro-batched) equal ServerModel.predict_bytes."""
@@ -87,11 +89,11 @@ def test_client_errors_are_clear(server_url, serve_digits_bundle, start_server):
         c.check_server()
     with pytest.raises(DaonetError, match="http:// or https://"):
         Client("127.0.0.1:8000", serve_digits_bundle.device)
-    server = start_server(ServerConfig(bundles=[serve_digits_bundle.server], api_key_hashes=[hash_api_key("right")]))
+    server = start_server(ServerConfig(bundles=[serve_digits_bundle.server], api_key_hashes=[hash_api_key(RIGHT)]))
     with Client(server.url, serve_digits_bundle.device, api_key="wrong") as c, pytest.raises(ServerError) as err:
         c.check_server()
     assert err.value.status == 401 and err.value.error == "unauthorized"
-    with Client(server.url, serve_digits_bundle.device, api_key="right") as c:
+    with Client(server.url, serve_digits_bundle.device, api_key=RIGHT) as c:
         assert c.predict(np.zeros(64, np.float32)).probabilities.shape == (10,)
     with Client(server_url, serve_digits_bundle.device) as c, pytest.raises(DaonetError, match="input has shape"):
         c.predict(np.zeros(10))  # a bad input never reaches the network

@@ -13,17 +13,15 @@ from .common import stdout as out
 
 
 def hash_key(
-    stdin: Annotated[bool, typer.Option("--stdin", help="hash a key read from stdin, do not generate one")] = False,
-    scheme: Annotated[str | None, typer.Option(help="sha256 (generated keys) or pbkdf2 (chosen keys); "
-                                                     "default: sha256 when generating, pbkdf2 for --stdin")] = None,
+    stdin: Annotated[bool, typer.Option("--stdin", help="hash a key read from stdin (at least 22 random "
+                                                         "characters), do not generate one")] = False,
 ) -> None:
-    """Make an API key hash for `daonet serve --api-key-hash`. The server stores only the hash."""
+    """Make a 256-bit API key and its hash for `daonet serve --api-key-hash`. The server stores only the hash."""
     from ..server.config import generate_api_key, hash_api_key
 
-    scheme = scheme or ("pbkdf2" if stdin else "sha256")
     key = sys.stdin.readline().rstrip("\r\n") if stdin else generate_api_key()
     try:
-        digest = hash_api_key(key, scheme)
+        digest = hash_api_key(key)
     except DaonetError as exc:
         fail(str(exc))
     if not stdin:

@@ -53,6 +53,16 @@ def serve(
         help="autoscaling: requests in flight per replica to aim for", rich_help_panel="Ray Serve")] = None,
     replica_cpus: Annotated[float, typer.Option(min=0, help="Ray CPUs reserved per replica",
                                                 rich_help_panel="Ray Serve")] = 1.0,
+    header_timeout: Annotated[float, typer.Option(
+        min=0, help="seconds to receive a request's headers (0: off)")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(min=0, help="seconds to receive a request's body (0: off)")] = 10.0,
+    keep_alive_timeout: Annotated[float, typer.Option(
+        min=0, help="seconds an idle keep-alive connection stays open")] = 5.0,
+    max_connections: Annotated[int, typer.Option(min=0, help="open connections at most (0: no cap)")] = 1000,
+    max_connections_per_client: Annotated[int, typer.Option(
+        min=0, help="open connections per client address (0: no cap; behind a reverse proxy set 0)")] = 128,
+    auth_failures_per_minute: Annotated[int, typer.Option(
+        min=0, help="wrong API keys per client address per minute before 429 (0: no limit)")] = 30,
 ) -> None:
     """Serve server bundles over HTTP: predictions from sparse dropped activations, never raw inputs."""
     from ..server.app import serve as run_server
@@ -65,7 +75,10 @@ def serve(
         config = ServerConfig(bundles=list(bundle_dir), host=host, port=port, max_body_bytes=max_body_bytes,
                               max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, api_key_hashes=hashes,
                               ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, torch_threads=torch_threads,
-                              log_level=log_level, web=web).validate()
+                              log_level=log_level, web=web, header_timeout_s=header_timeout,
+                              body_timeout_s=body_timeout, keep_alive_timeout_s=keep_alive_timeout, max_connections=max_connections,
+                              max_connections_per_client=max_connections_per_client,
+                              auth_failures_per_minute=auth_failures_per_minute).validate()
     except DaonetError as exc:
         fail(str(exc))
     if not _is_loopback(host):

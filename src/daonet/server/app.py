@@ -20,6 +20,7 @@ it (thread, child process) in :mod:`daonet.server.launch`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -42,6 +43,7 @@ from ..wire import SparsePayload
 from .batching import Batcher, BatcherFactory, MicroBatcher
 from .config import ApiKeyVerifier, ServerConfig
 from .http_errors import ApiError, as_api_error
+from .limits import FailedAuthLimiter, uvicorn_config
 from .metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from .model import ModelRegistry, ServerModel, UnknownModelError
 from .schemas import (
@@ -61,8 +63,16 @@ logger = logging.getLogger("daonet.server")
 __all__ = ["create_app", "serve", "read_body", "ApiError"]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 past ``limit``: by Content-Length first, then by the bytes streamed."""
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
+    """The body, read incrementally: 413 past ``limit`` (by Content-Length first, then by the bytes streamed),
+    408 when it has not fully arrived within ``timeout`` seconds (a stalled client frees its memory)."""
+    if timeout:
+        try:
+            async with asyncio.timeout(timeout):
+                return await read_body(request, limit)
+        except TimeoutError:
+            raise ApiError(408, "body_timeout", f"the request body did not arrive within {timeout:g} s; send it "
+                           "at once (the whole payload is a few kilobytes)", headers={"Connection": "close"}) from None
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -125,7 +135,8 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None,
     models = registry if registry is not None else ModelRegistry.load(config.bundles)
     metrics = ServerMetrics()
     metrics.models.set(len(models))
-    verifier = ApiKeyVerifier(config.api_key_hashes)
+    verifier = ApiKeyVerifier(config.api_key_hashes, config.allow_slow_key_hashes)
+    limiter = FailedAuthLimiter(config.auth_failures_per_minute)
     slow_verify = any(h.startswith("pbkdf2") for h in config.api_key_hashes)
     make_batcher = batcher_factory or micro_batcher
     batchers = {m.model_id: make_batcher(config, m, metrics) for m in models}
@@ -195,6 +206,11 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None,
             model_id = request.path_params.get("model_id")
             if model_id is not None:
                 metrics.observe_request(model_id if model_id in models else "unknown", 401, 0.0)
+            wait = limiter.failure(request.client.host if request.client else "unknown")
+            if wait:
+                raise ApiError(429, "too_many_failed_authentications",
+                               f"too many wrong API keys from your address; retry in {wait:.0f} s with the right key",
+                               headers={"Retry-After": f"{wait:.0f}"})
             what = "wrong API key" if key else "missing API key"
             raise ApiError(401, "unauthorized", f"{what}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                            headers={"WWW-Authenticate": "Bearer"})
@@ -231,7 +247,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None,
                 raise ApiError(415, "unsupported_media_type",
                                f"content type {shown!r} is not accepted; send the binary payload as {OCTET} "
                                f"or its JSON form as {JSON}")
-            body = await read_body(request, config.max_body_bytes)
+            body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
             payload = _parse(model, media, body)
             probs = model.check_output(await batchers[model.model_id].submit(payload))
             top = int(np.argmax(probs))
@@ -277,10 +293,10 @@ def serve(config: ServerConfig) -> None:
     import uvicorn
 
     app = create_app(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level,
-                ssl_certfile=str(config.ssl_certfile) if config.ssl_certfile else None,
-                ssl_keyfile=str(config.ssl_keyfile) if config.ssl_keyfile else None,
-                **config.uvicorn_options())
+    uvicorn.Server(uvicorn_config(
+        app, config.uvicorn_options(), host=config.host, port=config.port, log_level=config.log_level,
+        ssl_certfile=str(config.ssl_certfile) if config.ssl_certfile else None,
+        ssl_keyfile=str(config.ssl_keyfile) if config.ssl_keyfile else None)).run()
 
 
 def __getattr__(name: str) -> Any:

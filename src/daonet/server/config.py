@@ -1,11 +1,11 @@
 """Server configuration and API-key hashes (keys are stored hashed, never in plaintext).
 
-Hash formats (one string each, as ``daonet hash-key`` prints them):
-
-- ``sha256$<hex>``: for random, high-entropy keys (what ``daonet hash-key`` generates). A salt or a
-  slow hash adds nothing against guessing a 256-bit random key, and verification stays cheap per request.
-- ``pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>``: for keys a person chose. Slow by design, so
-  a key that verified once is remembered (by its SHA-256) and later requests cost one SHA-256.
+API keys are random secrets, not passwords: ``daonet hash-key`` generates 256-bit keys and the server
+stores ``sha256$<hex>``. A salt or a slow hash adds nothing against guessing a 256-bit random key, and
+it would hand every client a CPU lever: with the former PBKDF2 hashes each *wrong* key cost ~50 ms of
+server CPU. ``pbkdf2_sha256$...`` hashes are therefore refused with a message that says how to replace
+them (``allow_slow_key_hashes`` keeps them for the benchmark that measures that lever, nothing else).
+Chosen keys (``daonet hash-key --stdin``) must be at least 22 characters (128 bits if random).
 
 Comparison is constant-time (:func:`hmac.compare_digest`) and checks every configured hash.
 """
@@ -38,10 +38,16 @@ def generate_api_key() -> str:
     return "dao_" + secrets.token_urlsafe(32)
 
 
+MIN_KEY_CHARS = 22  # 128 bits of a URL-safe random key
+
+
 def hash_api_key(key: str, scheme: str = "sha256", iterations: int = PBKDF2_ITERATIONS) -> str:
-    """Hash a key for the server config (``sha256`` for generated keys, ``pbkdf2`` for chosen ones)."""
+    """Hash a key for the server config: ``sha256`` (``pbkdf2`` only for the benchmark's old-settings server)."""
     if not key:
         raise ConfigError("an API key cannot be empty")
+    if scheme == "sha256" and len(key) < MIN_KEY_CHARS:
+        raise ConfigError(f"an API key must be at least {MIN_KEY_CHARS} characters of random text (128 bits); "
+                          "let `daonet hash-key` generate one")
     raw = key.encode("utf-8")
     if scheme == "sha256":
         return "sha256$" + hashlib.sha256(raw).hexdigest()
@@ -75,17 +81,25 @@ def _parse_hash(text: str) -> _Hash:
         pass
     shown = text[:12] + "..." if len(text) > 12 else text
     raise ConfigError(
-        f"API key hash {shown!r} is not valid; expected 'sha256$<64 hex>' or "
-        "'pbkdf2_sha256$<iterations>$<salt hex>$<64 hex>' (make one with `daonet hash-key`); "
+        f"API key hash {shown!r} is not valid; expected 'sha256$<64 hex>' (make one with `daonet hash-key`); "
         "pass the hash, never the key itself"
     )
+
+
+PBKDF2_REFUSED = (
+    "API key hash 'pbkdf2_sha256$...' is no longer accepted: a slow hash made every wrong key cost ~50 ms of "
+    "server CPU, a denial-of-service lever, and adds nothing for random keys. Generate a new key with "
+    "`daonet hash-key`, give the key to your clients and serve with its 'sha256$...' hash"
+)
 
 
 class ApiKeyVerifier:
     """Checks a presented key against the configured hashes in constant time."""
 
-    def __init__(self, hashes: list[str] | tuple[str, ...]) -> None:
+    def __init__(self, hashes: list[str] | tuple[str, ...], allow_slow: bool = False) -> None:
         self._hashes = [_parse_hash(h) for h in hashes]
+        if not allow_slow and any(h.scheme == "pbkdf2" for h in self._hashes):
+            raise ConfigError(PBKDF2_REFUSED)
         self._verified: OrderedDict[bytes, None] = OrderedDict()  # sha256 of pbkdf2 keys that matched
         self._lock = threading.Lock()
 
@@ -133,6 +147,14 @@ class ServerConfig:
     torch_threads: int | None = None
     log_level: str = "info"
     web: bool = False  # also serve the web page at / and the device bundles read-only (daonet.web)
+    # denial-of-service limits (0 switches one off; see daonet.server.limits and README "Reliability")
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    keep_alive_timeout_s: float = 5.0
+    max_connections: int = 1000
+    max_connections_per_client: int = 128
+    auth_failures_per_minute: int = 30
+    allow_slow_key_hashes: bool = False  # benchmark only: accept the former PBKDF2 hashes
 
     def validate(self, require_bundles: bool = True) -> ServerConfig:
         """Check every field now, so a bad setting fails at startup, not at the first request."""
@@ -149,7 +171,12 @@ class ServerConfig:
             raise ConfigError(f"max_wait_ms must be in [0, 1000], got {self.max_wait_ms}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ConfigError(f"torch_threads must be at least 1, got {self.torch_threads}")
-        ApiKeyVerifier(self.api_key_hashes)  # raises ConfigError on a malformed hash
+        ApiKeyVerifier(self.api_key_hashes, self.allow_slow_key_hashes)  # ConfigError on a malformed hash
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s", "max_connections",
+                     "max_connections_per_client", "auth_failures_per_minute"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 <= value < 1e9):
+                raise ConfigError(f"{name} must be a number >= 0 (0 switches it off), got {value!r}")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ConfigError("TLS needs both a certificate file and its key file (--ssl-certfile and --ssl-keyfile)")
         for name in ("ssl_certfile", "ssl_keyfile"):
@@ -163,7 +190,12 @@ class ServerConfig:
 
     def uvicorn_options(self) -> dict[str, Any]:
         """The uvicorn settings this config implies (shared by ``daonet serve`` and every launcher)."""
-        return {"timeout_graceful_shutdown": 10}
+        from .limits import ConnectionLimits, limits_dict
+
+        limits = ConnectionLimits(header_timeout_s=self.header_timeout_s, max_connections=self.max_connections,
+                                  max_connections_per_client=self.max_connections_per_client)
+        return {"timeout_graceful_shutdown": 10, "timeout_keep_alive": self.keep_alive_timeout_s,
+                "connection_limits": limits_dict(limits)}
 
     @property
     def tls(self) -> bool:

@@ -52,15 +52,17 @@ class BackgroundServer:
                  log_level: str = "warning", uvicorn_options: dict[str, Any] | None = None) -> None:
         import uvicorn
 
+        from .limits import uvicorn_config
+
         self.sock = bind(host, port)
         self.port = self.sock.getsockname()[1]
         self.host = host
         self.tls = ssl_certfile is not None
         options = {"log_level": log_level, "access_log": False, "timeout_graceful_shutdown": 5, "lifespan": "on",
                    **(uvicorn_options or {})}
-        config = uvicorn.Config(app, host=host, port=self.port,
+        config = uvicorn_config(app, options, host=host, port=self.port,
                                 ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
-                                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None, **options)
+                                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        name=f"daonet-server-{self.port}", daemon=True)
@@ -209,6 +211,8 @@ class ServerProcess(ChildServer):
 def _child_main(spec: dict[str, Any]) -> None:
     import uvicorn
 
+    from .limits import uvicorn_config
+
     if spec.get("torch_threads"):
         import torch
 
@@ -220,8 +224,8 @@ def _child_main(spec: dict[str, Any]) -> None:
     print("READY " + json.dumps({**report, "port": sock.getsockname()[1], "pid": os.getpid()}), flush=True)
     options = {"log_level": spec["log_level"], "access_log": False, "lifespan": "on",
                "timeout_graceful_shutdown": 10, **spec["uvicorn_options"]}
-    uvicorn.Server(uvicorn.Config(app, ssl_certfile=spec["ssl_certfile"], ssl_keyfile=spec["ssl_keyfile"],
-                                  **options)).run(sockets=[sock])
+    uvicorn.Server(uvicorn_config(app, options, ssl_certfile=spec["ssl_certfile"],
+                                  ssl_keyfile=spec["ssl_keyfile"])).run(sockets=[sock])
 
 
 if __name__ == "__main__":

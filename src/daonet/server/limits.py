@@ -1,0 +1,208 @@
+"""Connection-level protection against cheap denial of service (framework independent below the app).
+
+uvicorn alone keeps a connection that never sends a request open forever, lets a client send its
+headers one byte at a time, and accepts connections until the process runs out of file descriptors.
+:func:`guarded_protocol` wraps uvicorn's HTTP protocol class with:
+
+- a **header timeout**: a connection must deliver a complete request head within ``header_timeout_s``
+  of opening (or of the first byte of its next request), else it gets 408 and is closed. Trickling bytes
+  does not extend it;
+- a **connection cap**, total and per client address: connections beyond it are closed at once, so idle
+  sockets cannot exhaust file descriptors or starve other clients.
+
+The body timeout lives in the app (:func:`daonet.server.app.read_body`), the keep-alive timeout is
+uvicorn's own. :class:`FailedAuthLimiter` rate-limits wrong API keys per client address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import resource
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["ConnectionLimits", "guarded_protocol", "uvicorn_config", "FailedAuthLimiter", "raise_fd_limit"]
+
+_TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """0 switches a limit off."""
+
+    header_timeout_s: float = 10.0
+    max_connections: int = 1000
+    max_connections_per_client: int = 128
+
+
+class _Guard:
+    """Shared by every connection of one server: counts connections per client address."""
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self.per_client: dict[str, int] = {}
+        self.total = 0
+        self.refused = 0
+
+    def admit(self, host: str) -> bool:
+        lim = self.limits
+        n = self.per_client.get(host, 0)
+        if (lim.max_connections and self.total >= lim.max_connections) or \
+                (lim.max_connections_per_client and n >= lim.max_connections_per_client):
+            self.refused += 1
+            return False
+        self.per_client[host] = n + 1
+        self.total += 1
+        return True
+
+    def release(self, host: str) -> None:
+        n = self.per_client.get(host, 0) - 1
+        if n > 0:
+            self.per_client[host] = n
+        else:
+            self.per_client.pop(host, None)
+        self.total -= 1
+
+
+class _GuardedMixin:
+    """Mixed in front of uvicorn's H11Protocol/HttpToolsProtocol (both keep ``cycle``, ``transport``, ``loop``)."""
+
+    _guard: _Guard
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    cycle: Any
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_cycle: Any = None
+        peer = transport.get_extra_info("peername")
+        self._peer: str | None = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        if not self._guard.admit(self._peer):
+            self._peer = None
+            transport.abort()  # before uvicorn registers it: no state to undo
+            return
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        timeout = self._guard.limits.header_timeout_s
+        if timeout and self._head_timer is None:
+            self._head_cycle = self.cycle
+            self._head_timer = self.loop.call_later(timeout, self._head_timeout)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.write(_TIMEOUT_408)
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if getattr(self, "_peer", None) is None:
+            return
+        waiting = self.cycle is None or self.cycle.response_complete  # a new request's head is due
+        super().data_received(data)  # type: ignore[misc]
+        if self.cycle is not None and self.cycle is not self._head_cycle:
+            self._disarm_head_timer()  # the head arrived
+        elif waiting:
+            self._arm_head_timer()  # first bytes of a head: the clock runs from here, trickling does not reset it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if getattr(self, "_peer", None) is None:
+            return
+        self._disarm_head_timer()
+        self._guard.release(self._peer)
+        self._peer = None
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+def guarded_protocol(limits: ConnectionLimits, base: type | None = None) -> type:
+    """uvicorn's HTTP protocol class (httptools when installed, else h11) with the limits applied."""
+    if base is None:
+        try:
+            from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+        except ImportError:  # pragma: no cover - httptools is optional in uvicorn
+            from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    return type(f"Guarded{base.__name__}", (_GuardedMixin, base), {"_guard": _Guard(limits)})
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise this process's soft file-descriptor limit towards ``needed`` (within the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        return want
+    return soft
+
+
+def uvicorn_config(app: Any, options: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """A :class:`uvicorn.Config` from JSON-able ``options`` (see :meth:`ServerConfig.uvicorn_options`).
+
+    ``connection_limits`` becomes the guarded protocol class; ``nofile`` sets the soft descriptor limit
+    (the benchmark uses it to emulate a default 1024-descriptor system).
+    """
+    import uvicorn
+
+    options = dict(options or {})
+    limits = options.pop("connection_limits", None)
+    nofile = options.pop("nofile", None)
+    if nofile:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (int(nofile), hard))
+    if limits is not None:
+        lim = ConnectionLimits(**limits)
+        if lim.max_connections:
+            raise_fd_limit(lim.max_connections + 256)  # room for the app's own files and the listening socket
+        options["http"] = guarded_protocol(lim)
+    return uvicorn.Config(app, **{**kwargs, **options})
+
+
+def limits_dict(limits: ConnectionLimits) -> dict[str, Any]:
+    return asdict(limits)
+
+
+class FailedAuthLimiter:
+    """Per client address: at most ``per_minute`` wrong API keys, as a token bucket (bursts up to that many).
+
+    Bounded memory: the least recently seen addresses are forgotten past ``max_clients``. A correct key is
+    never refused by the limiter (verification is cheap), so a valid client behind the same address keeps
+    working while a guesser is throttled.
+    """
+
+    def __init__(self, per_minute: int, max_clients: int = 10_000) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.max_clients = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.capacity > 0
+
+    def failure(self, client: str) -> float:
+        """Record one failed authentication; returns 0 when still allowed, else the seconds to wait."""
+        if not self.enabled:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.pop(client, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - last) * self.rate)
+            wait = 0.0
+            if tokens >= 1.0:
+                tokens -= 1.0
+            else:
+                wait = max(1.0, math.ceil((1.0 - tokens) / self.rate))
+            self._buckets[client] = (tokens, now)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+        return wait
