@@ -22,8 +22,9 @@ connect from 127.0.0.2 (a different client address on loopback) and re-open what
 - ``slow headers``: 200 connections sending their request head one byte per second;
 - ``stalled bodies``: 300 connections sending headers and 1 MiB minus 16 bytes of a 1 MiB body, then nothing.
 
-Per scenario and server: valid traffic's p50/p99 latency (failed requests count with the time they took)
-and failure rate, and the server's peak additional memory (VmRSS) during the attack.
+Per scenario and server, over two rounds in ABBA order (before, after, after, before): valid traffic's
+p50/p99 latency (failed requests count with the time they took) and failure rate, the server's peak
+additional memory (VmRSS) during the attack, and how many attacking connections the server closed.
 """
 
 from __future__ import annotations
@@ -125,12 +126,15 @@ async def valid_traffic(port: int, requests: list[bytes], seconds: float) -> lis
 
 
 async def _attacker(port: int, kind: str, payload: bytes, stop: asyncio.Event, held: list[int]) -> None:
-    """One attacking connection, re-opened whenever the server closes it, until ``stop``."""
+    """One attacking connection, re-opened whenever the server closes it, until ``stop``.
+
+    ``held`` = [open now, opened in all, closed (or refused) by the server]."""
     while not stop.is_set():
         writer = None
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(ATTACKER, 0))
             held[0] += 1
+            held[1] += 1
             try:
                 if kind == "wrong keys":
                     bad = _request(port, payload, "dao_wrong-key-0123456789abcdefgh").replace(
@@ -162,8 +166,11 @@ async def _attacker(port: int, kind: str, payload: bytes, stop: asyncio.Event, h
                     await _wait_closed(reader, stop)
             finally:
                 held[0] -= 1
+            if not stop.is_set():
+                held[2] += 1
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, IndexError, ValueError):
-            pass
+            if not stop.is_set():
+                held[2] += 1
         finally:
             if writer is not None:
                 writer.close()
@@ -191,7 +198,7 @@ def _rss_mb(pid: int) -> float:
 async def scenario(name: str, server: Any, requests: list[bytes], ramp: float, seconds: float) -> dict[str, Any]:
     counts = {"no attack": 0, "wrong keys": 32, "idle sockets": 1100, "slow headers": 200, "stalled bodies": 300}
     stop = asyncio.Event()
-    held = [0]
+    held = [0, 0, 0]
     rss0 = _rss_mb(server.pid)
     peak = [rss0]
 
@@ -210,24 +217,32 @@ async def scenario(name: str, server: Any, requests: list[bytes], ramp: float, s
     stop.set()
     await asyncio.gather(*attackers, watcher, return_exceptions=True)
     await asyncio.sleep(1.0)  # let the server notice the closed sockets before the next scenario
+    return {"samples": samples, "attacker_connections_open": [held_at_start, held_at_end],
+            "attacker_closed_by_server": held[2], "server_rss_peak_extra_mb": float(peak[0] - rss0)}
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pool the valid requests of both rounds; worst memory and the closed-connection count of each round."""
+    samples = [s for r in rounds for s in r["samples"]]
     lat = np.array([s[0] for s in samples]) * 1000
     ok = np.array([s[1] for s in samples])
     return {"requests": len(samples), "failed": int((~ok).sum()), "failed_pct": float(100 * (~ok).mean()),
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "attacker_connections_open": [held_at_start, held_at_end],
-            "server_rss_peak_extra_mb": float(peak[0] - rss0)}
+            "attacker_connections_open": [r["attacker_connections_open"] for r in rounds],
+            "attacker_closed_by_server": int(sum(r["attacker_closed_by_server"] for r in rounds)),
+            "server_rss_peak_extra_mb": float(max(r["server_rss_peak_extra_mb"] for r in rounds))}
 
 
 def _fmt(cell: dict[str, Any]) -> str:
     return (f"{cell['p50_ms']:.1f} / {cell['p99_ms']:.0f} ms, {cell['failed_pct']:.0f} % failed, "
-            f"+{cell['server_rss_peak_extra_mb']:.0f} MiB")
+            f"+{cell['server_rss_peak_extra_mb']:.0f} MiB, {cell['attacker_closed_by_server']} closed")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="reports/dos-bench")
-    p.add_argument("--seconds", type=float, default=5.0, help="valid traffic measured per scenario and server")
-    p.add_argument("--ramp", type=float, default=3.0, help="seconds of attack before measuring")
+    p.add_argument("--seconds", type=float, default=3.0, help="valid traffic measured per scenario and server")
+    p.add_argument("--ramp", type=float, default=2.5, help="seconds of attack before measuring")
     args = p.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 8192), hard), hard))  # the attackers' sockets
@@ -241,15 +256,18 @@ def main() -> None:
         try:
             results: dict[str, dict[str, Any]] = {s: {} for s in SCENARIOS}
             for name in SCENARIOS:
-                for which in ("before", "after"):
+                rounds: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+                for which in ("before", "after", "after", "before"):  # ABBA: neither always goes first
                     srv = servers[which]
                     reqs = [_request(srv.port, b, KEY) for b in payloads]
-                    results[name][which] = asyncio.run(scenario(name, srv, reqs, args.ramp, args.seconds))
+                    rounds[which].append(asyncio.run(scenario(name, srv, reqs, args.ramp, args.seconds)))
+                for which in ("before", "after"):
+                    results[name][which] = summarize(rounds[which])
                     print(f"{name:15s} {which:6s} {_fmt(results[name][which])}", flush=True)
         finally:
             for s in servers.values():
                 s.stop()
-    lines = ["| attack | before: p50 / p99, failed, server memory | after: p50 / p99, failed, server memory | "
+    lines = ["| attack | before: valid p50 / p99, failed, server memory, attack connections closed | after: same | "
              "p99 after / before |", "|---|---|---|---:|"]
     for name in SCENARIOS:
         b, a = results[name]["before"], results[name]["after"]

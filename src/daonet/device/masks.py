@@ -57,12 +57,41 @@ class RandomMasks:
         return out
 
 
-def _check_key_file(path: Path) -> bytes:
-    mode = path.stat().st_mode
-    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise InputError(f"device key {path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
-                         f"restrict it with `chmod 600 {path}`")
-    text = path.read_text(encoding="ascii").strip()
+def _check_key_dir(directory: Path) -> None:
+    """Refuse a key directory others can write to: they could swap the key (or a link) in."""
+    mode = directory.stat().st_mode
+    if os.name == "posix" and mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise InputError(f"the device key directory {directory} is writable by other users (mode "
+                         f"{stat.S_IMODE(mode):o}), so they could replace the key; restrict it with "
+                         f"`chmod 700 {directory}`")
+
+
+def _read_key_file(path: Path) -> bytes:
+    """Read an existing key without following a symbolic link at ``path``; :class:`FileNotFoundError` if absent."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not path.is_symlink():
+            raise
+        if path.is_symlink():
+            raise InputError(f"device key {path} is a symbolic link (to {os.readlink(path)}); daonet does not follow "
+                             f"links for its key: remove the link (`rm {path}`) so a key file is created in its "
+                             "place, or point DAONET_DEVICE_KEY at the real file") from None
+        raise InputError(f"cannot read the device key {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(f"device key {path} is a directory; remove it (`rmdir {path}`) or point "
+                             "DAONET_DEVICE_KEY at a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"device key {path} is not a regular file; remove it or point DAONET_DEVICE_KEY "
+                             "at a file")
+        if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise InputError(f"device key {path} is readable by other users (mode {stat.S_IMODE(st.st_mode):o}); "
+                             f"restrict it with `chmod 600 {path}`")
+        text = os.read(fd, 4 * KEY_BYTES).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
     try:
         key = bytes.fromhex(text)
     except ValueError:
@@ -75,18 +104,34 @@ def _check_key_file(path: Path) -> bytes:
 
 def load_or_create_key(path: str | Path | None = None) -> bytes:
     """The device key at ``path`` (default ``~/.daonet/device_key``), created with :mod:`secrets` on first
-    use; the file is mode 0600 in a 0700 directory. The key is never sent anywhere."""
+    use; the file is mode 0600 in a 0700 directory. The key is never sent anywhere.
+
+    Creation is atomic: the key is written and synced to a private temporary file, then hard-linked to its
+    name, which fails if another process got there first (its key is then used). So concurrent first starts
+    agree on one key and no reader ever sees a half-written file. Symbolic links at the key path, a directory
+    there, and a key directory writable by others are refused."""
     path = Path(path or os.environ.get("DAONET_DEVICE_KEY") or DEFAULT_KEY_PATH).expanduser()
-    if path.exists():
-        return _check_key_file(path)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = secrets.token_bytes(KEY_BYTES)
+    directory = path.parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_key_dir(directory)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first: use theirs
-        return _check_key_file(path)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(key.hex() + "\n")
+        return _read_key_file(path)
+    except FileNotFoundError:
+        pass
+    key = secrets.token_bytes(KEY_BYTES)
+    tmp = directory / f".device_key.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(key.hex() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and never replaces an existing name (file, link or directory)
+        except FileExistsError:
+            return _read_key_file(path)  # another process created it first: use theirs
+    finally:
+        tmp.unlink(missing_ok=True)
     return key
 
 
