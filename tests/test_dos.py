@@ -142,3 +142,20 @@ def test_connections_beyond_the_per_client_cap_are_closed_and_others_keep_workin
 def test_limits_are_validated():
     with pytest.raises(ConfigError, match="header_timeout_s"):
         ServerConfig(bundles=["x"], header_timeout_s=-1).validate()
+
+
+def test_default_body_limit_fits_the_served_models(start_server, serve_digits_bundle, good):
+    """Memory held by stalled bodies is connections x body limit: by default the limit is what the largest
+    payload of the served models needs (JSON form, every output non-zero), not a fixed megabyte."""
+    from daonet.device import DeviceModel
+
+    server = start_server(ServerConfig(bundles=[serve_digits_bundle.server]))
+    version = DeviceModel.load(serve_digits_bundle.device).version
+    worst = {"model_version": version, "indices": list(range(256)), "values": [1.2345678901234567e-05] * 256,
+             "n_outputs": 256}
+    with httpx.Client(base_url=server.url) as http:
+        assert http.post(PREDICT, json=worst).status_code == 200
+        r = http.post(PREDICT, content=b"\0" * 100_000, headers=OCTET)
+        assert r.status_code == 413, r.text
+        limit = int(r.json()["detail"].rsplit(" ", 1)[1])
+        assert 8_000 < limit <= 64 * 1024

@@ -118,3 +118,63 @@ def test_served_values_rule_is_one_rule(http, version, make_payload):
         "application/json"]["schema"]["properties"]["values"]
     assert values["items"]["exclusiveMinimum"] == 0
     assert np.float32(1e-30) > 0  # tiny positive values stay valid
+
+
+# -- privacy hygiene of the service itself ---------------------------------------------------------------------
+def test_docs_are_off_by_default_and_on_with_the_option(http, start_server, serve_digits_bundle):
+    """Swagger UI loads third-party scripts in the reader's browser: only when asked for."""
+    from daonet.server.config import ServerConfig
+
+    assert http.get("/docs").status_code == 404 and http.get("/redoc").status_code == 404
+    assert http.get("/openapi.json").status_code == 200  # the schema itself fetches nothing
+    server = start_server(ServerConfig(bundles=[serve_digits_bundle.server], docs=True))
+    with httpx.Client(base_url=server.url) as docs_http:
+        assert docs_http.get("/docs").status_code == 200
+
+
+KEY = "dao_hygiene-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def keyed(start_server, serve_digits_bundle):
+    from daonet.server.config import ServerConfig, hash_api_key
+
+    open_metrics = start_server(ServerConfig(bundles=[serve_digits_bundle.server], api_key_hashes=[hash_api_key(KEY)]))
+    closed_metrics = start_server(ServerConfig(bundles=[serve_digits_bundle.server], api_key_hashes=[hash_api_key(KEY)],
+                                               protect_metrics=True))
+    return open_metrics.url, closed_metrics.url
+
+
+@pytest.mark.parametrize("param", ["api_key", "apikey", "access_token"])
+def test_key_in_the_query_string_is_refused_with_a_hint(keyed, http, version, make_payload, param):
+    url, _ = keyed
+    body = make_payload(version, N, [1], [1.0])
+    with httpx.Client(base_url=url) as client:
+        r = client.post(f"{PREDICT}?{param}={KEY}", content=body, headers=OCTET)
+        assert r.status_code == 401, r.text
+        assert "query string" in r.json()["detail"] and "X-API-Key" in r.json()["detail"]
+        assert client.get(f"/v1/health?{param}=x").status_code == 401  # anywhere: the URL is logged everywhere
+    r = http.post(f"{PREDICT}?{param}=x", content=body, headers=OCTET)  # also when no key is configured
+    assert r.status_code == 401
+
+
+def test_open_endpoints_in_key_mode_and_protected_metrics(keyed):
+    open_url, closed_url = keyed
+    with httpx.Client(base_url=open_url) as client:
+        for path in ("/v1/health", "/v1/ready", "/metrics", "/openapi.json"):
+            assert client.get(path).status_code == 200, path
+        assert client.get("/v1/models").status_code == 401
+    with httpx.Client(base_url=closed_url) as client:
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers={"X-API-Key": KEY}).status_code == 200
+        assert client.get("/v1/health").status_code == 200
+
+
+# -- documentation and schema ------------------------------------------------------------------------------------
+def test_openapi_describes_metrics_as_text_and_the_binary_body(http):
+    schema = http.get("/openapi.json").json()
+    metrics = schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert "text/plain" in metrics and "application/json" not in metrics
+    body = schema["paths"]["/v1/models/{model_id}/predict"]["post"]["requestBody"]["content"]
+    binary = body["application/octet-stream"]["schema"]
+    assert binary["format"] == "binary" and "DAO1" in binary["description"] and "mean" in binary["description"]

@@ -33,7 +33,8 @@ def serve(
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
     max_batch_size: Annotated[int, typer.Option(min=1, help="most requests per forward pass")] = 64,
     max_wait_ms: Annotated[float, typer.Option(min=0, help="longest wait to fill a batch (only under load)")] = 2.0,
-    max_body_bytes: Annotated[int, typer.Option(min=64, help="larger request bodies get 413")] = 1 << 20,
+    max_body_bytes: Annotated[int | None, typer.Option(
+        min=64, help="larger request bodies get 413 (default: what the served models' largest payload needs)")] = None,
     torch_threads: Annotated[int | None, typer.Option(min=1, help="torch intra-op threads (default: torch's)")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
     web: Annotated[bool, typer.Option("--web", help="also serve the web page at / (the first layer runs in the "
@@ -63,6 +64,11 @@ def serve(
         min=0, help="open connections per client address (0: no cap; behind a reverse proxy set 0)")] = 128,
     auth_failures_per_minute: Annotated[int, typer.Option(
         min=0, help="wrong API keys per client address per minute before 429 (0: no limit)")] = 30,
+    docs: Annotated[bool, typer.Option("--docs", help="serve Swagger UI at /docs (it loads its scripts from a "
+                                                      "public CDN in the reader's browser); /openapi.json is "
+                                                      "always served")] = False,
+    protect_metrics: Annotated[bool, typer.Option("--protect-metrics", help="require the API key for /metrics "
+                                                                            "too")] = False,
 ) -> None:
     """Serve server bundles over HTTP: predictions from sparse dropped activations, never raw inputs."""
     from ..server.app import serve as run_server
@@ -76,9 +82,11 @@ def serve(
                               max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, api_key_hashes=hashes,
                               ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, torch_threads=torch_threads,
                               log_level=log_level, web=web, header_timeout_s=header_timeout,
-                              body_timeout_s=body_timeout, keep_alive_timeout_s=keep_alive_timeout, max_connections=max_connections,
+                              body_timeout_s=body_timeout, keep_alive_timeout_s=keep_alive_timeout,
+                              max_connections=max_connections,
                               max_connections_per_client=max_connections_per_client,
-                              auth_failures_per_minute=auth_failures_per_minute).validate()
+                              auth_failures_per_minute=auth_failures_per_minute, docs=docs,
+                              protect_metrics=protect_metrics).validate()
     except DaonetError as exc:
         fail(str(exc))
     if not _is_loopback(host):

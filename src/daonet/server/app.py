@@ -120,6 +120,30 @@ def micro_batcher(config: ServerConfig, model: ServerModel, metrics: ServerMetri
                         name=f"batcher-{model.model_id}")
 
 
+QUERY_KEY_NAMES = frozenset({"api_key", "apikey", "api-key", "key", "access_token", "token"})
+
+
+class RefuseKeysInQuery:
+    """401 for a URL carrying an API key (``?api_key=...``): URLs end up in access logs, proxies and browser
+    histories. Applies to every endpoint and whether or not keys are required; the key should be rotated."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("query_string"):
+            names = {part.split(b"=", 1)[0].decode("latin-1").lower()
+                     for part in scope["query_string"].split(b"&")}
+            if names & QUERY_KEY_NAMES:
+                await ApiError(401, "key_in_query_string",
+                               "an API key was sent in the URL's query string, where access logs and proxies record "
+                               "it: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY', and replace that key "
+                               "(`daonet hash-key`)", headers={"WWW-Authenticate": "Bearer"}).response()(
+                    scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(config: ServerConfig, registry: ModelRegistry | None = None,
                batcher_factory: BatcherFactory | None = None) -> FastAPI:
     """Build the app: loads the bundles (or takes a ready registry) and one batcher per model.
@@ -135,6 +159,8 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None,
     models = registry if registry is not None else ModelRegistry.load(config.bundles)
     metrics = ServerMetrics()
     metrics.models.set(len(models))
+    # memory a stalled or oversized body can hold = connections x this limit: keep it what the models need
+    body_limit = config.max_body_bytes or max((m.max_payload_bytes for m in models), default=64 * 1024)
     verifier = ApiKeyVerifier(config.api_key_hashes, config.allow_slow_key_hashes)
     limiter = FailedAuthLimiter(config.auth_failures_per_minute)
     slow_verify = any(h.startswith("pbkdf2") for h in config.api_key_hashes)
@@ -161,7 +187,9 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None,
         title="daonet inference server", version=daonet_version, lifespan=lifespan,
         description="Predictions from dropped first-layer activations. The server never receives raw inputs: "
                     "there is no endpoint that accepts one. See daonet.wire for the byte format.",
+        docs_url="/docs" if config.docs else None, redoc_url=None,  # Swagger UI fetches scripts from a CDN
     )
+    app.add_middleware(RefuseKeysInQuery)
     app.state.models = models
     if config.web:  # the page and the read-only device bundles (daonet.web): static files only
         from ..web import web_routes
@@ -216,6 +244,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None,
                            headers={"WWW-Authenticate": "Bearer"})
 
     auth = [Depends(check_key)] if verifier.enabled else []  # no dependency at all when keys are off
+    metrics_auth = auth if config.protect_metrics else []  # health, ready and (by default) metrics stay open
 
     # -- endpoints ------------------------------------------------------------------------------------------
     @app.get("/v1/models", response_model=ModelList, tags=["models"], dependencies=auth,
@@ -247,7 +276,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None,
                 raise ApiError(415, "unsupported_media_type",
                                f"content type {shown!r} is not accepted; send the binary payload as {OCTET} "
                                f"or its JSON form as {JSON}")
-            body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
+            body = await read_body(request, body_limit, config.body_timeout_s)
             payload = _parse(model, media, body)
             probs = model.check_output(await batchers[model.model_id].submit(payload))
             top = int(np.argmax(probs))
@@ -280,7 +309,8 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None,
             return JSONResponse({"status": "ready", "models": models.ids})
         return JSONResponse({"error": "not_ready", "detail": "the server is starting or stopping"}, 503)
 
-    @app.get("/metrics", tags=["operations"], response_class=Response, responses=METRICS_RESPONSE)
+    @app.get("/metrics", tags=["operations"], response_class=Response, responses=METRICS_RESPONSE,
+             dependencies=metrics_auth)
     async def prometheus() -> Response:
         """Prometheus metrics (text format): requests by model/status, latency, batch sizes, payload sizes."""
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -288,11 +318,20 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None,
     return app
 
 
+def _drop_query_strings(record: logging.LogRecord) -> bool:
+    """Access-log lines without query strings: whatever a client puts in a URL stays out of the logs."""
+    args = record.args
+    if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+        record.args = (*args[:2], args[2].split("?", 1)[0] + "?<query removed>", *args[3:])
+    return True
+
+
 def serve(config: ServerConfig) -> None:
     """Run the server in the foreground (what ``daonet serve`` does)."""
     import uvicorn
 
     app = create_app(config)
+    logging.getLogger("uvicorn.access").addFilter(_drop_query_strings)
     uvicorn.Server(uvicorn_config(
         app, config.uvicorn_options(), host=config.host, port=config.port, log_level=config.log_level,
         ssl_certfile=str(config.ssl_certfile) if config.ssl_certfile else None,

@@ -138,7 +138,7 @@ class ServerConfig:
     bundles: list[Path] = field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = 8000
-    max_body_bytes: int = 1 << 20
+    max_body_bytes: int | None = None  # None: what the served models' largest payload needs (JSON form)
     max_batch_size: int = 64
     max_wait_ms: float = 2.0
     api_key_hashes: list[str] = field(default_factory=list)
@@ -155,6 +155,8 @@ class ServerConfig:
     max_connections_per_client: int = 128
     auth_failures_per_minute: int = 30
     allow_slow_key_hashes: bool = False  # benchmark only: accept the former PBKDF2 hashes
+    docs: bool = False  # /docs (Swagger UI loads its scripts from a public CDN in the reader's browser)
+    protect_metrics: bool = False  # /metrics needs the API key too
 
     def validate(self, require_bundles: bool = True) -> ServerConfig:
         """Check every field now, so a bad setting fails at startup, not at the first request."""
@@ -163,7 +165,7 @@ class ServerConfig:
             raise ConfigError("no bundle to serve; pass at least one server bundle directory (bundles/NAME/server)")
         if not 0 <= int(self.port) <= 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
-        if self.max_body_bytes < 64:
+        if self.max_body_bytes is not None and self.max_body_bytes < 64:
             raise ConfigError(f"max_body_bytes must be at least 64, got {self.max_body_bytes}")
         if self.max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be at least 1, got {self.max_batch_size}")

@@ -152,6 +152,13 @@ class ServerModel(ManifestIdentity):
         logits = self.rest(self.dense_batch(payloads))
         return torch.softmax(logits, dim=1).numpy()
 
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest valid request body for this model: its JSON form with every output non-zero
+        (index and a float's repr, at most 48 characters per output, plus the fields), which bounds the binary
+        form (16 + 255 + 8 per output) too."""
+        return 512 + 48 * self.n_outputs
+
     def check_output(self, probs: np.ndarray) -> np.ndarray:
         """One request's probabilities, or :class:`InvalidPayloadError` when the forward pass overflowed.
 
