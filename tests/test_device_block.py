@@ -53,7 +53,7 @@ def test_block_activations_match_torch_on_real_data(blocks, name):
     assert device.output_shape == first.output_shape and device.n_outputs == first.n_outputs
     assert device.first_output_shape == first.first_output_shape
     steps = device.manifest.layer.block or ()
-    assert len([s for s in steps if s["op"] != "maxpool"]) == result.config.device_layers - 1
+    assert len([s for s in steps if s.op != "maxpool"]) == result.config.device_layers - 1
     x = result.dataset.x_test[:200]
     with torch.no_grad():
         h_torch = first.activations(torch.from_numpy(x)).flatten(1).numpy()
@@ -115,23 +115,30 @@ def test_block_refuses_a_revealed_energy_policy(blocks, tmp_path):
         device.encode_certified(result.dataset.x_test[0], policy=PrivacyPolicy(max_revealed_energy=0.3))
     manifest = json.loads((dev_dir / "manifest.json").read_text())  # a hand-edited manifest is refused too
     manifest["privacy"]["max_revealed_energy"] = 0.3
-    with pytest.raises(BundleError, match="non-linear block but its privacy policy sets max_revealed_energy"):
+    with pytest.raises(BundleError, match="max_revealed_energy: is set, but this device bundle runs a non-linear"):
         DeviceModel(manifest, device.weight, device.bias, device.extras)
 
 
 def test_inconsistent_block_manifest_is_refused(blocks):
     device = DeviceModel.load(blocks["ecg5000-cnn1d-block2-pool"][1])
     for edit, message in [
-        (lambda m: m["layer"]["block"][0].update(n_out=9), "block tensor 'block.0.weight' has shape"),
-        (lambda m: m["layer"]["block"][1].update(size=4), "the manifest says"),
-        (lambda m: m["layer"]["block"][0].update(op="conv2d"), "not supported"),
-        (lambda m: m["layer"]["block"][0].update(activation="gelu"), "activation 'gelu' is not supported"),
-        (lambda m: m["layer"]["block"].append({"size": 2}), "must be an object with an 'op'"),
+        (lambda m: m["layer"]["block"][0].update(n_out=9), "the first layer and its block output"),
+        (lambda m: m["layer"]["block"][1].update(size=4), "the first layer and its block output"),
+        (lambda m: m["layer"]["block"][0].update(n_in=4), "taking 4 channels cannot follow"),
+        (lambda m: m["layer"]["block"][0].update(op="attention"), "block\\[0\\].op: \"attention\" is not supported"),
+        (lambda m: m["layer"]["block"][0].update(padding=[]), "a conv1d step needs 1 value"),
+        (lambda m: m["layer"]["block"][0].update(activation="gelu"), "activation: \"gelu\" is not supported"),
+        (lambda m: m["layer"]["block"][0].pop("weight"), "weight: is missing"),
+        (lambda m: m["layer"]["block"].append({"size": 2}), "the field 'op' is missing"),
+        (lambda m: m["layer"].pop("first_output_shape"), "first_output_shape: is missing"),
     ]:
         manifest = device.manifest.to_json()
         edit(manifest)
         with pytest.raises(BundleError, match=message):
             DeviceModel(manifest, device.weight, device.bias, device.extras)
+    wrong = {**device.extras, "block.0.weight": device.extras["block.0.weight"][:, :4]}
+    with pytest.raises(BundleError, match="block tensor 'block.0.weight' has shape"):
+        DeviceModel(device.manifest, device.weight, device.bias, wrong)
     extras = {k: v for k, v in device.extras.items() if k != "block.0.bias"}
     with pytest.raises(BundleError, match="lacks the block tensor 'block.0.bias'"):
         DeviceModel(device.manifest, device.weight, device.bias, extras)
@@ -166,7 +173,7 @@ def test_cli_trains_and_exports_a_block_with_noise(tmp_path):
     res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "bundle")])
     assert res.exit_code == 0, res.output
     device = DeviceModel.load(tmp_path / "bundle" / "device")
-    assert [s["op"] for s in device.manifest.layer.block or ()] == ["dense"]
+    assert [s.op for s in device.manifest.layer.block or ()] == ["dense"]
     assert device.noise is not None and device.noise.std == pytest.approx(metrics["noise"]["std"])
     res = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "b2"), "--max-revealed-energy", "0.3"])
     assert res.exit_code != 0 and "single linear first layer" in str(res.exception) + res.output

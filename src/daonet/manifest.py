@@ -35,7 +35,7 @@ from .errors import BundleError
 
 __all__ = [
     "MANIFEST", "FORMAT_VERSION", "DEVICE_FORMAT", "SERVER_FORMAT", "LAYER_KINDS",
-    "ManifestError", "InputSpec", "Normalization", "QuantizeSpec", "LayerSpec", "DropSpec", "WireSpec",
+    "ManifestError", "InputSpec", "Normalization", "QuantizeSpec", "BlockStep", "LayerSpec", "DropSpec", "WireSpec",
     "PrivacySpec", "NoiseSpec", "ArchSpec", "DeviceManifest", "ServerManifest", "read_manifest_json", "optional",
 ]
 
@@ -284,6 +284,74 @@ class QuantizeSpec(Spec):
 
 
 @dataclass(frozen=True, kw_only=True)
+class BlockStep(Spec):
+    """One step of ``layer.block`` (docs/device-block-and-noise.md), applied in order after the first layer.
+
+    ``op`` = the first layer's kind (``dense``/``conv1d``/``conv2d``): ``relu(W h + b)`` (``W`` is
+    ``(n_out, n_in, *kernel)``, zero ``padding`` each side, cross-correlation like PyTorch) with the tensors
+    named ``weight``/``bias``; or ``op`` = ``maxpool``: max over windows of ``size`` (stride = size, floor)
+    along every spatial axis.
+    """
+
+    op: Literal["dense", "conv1d", "conv2d", "maxpool"]
+    n_in: int | None = optional()
+    n_out: int | None = optional()
+    kernel: tuple[int, ...] = optional(())
+    stride: tuple[int, ...] = optional(())
+    padding: tuple[int, ...] = optional(())
+    activation: Literal["relu"] | None = optional()
+    weight: str | None = optional()
+    bias: str | None = optional()
+    size: int | None = optional()
+
+    def _check(self, where: str) -> None:
+        if self.op == "maxpool":
+            if self.size is None or self.size < 2:
+                _fail(f"{where}.size", f"a maxpool step needs a window of at least 2, got {self.size}")
+            return
+        for name in ("n_in", "n_out", "weight", "bias", "activation"):
+            if getattr(self, name) is None:
+                _fail(f"{where}.{name}", f"is missing: a {self.op} step needs it")
+        if self.n_in < 1 or self.n_out < 1:  # type: ignore[operator]
+            _fail(where, f"n_in/n_out must be positive, got {self.n_in}/{self.n_out}")
+        nd = LAYER_KINDS.index(self.op)
+        for name in ("kernel", "stride", "padding"):
+            v = getattr(self, name)
+            if len(v) != nd:
+                _fail(f"{where}.{name}", f"a {self.op} step needs {nd} value(s), got {list(v)}")
+        _positive_ints(self.kernel + self.stride, where, "kernel and stride")
+        if any(p < 0 for p in self.padding):
+            _fail(f"{where}.padding", f"must be >= 0, got {list(self.padding)}")
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (int(self.n_out or 0), int(self.n_in or 0), *self.kernel)
+
+    def out_shape(self, in_shape: tuple[int, ...], where: str = "layer.block") -> tuple[int, ...]:
+        """Output shape (no batch axis) for an input of ``in_shape``; fails if the step cannot take it."""
+        if self.op == "maxpool":
+            size = int(self.size or 0)
+            if len(in_shape) < 2 or min(in_shape[1:]) < size:
+                _fail(where, f"maxpool {size} needs a spatial input at least that large, got {list(in_shape)}")
+            return (in_shape[0], *(d // size for d in in_shape[1:]))
+        if in_shape[0] != self.n_in or len(in_shape) != len(self.kernel) + 1:
+            _fail(f"{where}.n_in", f"a {self.op} step taking {self.n_in} channels cannot follow an output shaped "
+                  f"{list(in_shape)}")
+        spatial = tuple((d + 2 * p - k) // st + 1 for d, k, st, p in
+                        zip(in_shape[1:], self.kernel, self.stride, self.padding, strict=True))
+        if spatial and min(spatial) < 1:
+            _fail(where, f"kernel {list(self.kernel)} is larger than its input {list(in_shape)}")
+        return (int(self.n_out or 0), *spatial)
+
+    def describe(self) -> str:
+        if self.op == "maxpool":
+            return f"maxpool {self.size}"
+        if self.op == "dense":
+            return f"dense {self.n_in}->{self.n_out} + ReLU"
+        return f"{self.op} {self.n_in}->{self.n_out} kernel {list(self.kernel)} + ReLU"
+
+
+@dataclass(frozen=True, kw_only=True)
 class LayerSpec(Spec):
     """Geometry of the localized first layer (what ``LocalizedFirstLayer.spec()`` writes)."""
 
@@ -298,7 +366,7 @@ class LayerSpec(Spec):
     quantize: QuantizeSpec | None = None
     # a localized block after the first layer (steps run by daonet.device.block); dropping happens at its output
     first_output_shape: tuple[int, ...] | None = optional()
-    block: tuple[dict[str, Any], ...] | None = optional()
+    block: tuple[BlockStep, ...] | None = optional()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -307,8 +375,9 @@ class LayerSpec(Spec):
         return self.first_output_shape or self.output_shape
 
     def _check(self, where: str) -> None:
-        """Geometry checks for the layouts this daonet knows; a layer with extra keys (a newer layout) is
-        checked by the code that knows those keys, a block's steps by the device runtime."""
+        """Geometry checks for the layouts this daonet knows, a block's step shapes included (its tensors are
+        checked by the device runtime); a layer with extra keys (a newer layout) is checked by the code that
+        knows those keys."""
         _positive_ints(self.output_shape, f"{where}.output_shape", "dimensions")
         if _prod(self.output_shape) != self.n_outputs:
             _fail(f"{where}.n_outputs", f"is {self.n_outputs}, but output_shape {list(self.output_shape)} has "
@@ -332,6 +401,16 @@ class LayerSpec(Spec):
             _fail(f"{where}.output_shape", f"a {self.kind} layer has {nd + 1} output axes, got {list(first)}")
         if self.in_shape is not None:
             self.check_input(self.in_shape, f"{where}.in_shape")
+        shape = self.first_shape
+        for i, step in enumerate(self.block or ()):
+            if step.op not in (self.kind, "maxpool") or (step.op == "maxpool" and self.kind == "dense"):
+                _fail(f"{where}.block[{i}].op", f"{step.op!r} after a {self.kind!r} first layer is not supported "
+                      "(blocks repeat the first layer's kind; maxpool needs a convolution)",
+                      "upgrade daonet if the bundle is newer, or " + _FIX)
+            shape = step.out_shape(shape, f"{where}.block[{i}]")
+        if shape != self.output_shape:
+            _fail(f"{where}.output_shape", f"is {list(self.output_shape)}, but the first layer and its block "
+                  f"output {list(shape)}")
 
     def check_input(self, shape: tuple[int, ...], where: str) -> None:
         """Does this geometry turn inputs of ``shape`` into ``output_shape``?"""
@@ -492,6 +571,12 @@ class DeviceManifest(_Identity):
             _fail(f"{where}.layer.in_shape", f"is {list(self.layer.in_shape)}, input.shape is "
                   f"{list(self.input.shape)}")
         self.normalization.check_channels(self.input.shape[0], f"{where}.normalization")
+        if self.layer.block and self.privacy.max_revealed_energy is not None:
+            _fail(f"{where}.privacy.max_revealed_energy", "is set, but this device bundle runs a non-linear block: "
+                  "the revealed energy is defined for a single linear layer only",
+                  "re-export without --max-revealed-energy (a block is covered by the audit)")
+        if self.noise is not None and self.layer.quantize is not None:
+            _fail(f"{where}.noise", "is set together with layer.quantize: noise would undo the rounding", _FIX)
 
     @property
     def value_dtype(self) -> str:

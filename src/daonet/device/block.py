@@ -2,7 +2,8 @@
 
 * **Localized first block**: after the first layer + ReLU, further dense layers or "same" convolutions
   (each + ReLU) and an optional max pooling run on the device; dropping happens at the block's output.
-  :class:`BlockStep` is one step of the manifest's ``layer.block`` list; :func:`run_block` runs them.
+  :class:`~daonet.manifest.BlockStep` is one step of the manifest's ``layer.block`` list; :func:`run_block`
+  runs them.
 * **Noise on surviving values**: ``max(h + std * e, floor)`` on every non-zero value that is sent
   (:class:`NoiseSpec`, the manifest's ``noise`` object; :func:`add_noise`).
 
@@ -20,9 +21,10 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import BundleError
-from ..manifest import NoiseSpec  # the manifest's typed ``noise`` block
+from ..manifest import BlockStep, NoiseSpec  # the manifest's typed ``layer.block`` steps and ``noise``
 
-__all__ = ["BLOCK_NOTE", "NOISE_NOTE", "BlockCertificate", "BlockStep", "NoiseSpec", "add_noise", "run_block"]
+__all__ = ["BLOCK_NOTE", "NOISE_NOTE", "BlockCertificate", "BlockStep", "NoiseSpec", "add_noise", "check_tensors",
+           "run_block"]
 
 BLOCK_NOTE = "non-linear block: covered by the audit only"
 NOISE_NOTE = ("noise on surviving values: the equations are not exact; rank and revealed energy are an upper "
@@ -30,72 +32,18 @@ NOISE_NOTE = ("noise on surviving values: the equations are not exact; rank and 
 CONV_OPS = ("conv1d", "conv2d")
 
 
-@dataclass(frozen=True)
-class BlockStep:
-    """One step of ``layer.block``: a dense/conv layer + ReLU, or a max pooling (window = stride, floor)."""
-
-    op: str  # "dense" | "conv1d" | "conv2d" | "maxpool"
-    n_in: int = 0
-    n_out: int = 0
-    kernel: tuple[int, ...] = ()
-    stride: tuple[int, ...] = ()
-    padding: tuple[int, ...] = ()
-    weight: str = ""
-    bias: str = ""
-    size: int = 0  # maxpool window
-
-    @classmethod
-    def from_manifest(cls, step: Any, kind: str) -> BlockStep:
-        if not isinstance(step, dict) or "op" not in step:
-            raise BundleError(f"each 'layer.block' step must be an object with an 'op', got {step!r}; re-export")
-        op = step["op"]
-        try:
-            if op == "maxpool":
-                size = int(step["size"])
-                if kind not in CONV_OPS or size < 2:
-                    raise BundleError(f"maxpool of size {size} after a {kind} layer is not supported; re-export")
-                return cls(op, size=size)
-            if op != kind:
-                raise BundleError(f"block step {op!r} after a {kind!r} first layer is not supported "
-                                  "(this daonet runs blocks of the first layer's kind); upgrade daonet")
-            if step.get("activation", "relu") != "relu":
-                raise BundleError(f"block activation {step.get('activation')!r} is not supported; upgrade daonet")
-            geometry = (tuple(int(v) for v in step.get(key) or ()) for key in ("kernel", "stride", "padding"))
-            return cls(op, int(step["n_in"]), int(step["n_out"]), *geometry, str(step["weight"]), str(step["bias"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"block step {step!r} is malformed ({exc}); re-export the bundle") from exc
-
-    def check(self, tensors: dict[str, np.ndarray]) -> None:
-        """The step's weights exist and have the shapes the manifest implies."""
-        if self.op == "maxpool":
-            return
-        expected = (self.n_out, self.n_in, *self.kernel)
-        for name, shape in ((self.weight, expected), (self.bias, (self.n_out,))):
-            arr = tensors.get(name)
+def check_tensors(steps: tuple[BlockStep, ...], tensors: dict[str, np.ndarray]) -> None:
+    """Every block step's weights exist with the shapes its (already validated) manifest step implies."""
+    for step in steps:
+        if step.op == "maxpool":
+            continue
+        for name, shape in ((step.weight, step.weight_shape), (step.bias, step.weight_shape[:1])):
+            arr = tensors.get(str(name))
             if arr is None:
                 raise BundleError(f"the device bundle lacks the block tensor {name!r}; re-export the bundle")
             if tuple(arr.shape) != shape:
                 raise BundleError(f"block tensor {name!r} has shape {tuple(arr.shape)}, the manifest implies "
                                   f"{shape}; the bundle is inconsistent, re-export it")
-
-    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Output shape (without the batch axis) for an input of ``in_shape``."""
-        if self.op == "maxpool":
-            return (in_shape[0], *(s // self.size for s in in_shape[1:]))
-        if in_shape[0] != self.n_in:
-            raise BundleError(f"block step {self.op} takes {self.n_in} channels but gets {in_shape[0]}; re-export")
-        if self.op == "dense":
-            return (self.n_out,)
-        spatial = tuple((s + 2 * p - k) // st + 1 for s, k, st, p in
-                        zip(in_shape[1:], self.kernel, self.stride, self.padding, strict=True))
-        return (self.n_out, *spatial)
-
-    def describe(self) -> str:
-        if self.op == "maxpool":
-            return f"maxpool {self.size}"
-        if self.op == "dense":
-            return f"dense {self.n_in}->{self.n_out} + ReLU"
-        return f"{self.op} {self.n_in}->{self.n_out} kernel {list(self.kernel)} + ReLU"
 
 
 def conv(z: np.ndarray, w: np.ndarray, b: np.ndarray, stride: tuple[int, ...],
@@ -135,9 +83,9 @@ def run_block(h: np.ndarray, steps: tuple[BlockStep, ...], tensors: dict[str, np
     """
     for step in steps:
         if step.op == "maxpool":
-            h = maxpool(h, step.size)
+            h = maxpool(h, int(step.size or 0))
             continue
-        w, b = tensors[step.weight], tensors[step.bias]
+        w, b = tensors[str(step.weight)], tensors[str(step.bias)]
         z = h.astype(np.float64)
         if step.op == "dense":
             out = z.reshape(z.shape[0], -1) @ w.T + b

@@ -20,7 +20,7 @@ from ..bundle import DEVICE_FORMAT, ManifestIdentity, load_bundle
 from ..errors import BundleError, InputError
 from ..manifest import DeviceManifest, NoiseSpec
 from ..wire import encode, read_frame
-from .block import NOISE_NOTE, BlockCertificate, BlockStep, add_noise, run_block
+from .block import NOISE_NOTE, BlockCertificate, BlockStep, add_noise, check_tensors, run_block
 from .certificate import Certificate, FirstLayerSystem, PrivacyPolicy, apply_policy, certify
 from .masks import MaskSource, RandomMasks
 
@@ -73,8 +73,7 @@ class DeviceModel(ManifestIdentity):
         self.output_shape: tuple[int, ...] = layer.output_shape  # what is dropped and sent
         self.first_output_shape: tuple[int, ...] = layer.first_shape
         self.n_outputs = layer.n_outputs
-        self.block: tuple[BlockStep, ...] = tuple(BlockStep.from_manifest(step, layer.kind)
-                                                  for step in layer.block or ())
+        self.block: tuple[BlockStep, ...] = layer.block or ()
         self.noise: NoiseSpec | None = manifest.noise
         self.kernel: tuple[int, ...] = layer.kernel
         self.stride: tuple[int, ...] = layer.stride
@@ -92,10 +91,6 @@ class DeviceModel(ManifestIdentity):
         self.bias = np.asarray(bias, dtype=np.float32)
         self.extras = extras or {}
         self._check_geometry()
-        if not self.is_linear and self.policy.max_revealed_energy is not None:
-            raise BundleError("this device bundle runs a non-linear block but its privacy policy sets "
-                              "max_revealed_energy: the revealed energy is defined for a single linear layer "
-                              "only; re-export without --max-revealed-energy (a block is covered by the audit)")
 
     # -- loading --------------------------------------------------------------------------------
     @classmethod
@@ -125,13 +120,7 @@ class DeviceModel(ManifestIdentity):
         if self.weight.shape != expected or self.bias.shape != (out_c,):
             raise BundleError(f"first-layer weight has shape {self.weight.shape}, manifest implies {expected}; "
                               "the bundle is inconsistent, re-export it")
-        shape = self.first_output_shape
-        for step in self.block:
-            step.check(self.extras)
-            shape = step.out_shape(shape)
-        if shape != self.output_shape or int(np.prod(shape)) != self.n_outputs:
-            raise BundleError(f"the device block outputs {shape}, the manifest says {self.output_shape} "
-                              f"({self.n_outputs} outputs); the bundle is inconsistent, re-export it")
+        check_tensors(self.block, self.extras)  # the manifest already checked the block's shapes
 
     @property
     def is_linear(self) -> bool:
