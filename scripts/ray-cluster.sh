@@ -8,7 +8,8 @@
 #
 # Ray's ports (6379 GCS, 8265 dashboard, 10001 client, worker ports) must be reachable between the machines and
 # from nowhere else. Clients reach daonet on port 8000 of every node (one Ray proxy per node): put a load
-# balancer with TLS in front. Environment: RAY_PORT (6379), DAONET (daonet executable), CPUS (Ray CPUs per node).
+# balancer with TLS in front. Environment: RAY_PORT (6379), METRICS_PORT (8090, Prometheus), DAONET (daonet
+# executable), CPUS (Ray CPUs per node).
 set -euo pipefail
 RAY_PORT=${RAY_PORT:-6379}
 DAONET=${DAONET:-daonet}
@@ -17,11 +18,11 @@ if [[ -n "${CPUS:-}" ]]; then cpus=(--num-cpus "$CPUS"); fi
 
 case "${1:-}" in
   head)
-    ray start --head --port "$RAY_PORT" --dashboard-host 127.0.0.1 "${cpus[@]}"
+    ray start --head --port "$RAY_PORT" --dashboard-host 127.0.0.1 --metrics-export-port "${METRICS_PORT:-8090}" "${cpus[@]}"
     ;;
   worker)
     [[ -n "${2:-}" ]] || { echo "usage: $0 worker HEAD_IP" >&2; exit 2; }
-    ray start --address "$2:$RAY_PORT" "${cpus[@]}"
+    ray start --address "$2:$RAY_PORT" --metrics-export-port "${METRICS_PORT:-8090}" "${cpus[@]}"
     ;;
   serve)
     shift
@@ -32,6 +33,6 @@ case "${1:-}" in
     ray stop
     ;;
   *)
-    sed -n '2,11p' "$0"; exit 2
+    sed -n '2,12p' "$0"; exit 2
     ;;
 esac

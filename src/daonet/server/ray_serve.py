@@ -320,8 +320,9 @@ class RayService:
         with contextlib.suppress(Exception):
             serve.delete(self.name)
         if self.started_ray:
-            with contextlib.suppress(Exception):
-                serve.shutdown()
+            if self.options.address is None:  # our own instance: stop Serve too; a cluster keeps its other apps
+                with contextlib.suppress(Exception):
+                    serve.shutdown()
             ray.shutdown()
             self.started_ray = False
 
