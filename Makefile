@@ -6,10 +6,10 @@ STAMP := $(VENV)/.daonet-installed
 
 .PHONY: setup demo test lint bench sweep clean
 
-$(STAMP): pyproject.toml scripts/install-data.sh scripts/install-browser.sh
+$(STAMP): pyproject.toml constraints.txt scripts/install-data.sh scripts/install-browser.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,bench,ray]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench,ray]"  # exact pins: torch stays the CPU 2.13.0
 	scripts/install-data.sh $(PY)
 	scripts/install-browser.sh
 	touch $(STAMP)
@@ -23,7 +23,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
 
 sweep: setup
 	$(VENV)/bin/daonet sweep --out reports/sweep

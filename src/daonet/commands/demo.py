@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
-from ..studies.demo import DEFAULT_CACHE, run_demo
 from .common import console
+
+DEFAULT_CACHE = Path(".daonet-cache/demo")  # daonet.studies.demo.DEFAULT_CACHE (that module imports torch)
 
 
 def demo(
@@ -19,5 +20,7 @@ def demo(
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="device requests in flight at once")] = 16,
 ) -> None:
     """Train (if needed) a small MNIST model, serve it on loopback, and predict real test images over HTTP."""
+    from ..studies.demo import run_demo
+
     report = run_demo(n=n, cache=cache, retrain=retrain, concurrency=concurrency)
     console.print(report.render())

@@ -7,17 +7,20 @@ from typing import Annotated
 
 import typer
 
-from ..studies.sweep import DROP_RATES, TASKS, run_sweep, to_markdown
 from .common import console, fail
+
+# the studies import torch: loaded when the command runs, so `daonet --help` works on a torch-free install
 
 
 def sweep(
-    task: Annotated[list[str] | None, typer.Option(help=f"repeatable; default all of {', '.join(TASKS)}")] = None,
+    task: Annotated[list[str] | None, typer.Option(help="repeatable; default all tasks (mnist-mlp, ...)")] = None,
     drop_rate: Annotated[list[float] | None, typer.Option(help="repeatable; default 0 .5 .75 .9 .95")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="override each task's epochs")] = None,
     out: Annotated[Path, typer.Option(help="writes sweep.md and sweep.json here")] = Path("reports/sweep"),
 ) -> None:
     """Accuracy vs drop rate for MNIST (mlp, cnn), Fashion-MNIST (cnn) and ECG5000 (cnn1d)."""
+    from ..studies.sweep import DROP_RATES, TASKS, run_sweep, to_markdown
+
     tasks = task or list(TASKS)
     for t in tasks:
         if t not in TASKS:
