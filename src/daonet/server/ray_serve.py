@@ -281,7 +281,9 @@ class RayService:
                 ray.init(address=self.options.address, log_to_driver=False)
             self.started_ray = True
         port = self.config.port or free_port(self.config.host)
-        http = {"host": self.config.host, "port": port}
+        http: dict[str, Any] = {"host": self.config.host, "port": port}
+        if self.config.keep_alive_timeout_s:  # the one connection limit Ray's proxy has (see docs/ray.md)
+            http["keep_alive_timeout_s"] = max(1, round(self.config.keep_alive_timeout_s))
         if self.config.tls:
             http.update(ssl_certfile=str(self.config.ssl_certfile), ssl_keyfile=str(self.config.ssl_keyfile))
         serve.start(http_options=http, logging_config=logging_config(self.config))
