@@ -1,6 +1,6 @@
 """Attacks a curious server can run on the dropped activations it receives.
 
-Threat model (DESIGN.md): the server knows the whole model, W and b included, and holds public data from
+Threat model (docs/design.md): the server knows the whole model, W and b included, and holds public data from
 the same distribution. Every attack here uses only that knowledge plus the payloads; none sees a mask.
 
 * :func:`min_norm` — mask-aware white-box least squares: the non-zero outputs are exact equations

@@ -1,6 +1,6 @@
 """daonet vs homomorphic encryption vs plaintext: the same MNIST test images, measured side by side in one run.
 
-Why this exists: the paper's headline claim (DESIGN.md, "Versus encryption") is that dropping activation
+Why this exists: the paper's headline claim (docs/design.md, "The idea") is that dropping activation
 outputs costs far less than encryption. Users choosing between the two need that measured on their machine,
 on the same task, by a command they can rerun (``daonet bench encryption``). Three approaches:
 

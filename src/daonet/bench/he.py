@@ -1,6 +1,6 @@
 """Homomorphic-encryption baseline: the same MNIST task served under CKKS (TenSEAL) instead of DAO.
 
-Why this exists: daonet's pitch (DESIGN.md, "Versus encryption") is "no keys, no ciphertext blow-up, no
+Why this exists: daonet's pitch (docs/design.md, "The idea") is "no keys, no ciphertext blow-up, no
 polynomial activations". This module measures what encryption actually costs on this machine, so the
 comparison is numbers, not adjectives.
 
