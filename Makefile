@@ -24,6 +24,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/mypy
 
 sweep: setup
 	$(VENV)/bin/daonet sweep --out reports/sweep

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -131,10 +131,13 @@ def load_bundle(bundle_dir: str | Path,
     return bundle_dir, manifest, load_verified_weights(bundle_dir, manifest, name)
 
 
-class ManifestIdentity:
+M = TypeVar("M", DeviceManifest, ServerManifest)
+
+
+class ManifestIdentity(Generic[M]):
     """``model_id``/``version``/``classes`` read from ``self.manifest`` (shared by both halves)."""
 
-    manifest: DeviceManifest | ServerManifest
+    manifest: M
 
     @property
     def model_id(self) -> str:

@@ -71,9 +71,9 @@ class Dataset:
                     classes: list[str] | None = None, kind: str | None = None, name: str = "data") -> Dataset:
         """Your own arrays, checked and laid out as ``npz:PATH`` files are (see :func:`load_npz`): e.g. to
         audit a model with ``daonet.audit.run_audit(bundle, cfg, dataset=Dataset.from_arrays(...))``."""
-        arrays = [np.asarray(a.detach().cpu() if hasattr(a, "detach") else a)
-                  for a in (x_train, y_train, x_test, y_test)]
-        return _from_arrays(name, *arrays, list(classes) if classes is not None else None, kind,
+        xtr, ytr, xte, yte = (np.asarray(a.detach().cpu() if hasattr(a, "detach") else a)
+                              for a in (x_train, y_train, x_test, y_test))
+        return _from_arrays(name, xtr, ytr, xte, yte, list(classes) if classes is not None else None, kind,
                             f"data set {name!r}", source="arrays")
 
     def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> Dataset:
@@ -145,7 +145,8 @@ def read_idx(path: Path) -> np.ndarray:
         data = fh.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise DatasetError(f"{path} is not an IDX file (bad magic number)")
-    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.get(data[2])
+    code = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.get(data[2])
+    dtype = np.dtype(code) if code is not None else None
     if dtype is None:
         raise DatasetError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
     ndim = data[3]
@@ -206,9 +207,9 @@ def load_ucr(name: str, root: str | Path | None = None) -> Dataset:
         parts.append(table)
     labels = np.unique(np.concatenate([parts[0][:, 0], parts[1][:, 0]]))
     lookup = {v: i for i, v in enumerate(labels)}
-    def split(t):
+    def features_labels(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return t[:, None, 1:], np.array([lookup[v] for v in t[:, 0]])
-    (xtr, ytr), (xte, yte) = split(parts[0]), split(parts[1])
+    (xtr, ytr), (xte, yte) = features_labels(parts[0]), features_labels(parts[1])
     return _finish(name.lower(), xtr, ytr, xte, yte, [str(int(v)) for v in labels], "signal",
                    raw_dtype="float32")
 

@@ -29,7 +29,6 @@ from .manifest import (
 )
 from .nn import SplitModel
 from .train import load_run
-from .wire import WIRE_VERSION
 
 DEVICE_WEIGHTS = "first_layer.safetensors"
 SERVER_WEIGHTS = "server_part.safetensors"
@@ -99,7 +98,7 @@ def export_model(
         version = content_version(dev_hash, srv_hash, config=arch)
         layer = LayerSpec.from_json(first.spec(), "first layer")
         drop = DropSpec(rate=first.drop_rate)
-        input_spec = InputSpec(shape=tuple(first.in_shape), raw_dtype=raw_dtype,
+        input_spec = InputSpec(shape=tuple(first.in_shape), raw_dtype="uint8" if raw_dtype == "uint8" else "float32",
                                range=(0.0, 1.0) if raw_dtype == "uint8" else None)
         common: dict[str, Any] = {"model_id": model_id, "version": version, "classes": tuple(classes)}
         mean, std = arch.get("mean"), arch.get("std")
@@ -107,12 +106,12 @@ def export_model(
             **common, files={DEVICE_WEIGHTS: dev_hash}, input=input_spec,
             normalization=Normalization(mean=None if mean is None else tuple(mean),
                                         std=None if std is None else tuple(std)),
-            layer=layer, drop=drop, wire=WireSpec(version=WIRE_VERSION, value_dtype=value_dtype),
+            layer=layer, drop=drop, wire=WireSpec(value_dtype="float16" if value_dtype == "float16" else "float32"),
             privacy=privacy, noise=NoiseSpec.from_json(first.noise_spec(), "noise") if first.noise_std else None,
         ).validated())
         write_manifest(srv_dir, ServerManifest(
             **common, files={srv_name: srv_hash}, arch=ArchSpec.from_json(arch, "arch"),
-            first_layer=layer, drop=drop, device_input=input_spec, wire=WireSpec(version=WIRE_VERSION),
+            first_layer=layer, drop=drop, device_input=input_spec, wire=WireSpec(),
         ).validated())
         out.mkdir(parents=True, exist_ok=True)
         for name in ("device", "server"):  # replace atomically-ish: never leave a half bundle

@@ -29,7 +29,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Final, Literal, TypeVar
 
 from .errors import BundleError
 
@@ -41,8 +41,8 @@ __all__ = [
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-DEVICE_FORMAT = "daonet-device-bundle"
-SERVER_FORMAT = "daonet-server-bundle"
+DEVICE_FORMAT: Final = "daonet-device-bundle"
+SERVER_FORMAT: Final = "daonet-server-bundle"
 LAYER_KINDS = ("dense", "conv1d", "conv2d")
 IDENTIFIABLE_TOL = 1e-6  # P_jj >= 1 - tol counts as identifiable (the privacy policy's default)
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +31,8 @@ from .errors import InvalidPayloadError, MalformedPayloadError, PayloadError
 MAGIC = b"DAO1"
 WIRE_VERSION = 1
 HEADER = struct.Struct("<4sBBBBII")
-_INDEX_DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
-_VALUE_DTYPES = {2: np.dtype("<f2"), 4: np.dtype("<f4")}
+_INDEX_DTYPES: dict[int, np.dtype[Any]] = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
+_VALUE_DTYPES: dict[int, np.dtype[Any]] = {2: np.dtype("<f2"), 4: np.dtype("<f4")}
 VALUE_DTYPE_NAMES = {"float16": 2, "float32": 4}
 
 __all__ = ["SparsePayload", "Frame", "encode", "decode", "read_frame", "MAGIC", "WIRE_VERSION"]

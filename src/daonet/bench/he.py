@@ -174,12 +174,13 @@ class HEMLP:
                     loss = loss_fn(model(xt[idx]), yt[idx])
                     loss.backward()
                     opt.step()
-                    if bar is not None and (i % 50 == 0 or i == n_batches - 1):
+                    if task is not None and (i % 50 == 0 or i == n_batches - 1):
                         bar.update(task, completed=epoch * n_batches + i + 1,
                                    status=f"epoch {epoch + 1}/{epochs} loss {loss.item():.3f}")
         seconds = time.perf_counter() - start
 
         lin1, lin2 = model[0], model[2]
+        assert isinstance(lin1, torch.nn.Linear) and isinstance(lin2, torch.nn.Linear)
         self.w1 = lin1.weight.detach().numpy().copy()
         self.b1 = lin1.bias.detach().numpy().copy()
         self.w2 = lin2.weight.detach().numpy().copy()
@@ -417,7 +418,7 @@ def run_he_benchmark(n_images: int, hidden: int = 128, epochs: int = 2, seed: in
                 dec_s.append(time.perf_counter() - t0)
             up.append(len(ct_in))
             down.append(len(ct_out))
-            if bar is not None:
+            if task is not None:
                 bar.update(task, advance=1, status=f"server {eval_s[-1]:.2f}s/img")
 
     he_pred = he_logits.argmax(axis=1)

@@ -37,6 +37,7 @@ __all__ = ["Certificate", "PatchStats", "PrivacyPolicy", "FirstLayerSystem", "ce
 
 _DEPENDENT_RTOL = 1e-9  # a row whose residual is below this (relative) adds nothing new
 _ENERGY_EPS = 1e-12
+_EPS64 = float(np.finfo(np.float64).eps)
 
 
 @dataclass(frozen=True)
@@ -207,8 +208,8 @@ class FirstLayerSystem:
         c, *spatial = self.input_shape
         grids = np.meshgrid(*[np.arange(s) for s in self.spatial_out], indexing="ij")
         starts = [g.reshape(-1) * st for g, st in zip(grids, self.stride, strict=True)]  # per dim (P,)
-        offs = np.meshgrid(np.arange(c), *[np.arange(k) for k in self.kernel], indexing="ij")
-        offs = [o.reshape(-1) for o in offs]  # channel, kernel offsets, each (C*prod(kernel),)
+        offs = [o.reshape(-1) for o in np.meshgrid(np.arange(c), *[np.arange(k) for k in self.kernel],
+                                                     indexing="ij")]  # channel, kernel offsets, each (C*prod(kernel),)
         flat = offs[0][None, :] * int(np.prod(spatial))
         mult = 1
         for d in reversed(range(len(spatial))):
@@ -277,7 +278,7 @@ def _row_space_basis(a: np.ndarray, gram: np.ndarray | None = None) -> np.ndarra
     k=16, n=784: this runs on every request). The Gram matrix squares the condition number, so when ``a``
     is ill-conditioned we fall back to the SVD, which keeps the certificate exact.
     """
-    eps = np.finfo(np.float64).eps
+    eps = _EPS64
     lam, u = np.linalg.eigh(a @ a.T if gram is None else gram)
     lam_max = float(lam[-1]) if lam.size else 0.0
     if lam_max > 0 and float(lam[0]) > lam_max * 1e-8:  # well conditioned: every row is independent

@@ -47,7 +47,7 @@ class DevicePayload:
         return f"{len(self.data)} bytes: {self.nnz} of {self.n_outputs} outputs as index:value {{{head}{more}}}"
 
 
-class DeviceModel(ManifestIdentity):
+class DeviceModel(ManifestIdentity[DeviceManifest]):
     """A loaded device bundle. ``encode(x)`` turns a raw input into the bytes that may leave."""
 
     def __init__(self, manifest: DeviceManifest | dict[str, Any], weight: np.ndarray, bias: np.ndarray,
@@ -230,7 +230,7 @@ class DeviceModel(ManifestIdentity):
             if not hasattr(source, "noise"):
                 raise InputError(f"this bundle adds noise to surviving values but the mask source "
                                  f"{type(source).__name__} cannot draw it; use RandomMasks or KeyedMasks")
-            standard = source.noise(xb, h > 0, self.n_outputs, self.drop_rate)  # type: ignore[attr-defined]
+            standard = source.noise(xb, h > 0, self.n_outputs, self.drop_rate)
             h = add_noise(h, standard, self.noise)
         return h
 
@@ -273,7 +273,7 @@ class DeviceModel(ManifestIdentity):
             if not hasattr(source, "noise"):
                 raise InputError(f"this bundle adds noise to surviving values but the mask source "
                                  f"{type(source).__name__} cannot draw it; use RandomMasks or KeyedMasks")
-            standard = source.noise(xb, h > 0, n_out, self.drop_rate)  # type: ignore[attr-defined]
+            standard = source.noise(xb, h > 0, n_out, self.drop_rate)
             h = add_noise(h, standard, self.noise)
         return h
 
@@ -304,7 +304,7 @@ class DeviceModel(ManifestIdentity):
     def _encode_rows(self, dropped: np.ndarray) -> list[DevicePayload]:
         return [self._payload(row) for row in dropped]
 
-    def _payload(self, row: np.ndarray, certificate: Certificate | None = None) -> DevicePayload:
+    def _payload(self, row: np.ndarray, certificate: AnyCertificate | None = None) -> DevicePayload:
         data = encode(row, self.version, self.value_dtype)
         # count what is sent (float16 may underflow tiny values to zero; those are not sent)
         return DevicePayload(data, read_frame(data).nnz, self.n_outputs, row, certificate)
@@ -321,7 +321,7 @@ class DeviceModel(ManifestIdentity):
     def _block64(self) -> dict[str, np.ndarray]:
         """The block's weights in float64 (same recipe as the first layer: accumulate in float64)."""
         return {name: self.extras[name].astype(np.float64) for step in self.block if step.op != "maxpool"
-                for name in (step.weight, step.bias)}
+                for name in (step.weight, step.bias) if name is not None}
 
     # -- the privacy certificate and policy (see :mod:`daonet.device.certificate`) ----------------
     @cached_property
@@ -394,8 +394,8 @@ class DeviceModel(ManifestIdentity):
                                  f"{BLOCK_NOTE_REFUSAL}")
             for row in dropped:
                 sent = self._as_sent(row)
-                cert = self._block_certificate(sent)
-                out.append((self._payload(sent, cert), cert))
+                block_cert = self._block_certificate(sent)
+                out.append((self._payload(sent, block_cert), block_cert))
             return out
         mu = self.public_mean
         for x, row in zip(xb, dropped, strict=True):

@@ -59,6 +59,13 @@ class LocalizedFirstLayer(nn.Module):
     (``stride = kernel``, no padding), where every patch is an independent small system.
     """
 
+    # buffers and parameters registered in __init__ (typed here: nn.Module's __getattr__ is untyped)
+    mean: torch.Tensor
+    std: torch.Tensor
+    noise_sigma: torch.Tensor
+    quant_clip: nn.Parameter
+    op: nn.Conv1d | nn.Conv2d | nn.Linear
+
     def __init__(
         self,
         kind: str,
@@ -93,7 +100,7 @@ class LocalizedFirstLayer(nn.Module):
             n_in = 1
             for s in self.in_shape:
                 n_in *= s
-            self.op: nn.Module = nn.Linear(n_in, out)
+            self.op = nn.Linear(n_in, out)
             self.kernel: tuple[int, ...] = ()
             self.stride: tuple[int, ...] = ()
             self.output_shape: tuple[int, ...] = (out,)
@@ -103,7 +110,7 @@ class LocalizedFirstLayer(nn.Module):
                 raise InputError(f"{kind} needs inputs shaped (C, {'L' if nd == 1 else 'H, W'}), got {in_shape}")
             self.kernel = _as_tuple(kernel if kernel is not None else 4, nd)
             self.stride = _as_tuple(stride if stride is not None else self.kernel, nd)
-            conv = nn.Conv1d if nd == 1 else nn.Conv2d
+            conv: Any = nn.Conv1d if nd == 1 else nn.Conv2d  # kernel/stride: tuples of the conv's rank
             self.op = conv(channels, out, self.kernel, self.stride)
             spatial = tuple(
                 (s - k) // st + 1 for s, k, st in zip(self.in_shape[1:], self.kernel, self.stride, strict=True)
@@ -208,6 +215,7 @@ class LocalizedFirstLayer(nn.Module):
 
     @property
     def bias(self) -> torch.Tensor:
+        assert self.op.bias is not None  # every first layer here has a bias
         return self.op.bias
 
     def block_spec(self) -> list[dict[str, Any]]:
@@ -219,7 +227,8 @@ class LocalizedFirstLayer(nn.Module):
         """
         steps: list[dict[str, Any]] = []
         for i, op in enumerate(self.block):
-            step: dict[str, Any] = {"op": self.kind, "n_in": int(op.weight.shape[1]), "n_out": int(op.weight.shape[0]),
+            w: torch.Tensor = op.weight  # type: ignore[assignment]  # the block holds Linear/Conv layers
+            step: dict[str, Any] = {"op": self.kind, "n_in": int(w.shape[1]), "n_out": int(w.shape[0]),
                                     "activation": "relu", "weight": f"block.{i}.weight", "bias": f"block.{i}.bias"}
             if self.kind == "dense":
                 step.update(kernel=[], stride=[], padding=[])
@@ -235,7 +244,7 @@ class LocalizedFirstLayer(nn.Module):
         """The block's weights under the names :meth:`block_spec` gives."""
         out: dict[str, torch.Tensor] = {}
         for i, op in enumerate(self.block):
-            out[f"block.{i}.weight"], out[f"block.{i}.bias"] = op.weight, op.bias
+            out[f"block.{i}.weight"], out[f"block.{i}.bias"] = op.weight, op.bias  # type: ignore[assignment]
         return out
 
     def spec(self) -> dict[str, Any]:

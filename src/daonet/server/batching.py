@@ -21,17 +21,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+import numpy as np
+
 if TYPE_CHECKING:
     from .metrics import ServerMetrics
     from .model import ServerModel
 
 T = TypeVar("T")
 R = TypeVar("R")
+T_contra = TypeVar("T_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
 
 __all__ = ["Batcher", "BatcherFactory", "MicroBatcher", "BatcherClosedError"]
 
 
-class Batcher(Protocol[T, R]):
+class Batcher(Protocol[T_contra, R_co]):
     """What the HTTP app needs from a batcher: :class:`MicroBatcher` here, ``@serve.batch`` under Ray Serve."""
 
     def start(self) -> None: ...
@@ -41,7 +45,7 @@ class Batcher(Protocol[T, R]):
     @property
     def running(self) -> bool: ...
 
-    async def submit(self, value: T) -> R: ...
+    async def submit(self, value: T_contra) -> R_co: ...
 
 
 class BatcherFactory(Protocol):
@@ -70,7 +74,7 @@ class MicroBatcher(Generic[T, R]):
 
     def __init__(
         self,
-        fn: Callable[[list[T]], Sequence[R]],
+        fn: Callable[[list[T]], Sequence[R] | np.ndarray],
         *,
         max_batch_size: int = 64,
         max_wait_ms: float = 2.0,

@@ -141,7 +141,7 @@ class ChildServer:
             raise RuntimeError(f"the {self.name} process exited during startup; see its error above")
         report = json.loads(line[len("READY "):])
         self.port = int(report["port"])
-        self.url = _url(self.spec["host"], self.port, self.spec["ssl_certfile"] is not None)
+        self.url = _url(str(self.spec["host"]), self.port, self.spec["ssl_certfile"] is not None)
         self.info = {**report, "url": self.url, "pid": self.proc.pid}
         deadline = time.monotonic() + self.startup_timeout
         while True:

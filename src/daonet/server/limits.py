@@ -76,7 +76,7 @@ class _GuardedMixin:
     transport: asyncio.Transport
     cycle: Any
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_cycle: Any = None
         peer = transport.get_extra_info("peername")
@@ -119,7 +119,7 @@ class _GuardedMixin:
         if getattr(self, "_peer", None) is None:
             return
         self._disarm_head_timer()
-        self._guard.release(self._peer)
+        self._guard.release(str(self._peer))
         self._peer = None
         super().connection_lost(exc)  # type: ignore[misc]
 
@@ -128,9 +128,10 @@ def guarded_protocol(limits: ConnectionLimits, base: type | None = None) -> type
     """uvicorn's HTTP protocol class (httptools when installed, else h11) with the limits applied."""
     if base is None:
         try:
-            from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+            from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as protocol
         except ImportError:  # pragma: no cover - httptools is optional in uvicorn
-            from uvicorn.protocols.http.h11_impl import H11Protocol as base
+            from uvicorn.protocols.http.h11_impl import H11Protocol as protocol  # type: ignore[assignment]
+        base = protocol
     return type(f"Guarded{base.__name__}", (_GuardedMixin, base), {"_guard": _Guard(limits)})
 
 

@@ -25,7 +25,7 @@ class UnknownModelError(DaonetError, LookupError):
     """No served model has this id."""
 
 
-class ServerModel(ManifestIdentity):
+class ServerModel(ManifestIdentity[ServerManifest]):
     """The rest of the network behind the localized first layer."""
 
     def __init__(self, manifest: ServerManifest, rest: torch.nn.Module, bundle_dir: Path | None = None) -> None:
