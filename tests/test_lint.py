@@ -16,7 +16,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_is_clean():
-    result = _run("ruff", "check", "src", "tests", "bench")
+    result = _run("ruff", "check", "src", "tests", "bench", "examples")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
