@@ -33,6 +33,7 @@ EPOCHS = {"mnist": 5, "ecg5000": 40}
 
 BUDGET = os.environ.get("DAONET_AUDIT_BUDGET", "full")  # quick: a smoke test of this script (not a claim)
 EPOCHS_OVERRIDE = int(os.environ.get("DAONET_TRAIN_EPOCHS", "0"))
+TRAIN_ONLY = os.environ.get("DAONET_TRAIN_ONLY") == "1"
 
 
 def job_default(dataset: str, out: Path, root: str) -> None:
@@ -45,8 +46,10 @@ def job_default(dataset: str, out: Path, root: str) -> None:
     cfg = recommended_config(dataset, MODEL[dataset], data_root=root)
     if EPOCHS_OVERRIDE:
         cfg = replace(cfg, epochs=EPOCHS_OVERRIDE)
-    res = train(cfg, progress=False)
-    save_run(res, out / "run")
+    if not (out / "run" / "model.safetensors").exists():  # trained ahead (--train-only) or now
+        save_run(train(cfg, progress=False), out / "run")
+    if TRAIN_ONLY:
+        return
     export_run(out / "run", out / "bundle")
     r = run_audit(out / "bundle", AuditConfig(dataset=dataset, budget=BUDGET, data_root=root), progress=False)
     write_report(r, out / "audit")
@@ -62,6 +65,16 @@ def job_methods(dataset: str, names: list[str], out: Path, root: str) -> None:
     known = {m.name: m for m in all_methods(MODEL[dataset])}
     tcfg = replace(default_train_config(dataset, MODEL[dataset]), data_root=root,
                    epochs=EPOCHS_OVERRIDE or EPOCHS[dataset])
+    if TRAIN_ONLY:  # fill run_methods' cache (out/runs/<config hash>) so a GPU lease only audits
+        from daonet.frontier_methods import _cached_train, _train_key
+        from daonet.train import save_run, train
+
+        for n in names:
+            cfg = known[n].train_config(tcfg)
+            run_dir = out / "runs" / _train_key(cfg)
+            if not _cached_train(cfg, run_dir):
+                save_run(train(cfg, progress=False), run_dir)
+        return
     attacks = tuple(a for a in AuditConfig(dataset=dataset).attacks if a != "repeated")  # measured on the defaults
     acfg = AuditConfig(dataset=dataset, budget=BUDGET, budget_curve=False, data_root=root, attacks=attacks)
     run_methods(dataset, MODEL[dataset], [known[n] for n in names], out, acfg, train_cfg=tcfg, progress=False)
@@ -88,6 +101,7 @@ def main() -> None:
     ap.add_argument("--data-root-ucr", default=None)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--only", default="")
+    ap.add_argument("--jobs", default="", help="explicit ';'-separated jobs, e.g. 'default:mnist;methods:mnist:a,b'")
     ap.add_argument("--job", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--summary", action="store_true", help="print what has finished under OUT and exit")
@@ -114,8 +128,10 @@ def main() -> None:
     for ds, names in sorted(METHODS.items(), key=lambda kv: kv[0] != "ecg5000"):  # ECG slices are long: start first
         per = 1 if ds == "mnist" else 4
         jobs += [f"methods:{ds}:{','.join(names[i:i + per])}" for i in range(0, len(names), per)]
+    if a.jobs:
+        jobs = a.jobs.split(";")
     if a.only:
-        jobs = [j for j in jobs if any(j.startswith(o) for o in a.only.split(";"))]
+        jobs = [j for j in jobs if any(j.startswith(o) or j == o for o in a.only.split(";"))]
     procs: list[subprocess.Popen] = []
     pending = list(jobs)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +143,9 @@ def main() -> None:
             for k, v in (("--data-root-mnist", a.data_root_mnist), ("--data-root-ucr", a.data_root_ucr)):
                 if v:
                     cmd += [k, v]
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()))
+            env = {**os.environ, **{v: str(a.threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                                 "MKL_NUM_THREADS")}}  # no BLAS oversubscription
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
             print(f"started {j}", flush=True)
         time.sleep(2)
         for p in list(procs):

@@ -188,6 +188,7 @@ def all_methods(model: str) -> list[Method]:
         # a localized block (2 layers on the device, dropping at its output) and noise on surviving values
         Method("block2-p0.5", "block", 0.5, train_options={"device_layers": 2}),
         Method("block2-p0.9", "block", p, train_options={"device_layers": 2}),
+        Method("block2-p0.8", "block", 0.8, train_options={"device_layers": 2}),  # ~ as many outputs as plain p=0.5
         Method("noise0.5-p0.5", "noise", 0.5, train_options={"noise_std": 0.5}),
         Method("noise1-p0.5", "noise", 0.5, train_options={"noise_std": 1.0}),
         Method("noise0.5-p0.9", "noise", p, train_options={"noise_std": 0.5}),

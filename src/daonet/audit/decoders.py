@@ -233,6 +233,9 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     dev = pairs.device
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # decoders are small MLPs/convs: TF32 is ample
+        torch.backends.cudnn.allow_tf32 = True
     x_tr = pairs.x_train if n_train is None else pairs.x_train[:n_train]
     n_tr = len(x_tr)
     batch = min(budget.batch, max(32, n_tr // 16))  # small public sets (ECG5000: 500) still get many steps/epoch
@@ -254,7 +257,7 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
             f_tr = features(family, pairs, pairs.sample(epoch, n_train))
             model.train()
             perm = torch.randperm(n_tr, generator=gen).to(dev)
-            total, count = 0.0, 0
+            total, count = torch.zeros((), device=dev), 0  # summed on the device: no sync per step
             for i in range(0, n_tr, batch):
                 idx = perm[i:i + batch]
                 if len(idx) < 2:
@@ -266,14 +269,14 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss.detach()) * len(idx)
+                total += loss.detach() * len(idx)
                 count += len(idx)
             model.eval()
             with torch.no_grad():
                 val = float(torch.cat([metric(pairs.x_val[i:i + 4096], model(f_val[i:i + 4096]))
                                        for i in range(0, len(f_val), 4096)]).mean())
             val_hist.append(round(val, 5))
-            loss_hist.append(round(total / max(count, 1), 5))
+            loss_hist.append(round(float(total) / max(count, 1), 5))
             sched.step(val)
             bad = 0 if val > best + budget.min_delta else bad + 1  # patience counts significant gains only
             if val > best:  # ... but the weights kept are always the best held-out epoch's
