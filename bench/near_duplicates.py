@@ -180,10 +180,32 @@ def measure(name: str, args: argparse.Namespace, log=print) -> dict[str, Any]:
                   "class_prior": float(s_prior.mean()),
                   "kept_but_zero": float((keep & (hk == 0)).sum(1).mean()), "surviving": float((hk > 0).sum(1).mean())}
     log(f"  known mask: {known_mask}")
+
+    # utility: accuracy per device key (a shared mask is drawn once per cell, so it varies more by key)
+    acc_idx = np.random.default_rng(args.seed + 5).permutation(len(ds.x_test))[: args.n_acc]
+    xa, ya = ds.x_test[acc_idx], ds.y_test[acc_idx]
+    keys = [hashlib.sha256(f"daonet-bench-key-{i}".encode()).digest() for i in range(args.keys)]
+    sources: dict[str, list[MaskSource]] = {
+        "fresh": [RandomMasks(100 + i) for i in range(args.keys)],
+        "keyed": [KeyedMasks(key=k, model_version=version) for k in keys],
+        **{f"similarity-keyed, width {w:g}": [SimilarityKeyedMasks(key=k, model_version=version, width=w,
+                                                                   groups=args.groups) for k in keys]
+           for w in (0.1, width, 2.0)},
+    }
+    accuracy_by_key = {}
+    for label, srcs in sources.items():
+        accs = []
+        for src in srcs:
+            _, parsed_a = wire.received([p.data for p in device.encode_many(xa, src)])
+            accs.append(float((server.predict_proba(parsed_a).argmax(1) == ya).mean()))
+        accuracy_by_key[label] = {"mean": float(np.mean(accs)), "min": float(np.min(accs)),
+                                  "max": float(np.max(accs)), "std": float(np.std(accs))}
+        log(f"  accuracy {label}: {accuracy_by_key[label]}")
     return {"dataset": dataset, "model_id": device.model_id, "version": version, "drop_rate": device.drop_rate,
             "n_outputs": device.n_outputs, "input_size": n, "accuracy_on_inputs": accuracy, "width": width,
             "groups": args.groups, "lambda": lam, "result": res.to_dict(), "markdown": res.to_markdown(),
-            "sweep": sweep, "known_mask": known_mask, "seconds": round(time.perf_counter() - t0, 1)}
+            "sweep": sweep, "known_mask": known_mask, "accuracy_by_key": accuracy_by_key, "n_acc": len(xa),
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -252,6 +274,11 @@ def write_markdown(results: list[dict[str, Any]], args: argparse.Namespace, path
                 "|---|---|---|---|",
                 f"| {km['surviving']:.1f} surviving, {km['kept_but_zero']:.1f} kept but zero | "
                 f"{km['rmle_mask_unknown']:.3f} | {km['rmle_mask_known']:.3f} | {km['class_prior']:.3f} |", ""]
+        out += [f"### Accuracy per device key ({r['n_acc']} test inputs, {args.keys} keys or seeds)", "",
+                "| masks | mean | min | max | std over keys |", "|---|---|---|---|---|"]
+        for label, a in r["accuracy_by_key"].items():
+            out.append(f"| {label} | {a['mean']:.4f} | {a['min']:.4f} | {a['max']:.4f} | {a['std']:.4f} |")
+        out.append("")
     path.write_text("\n".join(out) + "\n")
 
 
@@ -266,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--width-mnist", type=float, default=0.5)
     ap.add_argument("--width-ecg", type=float, default=0.5)
     ap.add_argument("--groups", type=int, default=32)
+    ap.add_argument("--n-acc", type=int, default=2000, help="test inputs for the accuracy-per-key table")
+    ap.add_argument("--keys", type=int, default=5, help="device keys (or fresh seeds) for the accuracy table")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=str(CACHE))
     ap.add_argument("--out", default="docs", help="directory for near-duplicates.md/.png")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from daonet.audit.repeated import exact_replays, gaussian, grey_levels, repeated_queries, straddle
-from daonet.device import Client, DeviceModel, KeyedMasks, RandomMasks, SimilarityKeyedMasks
+from daonet.device import Client, DeviceModel, KeyedMasks, RandomMasks, SimilarityKeyedMasks, make_masks
 from daonet.errors import InputError
 
 KEY_A = bytes(range(32))
@@ -137,6 +137,30 @@ def test_client_option_over_loopback(server_url, serve_digits_bundle, digits):
                                                                                                  strict=True)])
     single = np.mean([np.count_nonzero(a.activations) for a in first])
     assert union < 1.15 * single  # fresh masks would add about half the active outputs again
+
+
+def test_mask_source_chosen_by_name(server_url, serve_digits_bundle, digits, tmp_path, monkeypatch):
+    """``Client(masks="similarity")`` reads the device key file and sends what the class would send."""
+    key_path = tmp_path / "device_key"
+    monkeypatch.setenv("DAONET_DEVICE_KEY", str(key_path))
+    x = digits.x_test[:5]
+    with Client(server_url, serve_digits_bundle.device, masks="similarity") as client:
+        assert isinstance(client.masks, SimilarityKeyedMasks)
+        sent = [p.data for p in client.encode_many(x)]
+        assert len(client.send_many(client.encode_many(x))) == 5
+        version = client.device.version
+    key = bytes.fromhex(key_path.read_text().strip())
+    dev = DeviceModel.load(serve_digits_bundle.device)
+    same = SimilarityKeyedMasks(key=key, model_version=version)
+    assert sent == [p.data for p, _ in dev.encode_many_certified(x, same)]  # the client enforces the policy
+    assert isinstance(make_masks("keyed", key_path=key_path), KeyedMasks)
+    assert isinstance(make_masks("random"), RandomMasks)
+    with pytest.raises(InputError, match="choose one of random, keyed, similarity"):
+        make_masks("lsh")
+    with pytest.raises(InputError, match="width"):
+        make_masks("keyed", key_path=key_path, width=0.5)
+    with pytest.raises(InputError, match="similarity masks take"):
+        make_masks("similarity", key_path=key_path, widht=0.5)
 
 
 def test_pooled_near_duplicates_add_few_equations(serve_signal_bundle):

@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 
 from ..errors import DaonetError, VersionMismatchError
-from .masks import MaskSource, RandomMasks
+from .masks import MaskSource, RandomMasks, make_masks
 from .runtime import DeviceModel, DevicePayload
 
 __all__ = ["Client", "Prediction", "ServerError"]
@@ -80,7 +80,7 @@ class Client:
         url: str,
         bundle_dir: str | Path | DeviceModel,
         api_key: str | None = None,
-        masks: MaskSource | None = None,
+        masks: MaskSource | str | None = None,
         timeout: float = 30.0,
         verify: bool | str | Path | ssl.SSLContext = True,
         certify: bool = True,
@@ -90,6 +90,8 @@ class Client:
             raise DaonetError(f"server URL {url!r} must start with http:// or https://")
         self.url = url
         self.device = bundle_dir if isinstance(bundle_dir, DeviceModel) else DeviceModel.load(bundle_dir)
+        if isinstance(masks, str):  # by name: "random", "keyed" or "similarity" (device key from ~/.daonet)
+            masks = make_masks(masks, model_version=self.device.version)
         self.masks: MaskSource = masks if masks is not None else RandomMasks()
         self.certify = certify  # enforce the manifest's privacy policy and keep each request's certificate
         self._mask_lock = threading.Lock()  # mask generators are stateful; keep draws in request order

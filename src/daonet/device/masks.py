@@ -369,3 +369,28 @@ class SimilarityKeyedMasks:
                 members = idx[idx % self.groups == g]
                 out[r, members] = index_noise(self.group_seed(cells, int(g), n_in, n_outputs, drop_rate), members)
         return out
+
+MASK_SOURCES = ("random", "keyed", "similarity")
+
+
+def make_masks(name: str, model_version: str = "", key_path: str | Path | None = None,
+               **options: float | int) -> MaskSource:
+    """A mask source by name, as an app or a config file chooses it: ``random`` (fresh masks), ``keyed``
+    (:class:`KeyedMasks`: exact replays send identical bytes) or ``similarity``
+    (:class:`SimilarityKeyedMasks`: near-duplicates share a mask; ``options``: quantum, width, groups, dims).
+    The keyed sources read or create the device key at ``key_path`` (default ``~/.daonet/device_key``)."""
+    if name == "random":
+        if options:
+            raise InputError(f"random masks take no options, got {', '.join(options)}")
+        return RandomMasks()
+    if name == "keyed":
+        unknown = set(options) - {"quantum"}
+        if unknown:
+            raise InputError(f"keyed masks take only 'quantum', got {', '.join(sorted(unknown))}")
+        return KeyedMasks(key_path=key_path, model_version=model_version, **options)  # type: ignore[arg-type]
+    if name == "similarity":
+        unknown = set(options) - {"quantum", "width", "groups", "dims"}
+        if unknown:
+            raise InputError(f"similarity masks take quantum, width, groups, dims; got {', '.join(sorted(unknown))}")
+        return SimilarityKeyedMasks(key_path=key_path, model_version=model_version, **options)  # type: ignore[arg-type]
+    raise InputError(f"unknown mask source {name!r}; choose one of {', '.join(MASK_SOURCES)}")
