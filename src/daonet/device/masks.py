@@ -370,6 +370,7 @@ class SimilarityKeyedMasks:
                 out[r, members] = index_noise(self.group_seed(cells, int(g), n_in, n_outputs, drop_rate), members)
         return out
 
+
 MASK_SOURCES = ("random", "keyed", "similarity")
 
 
