@@ -177,7 +177,8 @@ def split(model: nn.Module, drop_rate: float, example_input: torch.Tensor | np.n
         diff = float((converted - reference).abs().max()) if converted.shape == reference.shape else float("nan")
         raise SplitError(
             f"the model's outputs changed when {first_layer.source} moved onto the device (max difference "
-            f"{diff:.3g}): the model does not apply ReLU to that layer's output (directly, or after a BatchNorm). "
+            f"{diff:.3g}): the model does not apply ReLU to that layer's output (directly, or after a BatchNorm), "
+            "or it also uses the output before the ReLU (e.g. in a skip connection). "
             "daonet needs Linear/Conv followed by ReLU, because the server must not tell a dropped zero from a "
             "ReLU zero; replace the activation with ReLU and fine-tune")
     if defences.get("quantize_levels"):  # after the check: the defences change the outputs on purpose
