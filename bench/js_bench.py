@@ -46,6 +46,7 @@ MODELS = {
 
 def build(name: str, cache: Path) -> tuple[Path, Path, np.ndarray]:
     """(device dir, server dir, test inputs as the device holds them)."""
+    from daonet.bundle import bundle_is_current
     from daonet.data import load_dataset
 
     dataset, model, kwargs, n_train = MODELS[name]
@@ -56,7 +57,7 @@ def build(name: str, cache: Path) -> tuple[Path, Path, np.ndarray]:
         xs = np.clip(np.rint(xs * 255), 0, 255).astype(np.uint8)
     else:
         xs = xs.astype(np.float32)
-    if not (root / "device" / "manifest.json").exists():
+    if not bundle_is_current(root):
         import torch
 
         from daonet.export import export_model

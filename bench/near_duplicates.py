@@ -47,6 +47,7 @@ from daonet.audit.repeated import (  # noqa: E402
     shifted,
     straddle,
 )
+from daonet.bundle import bundle_is_current  # noqa: E402
 from daonet.data import Dataset, load_dataset  # noqa: E402
 from daonet.device.masks import KeyedMasks, MaskSource, RandomMasks, SimilarityKeyedMasks  # noqa: E402
 from daonet.device.runtime import DeviceModel  # noqa: E402
@@ -80,7 +81,7 @@ def ensure_bundle(name: str, cache: Path) -> Path:
     if _cached_config(run) != asdict(cfg):
         save_run(train(cfg, progress=False), run)
         export_run(run, bundle, model_id=name)
-    if not (bundle / "device" / "manifest.json").exists():
+    if not bundle_is_current(bundle):
         export_run(run, bundle, model_id=name)
     return bundle
 

@@ -46,18 +46,20 @@ DEVICES = 1_000_000  # the paper projection: one request per device per minute
 
 def prepare_model(drop_rate: float) -> tuple[Path, np.ndarray, np.ndarray]:
     """The cached bundle and 1000 MNIST test images as a device holds them (uint8)."""
+    from daonet.bundle import bundle_is_current
     from daonet.data import load_dataset
     from daonet.export import export_run
     from daonet.train import TrainConfig, save_run, train
 
     cache = CACHE / f"ray-mnist-p{drop_rate:g}"
-    if not (cache / "bundle" / "server" / "manifest.json").exists():
+    if not (cache / "run" / "model.safetensors").exists():
         import torch
 
         torch.set_num_threads(1)
         result = train(TrainConfig(dataset="mnist", model="mlp", drop_rate=drop_rate, epochs=1, n_train=10000,
                                    n_test=1000, eval_draws=1), progress=False)
         save_run(result, cache / "run")
+    if not bundle_is_current(cache / "bundle"):  # also re-exports a bundle from an older daonet
         export_run(cache / "run", cache / "bundle", model_id=MODEL_ID)
     mnist = load_dataset("mnist")
     return cache / "bundle", (mnist.x_test[:1000] * 255).round().astype(np.uint8), mnist.y_test[:1000]

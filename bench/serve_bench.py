@@ -161,6 +161,7 @@ def start_child(mode: str, path: Path, model_id: str, args: argparse.Namespace) 
 # -- models and inputs ---------------------------------------------------------------------------------------
 def prepare_models(names: list[str], ecg_epochs: int) -> dict[str, dict[str, Any]]:
     """Cached bundles and 1000 test inputs per model (as a device holds them: uint8 pixels, float32 samples)."""
+    from daonet.bundle import bundle_is_current
     from daonet.data import load_dataset
     from daonet.export import export_run
     from daonet.studies.demo import DEFAULT_CACHE, ensure_bundles
@@ -176,7 +177,7 @@ def prepare_models(names: list[str], ecg_epochs: int) -> dict[str, dict[str, Any
         ecg_dir = CACHE / "ecg5000-cnn1d"
         if not (ecg_dir / "run" / "model.safetensors").exists():
             save_run(train(TrainConfig(**{**ECG_CONFIG, "epochs": ecg_epochs})), ecg_dir / "run")
-        if not (ecg_dir / "bundle" / "device" / "manifest.json").exists():
+        if not bundle_is_current(ecg_dir / "bundle"):
             export_run(ecg_dir / "run", ecg_dir / "bundle", model_id="ecg5000-cnn1d")
         ecg = load_dataset("ecg5000")
         out["ecg5000-cnn1d"] = {"bundle": ecg_dir / "bundle", "run": ecg_dir / "run",

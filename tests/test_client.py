@@ -58,27 +58,32 @@ def test_signal_model_over_http(server_url, serve_signal_bundle):
     assert pred.label in ("1", "2", "3", "4", "5") and pred.probabilities.shape == (5,)
 
 
-def _edited_bundle(src, dst, **changes):
+def _edited_bundle(pair, dst, **changes):
+    """Another export of the model: device manifest fields changed, version recomputed from the new content."""
     import shutil
 
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
+    from daonet.bundle import seal_bundle
+
+    shutil.copytree(pair.root, dst)
+    manifest = json.loads((dst / "device" / "manifest.json").read_text())
     manifest.update(changes)
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    return dst
+    (dst / "device" / "manifest.json").write_text(json.dumps(manifest))
+    seal_bundle(dst)
+    return dst / "device"
 
 
 def test_client_refuses_a_server_with_another_version(server_url, serve_digits_bundle, tmp_path):
-    stale = _edited_bundle(serve_digits_bundle.device, tmp_path / "stale", version="0000000000000000")
+    device = _edited_bundle(serve_digits_bundle, tmp_path / "other", classes=list("abcdefghij"))
+    other = DeviceModel.load(device).version
     server_version = DeviceModel.load(serve_digits_bundle.device).version
-    with Client(server_url, stale) as client, pytest.raises(VersionMismatchError) as err:
+    with Client(server_url, device) as client, pytest.raises(VersionMismatchError) as err:
         client.predict(np.zeros((1, 8, 8), np.float32))
-    assert "0000000000000000" in str(err.value) and server_version in str(err.value)
-    assert err.value.expected == server_version and err.value.got == "0000000000000000"
+    assert other in str(err.value) and server_version in str(err.value)
+    assert err.value.expected == server_version and err.value.got == other
 
 
 def test_client_refuses_a_server_without_the_model(server_url, serve_digits_bundle, tmp_path):
-    other = _edited_bundle(serve_digits_bundle.device, tmp_path / "other", model_id="cats-vs-dogs")
+    other = _edited_bundle(serve_digits_bundle, tmp_path / "other", model_id="cats-vs-dogs")
     with Client(server_url, other) as client, pytest.raises(VersionMismatchError, match="does not serve model"):
         client.predict_many(np.zeros((3, 1, 8, 8), np.float32))
 
@@ -181,9 +186,9 @@ def test_predict_cli_refuses_bad_inputs_clearly(server_url, serve_digits_bundle,
 
 
 def test_predict_cli_version_mismatch_and_no_server(serve_digits_bundle, server_url, input_files, tmp_path):
-    stale = _edited_bundle(serve_digits_bundle.device, tmp_path / "stale", version="ffffffffffffffff")
+    stale = _edited_bundle(serve_digits_bundle, tmp_path / "stale", classes=list("abcdefghij"))
     r = _predict("--server", server_url, "--bundle", str(stale), str(input_files / "one.npy"))
-    assert r.exit_code == 2 and "ffffffffffffffff" in r.output
+    assert r.exit_code == 2 and DeviceModel.load(stale).version in r.output
     r = _predict("--server", "http://127.0.0.1:9", "--bundle", str(serve_digits_bundle.device),
                  str(input_files / "one.npy"))
     assert r.exit_code == 2 and "cannot connect" in r.output

@@ -99,13 +99,15 @@ def _edit_manifest(directory, edit) -> None:
 ])
 def test_server_bundle_whose_manifest_disagrees_with_the_network_is_refused_at_load(
         serve_digits_bundle, tmp_path, edit, message):
+    from daonet.bundle import seal_bundle
     from daonet.server.model import ServerModel
 
-    copy = tmp_path / "server"
-    shutil.copytree(serve_digits_bundle.server, copy)
-    _edit_manifest(copy, edit)
+    root = tmp_path / "bundle"
+    shutil.copytree(serve_digits_bundle.root, root)
+    _edit_manifest(root / "server", edit)
+    seal_bundle(root)  # a consistent version after the edit: only the network check can catch it
     with pytest.raises(BundleError, match=message):
-        ServerModel.load(copy)
+        ServerModel.load(root / "server")
 
 
 def test_served_values_rule_is_one_rule(http, version, make_payload):

@@ -3,13 +3,23 @@
 A bundle directory holds ``manifest.json`` and the weight files it lists with their SHA-256.
 Loading re-hashes every listed file, so a tampered or truncated file is refused before a single
 weight is used. Device and server halves of one model carry the same ``model_id`` and
-``version`` (a content hash over both halves), so a mismatched pair is refused too.
+``version``, so a mismatched pair is refused too.
+
+The version is bound to the content: ``version = sha256("daonet-bundle-v1" | device digest | server
+digest)[:16]``, where a half's digest is the SHA-256 of its canonical manifest (sorted keys, no
+whitespace, without ``version`` and ``integrity``; the file hashes are part of it). Each half carries
+the other half's digest (``integrity.pair_digest``), so each recomputes the version alone at load and
+refuses a mismatch: an edited field, or a weight file whose hash was rewritten in the manifest, no
+longer matches. Anyone can recompute all of this after an edit (:func:`seal_bundle`); what they cannot
+do without the vendor's key is sign it: with ``public_keys`` given, a bundle must carry a valid Ed25519
+signature over both digests (:mod:`daonet.signing`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -24,11 +34,15 @@ from .manifest import (
     SERVER_FORMAT,
     DeviceManifest,
     ServerManifest,
+    read_manifest_json,
 )
+
+BUNDLE_CONTEXT = b"daonet-bundle-v1"
+_UNSEALED = ("version", "integrity")
 
 __all__ = ["MANIFEST", "FORMAT_VERSION", "DEVICE_FORMAT", "SERVER_FORMAT", "sha256_file", "content_version",
            "write_weights", "write_manifest", "read_manifest", "load_verified_weights", "check_pair", "load_bundle",
-           "ManifestIdentity"]
+           "ManifestIdentity", "content_digest", "seal_bundle", "verify_content", "bundle_is_current"]
 
 
 def sha256_file(path: Path) -> str:
@@ -114,17 +128,93 @@ def check_pair(device: _Identified, server: _Identified) -> None:
             )
 
 
-def load_bundle(bundle_dir: str | Path,
-                expected_format: str) -> tuple[Path, DeviceManifest | ServerManifest, dict[str, np.ndarray]]:
+def content_digest(raw: dict[str, Any]) -> str:
+    """SHA-256 of a half's canonical manifest content (everything but ``version`` and ``integrity``)."""
+    core = {k: v for k, v in raw.items() if k not in _UNSEALED}
+    text = json.dumps(core, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _message(device_digest: str, server_digest: str) -> bytes:
+    return BUNDLE_CONTEXT + bytes.fromhex(device_digest) + bytes.fromhex(server_digest)
+
+
+def _version(device_digest: str, server_digest: str) -> str:
+    return hashlib.sha256(_message(device_digest, server_digest)).hexdigest()[:16]
+
+
+def seal_bundle(root: str | Path, sign_key: str | Path | None = None) -> str:
+    """(Re)compute ``version`` and ``integrity`` of both halves under ``root`` from their content, signing
+    with ``sign_key`` (an Ed25519 ``.key`` file) if given; returns the version. ``daonet export`` calls it."""
+    root = Path(root)
+    raws = {side: json.loads((root / side / MANIFEST).read_text()) for side in ("device", "server")}
+    digests = {side: content_digest(raw) for side, raw in raws.items()}
+    version = _version(digests["device"], digests["server"])
+    signature: dict[str, str] = {}
+    if sign_key is not None:
+        from .signing import load_private_key, sign
+
+        sig, kid = sign(load_private_key(sign_key), _message(digests["device"], digests["server"]))
+        signature = {"signature": sig, "key_id": kid}
+    for side, other in (("device", "server"), ("server", "device")):
+        raw = {**raws[side], "version": version, "integrity": {"pair_digest": digests[other], **signature}}
+        (root / side / MANIFEST).write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    return version
+
+
+def verify_content(directory: Path, raw: dict[str, Any], manifest: DeviceManifest | ServerManifest, side: str,
+                   public_keys: Sequence[Any] = ()) -> None:
+    """Refuse a half whose version does not follow from its content (and, with keys, an unsigned one).
+
+    ``public_keys``: ``.pub`` files, PEM or raw bytes, or loaded keys."""
+    where = str(directory / MANIFEST)
+    if manifest.integrity is None:
+        raise BundleError(f"{where} has no integrity block, so its version is not bound to its content (exported "
+                          "by an older daonet, or edited); re-export it with `daonet export`")
+    own = content_digest(raw)
+    digests = (own, manifest.integrity.pair_digest) if side == "device" else (manifest.integrity.pair_digest, own)
+    expected = _version(*digests)
+    if manifest.version != expected:
+        raise BundleError(f"{where}: version {manifest.version!r} does not match its content (expected "
+                          f"{expected!r}): the manifest or a weight file was edited after export; re-export or "
+                          "re-download the bundle")
+    if public_keys:
+        from .signing import load_public_key, verify
+
+        public_keys = [k if hasattr(k, "verify") else load_public_key(k) for k in public_keys]
+        verify(public_keys, manifest.integrity.signature, manifest.integrity.key_id, _message(*digests), where)
+
+
+def bundle_is_current(root: str | Path) -> bool:
+    """True when both halves under ``root`` exist and their versions follow from their content (this daonet's
+    format): caches use it to re-export bundles written by an older daonet instead of failing on them."""
+    root = Path(root)
+    try:
+        for side, fmt, cls in (("device", DEVICE_FORMAT, DeviceManifest), ("server", SERVER_FORMAT, ServerManifest)):
+            raw = read_manifest_json(root / side, fmt)
+            verify_content(root / side, raw, cls.from_json(raw, side), side)
+    except BundleError:
+        return False
+    return True
+
+
+def load_bundle(bundle_dir: str | Path, expected_format: str, public_keys: Sequence[Any] = ()
+                ) -> tuple[Path, DeviceManifest | ServerManifest, dict[str, np.ndarray]]:
     """Read one half of a bundle: ``(directory, manifest, verified weights)``.
 
-    Accepts the half's own directory or the bundle root holding ``device/`` and ``server/``.
+    Accepts the half's own directory or the bundle root holding ``device/`` and ``server/``. Checks, in
+    order: the manifest's schema, its version against its content (:func:`verify_content`), the
+    signature when ``public_keys`` (loaded with :func:`daonet.signing.load_public_key`) are given, then
+    every weight file's SHA-256.
     """
     bundle_dir = Path(bundle_dir)
     side = "device" if expected_format == DEVICE_FORMAT else "server"
     if (bundle_dir / side).is_dir() and not (bundle_dir / MANIFEST).exists():
         bundle_dir = bundle_dir / side
-    manifest = read_manifest(bundle_dir, expected_format)
+    raw = read_manifest_json(bundle_dir, expected_format)
+    cls = DeviceManifest if expected_format == DEVICE_FORMAT else ServerManifest
+    manifest = cls.from_json(raw, str(bundle_dir / MANIFEST))
+    verify_content(bundle_dir, raw, manifest, side, public_keys)
     if len(manifest.files) != 1:
         raise BundleError(f"{bundle_dir}: a {side} bundle lists exactly one weight file")
     name = next(iter(manifest.files))

@@ -27,6 +27,7 @@ app.command("export")(export.export)
 app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)
 app.command("hash-key")(keys.hash_key)
+app.command("keygen")(keys.keygen)
 
 # what a curious server learns
 audit_app = typer.Typer(

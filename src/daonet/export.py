@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import content_version, write_manifest, write_weights
+from .bundle import content_version, seal_bundle, write_manifest, write_weights
 from .data import dataset_label
 from .errors import DaonetError
 from .manifest import (
@@ -45,6 +45,7 @@ def export_model(
     privacy: PrivacySpec | dict[str, Any] | None = None,
     extra_device_files: dict[str, np.ndarray] | None = None,
     server_writer: Callable[[Path], tuple[str, str]] | None = None,
+    sign_key: str | Path | None = None,
 ) -> tuple[Path, Path]:
     """Split a model into ``out/device`` (first layer) and ``out/server`` (the rest), replacing both.
 
@@ -59,6 +60,8 @@ def export_model(
         extra_device_files: more float32 tensors for the device bundle (e.g. ``public_mean``).
         server_writer: ``server_writer(directory) -> (file name, sha256)`` writes the server part in another
             form than a state dict (``daonet.convert.export`` saves any architecture as a torch.export program).
+        sign_key: an Ed25519 ``.key`` file (``daonet keygen``): the bundle is signed, so devices and servers
+            given the ``.pub`` refuse any other first layer.
     Returns:
         ``(out/device, out/server)``.
     Raises:
@@ -113,6 +116,7 @@ def export_model(
             **common, files={srv_name: srv_hash}, arch=ArchSpec.from_json(arch, "arch"),
             first_layer=layer, drop=drop, device_input=input_spec, wire=WireSpec(),
         ).validated())
+        seal_bundle(staging, sign_key)  # version from both halves' content (+ signature)
         out.mkdir(parents=True, exist_ok=True)
         for name in ("device", "server"):  # replace atomically-ish: never leave a half bundle
             target = out / name
@@ -125,7 +129,8 @@ def export_model(
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, model_id: str | None = None,
-               value_dtype: str = "float32", max_revealed_energy: float | None = None) -> tuple[Path, Path]:
+               value_dtype: str = "float32", max_revealed_energy: float | None = None,
+               sign_key: str | Path | None = None) -> tuple[Path, Path]:
     """Export a run directory written by ``daonet train`` (see :func:`export_model`).
 
     Args:
@@ -134,6 +139,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, model_id: str | None = N
         model_id: default ``DATASET-MODEL``.
         value_dtype: ``float32`` or ``float16`` on the wire.
         max_revealed_energy: the device policy's bound on revealed energy, in [0, 1] (``None``: off).
+        sign_key: an Ed25519 ``.key`` file to sign the bundle with (``daonet keygen``).
     Returns:
         ``(out/device, out/server)``.
     Raises:
@@ -149,7 +155,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, model_id: str | None = N
     extra = {"public_mean": np.load(mean_path)} if mean_path.exists() else None
     return export_model(model, out, model_id=mid, classes=config.get("classes", []),
                         raw_dtype=config.get("raw_dtype", "float32"), value_dtype=value_dtype,
-                        privacy=PrivacySpec(max_revealed_energy=max_revealed_energy), extra_device_files=extra)
+                        privacy=PrivacySpec(max_revealed_energy=max_revealed_energy), extra_device_files=extra,
+                        sign_key=sign_key)
 
 
 class _CallableModule(types.ModuleType):

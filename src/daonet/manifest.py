@@ -36,7 +36,8 @@ from .errors import BundleError
 __all__ = [
     "MANIFEST", "FORMAT_VERSION", "DEVICE_FORMAT", "SERVER_FORMAT", "LAYER_KINDS",
     "ManifestError", "InputSpec", "Normalization", "QuantizeSpec", "BlockStep", "LayerSpec", "DropSpec", "WireSpec",
-    "PrivacySpec", "NoiseSpec", "ArchSpec", "DeviceManifest", "ServerManifest", "read_manifest_json", "optional",
+    "PrivacySpec", "NoiseSpec", "ArchSpec", "IntegritySpec", "DeviceManifest", "ServerManifest",
+    "read_manifest_json", "optional",
 ]
 
 MANIFEST = "manifest.json"
@@ -528,6 +529,25 @@ def _check_files(files: dict[str, str], where: str) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
+class IntegritySpec(Spec):
+    """What binds a half to its version (checked by :func:`daonet.bundle.load_bundle`).
+
+    ``pair_digest`` is the SHA-256 of the *other* half's canonical manifest content, so each half alone can
+    recompute ``version`` from its own content; ``signature`` (optional) is an Ed25519 signature by the key
+    ``key_id`` over both halves' digests (see :mod:`daonet.signing`)."""
+
+    pair_digest: str
+    signature: str | None = optional()
+    key_id: str | None = optional()
+
+    def _check(self, where: str) -> None:
+        if not _SHA256.fullmatch(self.pair_digest):
+            _fail(f"{where}.pair_digest", f"is not a SHA-256 hex digest: {self.pair_digest[:20]!r}")
+        if (self.signature is None) != (self.key_id is None):
+            _fail(where, "has a signature without a key_id or the other way round")
+
+
+@dataclass(frozen=True, kw_only=True)
 class _Identity(Spec):
     """Fields both halves share; ``version`` is a content hash over both halves."""
 
@@ -536,6 +556,7 @@ class _Identity(Spec):
     files: dict[str, str]
     classes: tuple[str, ...] = ()
     format_version: int = FORMAT_VERSION
+    integrity: IntegritySpec | None = optional()
 
     def _check(self, where: str) -> None:
         if self.format_version != FORMAT_VERSION:

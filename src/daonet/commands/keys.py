@@ -1,8 +1,9 @@
-"""``daonet hash-key``: make an API key and the hash the server stores."""
+"""``daonet hash-key`` (an API key and the hash the server stores) and ``daonet keygen`` (a bundle signing key)."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -30,3 +31,22 @@ def hash_key(
     out.print(f"hash: {digest}", highlight=False, soft_wrap=True)
     if not stdin:
         console.print("serve with: daonet serve BUNDLE --api-key-hash 'HASH'  (or DAONET_API_KEY_HASH)")
+
+
+def keygen(
+    base: Annotated[Path, typer.Option("--out", help="writes OUT.key (private, mode 0600: keep it with whoever "
+                                                     "exports bundles) and OUT.pub (for devices and servers)")
+                    ] = Path("daonet-signing"),
+) -> None:
+    """Make an Ed25519 key pair to sign bundles (`daonet export --sign OUT.key`)."""
+    from ..signing import generate_keypair, key_id, load_public_key
+
+    try:
+        priv, pub = generate_keypair(base)
+        kid = key_id(load_public_key(pub))
+    except DaonetError as exc:
+        fail(str(exc))
+    out.print(f"private key: {priv}   (keep it secret: `daonet export RUN --sign {priv}`)", highlight=False,
+              soft_wrap=True)
+    out.print(f"public key:  {pub}   (key id {kid}: `daonet serve ... --public-key {pub}`, "
+              f"`DeviceModel.load(..., public_keys=['{pub}'])`)", highlight=False, soft_wrap=True)

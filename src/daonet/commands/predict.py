@@ -96,12 +96,15 @@ def predict(
     show_payload: Annotated[bool, typer.Option(help="print exactly what was sent for each input")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object per input")] = False,
     concurrency: Annotated[int, typer.Option(min=1, help="requests in flight at once")] = 8,
+    public_key: Annotated[list[Path] | None, typer.Option(
+        help="use the device bundle only if this Ed25519 key (OUT.pub from `daonet keygen`) signed it")] = None,
 ) -> None:
     """Run the first layer here, send only the dropped activations, print the server's prediction."""
-    from ..device import Client
+    from ..device import Client, DeviceModel
 
     try:
-        client = Client(server, bundle, api_key=api_key, verify=cacert if cacert is not None else True)
+        device = DeviceModel.load(bundle, public_keys=list(public_key or []))
+        client = Client(server, device, api_key=api_key, verify=cacert if cacert is not None else True)
         with client:
             batches = [(p, read_inputs(p, client.device.input_shape)) for p in inputs]
             names, arrays = [], []

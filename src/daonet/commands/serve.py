@@ -67,6 +67,8 @@ def serve(
     docs: Annotated[bool, typer.Option("--docs", help="serve Swagger UI at /docs (it loads its scripts from a "
                                                       "public CDN in the reader's browser); /openapi.json is "
                                                       "always served")] = False,
+    public_key: Annotated[list[Path] | None, typer.Option(
+        help="serve only bundles signed by this Ed25519 key (OUT.pub from `daonet keygen`; repeatable)")] = None,
     protect_metrics: Annotated[bool, typer.Option("--protect-metrics", help="require the API key for /metrics "
                                                                             "too")] = False,
 ) -> None:
@@ -86,7 +88,7 @@ def serve(
                               max_connections=max_connections,
                               max_connections_per_client=max_connections_per_client,
                               auth_failures_per_minute=auth_failures_per_minute, docs=docs,
-                              protect_metrics=protect_metrics).validate()
+                              protect_metrics=protect_metrics, public_keys=list(public_key or [])).validate()
     except DaonetError as exc:
         fail(str(exc))
     if not _is_loopback(host):

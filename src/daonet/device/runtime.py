@@ -8,6 +8,7 @@ surviving values (``noise``); see :mod:`daonet.device.block`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -94,17 +95,19 @@ class DeviceModel(ManifestIdentity[DeviceManifest]):
 
     # -- loading --------------------------------------------------------------------------------
     @classmethod
-    def load(cls, bundle_dir: str | Path) -> DeviceModel:
+    def load(cls, bundle_dir: str | Path, public_keys: Sequence[Any] = ()) -> DeviceModel:
         """Load ``bundle/device`` (or a bundle root holding ``device/``).
 
         Args:
             bundle_dir: the device bundle directory written by ``daonet export``.
+            public_keys: the vendor's Ed25519 ``.pub`` files (``daonet keygen``): refuse a bundle they did not
+                sign (needs ``cryptography``: ``pip install 'daonet[sign]'``).
         Returns:
             The device model, its manifest validated and its weights checked against their SHA-256.
         Raises:
             BundleError: a missing, tampered, truncated or inconsistent bundle (the message says how to fix it).
         """
-        bundle_dir, manifest, tensors = load_bundle(bundle_dir, DEVICE_FORMAT)
+        bundle_dir, manifest, tensors = load_bundle(bundle_dir, DEVICE_FORMAT, public_keys)
         assert isinstance(manifest, DeviceManifest)
         if "weight" not in tensors or "bias" not in tensors:
             raise BundleError(f"{bundle_dir} lacks 'weight'/'bias'; re-export the bundle")

@@ -38,17 +38,18 @@ class ServerModel(ManifestIdentity[ServerManifest]):
         self.n_outputs = self.first_layer.n_outputs
 
     @classmethod
-    def load(cls, bundle_dir: str | Path) -> ServerModel:
+    def load(cls, bundle_dir: str | Path, public_keys: Sequence[Any] = ()) -> ServerModel:
         """Load ``bundle/server`` (or a bundle root holding ``server/``).
 
         Args:
             bundle_dir: the server bundle directory written by ``daonet export``.
+            public_keys: Ed25519 ``.pub`` files: refuse a bundle none of them signed.
         Returns:
             The model in eval mode, its manifest validated and its weights checked against their SHA-256.
         Raises:
             BundleError: a missing, tampered or inconsistent bundle, or weights that do not fit the architecture.
         """
-        bundle_dir, manifest, tensors = load_bundle(bundle_dir, SERVER_FORMAT)
+        bundle_dir, manifest, tensors = load_bundle(bundle_dir, SERVER_FORMAT, public_keys)
         assert isinstance(manifest, ServerManifest)
         if manifest.arch.name == PROGRAM_ARCH:  # any architecture, saved by daonet.export (verified)
             rest = load_program(bundle_dir / next(iter(manifest.files)))
@@ -184,8 +185,8 @@ class ModelRegistry:
             self.add(m)
 
     @classmethod
-    def load(cls, bundle_dirs: Iterable[str | Path]) -> ModelRegistry:
-        return cls(ServerModel.load(d) for d in bundle_dirs)
+    def load(cls, bundle_dirs: Iterable[str | Path], public_keys: Sequence[Any] = ()) -> ModelRegistry:
+        return cls(ServerModel.load(d, public_keys) for d in bundle_dirs)
 
     def add(self, model: ServerModel) -> None:
         old = self._models.get(model.model_id)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle import bundle_is_current
 from ..data import load_dataset
 from ..device import Client, RandomMasks
 from ..export import export_run
@@ -85,7 +86,7 @@ def ensure_bundles(cache: Path, retrain: bool = False, progress: bool = True) ->
         result = train(DEMO_CONFIG, progress=progress)
         save_run(result, run_dir)
         trained = True
-    if trained or not (bundle / "device" / "manifest.json").exists():
+    if trained or not bundle_is_current(bundle):
         export_run(run_dir, bundle, model_id="mnist-mlp")
     return bundle, trained
 
