@@ -157,7 +157,7 @@ class ServerConfig:
     allow_slow_key_hashes: bool = False  # benchmark only: accept the former PBKDF2 hashes
     docs: bool = False  # /docs (Swagger UI loads its scripts from a public CDN in the reader's browser)
     protect_metrics: bool = False  # /metrics needs the API key too
-    public_keys: list[Path] = field(default_factory=list)  # serve only bundles signed by one of these (.pub)
+    public_keys: list[Path | bytes] = field(default_factory=list)  # serve only bundles signed by one (.pub / PEM)
 
     def validate(self, require_bundles: bool = True) -> ServerConfig:
         """Check every field now, so a bad setting fails at startup, not at the first request."""
@@ -174,9 +174,9 @@ class ServerConfig:
             raise ConfigError(f"max_wait_ms must be in [0, 1000], got {self.max_wait_ms}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ConfigError(f"torch_threads must be at least 1, got {self.torch_threads}")
-        self.public_keys = [Path(k) for k in self.public_keys]
+        self.public_keys = [k if isinstance(k, bytes) else Path(k) for k in self.public_keys]
         for key in self.public_keys:
-            if not key.is_file():
+            if isinstance(key, Path) and not key.is_file():
                 raise ConfigError(f"public key {key} does not exist (make a key pair with `daonet keygen`)")
         ApiKeyVerifier(self.api_key_hashes, self.allow_slow_key_hashes)  # ConfigError on a malformed hash
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s", "max_connections",

@@ -179,7 +179,7 @@ class ChildServer:
 def _config_spec(config: ServerConfig) -> dict[str, Any]:
     spec = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()}
     spec["bundles"] = [str(b) for b in config.bundles]
-    spec["public_keys"] = [str(k) for k in config.public_keys]
+    spec["public_keys"] = [k.decode("ascii") if isinstance(k, bytes) else str(k) for k in config.public_keys]
     return spec
 
 
@@ -188,7 +188,8 @@ def product_app(**spec: Any) -> Any:
     from .app import create_app
 
     config = ServerConfig(**{**spec, "bundles": [Path(b) for b in spec["bundles"]],
-                             "public_keys": [Path(k) for k in spec.get("public_keys", [])]}).validate()
+                             "public_keys": [k.encode("ascii") if k.startswith("-----BEGIN") else Path(k)
+                                             for k in spec.get("public_keys", [])]}).validate()
     return create_app(config)
 
 

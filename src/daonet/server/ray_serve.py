@@ -184,7 +184,8 @@ def _unpack_bundle(files: dict[str, bytes], into: Path) -> Path:
 def _replica_spec(config: ServerConfig) -> dict[str, Any]:
     """The config a replica needs, as plain data: no bundle paths (they come as bytes), no TLS (the proxy's)."""
     spec = dataclasses.asdict(config)
-    spec.update(bundles=[], ssl_certfile=None, ssl_keyfile=None)
+    spec.update(bundles=[], ssl_certfile=None, ssl_keyfile=None,
+                public_keys=[k if isinstance(k, bytes) else Path(k).read_bytes() for k in config.public_keys])
     return spec
 
 
@@ -203,7 +204,7 @@ class DaonetDeployment:
             import torch
 
             torch.set_num_threads(self.config.torch_threads)
-        self.registry = ModelRegistry.load(dirs)
+        self.registry = ModelRegistry.load(dirs, self.config.public_keys)  # signatures checked on the replica
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(self.config, self.registry, batcher_factory=RayServeBatcher)
