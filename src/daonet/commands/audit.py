@@ -53,7 +53,8 @@ def _attacks(text: str) -> tuple[str, ...]:
 def audit(
     target: Annotated[str, typer.Argument(help="a bundle directory from `daonet export`")],
     dataset: Annotated[str, typer.Option(help="the data set the bundle was trained on (digits, mnist, "
-                                              "fashion-mnist, ecg5000, cifar10)")] = "mnist",
+                                              "fashion-mnist, ecg5000, cifar10, npz:PATH, csv:DIR, "
+                                              "ucr:NAME)")] = "mnist",
     out: Annotated[Path, typer.Option(help="writes audit.json + report.html (frontier: one folder per rate)")]
     = Path("reports/audit"),
     budget: Annotated[str, typer.Option(help="full: every attacker to convergence on all public data (privacy "
