@@ -52,7 +52,7 @@ class TrainConfig:
     data_root: str | None = None
     eval_draws: int = 5
     augment: bool = False  # random +-2 pixel shifts for images
-    # defences beyond plain dropping (issue: push the privacy-accuracy frontier)
+    # defences beyond plain dropping (they push the privacy-accuracy frontier)
     quantize_levels: int = 0  # 0: off; L: surviving values on L steps (1: near-binary)
     nopeek_weight: float = 0.0  # weight of distance correlation(x, transmitted h) in the loss
     adversary_weight: float = 0.0  # weight of the (negated) inverse-network loss: min-max training

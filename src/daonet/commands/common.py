@@ -14,7 +14,7 @@ stdout = Console()
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``message`` as an error and exit with ``code`` (2: bad usage or input)."""
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # paths and commands stay copyable
     raise typer.Exit(code)
 
 

@@ -79,6 +79,7 @@ class Client:
         self,
         url: str,
         bundle_dir: str | Path | DeviceModel,
+        *,
         api_key: str | None = None,
         masks: MaskSource | str | None = None,
         timeout: float = 30.0,
@@ -200,15 +201,15 @@ class Client:
             raise DaonetError(f"the server's answer is not a daonet prediction: {exc}") from exc
 
     # -- the API --------------------------------------------------------------------------------------------
-    def encode(self, x: Any, mask: np.ndarray | None = None) -> DevicePayload:
+    def encode(self, x: Any, *, mask: np.ndarray | None = None) -> DevicePayload:
         """Run the first layer, ReLU and dropping here on the device; returns what would be sent.
 
         With ``certify`` (the default) the device's privacy policy is enforced first and the request's
         certificate rides along in ``payload.certificate`` (it is never sent)."""
         with self._mask_lock:
             if self.certify:
-                return self.device.encode_certified(x, self.masks, mask)[0]
-            return self.device.encode(x, self.masks, mask)
+                return self.device.encode_certified(x, self.masks, mask=mask)[0]
+            return self.device.encode(x, self.masks, mask=mask)
 
     def encode_many(self, xs: Any) -> list[DevicePayload]:
         xb = self.device.validate(xs)
@@ -222,20 +223,30 @@ class Client:
                     out.extend(self.device.encode_many(chunk, self.masks))
         return out
 
-    def predict(self, x: Any, mask: np.ndarray | None = None) -> Prediction:
-        """Predict one input; ``mask`` (keep-mask over the first layer's outputs) overrides the mask source."""
-        self.check_server()
-        return self.send(self.encode(x, mask))
+    def predict(self, x: Any, *, mask: np.ndarray | None = None) -> Prediction:
+        """Predict one input: encode it here, send only the payload, parse the server's answer.
 
-    def predict_many(self, xs: Any | Iterable[Any], concurrency: int = 16) -> list[Prediction]:
+        Args:
+            x: one raw input, shaped as the device bundle's input.
+            mask: an explicit keep-mask over the first layer's outputs (overrides the mask source).
+        Returns:
+            The prediction (label, probabilities, what was sent, latency).
+        Raises:
+            InputError: a bad input (nothing is sent); VersionMismatchError: the server runs another model
+            version; ServerError: the server refused the request (its status and detail).
+        """
+        self.check_server()
+        return self.send(self.encode(x, mask=mask))
+
+    def predict_many(self, xs: Any | Iterable[Any], *, concurrency: int = 16) -> list[Prediction]:
         """Predict a batch ``(N, *input_shape)`` with up to ``concurrency`` requests in flight; keeps order."""
         if concurrency < 1:
             raise DaonetError(f"concurrency must be at least 1, got {concurrency}")
         self.check_server()
         payloads = self.encode_many(xs)
-        return self.send_many(payloads, concurrency)
+        return self.send_many(payloads, concurrency=concurrency)
 
-    def send_many(self, payloads: Sequence[DevicePayload], concurrency: int = 16) -> list[Prediction]:
+    def send_many(self, payloads: Sequence[DevicePayload], *, concurrency: int = 16) -> list[Prediction]:
         """Send already-encoded payloads concurrently (one request each, so the server can micro-batch)."""
         if len(payloads) <= 1 or concurrency == 1:
             return [self.send(p) for p in payloads]

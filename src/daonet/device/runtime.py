@@ -211,8 +211,16 @@ class DeviceModel(ManifestIdentity[DeviceManifest]):
             h = (np.round(np.minimum(h, clip) / step) * step).astype(np.float32)
         return h
 
-    def drop(self, x: Any, masks: MaskSource | None = None, mask: np.ndarray | None = None) -> np.ndarray:
-        """Dropped activation vectors ``(N, n_outputs)``: what the server may see, nothing more."""
+    def drop(self, x: Any, masks: MaskSource | None = None, *, mask: np.ndarray | None = None) -> np.ndarray:
+        """Dropped activation vectors ``(N, n_outputs)``: what the server may see, nothing more.
+
+        Args:
+            x: one input or a batch (see :meth:`validate`).
+            masks: where the dropping masks come from (default: fresh :class:`RandomMasks`).
+            mask: an explicit keep-mask over the outputs (overrides ``masks``; tests and audits).
+        Raises:
+            InputError: the input has the wrong shape, dtype or range, or contains NaN/inf.
+        """
         return self._drop(self.validate(x), masks, mask)
 
     def _drop(self, xb: np.ndarray, masks: MaskSource | None, mask: np.ndarray | None) -> np.ndarray:
@@ -293,16 +301,27 @@ class DeviceModel(ManifestIdentity[DeviceManifest]):
         return (np.ascontiguousarray(a.T, dtype=np.float32), c.astype(np.float32), np.abs(a).sum(1), np.abs(c),
                 float(np.abs(mean).max()))
 
-    def encode(self, x: Any, masks: MaskSource | None = None, mask: np.ndarray | None = None) -> DevicePayload:
-        """One input -> the payload bytes (wire format v1, see :mod:`daonet.wire`)."""
+    def encode(self, x: Any, masks: MaskSource | None = None, *, mask: np.ndarray | None = None) -> DevicePayload:
+        """One input -> the payload that may leave the device (wire format v1, see :mod:`daonet.wire`).
+
+        Args:
+            x: one raw input, shaped as the bundle's input (uint8 pixels or floats in the manifest's range).
+            masks: where the dropping mask comes from (default: fresh :class:`RandomMasks`).
+            mask: an explicit keep-mask over the outputs (overrides ``masks``).
+        Returns:
+            The payload: ``data`` is the bytes to send; the activations stay on the device.
+        Raises:
+            InputError: a batch, or a bad shape, dtype, range or NaN/inf.
+        """
         xb = self.validate(x)
         if xb.shape[0] != 1:
             raise InputError(f"encode takes one input; got a batch of {xb.shape[0]} (use encode_many)")
         return self._encode_rows(self._drop(xb, masks, mask))[0]
 
-    def encode_many(self, xs: Any, masks: MaskSource | None = None,
+    def encode_many(self, xs: Any, masks: MaskSource | None = None, *,
                     mask: np.ndarray | None = None) -> list[DevicePayload]:
-        return self._encode_rows(self.drop(xs, masks, mask))
+        """Batch form of :meth:`encode`: one payload per input of ``xs`` ``(N, *input_shape)``."""
+        return self._encode_rows(self.drop(xs, masks, mask=mask))
 
     def _encode_rows(self, dropped: np.ndarray) -> list[DevicePayload]:
         return [self._payload(row) for row in dropped]
@@ -372,16 +391,25 @@ class DeviceModel(ManifestIdentity[DeviceManifest]):
     def _mark_noise(self, cert: Certificate) -> Certificate:
         return replace(cert, exact=False, note=NOISE_NOTE) if self.noise is not None else cert
 
-    def encode_certified(self, x: Any, masks: MaskSource | None = None, mask: np.ndarray | None = None,
+    def encode_certified(self, x: Any, masks: MaskSource | None = None, *, mask: np.ndarray | None = None,
                          policy: PrivacyPolicy | None = None) -> tuple[DevicePayload, AnyCertificate]:
-        """Like :meth:`encode`, but enforces the privacy policy (default: the manifest's) and returns the
-        request's certificate, which stays on the device."""
+        """Like :meth:`encode`, but enforces the privacy policy and returns the request's certificate, which
+        stays on the device.
+
+        Args:
+            x, masks, mask: as for :meth:`encode`.
+            policy: what the device refuses to send (default: the manifest's ``privacy`` block).
+        Returns:
+            ``(payload, certificate)``; the payload has the policy's extra drops applied.
+        Raises:
+            InputError: as for :meth:`encode`, or a revealed-energy policy on a non-linear device block.
+        """
         xb = self.validate(x)
         if xb.shape[0] != 1:
             raise InputError(f"encode_certified takes one input; got a batch of {xb.shape[0]}")
         return self._encode_certified(xb, masks, mask, policy)[0]
 
-    def encode_many_certified(self, xs: Any, masks: MaskSource | None = None, mask: np.ndarray | None = None,
+    def encode_many_certified(self, xs: Any, masks: MaskSource | None = None, *, mask: np.ndarray | None = None,
                               policy: PrivacyPolicy | None = None) -> list[tuple[DevicePayload, AnyCertificate]]:
         """Batch form of :meth:`encode_certified`: random mask, then the policy, then the wire."""
         return self._encode_certified(self.validate(xs), masks, mask, policy)
