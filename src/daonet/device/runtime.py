@@ -95,7 +95,7 @@ class DeviceModel(ManifestIdentity[DeviceManifest]):
 
     # -- loading --------------------------------------------------------------------------------
     @classmethod
-    def load(cls, bundle_dir: str | Path, public_keys: Sequence[Any] = ()) -> DeviceModel:
+    def load(cls, bundle_dir: str | Path, *, public_keys: Sequence[Any] = ()) -> DeviceModel:
         """Load ``bundle/device`` (or a bundle root holding ``device/``).
 
         Args:

@@ -156,7 +156,7 @@ def create_app(config: ServerConfig, registry: ModelRegistry | None = None,
         import torch
 
         torch.set_num_threads(config.torch_threads)
-    models = registry if registry is not None else ModelRegistry.load(config.bundles, config.public_keys)
+    models = registry if registry is not None else ModelRegistry.load(config.bundles, public_keys=config.public_keys)
     metrics = ServerMetrics()
     metrics.models.set(len(models))
     # memory a stalled or oversized body can hold = connections x this limit: keep it what the models need

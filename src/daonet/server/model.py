@@ -38,7 +38,7 @@ class ServerModel(ManifestIdentity[ServerManifest]):
         self.n_outputs = self.first_layer.n_outputs
 
     @classmethod
-    def load(cls, bundle_dir: str | Path, public_keys: Sequence[Any] = ()) -> ServerModel:
+    def load(cls, bundle_dir: str | Path, *, public_keys: Sequence[Any] = ()) -> ServerModel:
         """Load ``bundle/server`` (or a bundle root holding ``server/``).
 
         Args:
@@ -185,8 +185,8 @@ class ModelRegistry:
             self.add(m)
 
     @classmethod
-    def load(cls, bundle_dirs: Iterable[str | Path], public_keys: Sequence[Any] = ()) -> ModelRegistry:
-        return cls(ServerModel.load(d, public_keys) for d in bundle_dirs)
+    def load(cls, bundle_dirs: Iterable[str | Path], *, public_keys: Sequence[Any] = ()) -> ModelRegistry:
+        return cls(ServerModel.load(d, public_keys=public_keys) for d in bundle_dirs)
 
     def add(self, model: ServerModel) -> None:
         old = self._models.get(model.model_id)

@@ -204,7 +204,7 @@ class DaonetDeployment:
             import torch
 
             torch.set_num_threads(self.config.torch_threads)
-        self.registry = ModelRegistry.load(dirs, self.config.public_keys)  # signatures checked on the replica
+        self.registry = ModelRegistry.load(dirs, public_keys=self.config.public_keys)  # signatures checked here
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(self.config, self.registry, batcher_factory=RayServeBatcher)
