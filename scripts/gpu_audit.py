@@ -94,6 +94,48 @@ def summarize(out: Path) -> None:
                   f"conv {r.get('all_converged')} audit {r['audit_s']:.0f}s train {r.get('train_s') or 0:.0f}s")
 
 
+def merge(outs: list[Path], docs: Path) -> None:
+    """Join every finished slice (and the default models' audits, as the rows of their methods) into
+    ``docs/frontier-<dataset>.png`` and ``docs/frontier-methods-<dataset>.md``."""
+    from daonet.audit.frontier import _row
+    from daonet.frontier_methods import all_methods, merge_methods
+
+    default_method = {"mnist": "adv2-p0.5", "ecg5000": "plain-p0.9"}  # what recommended_config trains
+    for ds in ("mnist", "ecg5000"):
+        parts = sorted({p for o in outs for p in o.glob(f"methods-{ds}-*") if (p / "methods.json").exists()})
+        rows: dict[str, dict] = {}
+        for part in parts:
+            for r in json.loads((part / "methods.json").read_text())["rows"]:
+                rows[r["method"]] = r
+        for o in outs:
+            f = o / f"default-{ds}" / "audit" / "audit.json"
+            if f.exists() and default_method[ds] not in rows:
+                rep = json.loads(f.read_text())
+                metrics = json.loads((o / f"default-{ds}" / "run" / "metrics.json").read_text())
+                m = {x.name: x for x in all_methods(MODEL[ds])}[default_method[ds]]
+                row = _row(rep, metrics, m.drop_rate)
+                se = rep["attacks"][rep["best_attack"]]["metrics"][rep["metric"]].get("advantage_se")
+                row.update(method=m.name, family=m.family, config=m.describe() + " (the default)",
+                           max_revealed_energy=None, policy_accuracy=None, advantage=row["best"] - rep["class_prior"],
+                           advantage_se=se, decoder_masks="fresh every epoch", train_key="default")
+                rows[m.name] = row
+        if not rows:
+            continue
+        tmp = docs / f".merge-{ds}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        first = parts[0] if parts else None
+        data = json.loads((first / "methods.json").read_text()) if first else None
+        if data is None:
+            continue
+        data["rows"] = sorted(rows.values(), key=lambda r: (r["family"], r["drop_rate"], r["method"]))
+        (tmp / "methods.json").write_text(json.dumps(data))
+        merge_methods([tmp], tmp, f"{ds} {MODEL[ds]} (full audit)", ["python scripts/gpu_audit.py OUT ..."])
+        (docs / f"frontier-{ds}.png").write_bytes((tmp / "frontier.png").read_bytes())
+        (docs / f"frontier-methods-{ds}.md").write_text((tmp / "methods.md").read_text())
+        (docs / f"frontier-methods-{ds}.json").write_text((tmp / "methods.json").read_text())
+        print(f"{ds}: {len(rows)} rows -> {docs}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
@@ -105,9 +147,13 @@ def main() -> None:
     ap.add_argument("--job", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--summary", action="store_true", help="print what has finished under OUT and exit")
+    ap.add_argument("--merge", default="", help="other OUT folders (comma-separated) to merge with OUT into docs/")
     a = ap.parse_args()
     if a.summary:
         summarize(a.out)
+        return
+    if a.merge:
+        merge([a.out, *[Path(p) for p in a.merge.split(",")]], Path("docs"))
         return
     roots = {"mnist": a.data_root_mnist, "ecg5000": a.data_root_ucr}
     if a.job:  # a worker

@@ -24,12 +24,13 @@ import torch
 from ..bundle import check_pair
 from ..data import Dataset, load_dataset
 from ..device.certificate import PrivacyPolicy, certify
-from ..device.masks import KeyedMasks, RandomMasks
+from ..device.masks import KeyedMasks, RandomMasks, SimilarityKeyedMasks
 from ..device.runtime import DeviceModel
 from ..errors import BundleError, DatasetError, InputError
 from ..server.model import ServerModel
 from ..train import make_progress
 from . import attacks as atk
+from . import repeated as rep
 from .decoders import DecoderBudget, PublicPairs, fit_decoder
 from .metrics import evaluate, primary_metric, summarize
 from .registry import ALIASES, AttackContext, available_attacks, create_attack
@@ -91,7 +92,7 @@ class AuditConfig:
     rmle_tune_size: int | None = None
     budget_curve: bool = True  # retrain the strongest decoder on smaller public sets (saturation check)
     attacks: tuple[str, ...] = DEFAULT_ATTACKS
-    repeats: tuple[int, ...] = (2, 5, 10)
+    repeats: tuple[int, ...] = (1, 5, 20)
     n_repeat: int | None = None
     policy: str = "auto"  # auto: as the device manifest says; on; off
     max_revealed_energy: float | None = None  # overrides the manifest's threshold (implies policy on)
@@ -117,8 +118,8 @@ class AuditConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-        if any(k < 2 for k in self.repeats):
-            raise InputError(f"repeat counts must be at least 2, got {self.repeats}")
+        if not self.repeats or any(k < 1 for k in self.repeats):
+            raise InputError(f"repeat counts must be at least 1, got {self.repeats}")
         if self.policy not in ("auto", "on", "off"):
             raise InputError(f"--policy must be auto, on or off, got {self.policy!r}")
         for t in (*self.policy_thresholds, *([self.max_revealed_energy] if self.max_revealed_energy is not None
@@ -286,14 +287,6 @@ def _dist(v: np.ndarray) -> dict[str, float]:
     v = np.asarray(v, dtype=np.float64)
     return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "p5": float(np.percentile(v, 5)),
             "median": float(np.median(v)), "p95": float(np.percentile(v, 95)), "max": float(v.max())}
-
-
-def _near_duplicates(x: np.ndarray, k: int, kind: str, rng: np.random.Generator) -> np.ndarray:
-    """K noisy re-captures of each input: ±2 grey levels on 8-bit images, 1% noise on z-normalized signals."""
-    if kind == "image":
-        noise = rng.integers(-2, 3, size=(k, *x.shape)) / 255.0
-        return np.clip(np.round((x[None] + noise) * 255.0) / 255.0, 0.0, 1.0).astype(np.float32)
-    return (x[None] + 0.01 * rng.standard_normal((k, *x.shape))).astype(np.float32)
 
 
 def _plain_dropping(device: DeviceModel, x: np.ndarray, seed: int) -> bool:
@@ -521,8 +514,8 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
     if "repeated" in cfg.attacks and linear:
         t0 = time.perf_counter()
         nrep = cfg.resolved("n_repeat")
-        repeated = _repeated(cfg, obs, know, x_test[:nrep], mu, kind, lam.get("rmle"), per_sample,  # type: ignore
-                             progress)
+        repeated = _repeated(cfg, obs, know, x_test[:nrep], mu, kind, lam.get("rmle"),  # type: ignore[arg-type]
+                             recs["class_prior"][:nrep])
         timing["repeated_s"] = time.perf_counter() - t0
 
     # -- policy cost ---------------------------------------------------------------------------
@@ -611,54 +604,22 @@ def _budget_curve(ctx: AttackContext, fits: dict[str, Any], sizes: tuple[int, ..
 
 
 def _repeated(cfg: AuditConfig, obs: Observer, know: atk.ServerKnowledge, x: np.ndarray, mu: np.ndarray, kind: str,
-              lam: float | None, per_sample: dict[str, dict[str, np.ndarray]], progress: bool) -> dict[str, Any]:
-    """Same input sent K times: fresh random masks (equations accumulate) vs replay-safe keyed masks."""
-    metric = primary_metric(kind)
-    kmax = max(cfg.repeats)
-    nrep = len(x)
-    base = {name: {key: v[:nrep] for key, v in vals.items()} for name, vals in per_sample.items()}
-    out: dict[str, Any] = {"n_inputs": nrep, "metric": metric,
-                           "single_query": {a: float(base[a][metric].mean()) for a in ("min_norm", "class_prior")
-                                            if a in base}}
-    if "rmle" in base:
-        out["single_query"]["rmle"] = float(base["rmle"][metric].mean())
-    fresh = np.stack([obs.observe(x, RandomMasks(cfg.seed + 1000 + k)) for k in range(kmax)])
-    rows = []
-    with make_progress() as bar:
-        task = bar.add_task("repeated queries", total=len(cfg.repeats), status="", visible=progress)
-        for k in cfg.repeats:
-            hu = atk.union(fresh[:k])
-            row: dict[str, Any] = {"K": k, "masks": "fresh random", "surviving_union": float((hu > 0).sum(1).mean())}
-            rec = atk.min_norm(know, hu, mu)
-            row["min_norm"] = summarize(evaluate(kind, x, rec.reshape(x.shape)), base["class_prior"])[metric]
-            if lam is not None:
-                rec = atk.regularized(know, hu, mu, lam, steps=cfg.resolved("rmle_steps"), init=rec,
-                                      device=cfg.device())
-                row["rmle"] = summarize(evaluate(kind, x, rec.reshape(x.shape)), base["class_prior"])[metric]
-            rows.append(row)
-            bar.update(task, advance=1, status=f"K={k}")
-    # replay-safe masks: the device holds a key the server never sees
-    # a simulated device key, derived from the seed so the audit is reproducible (the server never sees it)
-    keyed = KeyedMasks(key=hashlib.sha256(f"daonet-audit-device-key-{cfg.seed}".encode()).digest(),
-                       model_version=obs.device.version)
-    sends = [obs.payloads(x, keyed)[0] for _ in range(kmax)]
-    identical = all(sends[j] == sends[0] for j in range(1, kmax))
-    hk = np.stack([obs.received(s)[0] for s in sends])
-    rec = atk.min_norm(know, atk.union(hk), mu)
-    rows.append({"K": kmax, "masks": "keyed (same input)", "identical_payloads": identical,
-                 "surviving_union": float((atk.union(hk) > 0).sum(1).mean()),
-                 "min_norm": summarize(evaluate(kind, x, rec.reshape(x.shape)), base["class_prior"])[metric]})
-    # near-duplicates: keyed masks cannot help when the content differs (noisy re-captures)
-    kdup = min(5, kmax)
-    dups = _near_duplicates(x, kdup, kind, np.random.default_rng(cfg.seed + 7))
-    hd = np.stack([obs.received(obs.payloads(d, keyed)[0])[0] for d in dups])
-    rec = atk.min_norm(know, hd, mu)
-    rows.append({"K": kdup, "masks": "keyed, near-duplicate inputs", "surviving_union": float((hd > 0).any(0).sum(1)
-                                                                                               .mean()),
-                 "min_norm": summarize(evaluate(kind, x, rec.reshape(x.shape)), base["class_prior"])[metric],
-                 "noise": "±2 grey levels" if kind == "image" else "1% Gaussian"})
-    out["rows"] = rows
-    return out
+              lam: float | None, baseline: np.ndarray) -> dict[str, Any]:
+    """K captures of the same input pooled by the server: exact replays and near-duplicates (noisy re-captures,
+    and shifted windows for signals), sent with fresh random, keyed and similarity-keyed masks."""
+    key = hashlib.sha256(f"daonet-audit-device-key-{cfg.seed}".encode()).digest()  # simulated; never sent
+    version = obs.device.version
+    masks = {
+        "fresh random": lambda: RandomMasks(cfg.seed + 1000),
+        "keyed": lambda: KeyedMasks(key=key, model_version=version),
+        "similarity-keyed": lambda: SimilarityKeyedMasks(key=key, model_version=version),
+    }
+    captures = [rep.exact_replays(), rep.grey_levels(2)] if kind == "image" else \
+        [rep.exact_replays(), rep.gaussian(0.01), rep.shifted(2, 0.01)]
+    res = rep.repeated_queries(obs.observe, know, x, mu, kind, masks=masks, captures=captures,
+                               ks=tuple(sorted(set(cfg.repeats))), baseline=baseline, rmle_lambda=lam,
+                               rmle_steps=cfg.resolved("rmle_steps"), seed=cfg.seed + 7)
+    return res.to_dict()
 
 
 def _policy_cost(cfg: AuditConfig, device: DeviceModel, server: ServerModel, know: atk.ServerKnowledge,

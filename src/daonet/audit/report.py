@@ -222,17 +222,17 @@ def render_audit_html(rep: dict[str, Any], ex: dict[str, Any] | None = None) -> 
         parts.append(certificate_figure(ex["cert"], int(np.prod(b["input_shape"]))))
     if rep.get("repeated"):
         r = rep["repeated"]
-        parts.append(f"<h2>Repeated queries ({r['n_inputs']} inputs)</h2>")
-        sq = r["single_query"]
-        rows = [["single query", "–", "–", _fmt(sq.get("min_norm")), _fmt(sq.get("rmle")), "–"]]
-        for row in r["rows"]:
-            rows.append([row["masks"], row["K"], f"{row['surviving_union']:.1f}", _fmt(row["min_norm"]["mean"]),
-                         _fmt(row.get("rmle", {}).get("mean")), _fmt(row.get("identical_payloads"))])
-        parts.append(_table(["masks", "K sends", "distinct equations", f"min-norm {metric}", f"rMLE {metric}",
-                             "identical payloads"], rows))
-        parts.append(f"<p class=note>Class prior on these inputs: {sq.get('class_prior', float('nan')):.3f}. Fresh "
-                     "masks let equations accumulate; keyed masks resend the same payload; near-duplicates (noisy "
-                     "re-captures) get unrelated keyed masks.</p>")
+        parts.append(f"<h2>Repeated and near-duplicate queries ({r['n_inputs']} inputs)</h2>")
+        rows = [[row["captures"], row["masks"], row["k"], f"{row['surviving_union']:.1f}",
+                 f"{row['identical']:.2f}", _fmt(row["min_norm"]), _fmt(row.get("rmle")),
+                 "–" if row.get("rmle_advantage") is None else f"{row['rmle_advantage']:+.3f}"] for row in r["rows"]]
+        parts.append(_table(["captures", "masks", "K sends", "distinct equations", "identical payloads",
+                             f"min-norm {metric}", f"rMLE {metric}", "rMLE − class prior"], rows))
+        sq = ", ".join(f"{k} {v:.3f}" for k, v in r["single_query"].items())
+        parts.append(f"<p class=note>The server pools the K payloads it receives for one input. Single query of "
+                     f"the clean input: {sq}; {r['baseline_name']}: {r['baseline']:.3f}. Fresh masks let "
+                     "equations accumulate; keyed masks resend identical bytes for identical inputs only; "
+                     "similarity-keyed masks give near-duplicates the same mask.</p>")
     if rep.get("policy_cost"):
         parts.append("<h2>Cost of the device policy</h2>")
         key = f"min_norm_{metric}"
