@@ -57,7 +57,7 @@ class DecoderBudget:
     lr: float = 1e-3
     val_size: int = 5000  # held-out public examples (at most 10 % of the public set)
     loss: str = "mse+metric"  # or "mse"
-    min_delta: float = 1e-4
+    min_delta: float = 5e-4  # a gain smaller than this over ``patience`` epochs counts as converged
 
     def validate(self) -> None:
         from ..errors import InputError
@@ -244,8 +244,8 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
     f_val = features(family, pairs, pairs.h_val)
     model = _build(family, f_val.shape[1], input_shape, budget.hidden, box).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5,
-                                                       patience=max(1, budget.patience // 3))
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, threshold=budget.min_delta,
+                                                       threshold_mode="abs", patience=max(1, budget.patience // 3))
     gen = torch.Generator(device="cpu").manual_seed(seed)
     best, best_epoch, best_state, bad = -math.inf, 0, copy.deepcopy(model.state_dict()), 0
     val_hist: list[float] = []
