@@ -273,3 +273,15 @@ def test_training_defences_train_a_working_model(kwargs):
     """NoPeek and adversarial training keep a usable model (digits, 3 epochs: far above chance)."""
     cfg = TrainConfig(dataset="digits", model="mlp", drop_rate=0.5, epochs=3, model_kwargs={"hidden": 64}, **kwargs)
     assert train(cfg, progress=False).metrics["test_accuracy"]["mean"] > 0.5
+
+
+def test_recorded_model_defaults_are_the_builders_defaults():
+    """`daonet train` records DEFAULT_KWARGS in every run; they must be the zoo builders' own defaults."""
+    import inspect
+
+    from daonet.nn import ARCHS
+    from daonet.train import DEFAULT_KWARGS
+
+    for name, recorded in DEFAULT_KWARGS.items():
+        params = inspect.signature(ARCHS[name]).parameters
+        assert {k: params[k].default for k in recorded} == recorded, name
