@@ -173,6 +173,16 @@ class ServerModel(ManifestIdentity[ServerManifest]):
         return probs
 
     def predict_bytes(self, items: Sequence[bytes]) -> np.ndarray:
+        """Class probabilities for wire-format payloads, as the device sent them.
+
+        Args:
+            items: one payload's bytes per request (see :mod:`daonet.wire`).
+        Returns:
+            ``(N, n_classes)`` probabilities, one forward pass for the batch.
+        Raises:
+            MalformedPayloadError: bytes that cannot be framed; VersionMismatchError: a payload from another
+            model version; InvalidPayloadError: impossible content (index range, duplicates, NaN, ...).
+        """
         return self.predict_proba([self.parse(b) for b in items])
 
 
