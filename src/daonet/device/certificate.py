@@ -166,6 +166,7 @@ class FirstLayerSystem:
     """
 
     use_gram = True  # dense layers: look up each request's Gram matrix in W Wᵀ (False: the reference k×k×n product)
+    mu_cache: tuple[object, np.ndarray] | None = None  # the last μ seen and its float64 copy
 
     def __init__(self, device: DeviceModel) -> None:
         if not getattr(device, "is_linear", True):
@@ -294,10 +295,9 @@ def _system_stats(a: np.ndarray, d: np.ndarray, id_tol: float,
     if a.shape[0] == 0:
         return 0, 0, np.zeros(a.shape[1]), 0.0
     v = _row_space_basis(a, gram)
-    r = v.shape[0]
-    lev = (v * v).sum(0)
+    lev = np.einsum("ij,ij->j", v, v)
     proj = v @ d
-    return r, int((lev >= 1.0 - id_tol).sum()), lev, float(proj @ proj)
+    return v.shape[0], int(np.count_nonzero(lev >= 1.0 - id_tol)), lev, float(proj @ proj)
 
 
 def _certificate(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, id_tol: float,
@@ -308,7 +308,7 @@ def _certificate(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, i
     patch_arrays = None
     if system.kind == "dense" and system.use_gram:  # one system: the surviving rows, Gram matrix looked up
         idx = np.asarray(indices, dtype=np.int64)
-        rank, ident, lev, energy = _system_stats(system.dense_rows[idx], d, id_tol, system.gram[np.ix_(idx, idx)])
+        rank, ident, lev, energy = _system_stats(system.dense_rows[idx], d, id_tol, system.gram[idx[:, None], idx])
         max_lev = float(lev.max()) if lev.size else 0.0
     elif system.kind != "dense" and system.patchify:
         blocks = system.blocks(indices)
@@ -356,10 +356,15 @@ def _centered(system: FirstLayerSystem, x: np.ndarray, mu: np.ndarray | None) ->
         raise InputError(f"input has {x.size} values; the first layer takes {system.n}")
     if mu is None:
         return x
-    mu = np.asarray(mu, dtype=np.float64).reshape(-1)
-    if mu.size != system.n:
-        raise InputError(f"public mean has {mu.size} values; the first layer takes {system.n}")
-    return x - mu
+    cached = system.mu_cache
+    if cached is not None and cached[0] is mu:  # the device's own μ, converted once
+        return x - cached[1]
+    mu64 = np.asarray(mu, dtype=np.float64).reshape(-1)
+    if mu64.size != system.n:
+        raise InputError(f"public mean has {mu64.size} values; the first layer takes {system.n}")
+    if isinstance(mu, np.ndarray) and not mu.flags.writeable:  # only a value nobody can change in place
+        system.mu_cache = (mu, mu64)
+    return x - mu64
 
 
 def certify(system: FirstLayerSystem, x: np.ndarray, sent: np.ndarray, mu: np.ndarray | None = None,

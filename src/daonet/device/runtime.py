@@ -164,14 +164,15 @@ class DeviceModel(ManifestIdentity[DeviceManifest]):
                              f"(N, {', '.join(map(str, shape))}), or {size} flat values)")
         if arr.shape[0] == 0:
             raise InputError("input batch is empty")
-        if arr.dtype == np.uint8:
+        pixels = arr.dtype == np.uint8  # scaled to [0, 1]: finite and in range by construction
+        if pixels:
             arr = arr.astype(np.float32) / 255.0
         elif np.issubdtype(arr.dtype, np.integer) and self.raw_dtype == "uint8":
             raise InputError(f"integer input of dtype {arr.dtype}: pass uint8 pixels or floats in [0, 1]")
-        arr = arr.astype(np.float32)
-        if not np.isfinite(arr).all():
+        arr = arr.astype(np.float32, copy=False)
+        if not pixels and not np.isfinite(arr).all():
             raise InputError("input contains NaN or inf; clean the signal/image before sending it")
-        if self.value_range is not None:
+        if self.value_range is not None and not (pixels and self.value_range[0] <= 0 and self.value_range[1] >= 1):
             lo, hi = self.value_range
             if arr.min() < lo - RANGE_TOLERANCE or arr.max() > hi + RANGE_TOLERANCE:
                 raise InputError(f"input values span [{arr.min():.3g}, {arr.max():.3g}]; this model expects "
@@ -349,11 +350,14 @@ class DeviceModel(ManifestIdentity[DeviceManifest]):
     @cached_property
     def public_mean(self) -> np.ndarray:
         """μ, the public data mean an attacker also knows: the bundle's ``public_mean`` tensor if exported,
-        else the per-channel normalization mean broadcast to the input shape."""
+        else the per-channel normalization mean broadcast to the input shape. Read-only (a fixed public value)."""
         mu = self.extras.get("public_mean")
         if mu is not None and int(np.asarray(mu).size) == int(np.prod(self.input_shape)):
-            return np.asarray(mu, dtype=np.float32).reshape(self.input_shape)
-        return np.broadcast_to(self.mean, self.input_shape).astype(np.float32)
+            out = np.array(mu, dtype=np.float32).reshape(self.input_shape)
+        else:
+            out = np.broadcast_to(self.mean, self.input_shape).astype(np.float32)
+        out.setflags(write=False)
+        return out
 
     @cached_property
     def system(self) -> FirstLayerSystem:
