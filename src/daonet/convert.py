@@ -51,6 +51,8 @@ class ConvertedFirstLayer(LocalizedFirstLayer):
     """A :class:`LocalizedFirstLayer` standing in for a user's layer: it takes the input in whatever shape the
     original layer got (e.g. flattened for ``nn.Linear``) and returns what the original layer's ReLU returned."""
 
+    source: str  # the user's layer it replaced, for messages
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 noise: torch.Tensor | None = None) -> torch.Tensor:
         return super().forward(x.reshape(x.shape[0], *self.in_shape), mask, noise)
@@ -96,7 +98,7 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def _check_conv(name: str, op: nn.Module) -> None:
+def _check_conv(name: str, op: Any) -> None:  # an nn.Conv1d/Conv2d (checked by the caller)
     label = _describe(name, op)
     pad = op.padding if isinstance(op.padding, str) else tuple(op.padding)
     if pad not in ("valid",) and any(pad):
@@ -236,7 +238,7 @@ def _convert(model: nn.Module, calls: list[_Call], x: torch.Tensor, drop_rate: f
         if sum(c.module is bn.module for c in calls) > 1:
             raise SplitError(f"{_describe(bn.name, bn.module)} after {label} is used more than once; it cannot be "
                              "folded into the device layer")
-        weight, bias = _fold_batchnorm(weight, bias, bn.module)
+        weight, bias = _fold_batchnorm(weight, bias, bn.module)  # type: ignore[arg-type]  # checked above
         folded, chain, rest = bn, [first, bn], rest[1:]
     after = rest[0] if rest and _same_tensor(rest[0].inputs[0] if rest[0].inputs else None, chain[-1].output) else None
     if after is not None and not isinstance(after.module, nn.ReLU | nn.Identity | nn.Dropout):
@@ -246,7 +248,7 @@ def _convert(model: nn.Module, calls: list[_Call], x: torch.Tensor, drop_rate: f
     layer = ConvertedFirstLayer(kind, in_shape, out, kernel=kernel, stride=stride, drop_rate=drop_rate)
     with torch.no_grad():
         layer.op.weight.copy_(weight.reshape(layer.op.weight.shape))
-        layer.op.bias.copy_(bias)
+        layer.bias.copy_(bias)
     layer.to(dtype=op.weight.dtype, device=op.weight.device)
     layer.train(False)  # split() restores the model's mode (and so this layer's) when it is done
     layer.source = label

@@ -224,7 +224,8 @@ def bind_app(config: ServerConfig, options: RayOptions) -> Any:
     config.validate()
     options.validate()
     bundles = [pack_bundle(b) for b in config.bundles]
-    return DaonetDeployment.options(**options.deployment_options(), logging_config=logging_config(config)).bind(
+    return DaonetDeployment.options(  # type: ignore[attr-defined]  # @serve.deployment adds options()
+        **options.deployment_options(), logging_config=logging_config(config)).bind(
         _replica_spec(config), bundles)
 
 
@@ -315,7 +316,7 @@ class RayService:
         if status is None:
             return 0
         dep = status.deployments[DEPLOYMENT_NAME]
-        return int(dep.replica_states.get("RUNNING", 0))
+        return int(dep.replica_states.get("RUNNING", 0))  # type: ignore[call-overload]  # str-valued enum keys
 
     def stop(self) -> None:
         import ray
