@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -121,8 +122,7 @@ def merge(outs: list[Path], docs: Path) -> None:
                 rows[m.name] = row
         if not rows:
             continue
-        tmp = docs / f".merge-{ds}"
-        tmp.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"merge-{ds}-"))
         first = parts[0] if parts else None
         data = json.loads((first / "methods.json").read_text()) if first else None
         if data is None:

@@ -206,3 +206,19 @@ def test_decoder_early_stops_on_held_out_data_and_keeps_its_best_epoch(dropped, 
     assert dec["epochs_run"] - dec["best_epoch"] <= 3  # stopped after `patience` epochs without a real gain
     assert dec["best_val"] == max(dec["val_metric_per_epoch"])
     assert not any("epoch cap" in w for w in rep["warnings"])
+
+
+def test_library_call_audits_your_own_arrays(undefended, digits, tmp_path):
+    import daonet
+
+    res = daonet.audit(undefended[0], (digits.x_train, digits.y_train), (digits.x_test, digits.y_test),
+                       budget="quick", attacks=("min_norm", "decoder_mlp"), n_test=30, budget_curve=False,
+                       out=tmp_path, progress=False, log=lambda s: None)
+    s = res.summary
+    assert s.budget == "quick" and not s.is_claim and s.best_attack in ("min_norm", "decoder_mlp")
+    assert s.attacks["min_norm"].mean > s.attacks["data_mean"].mean
+    assert (tmp_path / "report.html").exists()
+    with pytest.raises(InputError, match="either dataset"):
+        daonet.audit(undefended[0], (digits.x_train, digits.y_train))
+    with pytest.raises(InputError, match="unknown audit option"):
+        daonet.audit(undefended[0], dataset=digits, telepathy=True)

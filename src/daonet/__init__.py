@@ -12,6 +12,7 @@ Bring your own model (torch needed, imported only when used)::
     model = daonet.split(model, drop_rate=0.5, example_input=x[:8])   # first layer -> device
     ...                                                              # your own training loop
     daonet.export(model, "bundles/mine", classes=names, public_data=x_public)
+    result = daonet.audit("bundles/mine", (x_public, y_public), (x_test, y_test))  # what a server can learn
 
 See docs/design.md for the threat model, the certificate and the audit.
 """
@@ -22,7 +23,7 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["split", "export", "__version__"]
+__all__ = ["split", "export", "audit", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -33,4 +34,6 @@ def __getattr__(name: str) -> Any:
         return split
     if name == "export":  # the module daonet.export is callable: daonet.export(model, out_dir, ...)
         return importlib.import_module(".export", __name__)
+    if name == "audit":  # the package daonet.audit is callable: daonet.audit(bundle, public_data, test_data)
+        return importlib.import_module(".audit", __name__)
     raise AttributeError(f"module 'daonet' has no attribute {name!r}")

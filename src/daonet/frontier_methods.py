@@ -240,7 +240,9 @@ def policy_accuracy(bundle: Path, ds: Dataset, n: int, seed: int = 0, batch: int
     idx = np.random.default_rng(seed + 11).permutation(len(ds.x_test))[:n]
     x, y = ds.x_test[idx], ds.y_test[idx]
     t0 = time.perf_counter()
-    preds_pol, preds_plain, dropped = [], [], []
+    preds_pol: list[np.ndarray] = []
+    preds_plain: list[np.ndarray] = []
+    dropped: list[float] = []
     for i in range(0, len(x), batch):
         xb = x[i:i + batch]
         pairs = device.encode_many_certified(xb, RandomMasks(seed + 31 + i), policy=device.policy)
@@ -410,7 +412,8 @@ def merge_methods(parts: list[Path], out: Path, title: str, commands: list[str])
     if first is None:
         raise InputError("no frontier slices to merge")
     kind = "image" if first["metric"] == "ssim" else "signal"
-    audit_cfg = AuditConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in first["audit_config"].items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in first["audit_config"].items()}
+    audit_cfg = AuditConfig(**fields)
     train_cfg = TrainConfig(**first["train_base"])
     write_methods(rows, out, kind, title, audit_cfg, train_cfg, commands)
     return rows

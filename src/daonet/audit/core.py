@@ -14,6 +14,7 @@ import hashlib
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 from ..bundle import check_pair
 from ..data import Dataset, load_dataset
 from ..device.certificate import PrivacyPolicy, certify
-from ..device.masks import KeyedMasks, RandomMasks, SimilarityKeyedMasks
+from ..device.masks import KeyedMasks, MaskSource, RandomMasks, SimilarityKeyedMasks
 from ..device.runtime import DeviceModel
 from ..errors import BundleError, DatasetError, InputError
 from ..server.model import ServerModel
@@ -136,8 +137,8 @@ class AuditConfig:
 
     def decoder_budget(self) -> DecoderBudget:
         d = self.preset.decoder
-        over = {"max_epochs": self.decoder_epochs, "patience": self.decoder_patience, "hidden": self.decoder_hidden,
-                "batch": self.decoder_batch, "loss": self.decoder_loss}
+        over: dict[str, Any] = {"max_epochs": self.decoder_epochs, "patience": self.decoder_patience,
+                                "hidden": self.decoder_hidden, "batch": self.decoder_batch, "loss": self.decoder_loss}
         return replace(d, **{k: v for k, v in over.items() if v is not None})
 
     def resolved(self, name: str) -> Any:
@@ -283,7 +284,7 @@ def wire_values(h: np.ndarray, value_dtype: str) -> np.ndarray:
     return h
 
 
-def _dist(v: np.ndarray) -> dict[str, float]:
+def _dist(v: Any) -> dict[str, float]:
     v = np.asarray(v, dtype=np.float64)
     return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "p5": float(np.percentile(v, 5)),
             "median": float(np.median(v)), "p95": float(np.percentile(v, 95)), "max": float(v.max())}
@@ -411,10 +412,10 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
                                      "per-channel normalization mean (the bundle has no public_mean)")
         cert_summary["rank_fraction"] = _dist(cert_arr["rank"] / n)
         cert_summary["requests_with_identifiable"] = int((cert_arr["identifiable"] > 0).sum())
-        if certs and certs[0].worst_patch is not None:
-            cert_summary["worst_patch_revealed_energy"] = _dist([c.worst_patch["revealed_energy"] for c in certs])
-            cert_summary["worst_patch_rank_fraction"] = _dist([c.worst_patch["rank"] / c.worst_patch["patch_dim"]
-                                                                for c in certs])
+        patches = [c.worst_patch for c in certs if c.worst_patch is not None]
+        if certs and len(patches) == len(certs):
+            cert_summary["worst_patch_revealed_energy"] = _dist([w["revealed_energy"] for w in patches])
+            cert_summary["worst_patch_rank_fraction"] = _dist([w["rank"] / w["patch_dim"] for w in patches])
         if policy_certs is not None:
             cert_summary["dropped_by_policy"] = _dist([c.dropped_by_policy for c in policy_certs])
             cert_summary["policy_ok_all"] = bool(all(c.policy_ok for c in policy_certs))
@@ -477,7 +478,7 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
 
     # -- metrics -------------------------------------------------------------------------------
     per_sample = {name: evaluate(kind, x_test, r.reshape(x_test.shape)) for name, r in recs.items()}
-    results = {name: {"label": ATTACK_LABELS[name],
+    results: dict[str, dict[str, Any]] = {name: {"label": ATTACK_LABELS[name],
                       "metrics": summarize(v, None if name == "class_prior" else per_sample["class_prior"])}
                for name, v in per_sample.items()}
     baselines = {"data_mean", "class_prior"} | {a for a in recs if a in ATTACK_LABELS and a not in ("data_mean",
@@ -609,7 +610,7 @@ def _repeated(cfg: AuditConfig, obs: Observer, know: atk.ServerKnowledge, x: np.
     and shifted windows for signals), sent with fresh random, keyed and similarity-keyed masks."""
     key = hashlib.sha256(f"daonet-audit-device-key-{cfg.seed}".encode()).digest()  # simulated; never sent
     version = obs.device.version
-    masks = {
+    masks: dict[str, Callable[[], MaskSource]] = {
         "fresh random": lambda: RandomMasks(cfg.seed + 1000),
         "keyed": lambda: KeyedMasks(key=key, model_version=version),
         "similarity-keyed": lambda: SimilarityKeyedMasks(key=key, model_version=version),

@@ -93,8 +93,8 @@ def run_frontier(dataset: str, model: str, drop_rates: list[float], out: str | P
                 report = old
                 log(f"[{tag}] reusing the audit in {adir}")
         if report is None:
-            result = run_audit(bundle, audit_cfg, dataset=ds, progress=progress, log=log)
-            write_report(result, adir)
+            audited = run_audit(bundle, audit_cfg, dataset=ds, progress=progress, log=log)
+            write_report(audited, adir)
             report = json.loads(audit_json.read_text())
         rows.append(_row(report, metrics, p))
         ex = load_examples(adir / "examples.npz")

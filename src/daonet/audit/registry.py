@@ -8,6 +8,7 @@ name (like ``daonet.nn.register_arch`` for architectures).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,13 +118,15 @@ def _rmle(ctx: AttackContext, name: str, *, naive: bool, init: str) -> AttackOut
     assert ctx.know is not None
     t0 = time.perf_counter()
     h_val, x_val = ctx.rmle_material()
+    init_val: np.ndarray | None
+    init_test: np.ndarray | None
     if init == "min-norm solution":
         init_val, init_test = atk.min_norm(ctx.know, h_val, ctx.mu), _min_norm(ctx)
     elif init == "class prior of the predicted class":
         init_val = ctx.cache["class_prior_val"]
         init_test = ctx.class_means[ctx.pred]
     else:
-        init_val = init_test = None
+        init_val, init_test = None, None
     lam, grid = atk.tune_lambda(ctx.know, h_val, x_val, ctx.mu, ctx.score, naive=naive, steps=ctx.rmle_steps,
                                 init=init_val, device=ctx.torch_device)
     with make_progress() as bar:
@@ -168,8 +171,6 @@ def _decoder(ctx: AttackContext, family: str) -> AttackOutcome:
     return AttackOutcome(fit.predict(ctx.h_test), dict(fit.info))
 
 
-for _family in ("mlp", "conv", "adaptive"):
-    register_attack(f"decoder_{_family}", FAMILY_LABELS[_family], learned=True)(
-        lambda ctx, f=_family: _decoder(ctx, f))
-register_attack("decoder_prediction", FAMILY_LABELS["prediction"], learned=True, baseline=True)(
-    lambda ctx: _decoder(ctx, "prediction"))
+for _family in ("mlp", "conv", "adaptive", "prediction"):
+    register_attack(f"decoder_{_family}", FAMILY_LABELS[_family], learned=True, baseline=_family == "prediction")(
+        functools.partial(_decoder, family=_family))

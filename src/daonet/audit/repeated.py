@@ -71,7 +71,7 @@ def shifted(max_shift: int = 2, sigma: float = 0.01) -> Captures:
             for i in range(len(x)):
                 start = s + int(shifts[j, i])
                 out[j, i] = padded[i, ..., start:start + length]
-        return out + (sigma * rng.standard_normal(out.shape)).astype(np.float32)
+        return out + np.asarray(sigma * rng.standard_normal(out.shape), np.float32)
     return Captures(f"shift ±{max_shift} samples + {100 * sigma:g}% Gaussian", draw)
 
 

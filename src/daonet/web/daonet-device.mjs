@@ -797,7 +797,7 @@ const MAX_EXACT = 2 ** 53;
  * arithmetic + HMAC-SHA256 only: the same bits as the Python class for the same key and settings.
  */
 export class SimilarityKeyedMasks {
-  constructor(key, modelVersion = "", { quantum = 1 / 255, width = 0.5, groups = 32, dims = 1 } = {}) {
+  constructor(key, modelVersion = "", { quantum = 1 / 255, width = 0.25, groups = 32, dims = 1 } = {}) {
     const k = key instanceof Uint8Array ? key : new Uint8Array(key || []);
     if (k.length < 16) throw new InputError("the mask key must be at least 16 bytes");
     if (!(quantum > 0 && Number.isFinite(quantum))) throw new InputError(`quantum must be a positive number, got ${quantum}`);
