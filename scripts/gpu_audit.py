@@ -5,7 +5,7 @@ Usage: ``python scripts/gpu_audit.py OUT --data-root-mnist DIR --data-root-ucr D
 Jobs: ``default-<dataset>`` trains the recommended default model and audits it with the full budget and the
 attacker-budget curve; ``methods-<dataset>-<k>`` runs a slice of the per-method frontier (full budget, every
 attacker to convergence, from scratch, against each final bundle). Every job writes under ``OUT/<job>``;
-``daonet.frontier_methods.merge_methods`` joins the slices. The same commands run on a CPU, only slower.
+``daonet.studies.frontier_methods.merge_methods`` joins the slices. The same commands run on a CPU, only slower.
 """
 
 from __future__ import annotations
@@ -61,13 +61,13 @@ def job_methods(dataset: str, names: list[str], out: Path, root: str) -> None:
 
     from daonet.audit import AuditConfig
     from daonet.audit.frontier import default_train_config
-    from daonet.frontier_methods import all_methods, run_methods
+    from daonet.studies.frontier_methods import all_methods, run_methods
 
     known = {m.name: m for m in all_methods(MODEL[dataset])}
     tcfg = replace(default_train_config(dataset, MODEL[dataset]), data_root=root,
                    epochs=EPOCHS_OVERRIDE or EPOCHS[dataset])
     if TRAIN_ONLY:  # fill run_methods' cache (out/runs/<config hash>) so a GPU lease only audits
-        from daonet.frontier_methods import _cached_train, _train_key
+        from daonet.studies.frontier_methods import _cached_train, _train_key
         from daonet.train import save_run, train
 
         for n in names:
@@ -98,8 +98,8 @@ def summarize(out: Path) -> None:
 def merge(outs: list[Path], docs: Path) -> None:
     """Join every finished slice (and the default models' audits, as the rows of their methods) into
     ``docs/frontier-<dataset>.png`` and ``docs/frontier-methods-<dataset>.md``."""
-    from daonet.audit.frontier import _row
-    from daonet.frontier_methods import all_methods, merge_methods
+    from daonet.audit.frontier import frontier_row
+    from daonet.studies.frontier_methods import all_methods, merge_methods
 
     default_method = {"mnist": "adv2-p0.5", "ecg5000": "plain-p0.9"}  # what recommended_config trains
     for ds in ("mnist", "ecg5000"):
@@ -114,7 +114,7 @@ def merge(outs: list[Path], docs: Path) -> None:
                 rep = json.loads(f.read_text())
                 metrics = json.loads((o / f"default-{ds}" / "run" / "metrics.json").read_text())
                 m = {x.name: x for x in all_methods(MODEL[ds])}[default_method[ds]]
-                row = _row(rep, metrics, m.drop_rate)
+                row = frontier_row(rep, metrics, m.drop_rate)
                 se = rep["attacks"][rep["best_attack"]]["metrics"][rep["metric"]].get("advantage_se")
                 row.update(method=m.name, family=m.family, config=m.describe() + " (the default)",
                            max_revealed_energy=None, policy_accuracy=None, advantage=row["best"] - rep["class_prior"],

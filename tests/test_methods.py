@@ -17,8 +17,8 @@ from daonet.cli import app
 from daonet.device.certificate import certify
 from daonet.device.masks import RandomMasks
 from daonet.errors import InputError
-from daonet.frontier_methods import Method, default_methods, export_method, parse_method, run_methods
 from daonet.nn.defences import distance_correlation
+from daonet.studies.frontier_methods import Method, default_methods, export_method, parse_method, run_methods
 from daonet.train import TrainConfig, save_run, train
 
 TINY = {"hidden": 40, "hidden2": 32}

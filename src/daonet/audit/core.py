@@ -659,7 +659,7 @@ def write_report(result: AuditResult, out: str | Path) -> tuple[Path, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     js = out / "audit.json"
-    js.write_text(json.dumps(result.report, indent=2, default=_json_default) + "\n")
+    js.write_text(json.dumps(result.report, indent=2, default=json_default) + "\n")
     html = out / "report.html"
     html.write_text(render_audit_html(result.report, result.examples))
     if result.examples:
@@ -685,7 +685,7 @@ def load_examples(path: Path) -> dict[str, Any]:
     return ex
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

@@ -17,7 +17,7 @@ from typing import Any
 from ..data import load_dataset
 from ..export import export_run
 from ..train import TASKS, TrainConfig, save_run, train
-from .core import AuditConfig, _json_default, load_examples, load_pair, run_audit, write_report
+from .core import AuditConfig, json_default, load_examples, load_pair, run_audit, write_report
 from .metrics import primary_metric
 from .report import example_grid, frontier_markdown, render_frontier_html
 
@@ -27,7 +27,7 @@ def default_train_config(dataset: str, model: str) -> TrainConfig:
     return replace(TASKS.get(f"{dataset}-{model}", TrainConfig(dataset=dataset, model=model)))
 
 
-def _row(report: dict[str, Any], metrics: dict[str, Any] | None, drop_rate: float) -> dict[str, Any]:
+def frontier_row(report: dict[str, Any], metrics: dict[str, Any] | None, drop_rate: float) -> dict[str, Any]:
     metric = report["metric"]
     attacks = {k: v["metrics"][metric]["mean"] for k, v in report["attacks"].items()
                if k not in ("data_mean", "class_prior")}
@@ -85,7 +85,7 @@ def run_frontier(dataset: str, model: str, drop_rates: list[float], out: str | P
         metrics = json.loads((run_dir / "metrics.json").read_text())
         device, _ = load_pair(bundle)
         audit_json = adir / "audit.json"
-        want = json.loads(json.dumps(asdict(audit_cfg), default=_json_default))
+        want = json.loads(json.dumps(asdict(audit_cfg), default=json_default))
         report = None
         if reuse and audit_json.exists() and (adir / "examples.npz").exists():
             old = json.loads(audit_json.read_text())
@@ -96,7 +96,7 @@ def run_frontier(dataset: str, model: str, drop_rates: list[float], out: str | P
             audited = run_audit(bundle, audit_cfg, dataset=ds, progress=progress, log=log)
             write_report(audited, adir)
             report = json.loads(audit_json.read_text())
-        rows.append(_row(report, metrics, p))
+        rows.append(frontier_row(report, metrics, p))
         ex = load_examples(adir / "examples.npz")
         k = min(4, len(ex["x"]))
         ex = {**ex, "x": ex["x"][:k], "h": ex["h"][:k], "recs": {n: v[:k] for n, v in ex["recs"].items()}}
@@ -116,6 +116,6 @@ def write_frontier(rows: list[dict[str, Any]], out: Path, kind: str, title: str,
     metric = primary_metric(kind)
     out.mkdir(parents=True, exist_ok=True)
     (out / "frontier.json").write_text(json.dumps({"title": title, "metric": metric, "rows": rows,
-                                                   "commands": commands}, indent=2, default=_json_default) + "\n")
+                                                   "commands": commands}, indent=2, default=json_default) + "\n")
     (out / "frontier.md").write_text(frontier_markdown(rows, metric))
     (out / "report.html").write_text(render_frontier_html(rows, metric, title, commands, grids))

@@ -57,7 +57,7 @@ def audit_methods(
     from ..audit import AuditConfig
     from ..audit.frontier import default_train_config
     from ..errors import InputError
-    from ..frontier_methods import all_methods, default_methods, parse_method, run_methods
+    from ..studies.frontier_methods import all_methods, default_methods, parse_method, run_methods
 
     methods = default_methods(dataset, model)
     if only:

@@ -31,23 +31,23 @@ from typing import Any
 
 import numpy as np
 
-from .audit.core import (
+from ..audit.core import (
     AuditConfig,
-    _json_default,
+    json_default,
     load_pair,
     run_audit,
     write_report,
 )
-from .audit.frontier import _row, default_train_config
-from .audit.metrics import primary_metric
-from .data import Dataset, load_dataset
-from .device.certificate import PrivacyPolicy
-from .device.masks import RandomMasks
-from .errors import InputError
-from .export import export_model
-from .train import TrainConfig, load_run, save_run, train
+from ..audit.frontier import default_train_config, frontier_row
+from ..audit.metrics import primary_metric
+from ..data import Dataset, load_dataset
+from ..device.certificate import PrivacyPolicy
+from ..device.masks import RandomMasks
+from ..errors import InputError
+from ..export import export_model
+from ..train import TrainConfig, load_run, save_run, train
 
-TARGET_ADVANTAGE = 0.05  # issue 5: best attack at most 0.05 SSIM / correlation above the class prior
+TARGET_ADVANTAGE = 0.05  # the target: best attack at most 0.05 SSIM / correlation above the class prior
 TARGET_ACCURACY_DROP = 0.01  # ... with accuracy within 1 point of the undefended model
 
 FAMILIES: dict[str, tuple[str, str, str]] = {  # family -> (colour, marker, legend label)
@@ -151,7 +151,7 @@ def parse_method(spec: str) -> Method:
     return Method(name=name, model_kwargs=kwargs, **fields)
 
 
-# the grids measured for issue 5 (docs/frontier-methods.md); other tasks get every method
+# the grids measured with the full audit (docs/frontier-methods-*.md); other tasks get every method
 MEASURED: dict[str, tuple[str, ...]] = {
     "mnist-mlp": ("plain-p0", "plain-p0.5", "plain-p0.9", "plain-p0.97", "wide-p0.97", "wide-p0.99", "quant1-p0.9",
                   "quant2-p0.9", "nopeek-p0.9", "adv-p0.9", "adv2-p0.9", "adv2-p0.8", "adv2-p0.5", "adv2-p0",
@@ -211,7 +211,7 @@ def default_methods(dataset: str, model: str) -> list[Method]:
 
 # -- pipeline ------------------------------------------------------------------------------------------
 def _canon(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=_json_default))
+    return json.loads(json.dumps(obj, default=json_default))
 
 
 def _train_key(cfg: TrainConfig) -> str:
@@ -327,7 +327,7 @@ def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path
                     raise
                 log(f"{tag} [yellow]warning:[/] the audit's HTML report failed ({exc}); audit.json is complete")
             report = json.loads(audit_json.read_text())
-        row = _row(report, metrics, method.drop_rate)
+        row = frontier_row(report, metrics, method.drop_rate)
         metric = report["metric"]
         best = report["best_attack"]
         best_se = report["attacks"][best]["metrics"][metric].get("advantage_se") if best else None
@@ -496,5 +496,5 @@ def write_methods(rows: list[dict[str, Any]], out: Path, kind: str, title: str, 
         "target": {"max_advantage": TARGET_ADVANTAGE, "max_accuracy_drop": TARGET_ACCURACY_DROP,
                    "undefended": ref["method"] if ref else None},
         "audit_config": asdict(audit_cfg), "train_base": asdict(train_cfg),
-    }, indent=2, default=_json_default) + "\n")
+    }, indent=2, default=json_default) + "\n")
     (out / "methods.md").write_text(methods_markdown(rows, metric))
