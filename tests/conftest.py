@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -151,3 +152,18 @@ def digits():
     from daonet.data import load_dataset
 
     return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def http(server_url: str) -> Iterator[httpx.Client]:
+    """A client of the real server on loopback (shared by the server test modules)."""
+    with httpx.Client(base_url=server_url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def version(serve_digits_bundle: BundlePair) -> str:
+    """The served digits model's version (what a device sends in every payload)."""
+    from daonet.device import DeviceModel
+
+    return DeviceModel.load(serve_digits_bundle.device).version

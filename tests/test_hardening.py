@@ -9,23 +9,11 @@ import httpx
 import numpy as np
 import pytest
 
-from daonet.device import DeviceModel
 from daonet.errors import BundleError
 
 PREDICT = "/v1/models/digits-mlp/predict"
 OCTET = {"Content-Type": "application/octet-stream"}
 N = 256
-
-
-@pytest.fixture(scope="module")
-def http(server_url):
-    with httpx.Client(base_url=server_url, timeout=10) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def version(serve_digits_bundle) -> str:
-    return DeviceModel.load(serve_digits_bundle.device).version
 
 
 def _still_serving(http, version, make_payload) -> None:

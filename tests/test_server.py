@@ -31,12 +31,6 @@ from daonet.server.model import ModelRegistry, ServerModel
 
 
 @pytest.fixture(scope="module")
-def http(server_url):
-    with httpx.Client(base_url=server_url, timeout=10) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def device(serve_digits_bundle) -> DeviceModel:
     return DeviceModel.load(serve_digits_bundle.device)
 

@@ -6,27 +6,13 @@ import json
 
 import httpx
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from daonet.device import DeviceModel
 
 PREDICT = "/v1/models/digits-mlp/predict"
 N = 256  # the digits model's first-layer outputs
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 database=None)
-
-
-@pytest.fixture(scope="module")
-def http(server_url):
-    with httpx.Client(base_url=server_url, timeout=10) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def version(serve_digits_bundle) -> str:
-    return DeviceModel.load(serve_digits_bundle.device).version
 
 
 def check(r: httpx.Response) -> None:
