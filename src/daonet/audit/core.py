@@ -448,9 +448,8 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
     def rmle_material() -> tuple[np.ndarray, np.ndarray]:
         if not rmle_cache:
             x_val = x_pub[:tune_n]
-            h_val = obs.observe(x_val, RandomMasks(cfg.seed + 2))
-            ctx.cache["class_prior_val"] = class_means[obs.predict(obs.received(
-                obs.payloads(x_val, RandomMasks(cfg.seed + 2))[0])[1]).argmax(1)]
+            h_val, parsed_val = obs.received(obs.payloads(x_val, RandomMasks(cfg.seed + 2))[0])  # encoded once
+            ctx.cache["class_prior_val"] = class_means[obs.predict(parsed_val).argmax(1)]
             rmle_cache.append((h_val, x_val))
         return rmle_cache[0]
 
