@@ -192,6 +192,8 @@ def test_decoders_optimise_exactly_the_reported_metric():
         y = 0.7 * x + 0.3 * y
         got = ssim_torch(torch.from_numpy(x), torch.from_numpy(y)).numpy()
         assert np.allclose(got, evaluate("image", x, y)["ssim"], atol=1e-5)
+        loss_form = ssim_torch(torch.from_numpy(x), torch.from_numpy(y), dtype=torch.float32).numpy()
+        assert np.allclose(loss_form, got, atol=1e-5)  # the training loss's float32 SSIM is the same number
     s, r = rng.standard_normal((6, 1, 140)), rng.standard_normal((6, 1, 140))
     assert np.allclose(pearson_torch(torch.from_numpy(s), torch.from_numpy(s + r)).numpy(), pearson(s, s + r))
 
@@ -206,6 +208,20 @@ def test_decoder_early_stops_on_held_out_data_and_keeps_its_best_epoch(dropped, 
     assert dec["epochs_run"] - dec["best_epoch"] <= 3  # stopped after `patience` epochs without a real gain
     assert dec["best_val"] == max(dec["val_metric_per_epoch"])
     assert not any("epoch cap" in w for w in rep["warnings"])
+
+
+def test_mixed_precision_decoder_is_as_strong_as_float32(dropped, digits):
+    """bf16 autocast (the CPU default where bf16 is native) trains an attacker as good as float32 does."""
+    cfg = replace(FAST, attacks=("decoder_mlp",), decoder_epochs=60, decoder_patience=4, decoder_hidden=128,
+                  budget_curve=False, torch_device="cpu")
+    reps = {prec: run_audit(dropped[0], replace(cfg, decoder_precision=prec), dataset=digits, progress=False,
+                            log=lambda s: None).report for prec in ("fp32", "bf16")}
+    assert reps["fp32"]["budgets"]["decoder_mlp"]["precision"] == "float32"
+    assert reps["bf16"]["budgets"]["decoder_mlp"]["precision"].startswith("bf16 autocast")
+    vals = {prec: r["budgets"]["decoder_mlp"]["best_val"] for prec, r in reps.items()}
+    assert vals["fp32"] > 0.2 and abs(vals["bf16"] - vals["fp32"]) < 0.03, vals
+    with pytest.raises(InputError, match="precision"):
+        run_audit(dropped[0], replace(cfg, decoder_precision="fp8"), dataset=digits, progress=False)
 
 
 def test_library_call_audits_your_own_arrays(undefended, digits, tmp_path):

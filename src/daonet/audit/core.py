@@ -89,6 +89,7 @@ class AuditConfig:
     decoder_hidden: int | None = None
     decoder_batch: int | None = None
     decoder_loss: str | None = None
+    decoder_precision: str | None = None  # auto (bf16 autocast on CPUs with native bf16, TF32 on CUDA), fp32, bf16
     rmle_steps: int | None = None
     rmle_tune_size: int | None = None
     budget_curve: bool = True  # retrain the strongest decoder on smaller public sets (saturation check)
@@ -138,7 +139,8 @@ class AuditConfig:
     def decoder_budget(self) -> DecoderBudget:
         d = self.preset.decoder
         over: dict[str, Any] = {"max_epochs": self.decoder_epochs, "patience": self.decoder_patience,
-                                "hidden": self.decoder_hidden, "batch": self.decoder_batch, "loss": self.decoder_loss}
+                                "hidden": self.decoder_hidden, "batch": self.decoder_batch, "loss": self.decoder_loss,
+                                "precision": self.decoder_precision}
         return replace(d, **{k: v for k, v in over.items() if v is not None})
 
     def resolved(self, name: str) -> Any:

@@ -68,13 +68,16 @@ def audit(
                                                                    "once the held-out score stops improving)")] = None,
     decoder_patience: Annotated[int | None, typer.Option(min=1, help="early-stopping patience in epochs")] = None,
     decoder_hidden: Annotated[int | None, typer.Option(min=8, help="decoder hidden width")] = None,
+    decoder_precision: Annotated[str | None, typer.Option(help="decoder training precision: auto (bf16 autocast "
+                                                               "on CPUs with native bf16, TF32 on CUDA), fp32, "
+                                                               "bf16")] = None,
     rmle_steps: Annotated[int | None, typer.Option(min=10, help="optimizer steps of the regularized inversions")]
     = None,
     torch_device: Annotated[str, typer.Option(help="where attackers train: auto (cuda if present), cpu, cuda")]
     = "auto",
     attacks: Annotated[str, typer.Option(help="comma-separated attack names (see `daonet.audit.available_attacks`) "
                                               "plus 'repeated', or all")] = "all",
-    repeats: Annotated[str, typer.Option(help="repeated-query counts K")] = "2,5,10",
+    repeats: Annotated[str, typer.Option(help="repeated-query counts K")] = "1,5,20",
     n_repeat: Annotated[int | None, typer.Option(min=1, help="inputs used for the repeated-query attack")] = None,
     policy: Annotated[str, typer.Option(help="device policy: auto (as the manifest says), on, off")] = "auto",
     max_revealed_energy: Annotated[float | None, typer.Option(help="audit with this device policy threshold")]
@@ -109,7 +112,8 @@ def audit(
         torch.set_num_threads(threads)
     cfg = AuditConfig(
         dataset=dataset, budget=budget, n_test=n_test, public_size=public_size, decoder_epochs=decoder_epochs,
-        decoder_patience=decoder_patience, decoder_hidden=decoder_hidden, rmle_steps=rmle_steps,
+        decoder_patience=decoder_patience, decoder_hidden=decoder_hidden,
+        decoder_precision=decoder_precision, rmle_steps=rmle_steps,
         torch_device=torch_device, attacks=_attacks(attacks),
         repeats=tuple(int(k) for k in _floats(repeats, "--repeats")), n_repeat=n_repeat, policy=policy,
         max_revealed_energy=max_revealed_energy,
