@@ -179,12 +179,22 @@ def test_cli_trains_and_exports_a_block_with_noise(tmp_path):
     assert res.exit_code != 0 and "single linear first layer" in str(res.exception) + res.output
 
 
-def test_javascript_runtime_refuses_a_block(blocks):
-    """The browser runtime does not run blocks yet: it must refuse the bundle, not send wrong activations."""
-    from test_js_device import node_binary, run_js
+@pytest.mark.parametrize("name", list(CASES))
+def test_javascript_runtime_runs_the_block_byte_for_byte(blocks, name):
+    """The browser runtime runs every block (dense, conv1d + pool, 3-layer conv2d) and sends numpy's bytes."""
+    from test_js_device import KEY, case, node_binary, run_js
+
+    from daonet.device import KeyedMasks
 
     node = node_binary()
     if node is None:
         pytest.skip("Node.js >= 18 is not installed: the JS device runtime cannot run")
-    out = run_js(node, blocks["mnist-mlp-block2"][1], [])
-    assert "layer.block" in out["load_error"]["message"]
+    result, dev_dir, _ = blocks[name]
+    device = DeviceModel.load(dev_dir)
+    xs = result.dataset.x_test[:3]
+    out = run_js(node, dev_dir, [case(x) for x in xs])
+    masks = KeyedMasks(KEY, model_version=device.version)
+    for x, got in zip(xs, out["results"], strict=True):
+        payload, cert = device.encode_certified(x, masks)
+        assert payload.nnz > 0 and got["payload"] == payload.data.hex()
+        assert got["certificate"]["block"] == cert.block and got["certificate"]["applies"] is False

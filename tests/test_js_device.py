@@ -2,7 +2,9 @@
 
 For real MNIST and ECG5000 test inputs and one device key, the JS payload bytes must equal the Python
 payload bytes (KeyedMasks: the same HMAC stream), the activations agree to 1e-5 and the certificate to 1e-6;
-bad inputs get the same messages; tampered, truncated or unsupported bundles are refused.
+bad inputs get the same messages; tampered, truncated or unsupported bundles are refused. The same holds for
+a localized device block (dense, conv1d, conv2d, max pooling) and for noise on surviving values (keyed and
+similarity-keyed noise bit for bit; fresh noise at the right scale); malformed blocks get Python's messages.
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ def node() -> str:
 
 
 def run_js(node: str, bundle: Path, cases: list[dict], key: bytes | None = KEY, time_s: float = 0.0,
-           similarity: dict | None = None, server: str | None = None) -> dict:
-    job = {"module": str(MODULE), "bundle": str(bundle), "key": key.hex() if key else None, "cases": cases,
-           "similarity": similarity, "server": server}
+           similarity: dict | None = None, server: str | None = None, extra: dict | None = None) -> dict:
+    job = {"module": str(MODULE), "bundle": str(bundle) if bundle else None, "key": key.hex() if key else None,
+           "cases": cases, "similarity": similarity, "server": server, **(extra or {})}
     if time_s:
         job["time"] = time_s
     proc = subprocess.run([node, str(RUNNER)], input=json.dumps(job), capture_output=True, text=True, timeout=120)
@@ -272,3 +274,175 @@ def test_js_random_masks_drop_at_the_manifest_rate(node, bundles):
     kept = [decode(bytes.fromhex(r["payload"]), expected_outputs=device.n_outputs).nnz for r in results]
     assert len({r["payload"] for r in results}) > 15  # fresh randomness per request
     assert abs(np.mean(kept) / positive - (1 - device.drop_rate)) < 0.1
+
+
+# -- a localized device block and noise on surviving values -------------------------------------------------
+SIMILARITY = {"width": 0.5, "groups": 16, "dims": 2}
+
+
+@pytest.fixture(scope="module")
+def block_bundles(tmp_path_factory) -> dict[str, tuple[Path, np.ndarray]]:
+    """Tiny real models (1 epoch on small MNIST / ECG5000 subsets) with a device block and/or noise."""
+    tmp = tmp_path_factory.mktemp("js-block")
+    out = {}
+    dev, ds = _train_export(tmp, "mnist-mlp-block2", "mnist", "mlp", 500, raw_dtype="uint8", drop_rate=0.5,
+                            device_layers=2, model_kwargs={"hidden": 64, "hidden2": 32})
+    pixels = np.clip(np.rint(ds.x_test[:4] * 255), 0, 255).astype(np.uint8)
+    out["dense-block2"] = (dev, pixels)
+    dev, ecg = _train_export(tmp, "ecg-cnn1d-block2-pool", "ecg5000", "cnn1d", 300, drop_rate=0.5, device_layers=2,
+                             device_pool=2, model_kwargs={"stem": 8, "patch": 4, "width": 8})
+    out["conv1d-block2-pool"] = (dev, ecg.x_test[:4].astype(np.float32))
+    dev, _ = _train_export(tmp, "mnist-cnn-block2-pool-noise", "mnist", "cnn", 300, raw_dtype="uint8",
+                           value_dtype="float16", drop_rate=0.5, device_layers=2, device_pool=2, noise_std=0.3,
+                           model_kwargs={"stem": 6, "patch": 4, "width": 8})
+    out["conv2d-block2-pool-noise-f16"] = (dev, pixels[:3])
+    dev, _ = _train_export(tmp, "mnist-mlp-noise", "mnist", "mlp", 500, raw_dtype="uint8", drop_rate=0.5,
+                           noise_std=0.3, privacy={"max_revealed_energy": 0.5},
+                           model_kwargs={"hidden": 128, "hidden2": 32})
+    out["dense-noise-policy"] = (dev, pixels)
+    return out
+
+
+BLOCK_KINDS = ["dense-block2", "conv1d-block2-pool", "conv2d-block2-pool-noise-f16", "dense-noise-policy"]
+
+
+@pytest.mark.parametrize("kind", BLOCK_KINDS)
+def test_js_block_and_noise_payload_bytes_equal_python(node, block_bundles, kind):
+    """Keyed and similarity-keyed masks (and their noise): the JS payload is byte-identical to numpy's."""
+    bundle, xs = block_bundles[kind]
+    device = DeviceModel.load(bundle)
+    assert device.is_linear == (not device.block) and (bool(device.block) or device.noise is not None)
+    for similarity in (None, SIMILARITY):
+        js = run_js(node, bundle, [case(x) for x in xs], similarity=similarity)
+        assert "load_error" not in js, js
+        masks = (SimilarityKeyedMasks(KEY, model_version=device.version, **similarity) if similarity
+                 else KeyedMasks(KEY, model_version=device.version))
+        noisy = 0
+        for x, got in zip(xs, js["results"], strict=True):
+            assert "error" not in got, got
+            payload, cert = device.encode_certified(x, masks)
+            assert payload.nnz > 0
+            assert got["payload"] == payload.data.hex(), f"{kind}: JS payload differs from Python's"
+            clean = device.activations(x)[0]
+            np.testing.assert_allclose(np.asarray(got["activations"], np.float32), clean, atol=1e-5)
+            sent = payload.activations
+            noisy += int((sent[sent > 0] != clean[sent > 0]).sum())
+            c = got["certificate"]
+            if device.block:
+                assert {k: c[k] for k in ("k", "n", "n_outputs", "applies", "note", "block")} == cert.to_dict()
+            else:
+                assert c["exact"] is False and c["note"] == cert.note and c["k"] == cert.k
+                assert c["dropped_by_policy"] == cert.dropped_by_policy
+                assert abs(c["revealed_energy"] - cert.revealed_energy) <= 1e-6
+        assert (noisy > 0) == (device.noise is not None)  # noise was really added (and only with noise)
+
+
+def test_js_keyed_noise_matches_the_documented_test_vector(node):
+    """docs/masks.md's test vector of the keyed noise derivation, in Python and in JS."""
+    from daonet.device.masks import index_noise
+
+    prk, indices = bytes(range(32)), [0, 1, 2, 1000, 2**32 - 1]
+    expected = [0.1979827880859375, 0.9514007568359375, -0.471160888671875, 1.0903472900390625, -0.892059326171875]
+    assert index_noise(prk, np.asarray(indices)).tolist() == expected
+    assert run_js(node, None, [], extra={"index_noise": {"prk": prk.hex(), "indices": indices}})["noise"] == expected
+    doc = (ROOT / "docs" / "masks.md").read_text()
+    assert all(repr(v) in doc for v in expected)
+
+
+def test_js_fresh_noise_has_the_right_scale(node, block_bundles):
+    """Without a key the noise comes from crypto.getRandomValues: standard normal, scaled by the manifest's
+    std, fresh for every request."""
+    e = np.asarray(run_js(node, None, [], extra={"fresh_noise": 20000})["noise"])
+    assert abs(e.mean()) < 0.04 and e.std() == pytest.approx(1.0, abs=0.03)
+    assert np.mean(np.abs(e) > 1.96) == pytest.approx(0.05, abs=0.01)  # Gaussian tails
+    bundle, xs = block_bundles["dense-noise-policy"]
+    device = DeviceModel.load(bundle)
+    keep = np.ones(device.n_outputs, dtype=int).tolist()
+    results = run_js(node, bundle, [case(x, mask=keep, certify=False) for x in xs for _ in range(16)],
+                     key=None)["results"]
+    clean = np.stack([np.asarray(r["activations"], np.float64) for r in results])
+    sent = np.stack([np.asarray(r["sent"], np.float64) for r in results])
+    assert np.array_equal(sent > 0, clean > 0)  # noise never adds or removes an output
+    assert sent[sent > 0].min() >= np.float32(device.noise.floor)
+    far = clean > 5 * device.noise.std  # the floor (almost) never bites: the residual is the noise itself
+    resid = (sent - clean)[far] / device.noise.std
+    assert far.sum() > 300
+    assert abs(resid.mean()) < 4 / np.sqrt(far.sum()) and resid.std() == pytest.approx(1.0, abs=0.1)
+    assert len({r["payload"] for r in results}) == len(results)  # fresh noise for every request
+
+
+def _block_manifest_cases(manifest: dict) -> list[tuple[str, dict]]:
+    """Malformed variants of a conv1d block + maxpool manifest (steps [conv1d, maxpool])."""
+    import copy
+
+    out = []
+
+    def variant(name, edit):
+        m = copy.deepcopy(manifest)
+        edit(m)
+        out.append((name, m))
+
+    block = manifest["layer"]["block"]
+    assert [s["op"] for s in block] == ["conv1d", "maxpool"]
+    variant("pool size 1", lambda m: m["layer"]["block"][1].update(size=1))
+    variant("2-d kernel", lambda m: m["layer"]["block"][0].update(kernel=[3, 3]))
+    variant("unknown op", lambda m: m["layer"]["block"][1].update(op="avgpool"))
+    variant("no op", lambda m: m["layer"]["block"][0].pop("op"))
+    variant("conv2d after conv1d", lambda m: m["layer"]["block"][0].update(op="conv2d", kernel=[3, 3], stride=[1, 1],
+                                                                            padding=[1, 1]))
+    variant("no weight name", lambda m: m["layer"]["block"][0].pop("weight"))
+    variant("negative padding", lambda m: m["layer"]["block"][0].update(padding=[-1]))
+    variant("zero stride", lambda m: m["layer"]["block"][0].update(stride=[0]))
+    variant("wrong n_in", lambda m: m["layer"]["block"][0].update(n_in=block[0]["n_in"] + 1))
+    variant("other activation", lambda m: m["layer"]["block"][0].update(activation="tanh"))
+    variant("pool too large", lambda m: m["layer"]["block"][1].update(size=10**4))
+    variant("no first shape", lambda m: m["layer"].pop("first_output_shape"))
+    variant("kernel too large", lambda m: m["layer"]["block"][0].update(kernel=[10**4], padding=[0]))
+    variant("missing tensor", lambda m: m["layer"]["block"][0].update(weight="block.9.weight"))
+    variant("energy bound", lambda m: m.update(privacy={"max_revealed_energy": 0.3}))
+    variant("noise kind", lambda m: m.update(noise={"kind": "laplace", "std": 1.0, "floor": 0.01}))
+    variant("noise floor", lambda m: m.update(noise={"kind": "gaussian", "std": 1.0, "floor": 0.0}))
+    variant("noise std", lambda m: m.update(noise={"kind": "gaussian", "floor": 0.01}))
+
+    def wrong_output(m):
+        m["layer"]["output_shape"] = [m["layer"]["output_shape"][0], 3]
+        m["layer"]["n_outputs"] = 3 * m["layer"]["output_shape"][0]
+    variant("wrong output shape", wrong_output)
+    return out
+
+
+def test_js_refuses_malformed_blocks_and_noise_with_pythons_messages(node, block_bundles, tmp_path):
+    from daonet.errors import BundleError
+
+    bundle, _ = block_bundles["conv1d-block2-pool"]
+    device = DeviceModel.load(bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for name, bad in _block_manifest_cases(manifest):
+        with pytest.raises(BundleError) as err:
+            DeviceModel(bad, device.weight, device.bias, device.extras)
+        expected = str(err.value).split("device manifest.", 1)[-1]
+        copy = _copy(bundle, tmp_path / name.replace(" ", "-"))
+        (copy / "manifest.json").write_text(json.dumps(bad))
+        got = run_js(node, copy, [])["load_error"]
+        assert got["error"] == "BundleError", (name, got)
+        assert got["message"].endswith(expected), (name, got["message"], expected)
+
+    unknown = _copy(bundle, tmp_path / "unknown-step-field")  # a newer step field: refused, not ignored
+    manifest["layer"]["block"][0]["dilation"] = [2]
+    (unknown / "manifest.json").write_text(json.dumps(manifest))
+    err = run_js(node, unknown, [])["load_error"]
+    assert "layer.block[0].dilation" in err["message"] and "does not support" in err["message"]
+
+
+def test_js_block_refuses_an_energy_policy_and_has_no_equations(node, block_bundles):
+    """A revealed-energy policy passed at encode time is refused for a block, as in Python."""
+    from daonet.errors import InputError
+
+    bundle, xs = block_bundles["dense-block2"]
+    device = DeviceModel.load(bundle)
+    with pytest.raises(InputError) as err:
+        device.encode_certified(xs[0], KeyedMasks(KEY, model_version=device.version),
+                                policy=PrivacyPolicy(max_revealed_energy=0.5))
+    js = run_js(node, None, [], extra={"policy_probe": {"bundle": str(bundle), "input": xs[0].tolist(),
+                                                        "max_revealed_energy": 0.5}})
+    assert js["policy_probe"] == {"error": "InputError", "message": str(err.value)}

@@ -169,11 +169,21 @@ def test_bad_noise_settings_are_refused(noisy):
         device.encode(np.zeros((8, 8), np.float32), MasksOnly())
 
 
-def test_javascript_runtime_refuses_noise(noisy):
-    from test_js_device import node_binary, run_js
+def test_javascript_runtime_sends_the_same_noisy_bytes(noisy):
+    """Keyed and similarity-keyed noise are reproduced bit for bit by the browser runtime (the derivation is
+    integer HMAC + exact float64 sums; docs/masks.md)."""
+    from test_js_device import case, node_binary, run_js
 
     node = node_binary()
     if node is None:
         pytest.skip("Node.js >= 18 is not installed: the JS device runtime cannot run")
-    out = run_js(node, noisy[2].bundle_dir, [])
-    assert "noise on surviving values" in out["load_error"]["message"]
+    result, _, device, _ = noisy
+    x = (result.dataset.x_test[:4] * 255).round().astype(np.uint8)
+    for similarity in (None, {"width": 4.0}):
+        out = run_js(node, device.bundle_dir, [case(xi) for xi in x], key=KEY, similarity=similarity)
+        masks = (SimilarityKeyedMasks(key=KEY, model_version=device.version, **similarity) if similarity
+                 else KeyedMasks(key=KEY, model_version=device.version))
+        for xi, got in zip(x, out["results"], strict=True):
+            payload, cert = device.encode_certified(xi, masks)
+            assert payload.nnz > 0 and got["payload"] == payload.data.hex()
+            assert got["certificate"]["note"] == cert.note == NOISE_NOTE

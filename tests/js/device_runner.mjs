@@ -2,6 +2,8 @@
 //   {"module": path, "bundle": dir, "key": hex, "cases": [{"input": [...], "dtype": "uint8"|"float32"|"float64",
 //    "shape": [...]?, "mask": [0/1...]?, "certify": true}], "similarity": {quantum, width, groups, dims}?}
 // Each result: {"payload": hex, "activations": [...], "sent": [...], "certificate": {...}} or {"error", "message"}.
+// Without a bundle: {"index_noise": {"prk": hex, "indices": [...]}} -> {"noise": [...]} (the keyed derivation);
+// {"fresh_noise": n} -> {"noise": [...]} (n standard normals from RandomMasks.noise, crypto.getRandomValues).
 import { pathToFileURL } from "node:url";
 
 const chunks = [];
@@ -9,12 +11,33 @@ for await (const c of process.stdin) chunks.push(c);
 const job = JSON.parse(Buffer.concat(chunks).toString("utf8"));
 const dn = await import(pathToFileURL(job.module).href);
 const out = { results: [] };
+const bytesOf = (h) => Uint8Array.from(h.match(/../g), (b) => parseInt(b, 16));
+if (job.index_noise) {
+  out.noise = Array.from(dn.indexNoise(bytesOf(job.index_noise.prk), job.index_noise.indices));
+} else if (job.fresh_noise) {
+  out.noise = Array.from(await new dn.RandomMasks().noise(null, new Uint8Array(job.fresh_noise).fill(1), job.fresh_noise));
+} else if (job.policy_probe) {  // encode under an explicit revealed-energy policy
+  const p = job.policy_probe;
+  try {
+    const dev = await dn.loadDevice(p.bundle);
+    const policy = new dn.PrivacyPolicy({ maxRevealedEnergy: p.max_revealed_energy });
+    await dev.encode(Uint8Array.from(p.input.flat(Infinity)), { policy });
+    out.policy_probe = { ok: true };
+  } catch (exc) {
+    out.policy_probe = { error: exc.name, message: exc.message };
+  }
+}
+const done = () => new Promise((resolve) => process.stdout.write(JSON.stringify(out), resolve));  // flushed before exit
+if (!job.bundle) {
+  await done();
+  process.exit(0);
+}
 let device;
 try {
   device = await dn.loadDevice(job.bundle);
 } catch (exc) {
   out.load_error = { error: exc.name, message: exc.message };
-  process.stdout.write(JSON.stringify(out));
+  await done();
   process.exit(0);
 }
 const key = job.key ? Uint8Array.from(job.key.match(/../g), (h) => parseInt(h, 16)) : null;

@@ -204,13 +204,18 @@ async function predict() {
       ["round trip", `${answer.latencyMs.toFixed(1)} ms`],
     ]);
     plotSent($("sent-plot"), answer.payload.activations);
-    facts($("certificate"), [
+    facts($("certificate"), cert.applies === false ? [  // a device block: no first-layer equations to certify
+      ["surviving outputs k", String(cert.k)],
+      ["device block", cert.block],
+      ["note", cert.note],
+    ] : [
       ["surviving outputs k", `${cert.k} (the random mask left ${cert.k_before_policy}; the policy dropped ${cert.dropped_by_policy} more)`],
       ["rank / input size", `${cert.rank} / ${cert.n}`],
       ["identifiable inputs", String(cert.identifiable)],
       ["revealed energy", cert.revealed_energy.toFixed(4)],
       ["max leverage", cert.max_leverage.toFixed(4)],
       ["policy", `${cert.policy_ok ? "met" : "NOT met"} (max revealed energy ${cert.policy.max_revealed_energy ?? "none"}, identifiable ${cert.policy.forbid_identifiable ? "forbidden" : "allowed"})`],
+      ...(cert.exact === false ? [["note", cert.note]] : []),
     ]);
     $("answer").textContent = answer.label;
     const classes = device.classes;

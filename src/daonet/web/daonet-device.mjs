@@ -22,7 +22,16 @@ const ENERGY_EPS = 1e-12;
 const EPS64 = 2.220446049250313e-16;
 const KEY_BYTES = 32;
 const KNOWN_LAYER_KEYS = new Set(["kind", "in_shape", "out_channels", "kernel", "stride", "output_shape",
-  "n_outputs", "activation", "quantize"]);
+  "n_outputs", "activation", "quantize", "first_output_shape", "block"]);
+const KNOWN_STEP_KEYS = new Set(["op", "n_in", "n_out", "kernel", "stride", "padding", "activation", "weight", "bias", "size"]);
+const KNOWN_NOISE_KEYS = new Set(["std", "floor", "relative_std", "kind", "applies_to"]);
+const LAYER_KINDS = ["dense", "conv1d", "conv2d"];
+export const BLOCK_NOTE = "non-linear block: covered by the audit only";
+export const NOISE_NOTE = "noise on surviving values: the equations are not exact; rank and revealed energy are an upper bound on what they pin down";
+const BLOCK_NOTE_REFUSAL = "non-linear block: covered by the audit only (the first-layer equations, their certificate and the white-box attacks on W apply to a single linear layer)";
+export const NOISE_CONTEXT = "daonet-noise-v1";
+const FIX = "re-export the bundle with `daonet export`";
+const UPGRADE = `upgrade daonet if the bundle is newer, or ${FIX}`;
 
 // -- errors (the Python classes of the same names) ----------------------------------------------------------
 export class DaonetError extends Error {
@@ -234,20 +243,158 @@ export function checkManifest(manifest, where = "bundle") {
   if (Object.keys(manifest.files).length !== 1) throw new BundleError(`${where}: a device bundle lists exactly one weight file`);
   const layer = manifest.layer;
   const unsupported = [];
-  for (const [key, value] of Object.entries(layer)) {
-    if (!KNOWN_LAYER_KEYS.has(key) && value !== null && !(Array.isArray(value) && value.length === 0)) unsupported.push(`layer.${key}`);
-  }
+  const unknownKeys = (obj, known, prefix) => {
+    if (!obj || typeof obj !== "object" || Array.isArray(obj)) return;
+    for (const [key, value] of Object.entries(obj)) {
+      if (!known.has(key) && value !== null && !(Array.isArray(value) && value.length === 0)) unsupported.push(`${prefix}${key}`);
+    }
+  };
+  unknownKeys(layer, KNOWN_LAYER_KEYS, "layer.");
+  if (Array.isArray(layer.block)) layer.block.forEach((step, i) => unknownKeys(step, KNOWN_STEP_KEYS, `layer.block[${i}].`));
+  unknownKeys(manifest.noise, KNOWN_NOISE_KEYS, "noise.");
   if (layer.activation !== undefined && layer.activation !== "relu") unsupported.push(`activation ${layer.activation}`);
-  if (manifest.noise) unsupported.push("noise on surviving values");
   const drop = manifest.drop || {};
   if (drop.policy !== undefined && drop.policy !== "bernoulli") unsupported.push(`drop policy ${drop.policy}`);
   if (drop.rescale) unsupported.push("rescaled dropping");
   const wire = manifest.wire || {};
   if (wire.version !== undefined && wire.version !== WIRE_VERSION) unsupported.push(`wire version ${wire.version}`);
-  if (!["dense", "conv1d", "conv2d"].includes(layer.kind)) unsupported.push(`first-layer kind ${JSON.stringify(layer.kind)}`);
+  if (!LAYER_KINDS.includes(layer.kind)) unsupported.push(`first-layer kind ${JSON.stringify(layer.kind)}`);
   if (unsupported.length) {
     throw new BundleError(`${where}: this bundle uses ${unsupported.join(", ")}, which the JavaScript device runtime does not support; use the Python runtime (daonet.device) or export without it`);
   }
+  const steps = blockPlan(layer, where);
+  const noise = noiseSpec(manifest.noise, where);
+  const fail = manifestFailure(where);
+  const privacy = manifest.privacy || {};
+  if (steps.length && privacy.max_revealed_energy !== undefined && privacy.max_revealed_energy !== null) {
+    fail("privacy.max_revealed_energy", "is set, but this device bundle runs a non-linear block: the revealed energy is defined for a single linear layer only",
+      "re-export without --max-revealed-energy (a block is covered by the audit)");
+  }
+  if (noise && layer.quantize) fail("noise", "is set together with layer.quantize: noise would undo the rounding");
+  return { steps, noise };
+}
+
+// -- manifest checks of the block and the noise (``BlockStep`` / ``LayerSpec`` / ``NoiseSpec``, same messages) ---------
+const pyList = (a) => `[${a.join(", ")}]`;
+/** ``json.dumps(value)[:60]`` as the Python manifest errors print it. */
+const pyJson = (v) => {
+  if (Array.isArray(v)) return `[${v.map(pyJson).join(", ")}]`.slice(0, 60);
+  if (v && typeof v === "object") return `{${Object.entries(v).map(([k, x]) => `${JSON.stringify(k)}: ${pyJson(x)}`).join(", ")}}`.slice(0, 60);
+  return String(JSON.stringify(v === undefined ? null : v)).slice(0, 60);
+};
+const manifestFailure = (where) => (field, problem, fix = FIX) => {
+  throw new BundleError(`${where}: ${field}: ${problem}; ${fix}`);
+};
+const isInt = (v) => typeof v === "number" && Number.isInteger(v);
+
+/** One ``layer.block`` step parsed and checked like ``BlockStep.from_json``. */
+function parseStep(raw, at, fail) {
+  if (!raw || typeof raw !== "object" || Array.isArray(raw)) fail(at, `expected an object, got ${pyJson(raw)}`);
+  if (raw.op === undefined) fail(at, "the field 'op' is missing (the manifest is malformed: corrupt, or not written by daonet)");
+  if (![...LAYER_KINDS, "maxpool"].includes(raw.op)) {
+    fail(`${at}.op`, `${pyJson(raw.op)} is not supported (this daonet reads 'dense' or 'conv1d' or 'conv2d' or 'maxpool')`, UPGRADE);
+  }
+  const step = { op: raw.op };
+  for (const name of ["n_in", "n_out"]) {
+    const v = raw[name] ?? null;
+    if (v !== null && !isInt(v)) fail(`${at}.${name}`, `expected an integer, got ${pyJson(v)}`);
+    step[name] = v;
+  }
+  for (const name of ["kernel", "stride", "padding"]) {
+    const v = raw[name] ?? [];
+    if (!Array.isArray(v)) fail(`${at}.${name}`, `expected a list, got ${pyJson(v)}`);
+    v.forEach((x, j) => { if (!isInt(x)) fail(`${at}.${name}[${j}]`, `expected an integer, got ${pyJson(x)}`); });
+    step[name] = v.slice();
+  }
+  step.activation = raw.activation ?? null;
+  if (step.activation !== null && step.activation !== "relu") fail(`${at}.activation`, `${pyJson(step.activation)} is not supported (this daonet reads 'relu')`, UPGRADE);
+  for (const name of ["weight", "bias"]) {
+    const v = raw[name] ?? null;
+    if (v !== null && typeof v !== "string") fail(`${at}.${name}`, `expected a string, got ${pyJson(v)}`);
+    step[name] = v;
+  }
+  step.size = raw.size ?? null;
+  if (step.size !== null && !isInt(step.size)) fail(`${at}.size`, `expected an integer, got ${pyJson(step.size)}`);
+  if (step.op === "maxpool") {
+    if (step.size === null || step.size < 2) fail(`${at}.size`, `a maxpool step needs a window of at least 2, got ${step.size ?? "None"}`);
+    return step;
+  }
+  for (const name of ["n_in", "n_out", "weight", "bias", "activation"]) {
+    if (step[name] === null) fail(`${at}.${name}`, `is missing: a ${step.op} step needs it`);
+  }
+  if (step.n_in < 1 || step.n_out < 1) fail(at, `n_in/n_out must be positive, got ${step.n_in}/${step.n_out}`);
+  const nd = LAYER_KINDS.indexOf(step.op);
+  for (const name of ["kernel", "stride", "padding"]) {
+    if (step[name].length !== nd) fail(`${at}.${name}`, `a ${step.op} step needs ${nd} value(s), got ${pyList(step[name])}`);
+  }
+  if ([...step.kernel, ...step.stride].some((v) => v < 1)) fail(at, `kernel and stride must be positive integers, got ${pyList([...step.kernel, ...step.stride])}`);
+  if (step.padding.some((v) => v < 0)) fail(`${at}.padding`, `must be >= 0, got ${pyList(step.padding)}`);
+  return step;
+}
+
+/**
+ * The manifest's ``layer.block`` checked as the Python manifest checks it (same messages): every step's
+ * fields, the chain of shapes from ``first_output_shape`` to ``output_shape``. Returns the steps, each
+ * with its ``inShape``/``outShape`` (no batch axis); ``[]`` without a block.
+ */
+function blockPlan(layer, where) {
+  const fail = manifestFailure(where);
+  const block = layer.block ?? null;
+  if (block === null) return [];
+  if (!Array.isArray(block)) fail("layer.block", `expected a list, got ${pyJson(block)}`);
+  const steps = block.map((raw, i) => parseStep(raw, `layer.block[${i}]`, fail));
+  if (!steps.length) return [];
+  if (!Array.isArray(layer.first_output_shape)) {
+    fail("layer.first_output_shape", "is missing: a layer with a block needs the first layer's own output shape");
+  }
+  const kind = layer.kind;
+  let shape = layer.first_output_shape.map(Number);
+  steps.forEach((step, i) => {
+    const at = `layer.block[${i}]`;
+    if (![kind, "maxpool"].includes(step.op) || (step.op === "maxpool" && kind === "dense")) {
+      fail(`${at}.op`, `'${step.op}' after a '${kind}' first layer is not supported (blocks repeat the first layer's kind; maxpool needs a convolution)`, UPGRADE);
+    }
+    step.inShape = shape;
+    if (step.op === "maxpool") {
+      if (shape.length < 2 || Math.min(...shape.slice(1)) < step.size) fail(at, `maxpool ${step.size} needs a spatial input at least that large, got ${pyList(shape)}`);
+      shape = [shape[0], ...shape.slice(1).map((d) => Math.floor(d / step.size))];
+    } else {
+      if (shape[0] !== step.n_in || shape.length !== step.kernel.length + 1) {
+        fail(`${at}.n_in`, `a ${step.op} step taking ${step.n_in} channels cannot follow an output shaped ${pyList(shape)}`);
+      }
+      const spatial = shape.slice(1).map((d, j) => Math.floor((d + 2 * step.padding[j] - step.kernel[j]) / step.stride[j]) + 1);
+      if (spatial.length && Math.min(...spatial) < 1) fail(at, `kernel ${pyList(step.kernel)} is larger than its input ${pyList(shape)}`);
+      shape = [step.n_out, ...spatial];
+    }
+    step.outShape = shape;
+  });
+  const output = (layer.output_shape || []).map(Number);
+  if (!sameShape(shape, output)) fail("layer.output_shape", `is ${pyList(output)}, but the first layer and its block output ${pyList(shape)}`);
+  return steps;
+}
+
+/** The manifest's ``noise`` parsed and checked like ``NoiseSpec.from_json`` (``null`` when off). */
+function noiseSpec(raw, where) {
+  const fail = manifestFailure(where);
+  if (raw === undefined || raw === null) return null;
+  if (typeof raw !== "object" || Array.isArray(raw)) fail("noise", `expected an object, got ${pyJson(raw)}`);
+  const num = (name, required) => {
+    if (!(name in raw)) {
+      if (required) throw new BundleError(`${where}: noise: the field '${name}' is missing (the manifest is malformed: corrupt, or not written by daonet); ${FIX}`);
+      return 0;
+    }
+    const v = raw[name];
+    if (!required && v === null) return 0;
+    if (typeof v !== "number" || !Number.isFinite(v)) fail(`noise.${name}`, `expected a finite number, got ${pyJson(v)}`);
+    return v;
+  };
+  const spec = { std: num("std", true), floor: num("floor", true), relativeStd: num("relative_std", false) };
+  for (const [name, allowed] of [["kind", "gaussian"], ["applies_to", "surviving"]]) {
+    const v = raw[name] ?? allowed;
+    if (v !== allowed) fail(`noise.${name}`, `${pyJson(v)} is not supported (this daonet reads '${allowed}')`, UPGRADE);
+  }
+  if (spec.std < 0 || spec.floor <= 0) fail("noise", `noise std ${pyFloatRepr(spec.std)} / floor ${pyFloatRepr(spec.floor)} are invalid (std >= 0, floor > 0)`);
+  return spec;
 }
 
 // -- the privacy policy and certificate (daonet.device.certificate) -----------------------------------------
@@ -647,6 +794,60 @@ export class RandomMasks {
     const thr = dropThreshold(dropRate);
     return Uint8Array.from(u, (v) => (v >= thr ? 1 : 0));
   }
+
+  /**
+   * Fresh standard Gaussian noise at ``where`` (``RandomMasks.noise``): Box-Muller on 53-bit uniforms from
+   * ``crypto.getRandomValues``, new for every request (Float64Array, zero elsewhere).
+   */
+  async noise(x, where, nOutputs) {
+    const out = new Float64Array(nOutputs);
+    const idx = [];
+    where.forEach((w, i) => { if (w) idx.push(i); });
+    const u = new Uint32Array(4 * Math.ceil(idx.length / 2));
+    for (let i = 0; i < u.length; i += 16384) crypto_().getRandomValues(u.subarray(i, Math.min(u.length, i + 16384)));
+    const uniform = (j) => ((u[2 * j] >>> 5) * 67108864 + (u[2 * j + 1] >>> 6) + 1) / 9007199254740992;  // (0, 1]
+    for (let t = 0; t < idx.length; t += 2) {
+      const r = Math.sqrt(-2 * Math.log(uniform(t)));
+      const a = 2 * Math.PI * uniform(t + 1);
+      out[idx[t]] = r * Math.cos(a);
+      if (t + 1 < idx.length) out[idx[t + 1]] = r * Math.sin(a);
+    }
+    return out;
+  }
+}
+
+/**
+ * Standard noise for outputs ``indices`` from a mask PRK (``index_noise``, docs/masks.md): replay-safe and
+ * bit-identical to Python. ``b_i = HMAC(HMAC(prk, "daonet-noise-v1"), uint32_le(i))``,
+ * ``e_i = sum_{j<12} (u_j + 0.5) / 65536 - 6`` with ``u_j`` the first twelve little-endian uint16 of ``b_i``
+ * (Irwin-Hall: mean 0, variance 1, within +-6). Every term is a multiple of 2^-17 below 12, so every sum is
+ * exact in float64 whatever the order. Returns a Float64Array aligned with ``indices``.
+ */
+export function indexNoise(prk, indices) {
+  const nprk = hmacShort(prk, new TextEncoder().encode(NOISE_CONTEXT));
+  const [inner, outer] = hmacStates(nprk);
+  const ctr = new Uint8Array(4);
+  return Float64Array.from(indices, (i) => {
+    ctr[0] = i & 0xff; ctr[1] = (i >>> 8) & 0xff; ctr[2] = (i >>> 16) & 0xff; ctr[3] = i >>> 24;
+    const b = sha256Finish(outer, sha256Finish(inner, ctr));
+    let e = 0;
+    for (let j = 0; j < 12; j++) e += (b[2 * j] + 256 * b[2 * j + 1] + 0.5) / 65536;
+    return e - 6;
+  });
+}
+
+/** ``(nOutputs,)`` noise, zero where ``where`` is 0, output ``i`` from ``indexNoise(prkOf(i), [i])``. */
+function noiseAt(where, nOutputs, prkOf) {
+  const out = new Float64Array(nOutputs);
+  const byPrk = new Map();
+  where.forEach((w, i) => {
+    if (!w) return;
+    const prk = prkOf(i);
+    if (!byPrk.has(prk)) byPrk.set(prk, []);
+    byPrk.get(prk).push(i);
+  });
+  for (const [prk, idx] of byPrk) indexNoise(prk, idx).forEach((e, t) => { out[idx[t]] = e; });
+  return out;
 }
 
 /**
@@ -714,6 +915,12 @@ export class KeyedMasks {
     const u = await KeyedMasks.stream(await this.seed(x, shape, nOutputs, dropRate), nOutputs);
     return Uint8Array.from(u, (v) => (v >= thr ? 1 : 0));
   }
+
+  /** Replay-safe noise (``KeyedMasks.noise``): output ``i`` gets ``indexNoise(seed, i)``, the seed being the mask's PRK. */
+  async noise(x, where, nOutputs, dropRate, shape = [x.length]) {
+    const prk = await this.seed(x, shape, nOutputs, dropRate);
+    return noiseAt(where, nOutputs, () => prk);
+  }
 }
 
 // SHA-256 by hand for the counter-mode streams: one request needs up to hundreds of tiny HMACs, and an
@@ -765,12 +972,24 @@ function sha256Finish(state, tail) {
   return out;
 }
 
-/** ``n`` bytes of HMAC-SHA256 counter mode under a 32-byte ``prk``: block i = HMAC(prk, uint32_le(i)). */
-function hmacStream(prk, n) {
+/** The SHA-256 states after HMAC's inner and outer key blocks (keys of at most 64 bytes). */
+function hmacStates(prk) {
   if (prk.length > 64) throw new DaonetError("HMAC keys longer than 64 bytes are not used here");
   const pad = (byte) => { const k = new Uint8Array(64).fill(byte); prk.forEach((v, i) => { k[i] ^= v; }); return k; };
   const inner = Int32Array.from(H256); sha256Block(inner, pad(0x36));
   const outer = Int32Array.from(H256); sha256Block(outer, pad(0x5c));
+  return [inner, outer];
+}
+
+/** HMAC-SHA256(prk, msg) of a short message (< 56 bytes), synchronously. */
+function hmacShort(prk, msg) {
+  const [inner, outer] = hmacStates(prk);
+  return sha256Finish(outer, sha256Finish(inner, msg));
+}
+
+/** ``n`` bytes of HMAC-SHA256 counter mode under a 32-byte ``prk``: block i = HMAC(prk, uint32_le(i)). */
+function hmacStream(prk, n) {
+  const [inner, outer] = hmacStates(prk);
   const blocks = Math.ceil(n / 32);
   const raw = new Uint8Array(blocks * 32);
   const ctr = new Uint8Array(4);
@@ -873,29 +1092,41 @@ export class SimilarityKeyedMasks {
     });
   }
 
-  async masks(x, nOutputs, dropRate) {
-    if (!(dropRate >= 0 && dropRate < 1)) throw new InputError(`drop rate must be in [0, 1), got ${dropRate}`);
-    const thr = dropThreshold(dropRate);
+  /** The per-group PRKs of one input (``group_seed`` for every group g): HMAC(key, context | version | geometry | n_outputs | p | g | cells). */
+  async groupSeeds(x, nOutputs, dropRate) {
     const cells = await this.cells(x);
-    const n = x.length;
-    const perGroup = Math.ceil(nOutputs / this.groups);
     const version = new TextEncoder().encode(this.modelVersion);
     const head = concatBytes(new TextEncoder().encode("daonet-simhash-mask-v1\0"), u32le(version.length), version,
-      this._geometry(n), u32le(nOutputs), f64le(dropRate));
-    const out = new Uint8Array(nOutputs);
-    await Promise.all(Array.from({ length: this.groups }, async (_, g) => {
+      this._geometry(x.length), u32le(nOutputs), f64le(dropRate));
+    return Promise.all(Array.from({ length: this.groups }, (_, g) => {
       const cb = new Uint8Array(8 * this.dims);
       const cdv = new DataView(cb.buffer);
       for (let d = 0; d < this.dims; d++) cdv.setBigInt64(8 * d, BigInt(cells[g * this.dims + d]), true);
-      const prk = await this._sign(concatBytes(head, u32le(g), cb));
+      return this._sign(concatBytes(head, u32le(g), cb));
+    }));
+  }
+
+  async masks(x, nOutputs, dropRate) {
+    if (!(dropRate >= 0 && dropRate < 1)) throw new InputError(`drop rate must be in [0, 1), got ${dropRate}`);
+    const thr = dropThreshold(dropRate);
+    const prks = await this.groupSeeds(x, nOutputs, dropRate);
+    const perGroup = Math.ceil(nOutputs / this.groups);
+    const out = new Uint8Array(nOutputs);
+    prks.forEach((prk, g) => {
       const u = hmacStream(prk, 4 * perGroup);
       const dv = new DataView(u.buffer, u.byteOffset, u.byteLength);
       for (let j = 0; j < perGroup; j++) {
         const i = j * this.groups + g;
         if (i < nOutputs) out[i] = dv.getUint32(4 * j, true) >= thr ? 1 : 0;
       }
-    }));
+    });
     return out;
+  }
+
+  /** Noise that follows the mask (``SimilarityKeyedMasks.noise``): output ``i`` gets ``indexNoise(groupSeed(i mod groups), i)``. */
+  async noise(x, where, nOutputs, dropRate) {
+    const prks = await this.groupSeeds(x, nOutputs, dropRate);
+    return noiseAt(where, nOutputs, (i) => prks[i % this.groups]);
   }
 }
 
@@ -1002,14 +1233,17 @@ const sameShape = (a, b) => a && b && a.length === b.length && a.every((v, i) =>
 
 export class DeviceModel {
   constructor(manifest, tensors) {
-    checkManifest(manifest);
+    const { steps, noise } = checkManifest(manifest);
     this.manifest = manifest;
     const layer = manifest.layer;
     this.kind = layer.kind;
     this.inputShape = manifest.input.shape.map(Number);
-    this.outputShape = layer.output_shape.map(Number);
+    this.outputShape = layer.output_shape.map(Number);  // what is dropped and sent (the block's output)
     this.nOutputs = Number(layer.n_outputs);
-    this.outChannels = this.outputShape[0];
+    this.firstOutputShape = (steps.length ? layer.first_output_shape : layer.output_shape).map(Number);
+    this.block = steps;  // the localized block after the first layer (``layer.block``), [] for the paper's form
+    this.noise = noise;  // {std, floor, relativeStd} (``manifest.noise``) or null
+    this.outChannels = this.firstOutputShape[0];
     this.kernel = (layer.kernel || []).map(Number);
     this.stride = (layer.stride || []).map(Number);
     this.dropRate = Number(manifest.drop.rate);
@@ -1028,6 +1262,7 @@ export class DeviceModel {
     if (!sameShape(tensors.weight.shape, expected) || !sameShape(tensors.bias.shape, [this.outChannels])) {
       throw new BundleError(`first-layer weight has shape ${pyTuple(tensors.weight.shape)}, manifest implies ${pyTuple(expected)}; the bundle is inconsistent, re-export it`);
     }
+    this._blockTensors = checkBlockTensors(steps, tensors);
     const mu = tensors.public_mean;
     const n = prod(this.inputShape);
     const per = n / c;
@@ -1041,7 +1276,32 @@ export class DeviceModel {
   get classes() { return [...(this.manifest.classes || [])]; }
   /** Bytes of one raw input as the device holds it (uint8 pixels, float32 samples). */
   get rawInputBytes() { return prod(this.inputShape) * (this.rawDtype === "uint8" ? 1 : 4); }
-  get system() { return this._system || (this._system = new FirstLayerSystem(this)); }
+  /** True for the paper's single linear layer + ReLU (the algebraic certificate applies); false for a block. */
+  get isLinear() { return this.block.length === 0; }
+
+  /** The first layer's equations (``DeviceModel.system``); a block has none that describe what is sent. */
+  get system() {
+    if (!this.isLinear) throw new BundleError(`${BLOCK_NOTE_REFUSAL}; check DeviceModel.isLinear first`);
+    return this._system || (this._system = new FirstLayerSystem(this));
+  }
+
+  /** The device computation in words (``describe_block``), e.g. "dense 784->800 + ReLU, dense 800->800 + ReLU". */
+  describeBlock() {
+    const [o, i] = [this.outChannels, this.kind === "dense" ? prod(this.inputShape) : this.inputShape[0]];
+    const first = this.kind === "dense" ? `dense ${i}->${o} + ReLU`
+      : `${this.kind} ${i}->${o} kernel ${pyList(this.kernel)} stride ${pyList(this.stride)} + ReLU`;
+    return [first, ...this.block.map(describeStep)].join(", ");
+  }
+
+  /** ``BlockCertificate.to_dict()`` (plus the policy fields every certificate has): only what is sent. */
+  _blockCertificate(sent) {
+    let k = 0;
+    for (const v of sent) if (v !== 0) k++;
+    return { k, n: prod(this.inputShape), n_outputs: this.nOutputs, applies: false, note: BLOCK_NOTE, block: this.describeBlock(),
+      k_before_policy: k, dropped_by_policy: 0, policy_ok: true, policy: null };
+  }
+
+  _markNoise(cert) { return this.noise ? { ...cert, exact: false, note: NOISE_NOTE } : cert; }
 
   /** Check and batch an input (``DeviceModel.validate``): ``{n, data: Float32Array(n * size)}``. */
   validate(x) {
@@ -1097,7 +1357,7 @@ export class DeviceModel {
       const ch = Math.floor(i / plane);
       z[i] = Math.fround(Math.fround(x[i] - this.mean[ch]) / this.std[ch]);
     }
-    const out = new Float32Array(this.nOutputs);
+    let out = new Float32Array(prod(this.firstOutputShape));
     const W = this.weight;
     const O = this.outChannels;
     if (this.kind === "dense") {
@@ -1109,7 +1369,7 @@ export class DeviceModel {
         out[o] = acc + this.bias[o];
       }
     } else if (this.kind === "conv1d") {
-      const L = shape[1]; const [k] = this.kernel; const [s] = this.stride; const Lo = this.outputShape[1];
+      const L = shape[1]; const [k] = this.kernel; const [s] = this.stride; const Lo = this.firstOutputShape[1];
       for (let o = 0; o < O; o++) {
         for (let l = 0; l < Lo; l++) {
           let acc = 0;
@@ -1122,7 +1382,7 @@ export class DeviceModel {
       }
     } else {
       const [H, Wd] = [shape[1], shape[2]]; const [kh, kw] = this.kernel; const [sh, sw] = this.stride;
-      const [Ho, Wo] = [this.outputShape[1], this.outputShape[2]];
+      const [Ho, Wo] = [this.firstOutputShape[1], this.firstOutputShape[2]];
       for (let o = 0; o < O; o++) {
         for (let r = 0; r < Ho; r++) {
           for (let q = 0; q < Wo; q++) {
@@ -1139,6 +1399,8 @@ export class DeviceModel {
       }
     }
     for (let i = 0; i < out.length; i++) if (!(out[i] > 0)) out[i] = 0;
+    for (const step of this.block) out = runStep(out, step, this._blockTensors);
+    if (out.length !== this.nOutputs) throw new BundleError(`the device layers produced ${out.length} outputs, manifest says ${this.nOutputs}`);
     if (this.quantize) {  // LocalizedFirstLayer.quantize: float32 arithmetic, round half to even
       const clip = Math.fround(Math.abs(this.quantize.clip) + 1e-6);
       const step = Math.fround(clip / Math.fround(this.quantize.levels));
@@ -1160,9 +1422,10 @@ export class DeviceModel {
     const xv = this._one(x, "certify");
     const s = this._asSent(Float32Array.from(sent));
     if (s.length !== this.nOutputs) throw new InputError(`activation vector has ${s.length} values; the first layer has ${this.nOutputs}`);
+    if (!this.isLinear) return this._blockCertificate(s);
     const indices = [];
     s.forEach((v, i) => { if (v !== 0) indices.push(i); });
-    return certificateOf(this.system, indices, this._centered(xv), IDENTIFIABLE_TOL, indices.length, null);
+    return this._markNoise(certificateOf(this.system, indices, this._centered(xv), IDENTIFIABLE_TOL, indices.length, null));
   }
 
   /** Enforce ``policy`` on one request (``apply_policy``): ``{sent, certificate}``. */
@@ -1173,7 +1436,7 @@ export class DeviceModel {
     sent.forEach((v, i) => { if (v !== 0) indices.push(i); });
     const k0 = indices.length;
     let cert = certificateOf(system, indices, d, policy.identifiableTol, k0, policy);
-    if (cert.policy_ok || !policy.active) return { sent, certificate: cert };
+    if (cert.policy_ok || !policy.active) return { sent, certificate: this._markNoise(cert) };
     const keep = greedyKeep(system, indices, d, policy);
     let kept = indices.filter((_, i) => keep[i]);
     cert = certificateOf(system, kept, d, policy.identifiableTol, k0, policy);
@@ -1185,13 +1448,14 @@ export class DeviceModel {
     }
     const out = new Float32Array(sent.length);
     for (const i of kept) out[i] = sent[i];
-    return { sent: out, certificate: cert };
+    return { sent: out, certificate: this._markNoise(cert) };
   }
 
   /**
    * One input -> the payload (``encode`` / ``encode_certified``): ``{data, nnz, nOutputs, activations,
-   * certificate}``. ``masks``: RandomMasks (default) or KeyedMasks; ``mask``: an explicit keep-mask;
-   * ``certify`` (default true) enforces the manifest's privacy policy and returns the certificate.
+   * certificate}``. ``masks``: RandomMasks (default), KeyedMasks or SimilarityKeyedMasks (they also draw the
+   * manifest's noise); ``mask``: an explicit keep-mask; ``certify`` (default true) enforces the manifest's
+   * privacy policy and returns the certificate (for a block: what is sent, ``applies: false``).
    */
   async encode(x, { masks = null, mask = null, certify = true, policy = null } = {}) {
     const xv = this._one(x, "encode");
@@ -1203,11 +1467,140 @@ export class DeviceModel {
       if (keepMask.length !== h.length) throw new InputError(`mask has ${keepMask.length} values; the first layer has ${h.length}`);
       row = h.map((v, i) => (keepMask[i] ? v : 0));
     }
+    if (this.noise) row = await this._addNoise(xv, row, masks || new RandomMasks());
     let certificate = null;
-    if (certify) ({ sent: row, certificate } = this.applyPolicy(xv, this._asSent(row), policy || this.policy));
+    if (certify) {
+      policy = policy || this.policy;
+      if (this.isLinear) {
+        ({ sent: row, certificate } = this.applyPolicy(xv, this._asSent(row), policy));
+      } else {
+        if (policy.maxRevealedEnergy !== null) throw new InputError(`a revealed-energy policy cannot be enforced for this device block: ${BLOCK_NOTE_REFUSAL}`);
+        row = this._asSent(row);
+        certificate = this._blockCertificate(row);
+      }
+    }
     const data = encodeWire(row, this.version, this.valueDtype);
     return { data, nnz: readFrame(data).nnz, nOutputs: this.nOutputs, activations: row, certificate };
   }
+
+  /** Noise on the surviving values (``add_noise``): ``max(h + std * e, floor)`` in float64, one float32 rounding. */
+  async _addNoise(xv, row, source) {
+    if (typeof source.noise !== "function") {
+      throw new InputError(`this bundle adds noise to surviving values but the mask source ${source.constructor.name} cannot draw it; use RandomMasks or KeyedMasks`);
+    }
+    const where = Uint8Array.from(row, (v) => (v > 0 ? 1 : 0));
+    const e = await source.noise(xv, where, this.nOutputs, this.dropRate, this.inputShape);
+    const { std, floor } = this.noise;
+    const out = new Float32Array(row.length);
+    for (let i = 0; i < row.length; i++) if (where[i]) out[i] = Math.max(row[i] + std * e[i], floor);
+    return out;
+  }
+}
+
+// -- the localized block (daonet.device.block) ------------------------------------------------------------------
+const describeStep = (step) => (step.op === "maxpool" ? `maxpool ${step.size}`
+  : step.op === "dense" ? `dense ${step.n_in}->${step.n_out} + ReLU` : `${step.op} ${step.n_in}->${step.n_out} kernel ${pyList(step.kernel)} + ReLU`);
+
+/** Every block step's weights exist with the shapes its manifest step implies (``check_tensors``). */
+function checkBlockTensors(steps, tensors) {
+  const out = {};
+  for (const step of steps) {
+    if (step.op === "maxpool") continue;
+    for (const [name, shape] of [[step.weight, [step.n_out, step.n_in, ...step.kernel]], [step.bias, [step.n_out]]]) {
+      const t = Object.hasOwn(tensors, name) ? tensors[name] : null;
+      if (!t) throw new BundleError(`the device bundle lacks the block tensor '${name}'; re-export the bundle`);
+      if (!sameShape(t.shape, shape)) throw new BundleError(`block tensor '${name}' has shape ${pyTuple(t.shape)}, the manifest implies ${pyTuple(shape)}; the bundle is inconsistent, re-export it`);
+      out[name] = t.data;
+    }
+  }
+  return out;
+}
+
+/**
+ * One block step on a float32 activation (``run_block``): dense / "same" convolutions take float32 values,
+ * accumulate in float64 and round once to float32 before the ReLU (so the bits do not depend on a summation
+ * order), exactly like the first layer; max pooling (window = stride = size, floor) compares float32 values.
+ */
+function runStep(h, step, tensors) {
+  const inShape = step.inShape;
+  const outShape = step.outShape;
+  const out = new Float32Array(prod(outShape));
+  if (step.op === "maxpool") {
+    const size = step.size;
+    const c = inShape[0];
+    if (inShape.length === 2) {
+      const [L, Lo] = [inShape[1], outShape[1]];
+      for (let ch = 0; ch < c; ch++) {
+        for (let l = 0; l < Lo; l++) {
+          let m = -Infinity;
+          for (let j = 0; j < size; j++) m = Math.max(m, h[ch * L + l * size + j]);
+          out[ch * Lo + l] = m;
+        }
+      }
+    } else {
+      const [H, Wd, Ho, Wo] = [inShape[1], inShape[2], outShape[1], outShape[2]];
+      for (let ch = 0; ch < c; ch++) {
+        for (let r = 0; r < Ho; r++) {
+          for (let q = 0; q < Wo; q++) {
+            let m = -Infinity;
+            for (let i = 0; i < size; i++) for (let j = 0; j < size; j++) m = Math.max(m, h[(ch * H + r * size + i) * Wd + q * size + j]);
+            out[(ch * Ho + r) * Wo + q] = m;
+          }
+        }
+      }
+    }
+    return out;
+  }
+  const W = tensors[step.weight];
+  const b = tensors[step.bias];
+  const [O, C] = [step.n_out, step.n_in];
+  if (step.op === "dense") {
+    const n = h.length;
+    for (let o = 0; o < O; o++) {
+      let acc = 0;
+      const wo = o * n;
+      for (let i = 0; i < n; i++) acc += h[i] * W[wo + i];
+      out[o] = acc + b[o];
+    }
+  } else if (step.op === "conv1d") {
+    const [L, Lo] = [inShape[1], outShape[1]];
+    const [k] = step.kernel; const [s] = step.stride; const [p] = step.padding;
+    for (let o = 0; o < O; o++) {
+      for (let l = 0; l < Lo; l++) {
+        let acc = 0;
+        const start = l * s - p;
+        const j0 = Math.max(0, -start); const j1 = Math.min(k, L - start);  // zero padding adds nothing
+        for (let ci = 0; ci < C; ci++) {
+          const wb = (o * C + ci) * k; const hb = ci * L + start;
+          for (let j = j0; j < j1; j++) acc += h[hb + j] * W[wb + j];
+        }
+        out[o * Lo + l] = acc + b[o];
+      }
+    }
+  } else {
+    const [H, Wd, Ho, Wo] = [inShape[1], inShape[2], outShape[1], outShape[2]];
+    const [kh, kw] = step.kernel; const [sh, sw] = step.stride; const [ph, pw] = step.padding;
+    for (let o = 0; o < O; o++) {
+      for (let r = 0; r < Ho; r++) {
+        const top = r * sh - ph;
+        const i0 = Math.max(0, -top); const i1 = Math.min(kh, H - top);
+        for (let q = 0; q < Wo; q++) {
+          const left = q * sw - pw;
+          const j0 = Math.max(0, -left); const j1 = Math.min(kw, Wd - left);
+          let acc = 0;
+          for (let ci = 0; ci < C; ci++) {
+            for (let i = i0; i < i1; i++) {
+              const hb = (ci * H + top + i) * Wd + left; const wb = ((o * C + ci) * kh + i) * kw;
+              for (let j = j0; j < j1; j++) acc += h[hb + j] * W[wb + j];
+            }
+          }
+          out[(o * Ho + r) * Wo + q] = acc + b[o];
+        }
+      }
+    }
+  }
+  for (let i = 0; i < out.length; i++) if (!(out[i] > 0)) out[i] = 0;
+  return out;
 }
 
 // -- the network client (daonet.device.client.Client) -------------------------------------------------------------
