@@ -179,9 +179,9 @@ def test_cli_trains_and_exports_a_block_with_noise(tmp_path):
     assert res.exit_code != 0 and "single linear first layer" in str(res.exception) + res.output
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_javascript_runtime_runs_the_block_byte_for_byte(blocks, name):
-    """The browser runtime runs every block (dense, conv1d + pool, 3-layer conv2d) and sends numpy's bytes."""
+def test_javascript_runtime_runs_the_block_byte_for_byte(blocks, start_server):
+    """The browser runtime runs every block (dense, conv1d + pool, 3-layer conv2d), sends numpy's bytes, and its
+    Client gets the Python client's answers from the real server on loopback."""
     from test_js_device import KEY, case, node_binary, run_js
 
     from daonet.device import KeyedMasks
@@ -189,12 +189,18 @@ def test_javascript_runtime_runs_the_block_byte_for_byte(blocks, name):
     node = node_binary()
     if node is None:
         pytest.skip("Node.js >= 18 is not installed: the JS device runtime cannot run")
-    result, dev_dir, _ = blocks[name]
-    device = DeviceModel.load(dev_dir)
-    xs = result.dataset.x_test[:3]
-    out = run_js(node, dev_dir, [case(x) for x in xs])
-    masks = KeyedMasks(KEY, model_version=device.version)
-    for x, got in zip(xs, out["results"], strict=True):
-        payload, cert = device.encode_certified(x, masks)
-        assert payload.nnz > 0 and got["payload"] == payload.data.hex()
-        assert got["certificate"]["block"] == cert.block and got["certificate"]["applies"] is False
+    server = start_server(ServerConfig(bundles=[blocks[n][2] for n in CASES], max_batch_size=4, max_wait_ms=1.0))
+    for name in CASES:
+        result, dev_dir, _ = blocks[name]
+        device = DeviceModel.load(dev_dir)
+        xs = result.dataset.x_test[:3]
+        out = run_js(node, dev_dir, [case(x) for x in xs], server=server.url)
+        masks = KeyedMasks(KEY, model_version=device.version)
+        with Client(server.url, dev_dir, masks=masks) as client:
+            for x, got, answer in zip(xs, out["results"], out["answers"], strict=True):
+                payload, cert = device.encode_certified(x, masks)
+                assert payload.nnz > 0 and got["payload"] == payload.data.hex(), name
+                assert got["certificate"]["block"] == cert.block and got["certificate"]["applies"] is False
+                expected = client.predict(x)
+                assert answer["payload"] == expected.payload.data.hex() and answer["label"] == expected.label
+                np.testing.assert_allclose(answer["probabilities"], expected.probabilities, atol=1e-6)
