@@ -61,6 +61,21 @@ def test_frontier_writes_table_and_plot(frontier):
     assert "| plain-p0 |" in md and "| q2-pol-p0.5 |" in md and "advantage" in md
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "plain-p0" / "audit.json").exists()
+    assert not any(r["lower_bound_only"] for r in data["rows"])  # every attacker family ran
+
+
+def test_rows_missing_attacker_families_are_lower_bounds(frontier, tmp_path):
+    """A row audited with the MLP decoder only (a CPU run) is drawn and tabled as a lower bound, never in target."""
+    from daonet.studies.frontier_methods import frontier_plot, mark_target, methods_markdown
+
+    _, rows, _, _ = frontier
+    partial = {**rows[1], "method": "mlp-only", "advantage": -1.0,
+               "decoders": {"decoder_mlp": rows[1]["decoders"]["decoder_mlp"]}}
+    both = [dict(rows[0]), partial]
+    mark_target(both)
+    assert partial["lower_bound_only"] and not partial["in_target"] and not both[0]["lower_bound_only"]
+    assert "| mlp-only |" in methods_markdown(both, "ssim") and "≥ -1.000" in methods_markdown(both, "ssim")
+    assert frontier_plot(both, "ssim", "t", tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_frontier_is_cached(frontier):
