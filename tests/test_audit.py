@@ -224,6 +224,29 @@ def test_mixed_precision_decoder_is_as_strong_as_float32(dropped, digits):
         run_audit(dropped[0], replace(cfg, decoder_precision="fp8"), dataset=digits, progress=False)
 
 
+def test_an_interrupted_audit_resumes_only_the_same_audit(dropped, digits, tmp_path):
+    """Finished attacks and budget-curve points are saved; a rerun reuses them (same numbers), a changed
+    setting or a damaged file does not."""
+    cfg = replace(FAST, attacks=("min_norm", "decoder_mlp"), decoder_epochs=8, decoder_hidden=64,
+                  checkpoint_dir=str(tmp_path / "ck"))
+    first = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report
+    assert first["resumed_attacks"] == [] and first["budget_curve"] is not None
+    again = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report
+    assert again["resumed_attacks"] == ["min_norm", "decoder_mlp"]
+    for name in ("min_norm", "decoder_mlp"):
+        assert again["attacks"][name]["metrics"]["ssim"]["mean"] == first["attacks"][name]["metrics"]["ssim"]["mean"]
+    assert again["budget_curve"]["points"] == first["budget_curve"]["points"]
+    (folder,) = (tmp_path / "ck").iterdir()
+    (folder / "min_norm.npy").write_bytes(b"damaged")
+    other = run_audit(dropped[0], replace(cfg, decoder_hidden=32), dataset=digits, progress=False,
+                      log=lambda s: None).report
+    assert other["resumed_attacks"] == [] and len(list((tmp_path / "ck").iterdir())) == 2
+    redo = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report
+    assert redo["resumed_attacks"] == ["decoder_mlp"]  # the damaged one ran again
+    assert redo["attacks"]["min_norm"]["metrics"]["ssim"]["mean"] == pytest.approx(
+        first["attacks"]["min_norm"]["metrics"]["ssim"]["mean"])
+
+
 def test_library_call_audits_your_own_arrays(undefended, digits, tmp_path):
     import daonet
 

@@ -32,6 +32,7 @@ from ..server.model import ServerModel
 from ..train import make_progress
 from . import attacks as atk
 from . import repeated as rep
+from .checkpoints import AttackCheckpoints, audit_fingerprint
 from .decoders import DecoderBudget, PublicPairs, fit_decoder
 from .metrics import evaluate, primary_metric, summarize
 from .registry import ALIASES, AttackContext, available_attacks, create_attack
@@ -104,6 +105,7 @@ class AuditConfig:
     seed: int = 0
     data_root: str | None = None
     torch_device: str = "auto"  # auto: cuda when available
+    checkpoint_dir: str | None = None  # finished attacks are saved here; a rerun of the same audit resumes
 
     def validate(self) -> None:
         if self.budget not in BUDGETS:
@@ -461,7 +463,13 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
                         pairs=pairs, rmle_material=rmle_material, decoder_budget=dec_budget,
                         rmle_steps=cfg.resolved("rmle_steps"), score=score, torch_device=tdev, seed=cfg.seed,
                         progress=progress, log=log)
+    store = None
+    if cfg.checkpoint_dir:
+        store = AttackCheckpoints(cfg.checkpoint_dir, audit_fingerprint(
+            version=device.version, dataset=ds.name, config=asdict(cfg), test_idx=test_idx, pub_idx=pub_idx),
+            default=json_default)
     skipped: dict[str, str] = {}
+    resumed: list[str] = []
     names = [ALIASES.get(a, a) for a in cfg.attacks if a != "repeated"]
     for name in dict.fromkeys(names):
         spec = create_attack(name)
@@ -469,6 +477,12 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
             skipped[name] = "needs the first layer's equations; the device runs a non-linear block"
             continue
         t0 = time.perf_counter()
+        hit = store.load(name) if store is not None else None
+        if hit is not None and hit[0].shape == (len(x_test), n):
+            recs[name], budgets[name] = hit
+            resumed.append(name)
+            log(f"  {name}: finished earlier, reused from {store.dir}")  # type: ignore[union-attr]
+            continue
         outcome = spec.run(ctx)
         recs[name] = outcome.rec.reshape(len(x_test), n)
         budgets[name] = outcome.budget
@@ -476,6 +490,8 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
             budgets[name].update(cpu=platform.processor() or platform.machine(),
                                  torch_threads=torch.get_num_threads())
         timing[f"{name}_s"] = time.perf_counter() - t0
+        if store is not None:
+            store.save(name, recs[name], budgets[name])
 
     # -- metrics -------------------------------------------------------------------------------
     per_sample = {name: evaluate(kind, x_test, r.reshape(x_test.shape)) for name, r in recs.items()}
@@ -496,10 +512,10 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
             warnings.append(f"{k} hit its epoch cap ({v['max_epochs']}) while still improving: its number is a "
                             "lower bound on leakage")
     curve = None
-    fits = {f: fit for f, fit in ctx.fits.items() if f != "prediction"}
+    fits = {k.removeprefix("decoder_"): v for k, v in learned.items() if k != "decoder_prediction"}
     if cfg.budget_curve and fits:
         t0 = time.perf_counter()
-        curve = _budget_curve(ctx, fits, preset.curve_sizes, x_test, score, progress)
+        curve = _budget_curve(ctx, fits, recs, preset.curve_sizes, x_test, score, progress, store)
         timing["budget_curve_s"] = time.perf_counter() - t0
         if curve["last_doubling_gain"] is not None and curve["last_doubling_gain"] > 0.01:
             warnings.append(f"the last doubling of public data still gained {curve['last_doubling_gain']:+.3f} "
@@ -547,6 +563,7 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
         "certificate": cert_summary,
         "attacks": results,
         "skipped_attacks": skipped,
+        "resumed_attacks": resumed,
         "best_attack": best,
         "best": best_mean,
         "best_advantage": results[best]["metrics"][metric].get("advantage") if best else None,
@@ -580,29 +597,38 @@ def _arch(server: ServerModel) -> dict[str, Any]:
     return {"arch": server.manifest.arch.name, "arch_kwargs": server.manifest.arch.kwargs}
 
 
-def _budget_curve(ctx: AttackContext, fits: dict[str, Any], sizes: tuple[int, ...], x_test: np.ndarray,
-                  score: Any, progress: bool) -> dict[str, Any]:
-    """Retrain the strongest decoder family (by held-out score) from scratch on smaller public sets."""
-    family = max(fits, key=lambda f: fits[f].info["best_val"])
+def _budget_curve(ctx: AttackContext, fits: dict[str, dict[str, Any]], recs: dict[str, np.ndarray],
+                  sizes: tuple[int, ...], x_test: np.ndarray, score: Any, progress: bool,
+                  store: AttackCheckpoints | None) -> dict[str, Any]:
+    """Retrain the strongest decoder family (by held-out score) from scratch on smaller public sets.
+
+    ``fits`` are the learned attackers' budgets by family (with their per-epoch held-out scores)."""
+    family = max(fits, key=lambda f: fits[f]["best_val"])
     pairs = ctx.pairs()
     full_n = len(pairs.x_train)
     points = []
     for s in sorted({x for x in sizes if x < full_n // 2} | {full_n // 2}):
         if s < 20:
             continue
-        fit = fit_decoder(family, pairs, kind=ctx.kind, input_shape=ctx.input_shape, box=ctx.box,
-                          budget=ctx.decoder_budget, n_train=s, seed=ctx.seed, progress=progress,
-                          label=f"budget curve: decoder {family} on {s} public examples")
-        points.append({"public_train": s, "test": score(x_test, fit.predict(ctx.h_test)),
-                       "best_val": fit.info["best_val"], "epochs_run": fit.info["epochs_run"],
-                       "converged": fit.info["converged"], "seconds": fit.info["seconds"]})
+        key = f"budget_curve_{family}_{s}"
+        point = store.load_point(key) if store is not None else None
+        if point is None:
+            fit = fit_decoder(family, pairs, kind=ctx.kind, input_shape=ctx.input_shape, box=ctx.box,
+                              budget=ctx.decoder_budget, n_train=s, seed=ctx.seed, progress=progress,
+                              label=f"budget curve: decoder {family} on {s} public examples")
+            point = {"public_train": s, "test": score(x_test, fit.predict(ctx.h_test)),
+                     "best_val": fit.info["best_val"], "epochs_run": fit.info["epochs_run"],
+                     "converged": fit.info["converged"], "seconds": fit.info["seconds"]}
+            if store is not None:
+                store.save_point(key, point)
+        points.append(point)
     full = fits[family]
-    points.append({"public_train": full_n, "test": score(x_test, full.predict(ctx.h_test)),
-                   "best_val": full.info["best_val"], "epochs_run": full.info["epochs_run"],
-                   "converged": full.info["converged"], "seconds": full.info["seconds"]})
+    points.append({"public_train": full_n, "test": score(x_test, recs[f"decoder_{family}"]),
+                   "best_val": full["best_val"], "epochs_run": full["epochs_run"],
+                   "converged": full["converged"], "seconds": full["seconds"]})
     gain = points[-1]["test"] - points[-2]["test"] if len(points) >= 2 else None
     return {"family": family, "points": points, "last_doubling_gain": gain,
-            "epochs": {f: fit.info["val_metric_per_epoch"] for f, fit in fits.items()}}
+            "epochs": {f: b["val_metric_per_epoch"] for f, b in fits.items()}}
 
 
 def _repeated(cfg: AuditConfig, obs: Observer, know: atk.ServerKnowledge, x: np.ndarray, mu: np.ndarray, kind: str,

@@ -85,6 +85,11 @@ def audit(
     policy_thresholds: Annotated[str, typer.Option(help="also measure accuracy/leakage at these policy "
                                                         "thresholds, e.g. 0.5,0.3,0.2")] = "",
     seed: int = 0,
+    budget_curve: Annotated[bool, typer.Option(help="retrain the strongest decoder on smaller public sets "
+                                                    "(the saturation check of a privacy claim)")] = True,
+    resume: Annotated[bool, typer.Option(help="save every finished attack under OUT/checkpoints and reuse it "
+                                              "when the same audit (bundle, data, settings) is run again")]
+    = True,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (1 is fastest on a busy "
                                                              "machine)")] = None,
     data_root: Annotated[Path | None, typer.Option(help="local folder with the data set's files")] = None,
@@ -119,6 +124,8 @@ def audit(
         max_revealed_energy=max_revealed_energy,
         policy_thresholds=tuple(_floats(policy_thresholds, "--policy-thresholds")) if policy_thresholds else (),
         seed=seed, data_root=str(data_root) if data_root else None,
+        checkpoint_dir=str(out / "checkpoints") if resume and target != FRONTIER else None,
+        budget_curve=budget_curve,
     )
     cfg.validate()
     if target == FRONTIER:

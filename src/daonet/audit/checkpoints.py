@@ -1,0 +1,79 @@
+"""Resumable audits: every finished attack (and budget-curve point) is saved, and a rerun reuses it.
+
+A full-budget audit trains each learned attacker to convergence; on a CPU that is an hour or two, and a
+laptop lid, a CI timeout or a lost SSH session should not throw finished attackers away. Results are kept
+under ``DIR/<fingerprint>/``; the fingerprint covers the bundle's content version, the data set, the exact
+requests and public examples, and every audit setting, so a rerun only ever reuses results of the *same*
+audit (a changed bundle, data or budget starts afresh in another folder). Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AttackCheckpoints", "audit_fingerprint"]
+
+IGNORED = ("checkpoint_dir", "n_examples", "attacks", "budget_curve", "repeats", "n_repeat", "policy_thresholds",
+           "torch_device")
+
+
+def audit_fingerprint(*, version: str, dataset: str, config: dict[str, Any], test_idx: np.ndarray,
+                      pub_idx: np.ndarray) -> str:
+    """A digest of everything that determines each attack's result. Settings that only choose *which* parts
+    run (the attack list, the budget curve, repeated queries, policy tables, examples) or where they run are
+    left out, so an audit split over several processes (e.g. one per decoder family) shares its results."""
+    cfg = {k: v for k, v in config.items() if k not in IGNORED}
+    h = hashlib.sha256(json.dumps({"version": version, "dataset": dataset, "config": cfg}, sort_keys=True,
+                                  default=str).encode())
+    h.update(np.ascontiguousarray(test_idx, np.int64).tobytes())
+    h.update(np.ascontiguousarray(pub_idx, np.int64).tobytes())
+    return h.hexdigest()[:20]
+
+
+class AttackCheckpoints:
+    """Finished attack outcomes of one audit: ``rec`` arrays (``.npy``) and budgets (``.json``)."""
+
+    def __init__(self, root: str | Path, fingerprint: str, *, default: Callable[[Any], Any] = str) -> None:
+        self.dir = Path(root) / fingerprint
+        self._default = default
+
+    def _write(self, path: Path, write: Callable[[Path], object]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        write(tmp)
+        os.replace(tmp, path)
+
+    def save(self, name: str, rec: np.ndarray, budget: dict[str, Any]) -> None:
+        def write_rec(path: Path) -> None:
+            with path.open("wb") as f:  # a file object: np.save would append ".npy" to a ".tmp" name
+                np.save(f, rec)
+
+        self._write(self.dir / f"{name}.npy", write_rec)
+        self._write(self.dir / f"{name}.json",
+                    lambda p: p.write_text(json.dumps(budget, default=self._default)))  # the .json marks it done
+
+    def load(self, name: str) -> tuple[np.ndarray, dict[str, Any]] | None:
+        rec_path, budget_path = self.dir / f"{name}.npy", self.dir / f"{name}.json"
+        if not (rec_path.exists() and budget_path.exists()):
+            return None
+        try:
+            return np.load(rec_path), json.loads(budget_path.read_text())
+        except (OSError, ValueError):  # a damaged file: run the attack again
+            return None
+
+    def save_point(self, name: str, point: dict[str, Any]) -> None:
+        self._write(self.dir / f"{name}.json", lambda p: p.write_text(json.dumps(point, default=self._default)))
+
+    def load_point(self, name: str) -> dict[str, Any] | None:
+        path = self.dir / f"{name}.json"
+        try:
+            return json.loads(path.read_text()) if path.exists() else None
+        except (OSError, ValueError):
+            return None
