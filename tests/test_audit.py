@@ -210,6 +210,14 @@ def test_decoder_early_stops_on_held_out_data_and_keeps_its_best_epoch(dropped, 
     assert not any("epoch cap" in w for w in rep["warnings"])
 
 
+def test_report_without_the_public_data_curve_still_shows_convergence(dropped, digits, tmp_path):
+    cfg = replace(FAST, attacks=("decoder_mlp",), decoder_epochs=6, decoder_hidden=64, budget_curve=False)
+    res = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None)
+    _, html = write_report(res, tmp_path)
+    text = html.read_text()
+    assert "public-data half of the budget curve was not run" in text and "data:image/png" in text
+
+
 def test_mixed_precision_decoder_is_as_strong_as_float32(dropped, digits):
     """bf16 autocast (the CPU default where bf16 is native) trains an attacker as good as float32 does."""
     cfg = replace(FAST, attacks=("decoder_mlp",), decoder_epochs=60, decoder_patience=4, decoder_hidden=128,

@@ -521,6 +521,9 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
             warnings.append(f"the last doubling of public data still gained {curve['last_doubling_gain']:+.3f} "
                             f"{metric} for decoder_{curve['family']}: more public data would likely leak more "
                             "(a lower bound)")
+    elif preset.claim and fits and not cfg.budget_curve:
+        warnings.append("the budget curve was not run (--no-budget-curve): whether more public data would leak "
+                        "more is unchecked")
     if not preset.claim:
         warnings.insert(0, NOT_A_CLAIM)
     for w in warnings:

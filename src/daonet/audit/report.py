@@ -197,6 +197,14 @@ def render_audit_html(rep: dict[str, Any], ex: dict[str, Any] | None = None) -> 
                      f"the audited test requests. Last doubling of public data: "
                      f"{'–' if g is None else f'{g:+.3f}'} {metric} "
                      f"({'saturated' if g is not None and g <= 0.01 else 'NOT saturated: a lower bound'}).</p>")
+    elif any(k.startswith("decoder_") for k in rep.get("budgets", {})):
+        parts.append("<h2>Attacker budget: decoders vs training epochs</h2>")
+        epochs = {k.removeprefix("decoder_"): b["val_metric_per_epoch"] for k, b in rep["budgets"].items()
+                  if k.startswith("decoder_") and b.get("val_metric_per_epoch")}
+        parts.append(budget_figure({"epochs": epochs, "points": []}, metric))
+        parts.append("<p class=note>Held-out score per training epoch of each decoder family. The public-data "
+                     "half of the budget curve was not run (<code>--no-budget-curve</code>): whether more public "
+                     "data would leak more is unchecked.</p>")
     parts.append(f"<p class=note>{rep['split']}; public examples: {rep['n_public']}. Advantage: paired mean "
                  "difference over the same requests ± its standard error.</p>")
     if ex:
@@ -250,13 +258,14 @@ def render_audit_html(rep: dict[str, Any], ex: dict[str, Any] | None = None) -> 
 
 
 def budget_figure(curve: dict[str, Any], metric: str) -> str:
+    """Held-out score per epoch of each family; with curve points, the strongest family vs public data too."""
+    if not curve["points"]:
+        fig, a1 = plt.subplots(1, 1, figsize=(5.2, 3.4))
+        _epochs_panel(a1, curve, metric)
+        fig.tight_layout()
+        return _png(fig)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
-    for fam, hist in curve["epochs"].items():
-        a1.plot(range(1, len(hist) + 1), hist, color=COLORS.get(f"decoder_{fam}", "k"), label=fam)
-    a1.set_xlabel("training epoch")
-    a1.set_ylabel(f"held-out {metric}")
-    a1.legend(fontsize=8)
-    a1.set_title("decoders vs training epochs", fontsize=10)
+    _epochs_panel(a1, curve, metric)
     pts = curve["points"]
     a2.plot([p["public_train"] for p in pts], [p["test"] for p in pts], "o-", color="tab:red")
     a2.set_xscale("log")
@@ -265,6 +274,15 @@ def budget_figure(curve: dict[str, Any], metric: str) -> str:
     a2.set_title(f"decoder_{curve['family']} vs public data", fontsize=10)
     fig.tight_layout()
     return _png(fig)
+
+
+def _epochs_panel(ax: Any, curve: dict[str, Any], metric: str) -> None:
+    for fam, hist in curve["epochs"].items():
+        ax.plot(range(1, len(hist) + 1), hist, color=COLORS.get(f"decoder_{fam}", "k"), label=fam)
+    ax.set_xlabel("training epoch")
+    ax.set_ylabel(f"held-out {metric}")
+    ax.legend(fontsize=8)
+    ax.set_title("decoders vs training epochs", fontsize=10)
 
 
 def _budget_line(name: str, bud: dict[str, Any]) -> str:
