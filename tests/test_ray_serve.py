@@ -261,6 +261,8 @@ def test_killing_a_replica_fails_only_in_flight_requests(ray_service, mnist_bund
                 try:
                     r = http.post("/v1/models/mnist-mlp/predict", content=payloads[i % 64], headers=OCTET)
                     outcome = str(r.status_code)
+                    if r.status_code == 408 and "timed out" in r.text:  # Ray's proxy: the replica never answered
+                        outcome = "408 proxy timeout"
                 except httpx.TimeoutException:
                     outcome = "hung"
                 except httpx.HTTPError as exc:
@@ -295,7 +297,8 @@ def test_killing_a_replica_fails_only_in_flight_requests(ray_service, mnist_bund
     assert recovered_s < 60, "Ray did not replace the killed replica"
     assert outcomes["200"] > served_before
     assert "hung" not in failed
-    assert all(k.startswith("5") for k in failed), failed  # a clear server-side failure, never a wrong 4xx
+    # a clear server-side failure (500, or Ray's own "Request ... timed out" 408), never a daonet 4xx
+    assert all(k.startswith("5") or k == "408 proxy timeout" for k in failed), failed
     assert sum(failed.values()) <= n_clients  # at most the requests in flight at the kill
     with httpx.Client(base_url=ray_service.url, headers=KEY, timeout=15) as http:
         assert http.post("/v1/models/mnist-mlp/predict", content=payloads[0], headers=OCTET).status_code == 200
