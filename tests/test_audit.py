@@ -255,6 +255,14 @@ def test_an_interrupted_audit_resumes_only_the_same_audit(dropped, digits, tmp_p
         first["attacks"]["min_norm"]["metrics"]["ssim"]["mean"])
 
 
+def test_budget_curve_sizes_can_be_chosen(dropped, digits):
+    cfg = replace(FAST, attacks=("decoder_mlp",), decoder_epochs=3, decoder_hidden=32, curve_sizes=(100, 300))
+    curve = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report["budget_curve"]
+    sizes = [p["public_train"] for p in curve["points"]]
+    assert sizes[:2] == [100, 300] and len(sizes) == 3 and sizes[2] > 1000  # the chosen sizes, then all of it
+    assert curve["last_doubling_gain"] == pytest.approx(curve["points"][2]["test"] - curve["points"][1]["test"])
+
+
 def test_library_call_audits_your_own_arrays(undefended, digits, tmp_path):
     import daonet
 

@@ -20,8 +20,8 @@ import numpy as np
 
 __all__ = ["AttackCheckpoints", "audit_fingerprint"]
 
-IGNORED = ("checkpoint_dir", "n_examples", "attacks", "budget_curve", "repeats", "n_repeat", "policy_thresholds",
-           "torch_device")
+IGNORED = ("checkpoint_dir", "n_examples", "attacks", "budget_curve", "curve_sizes", "repeats", "n_repeat",
+           "policy_thresholds", "torch_device")
 
 
 def audit_fingerprint(*, version: str, dataset: str, config: dict[str, Any], test_idx: np.ndarray,

@@ -94,6 +94,7 @@ class AuditConfig:
     rmle_steps: int | None = None
     rmle_tune_size: int | None = None
     budget_curve: bool = True  # retrain the strongest decoder on smaller public sets (saturation check)
+    curve_sizes: tuple[int, ...] | None = None  # public-set sizes of the curve (default: the budget's + half)
     attacks: tuple[str, ...] = DEFAULT_ATTACKS
     repeats: tuple[int, ...] = (1, 5, 20)
     n_repeat: int | None = None
@@ -515,10 +516,13 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
     fits = {k.removeprefix("decoder_"): v for k, v in learned.items() if k != "decoder_prediction"}
     if cfg.budget_curve and fits:
         t0 = time.perf_counter()
-        curve = _budget_curve(ctx, fits, recs, preset.curve_sizes, x_test, score, progress, store)
+        curve = _budget_curve(ctx, fits, recs, preset.curve_sizes if cfg.curve_sizes is None else cfg.curve_sizes,
+                              x_test, score, progress, store, add_half=cfg.curve_sizes is None)
         timing["budget_curve_s"] = time.perf_counter() - t0
         if curve["last_doubling_gain"] is not None and curve["last_doubling_gain"] > 0.01:
-            warnings.append(f"the last doubling of public data still gained {curve['last_doubling_gain']:+.3f} "
+            a, b = (p["public_train"] for p in curve["points"][-2:])
+            warnings.append(f"the last step of public data ({a} -> {b}) still gained "
+                            f"{curve['last_doubling_gain']:+.3f} "
                             f"{metric} for decoder_{curve['family']}: more public data would likely leak more "
                             "(a lower bound)")
     elif preset.claim and fits and not cfg.budget_curve:
@@ -602,7 +606,7 @@ def _arch(server: ServerModel) -> dict[str, Any]:
 
 def _budget_curve(ctx: AttackContext, fits: dict[str, dict[str, Any]], recs: dict[str, np.ndarray],
                   sizes: tuple[int, ...], x_test: np.ndarray, score: Any, progress: bool,
-                  store: AttackCheckpoints | None) -> dict[str, Any]:
+                  store: AttackCheckpoints | None, add_half: bool = True) -> dict[str, Any]:
     """Retrain the strongest decoder family (by held-out score) from scratch on smaller public sets.
 
     ``fits`` are the learned attackers' budgets by family (with their per-epoch held-out scores)."""
@@ -610,7 +614,8 @@ def _budget_curve(ctx: AttackContext, fits: dict[str, dict[str, Any]], recs: dic
     pairs = ctx.pairs()
     full_n = len(pairs.x_train)
     points = []
-    for s in sorted({x for x in sizes if x < full_n // 2} | {full_n // 2}):
+    for s in sorted({x for x in sizes if x < (full_n // 2 if add_half else full_n)} | ({full_n // 2} if add_half
+                                                                                       else set())):
         if s < 20:
             continue
         key = f"budget_curve_{family}_{s}"

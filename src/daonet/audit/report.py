@@ -194,7 +194,8 @@ def render_audit_html(rep: dict[str, Any], ex: dict[str, Any] | None = None) -> 
         parts.append(f"<p class=note>Left: held-out {metric} per training epoch of each decoder family (early "
                      f"stopping on a validation split of the public data). Right: decoder_{_esc(cv['family'])} (the "
                      f"strongest family on held-out data) retrained from scratch on smaller public sets, scored on "
-                     f"the audited test requests. Last doubling of public data: "
+                     f"the audited test requests. Last step of public data "
+                     f"({' → '.join(str(p['public_train']) for p in cv['points'][-2:])}): "
                      f"{'–' if g is None else f'{g:+.3f}'} {metric} "
                      f"({'saturated' if g is not None and g <= 0.01 else 'NOT saturated: a lower bound'}).</p>")
     elif any(k.startswith("decoder_") for k in rep.get("budgets", {})):

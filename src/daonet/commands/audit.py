@@ -87,6 +87,8 @@ def audit(
     seed: int = 0,
     budget_curve: Annotated[bool, typer.Option(help="retrain the strongest decoder on smaller public sets "
                                                     "(the saturation check of a privacy claim)")] = True,
+    curve_sizes: Annotated[str, typer.Option(help="public-set sizes of the budget curve, e.g. 2500,10000 "
+                                                  "(default: the budget's, plus half of the public data)")] = "",
     resume: Annotated[bool, typer.Option(help="save every finished attack under OUT/checkpoints and reuse it "
                                               "when the same audit (bundle, data, settings) is run again")]
     = True,
@@ -126,6 +128,7 @@ def audit(
         seed=seed, data_root=str(data_root) if data_root else None,
         checkpoint_dir=str(out / "checkpoints") if resume and target != FRONTIER else None,
         budget_curve=budget_curve,
+        curve_sizes=tuple(int(k) for k in _floats(curve_sizes, "--curve-sizes")) if curve_sizes else None,
     )
     cfg.validate()
     if target == FRONTIER:
