@@ -60,11 +60,12 @@ class AttackCheckpoints:
                     lambda p: p.write_text(json.dumps(budget, default=self._default)))  # the .json marks it done
 
     def load(self, name: str) -> tuple[np.ndarray, dict[str, Any]] | None:
-        rec_path, budget_path = self.dir / f"{name}.npy", self.dir / f"{name}.json"
-        if not (rec_path.exists() and budget_path.exists()):
+        budget = self.load_point(name)
+        rec_path = self.dir / f"{name}.npy"
+        if budget is None or not rec_path.exists():
             return None
         try:
-            return np.load(rec_path), json.loads(budget_path.read_text())
+            return np.load(rec_path), budget
         except (OSError, ValueError):  # a damaged file: run the attack again
             return None
 

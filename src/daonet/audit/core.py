@@ -614,8 +614,8 @@ def _budget_curve(ctx: AttackContext, fits: dict[str, dict[str, Any]], recs: dic
     pairs = ctx.pairs()
     full_n = len(pairs.x_train)
     points = []
-    for s in sorted({x for x in sizes if x < (full_n // 2 if add_half else full_n)} | ({full_n // 2} if add_half
-                                                                                       else set())):
+    cap = full_n // 2 if add_half else full_n  # the default adds half of the public data as the last doubling
+    for s in sorted({x for x in sizes if x < cap} | ({cap} if add_half else set())):
         if s < 20:
             continue
         key = f"budget_curve_{family}_{s}"

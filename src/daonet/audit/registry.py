@@ -20,7 +20,7 @@ import torch
 from ..errors import InputError
 from ..train import make_progress
 from . import attacks as atk
-from .decoders import FAMILY_LABELS, DecoderBudget, DecoderFit, PublicPairs, fit_decoder
+from .decoders import FAMILY_LABELS, DecoderBudget, PublicPairs, fit_decoder
 
 
 @dataclass
@@ -52,7 +52,6 @@ class AttackContext:
     seed: int = 0
     progress: bool = True
     log: Callable[[str], None] = print
-    fits: dict[str, DecoderFit] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -164,7 +163,6 @@ def _decoder(ctx: AttackContext, family: str) -> AttackOutcome:
     pairs = ctx.pairs()
     fit = fit_decoder(family, pairs, kind=ctx.kind, input_shape=ctx.input_shape, box=ctx.box,
                       budget=ctx.decoder_budget, seed=ctx.seed, progress=ctx.progress, label=f"decoder {family}")
-    ctx.fits[family] = fit
     ctx.log(f"  decoder {family}: {fit.info['stopped']} after {fit.info['epochs_run']} epochs (best "
             f"{fit.info['best_epoch']}, held-out {ctx.metric} {fit.info['best_val']:.4f}, "
             f"{fit.info['seconds']:.0f} s on {fit.info['device']})")
