@@ -277,3 +277,43 @@ def test_library_call_audits_your_own_arrays(undefended, digits, tmp_path):
         daonet.audit(undefended[0], (digits.x_train, digits.y_train))
     with pytest.raises(InputError, match="unknown audit option"):
         daonet.audit(undefended[0], dataset=digits, telepathy=True)
+
+
+def test_an_interrupted_decoder_continues_where_it_stopped(dropped, digits, tmp_path):
+    """A decoder killed mid-training resumes from its saved state and ends exactly where an uninterrupted
+    run ends (same held-out scores every epoch, same weights); a different setting does not reuse it."""
+    import torch
+
+    from daonet.audit.core import Observer, build_pairs, load_pair
+    from daonet.audit.decoders import DecoderBudget, fit_decoder
+
+    device, server = load_pair(dropped[0])
+    x_pub = digits.x_train[:600]
+    budget = DecoderBudget(max_epochs=40, patience=3, hidden=64, batch=64, val_size=100, precision="fp32")
+    pairs = build_pairs(device, server, Observer(device, server, None, x_pub.reshape(600, -1).mean(0)), None,
+                        x_pub, budget, seed=0, policy_pools=1, torch_device=torch.device("cpu"))
+    kw = dict(kind="image", input_shape=tuple(device.input_shape), box=(0.0, 1.0), budget=budget, progress=False)
+    whole = fit_decoder("mlp", pairs, **kw)
+    assert whole.info["epochs_run"] > 5
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(epoch: int, _val: float) -> None:
+        if epoch == 5:
+            raise Killed
+
+    state = tmp_path / "decoder_mlp.partial.pt"
+    with pytest.raises(Killed):
+        fit_decoder("mlp", pairs, **kw, resume=state, save_every_s=0, on_epoch=kill_at_5)
+    assert state.exists()
+    seen: list[int] = []
+    resumed = fit_decoder("mlp", pairs, **kw, resume=state, on_epoch=lambda e, v: seen.append(e))
+    assert seen[0] == 6 and resumed.info["resumed_from_epoch"] == 5
+    assert resumed.info["val_metric_per_epoch"] == whole.info["val_metric_per_epoch"]
+    for a, b in zip(resumed.model.state_dict().values(), whole.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    done = fit_decoder("mlp", pairs, **kw, resume=state, on_epoch=lambda e, v: seen.append(-1))
+    assert -1 not in seen and done.info["best_val"] == whole.info["best_val"]  # finished: nothing retrained
+    other = fit_decoder("mlp", pairs, **{**kw, "budget": replace(budget, hidden=32)}, resume=state)
+    assert "resumed_from_epoch" not in other.info

@@ -5,6 +5,8 @@ laptop lid, a CI timeout or a lost SSH session should not throw finished attacke
 under ``DIR/<fingerprint>/``; the fingerprint covers the bundle's content version, the data set, the exact
 requests and public examples, and every audit setting, so a rerun only ever reuses results of the *same*
 audit (a changed bundle, data or budget starts afresh in another folder). Files are written atomically.
+A learned attacker that is still training also saves its state there (``<name>.partial.pt``, at most once a
+minute), so even an interrupted decoder continues from its last saved epoch.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ class AttackCheckpoints:
         write(tmp)
         os.replace(tmp, path)
 
+    def partial(self, name: str) -> Path:
+        """Where a learned attacker saves its training state while it trains (removed once it finished)."""
+        return self.dir / f"{name}.partial.pt"
+
+    def _drop_partial(self, name: str) -> None:
+        self.partial(name).unlink(missing_ok=True)
+
     def save(self, name: str, rec: np.ndarray, budget: dict[str, Any]) -> None:
         def write_rec(path: Path) -> None:
             with path.open("wb") as f:  # a file object: np.save would append ".npy" to a ".tmp" name
@@ -58,6 +67,7 @@ class AttackCheckpoints:
         self._write(self.dir / f"{name}.npy", write_rec)
         self._write(self.dir / f"{name}.json",
                     lambda p: p.write_text(json.dumps(budget, default=self._default)))  # the .json marks it done
+        self._drop_partial(name)
 
     def load(self, name: str) -> tuple[np.ndarray, dict[str, Any]] | None:
         budget = self.load_point(name)
@@ -71,6 +81,7 @@ class AttackCheckpoints:
 
     def save_point(self, name: str, point: dict[str, Any]) -> None:
         self._write(self.dir / f"{name}.json", lambda p: p.write_text(json.dumps(point, default=self._default)))
+        self._drop_partial(name)
 
     def load_point(self, name: str) -> dict[str, Any] | None:
         path = self.dir / f"{name}.json"

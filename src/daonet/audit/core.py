@@ -469,6 +469,7 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
         store = AttackCheckpoints(cfg.checkpoint_dir, audit_fingerprint(
             version=device.version, dataset=ds.name, config=asdict(cfg), test_idx=test_idx, pub_idx=pub_idx),
             default=json_default)
+        ctx.partial_path = store.partial
     skipped: dict[str, str] = {}
     resumed: list[str] = []
     names = [ALIASES.get(a, a) for a in cfg.attacks if a != "repeated"]
@@ -623,7 +624,8 @@ def _budget_curve(ctx: AttackContext, fits: dict[str, dict[str, Any]], recs: dic
         if point is None:
             fit = fit_decoder(family, pairs, kind=ctx.kind, input_shape=ctx.input_shape, box=ctx.box,
                               budget=ctx.decoder_budget, n_train=s, seed=ctx.seed, progress=progress,
-                              label=f"budget curve: decoder {family} on {s} public examples")
+                              label=f"budget curve: decoder {family} on {s} public examples",
+                              resume=store.partial(key) if store is not None else None)
             point = {"public_train": s, "test": score(x_test, fit.predict(ctx.h_test)),
                      "best_val": fit.info["best_val"], "epochs_run": fit.info["epochs_run"],
                      "converged": fit.info["converged"], "seconds": fit.info["seconds"]}

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -255,8 +257,15 @@ class DecoderFit:
 
 def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tuple[int, ...],
                 box: tuple[float, float] | None, budget: DecoderBudget, n_train: int | None = None, seed: int = 0,
-                progress: bool = True, label: str | None = None) -> DecoderFit:
-    """Train one decoder family from scratch until the held-out metric stops improving (or the cap)."""
+                progress: bool = True, label: str | None = None, resume: str | Path | None = None,
+                save_every_s: float = 60.0, on_epoch: Callable[[int, float], None] | None = None) -> DecoderFit:
+    """Train one decoder family from scratch until the held-out metric stops improving (or the cap).
+
+    With ``resume`` (a file path) the whole training state (weights, optimizer, LR schedule, shuffling RNG,
+    early-stopping record) is saved there at most every ``save_every_s`` seconds and at the end, and a
+    later call with the same path and the same settings continues from the last saved epoch: a decoder that
+    needs two hours on a CPU survives a lost session, and the resumed run takes the same steps as an
+    uninterrupted one. ``on_epoch(epoch, held_out)`` is called after each epoch (and after its save)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown decoder family {family!r}; choose from {', '.join(FAMILIES)}")
     t0 = time.perf_counter()
@@ -282,10 +291,38 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
     best, best_epoch, best_state, bad = -math.inf, 0, copy.deepcopy(model.state_dict()), 0
     val_hist: list[float] = []
     loss_hist: list[float] = []
-    stopped = "hit the epoch cap (still improving: a lower bound)"
+    cap_text = "hit the epoch cap (still improving: a lower bound)"
+    stopped = cap_text
+    signature = {"family": family, "n_train": n_tr, "features": int(f_val.shape[1]), "seed": seed,
+                 "input_shape": list(input_shape), "budget": asdict(budget), "device": dev.type}
+    state_file = Path(resume) if resume is not None else None
+    start, before_s, resumed_from = 0, 0.0, 0
+    saved = _load_training_state(state_file, signature)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        gen.set_state(saved["gen"])
+        best_state = saved["best_state"]
+        best, best_epoch, bad = float(saved["best"]), int(saved["best_epoch"]), int(saved["bad"])
+        val_hist, loss_hist = list(saved["val_hist"]), list(saved["loss_hist"])
+        stopped, before_s = str(saved["stopped"]), float(saved["seconds"])
+        start = resumed_from = len(val_hist)
+    t_run, last_save = time.perf_counter(), time.perf_counter()
+
+    def save_state() -> None:
+        if state_file is None:
+            return
+        _save_training_state(state_file, {
+            "signature": signature, "model": model.state_dict(), "opt": opt.state_dict(),
+            "sched": sched.state_dict(), "gen": gen.get_state(), "best_state": best_state, "best": best,
+            "best_epoch": best_epoch, "bad": bad, "val_hist": val_hist, "loss_hist": loss_hist,
+            "stopped": stopped, "seconds": before_s + time.perf_counter() - t_run})
+
     with make_progress() as bar:
-        task = bar.add_task(label or f"decoder {family}", total=budget.max_epochs, status="", visible=progress)
-        for epoch in range(budget.max_epochs):
+        task = bar.add_task(label or f"decoder {family}", total=budget.max_epochs, completed=start, status="",
+                            visible=progress)
+        for epoch in range(start, budget.max_epochs if stopped == cap_text else start):
             f_tr = features(family, pairs, pairs.sample(epoch, n_train))
             model.train()
             perm = torch.randperm(n_tr, generator=gen).to(dev)
@@ -319,6 +356,13 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
             bar.update(task, advance=1, status=f"epoch {epoch + 1} val {val:.4f} best {best:.4f}@{best_epoch}")
             if bad >= budget.patience:
                 stopped = f"converged: no held-out gain > {budget.min_delta:g} in {budget.patience} epochs"
+            if stopped != cap_text or epoch + 1 == budget.max_epochs or \
+                    time.perf_counter() - last_save >= save_every_s:
+                save_state()
+                last_save = time.perf_counter()
+            if on_epoch is not None:
+                on_epoch(epoch + 1, val)
+            if stopped != cap_text:
                 break
     model.load_state_dict(best_state)
     info = {
@@ -330,7 +374,27 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
         "precision": "bf16 autocast (float32 weights and scoring)" if amp is not None else
         ("TF32" if dev.type == "cuda" else "float32"),
         "parameters": int(sum(p.numel() for p in model.parameters())), "masks": pairs.how,
-        "device": str(dev), "seconds": round(time.perf_counter() - t0, 2),
+        "device": str(dev), "seconds": round(before_s + time.perf_counter() - t_run + (t_run - t0), 2),
         "architecture": type(model).__name__,
     }
+    if resumed_from:
+        info["resumed_from_epoch"] = resumed_from
     return DecoderFit(family, model, pairs, info)
+
+
+def _save_training_state(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-write leaves the previous state
+
+
+def _load_training_state(path: Path | None, signature: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved state at ``path`` if it belongs to the same training (family, data size, budget, seed)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001  (a damaged or foreign file: train from scratch, it is only a cache)
+        return None
+    return state if isinstance(state, dict) and state.get("signature") == signature else None

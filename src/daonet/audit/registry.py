@@ -12,6 +12,7 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ class AttackContext:
     progress: bool = True
     log: Callable[[str], None] = print
     cache: dict[str, Any] = field(default_factory=dict)
+    partial_path: Callable[[str], Path | None] = lambda name: None  # where a decoder saves its training state
 
     @property
     def n(self) -> int:
@@ -162,7 +164,8 @@ def rmle_naive_attack(ctx: AttackContext) -> AttackOutcome:
 def _decoder(ctx: AttackContext, family: str) -> AttackOutcome:
     pairs = ctx.pairs()
     fit = fit_decoder(family, pairs, kind=ctx.kind, input_shape=ctx.input_shape, box=ctx.box,
-                      budget=ctx.decoder_budget, seed=ctx.seed, progress=ctx.progress, label=f"decoder {family}")
+                      budget=ctx.decoder_budget, seed=ctx.seed, progress=ctx.progress, label=f"decoder {family}",
+                      resume=ctx.partial_path(f"decoder_{family}"))
     ctx.log(f"  decoder {family}: {fit.info['stopped']} after {fit.info['epochs_run']} epochs (best "
             f"{fit.info['best_epoch']}, held-out {ctx.metric} {fit.info['best_val']:.4f}, "
             f"{fit.info['seconds']:.0f} s on {fit.info['device']})")
