@@ -87,6 +87,12 @@ def test_frontier_is_cached(frontier):
     assert "training" not in text and "auditing" not in text and text.count("reusing the audit") == 2
     assert all("decoder_adaptive" in r["attacks"] for r in again)  # cached adaptive attacks are always used
     assert [r["best"] for r in again] == [r["best"] for r in rows]
+    # an interrupted row resumes from its saved attackers: without audit.json, the audit reruns from them
+    (out / methods[0].name / "audit.json").unlink()
+    logs.clear()
+    third = run_methods("digits", "mlp", methods[:1], out, AUDIT, train_cfg=BASE, progress=False, policy_eval=60,
+                        log=logs.append)
+    assert any("finished earlier, reused" in line for line in logs) and third[0]["best"] == rows[0]["best"]
 
 
 def test_policy_bundle_requests_satisfy_the_policy(frontier, digits):

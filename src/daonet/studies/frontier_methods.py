@@ -265,6 +265,11 @@ def constant_values(bundle: Path, x: np.ndarray) -> bool:
     return bool(nz.size > 1 and nz.std() <= 1e-3 * np.sqrt((nz ** 2).mean()))
 
 
+def _audit_settings(config: dict[str, Any]) -> Any:
+    """An audit's settings as compared for reuse (where its checkpoints live does not change its result)."""
+    return _canon({k: v for k, v in config.items() if k != "checkpoint_dir"})
+
+
 def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path, audit_cfg: AuditConfig, *,
                 train_cfg: TrainConfig | None = None, reuse: bool = True, progress: bool = True,
                 policy_eval: int = 2000, max_policy_pools: int = 20,
@@ -297,7 +302,9 @@ def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path
         key = _train_key(cfg)
         run_dir, bundle, adir = out / "runs" / key, out / "bundles" / method.name, out / method.name
         acfg = audit_cfg if method.max_revealed_energy is None else replace(audit_cfg, policy_pools=pools)
-        want_audit = _canon(asdict(acfg))
+        want_audit = _audit_settings(asdict(acfg))
+        # each row's finished attackers (and a decoder still training) are kept: an interrupted study resumes
+        acfg = replace(acfg, checkpoint_dir=acfg.checkpoint_dir or str(adir / "checkpoints"))
         if reuse and _cached_train(cfg, run_dir):
             log(f"{tag} reusing the trained model in {run_dir}")
         else:
@@ -313,7 +320,8 @@ def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path
         audit_json = adir / "audit.json"
         if reuse and audit_json.exists():
             old = json.loads(audit_json.read_text())
-            if old.get("config") == want_audit and old["bundle"]["version"] == device.version and \
+            if _audit_settings(old.get("config") or {}) == want_audit and \
+                    old["bundle"]["version"] == device.version and \
                     old["bundle"].get("privacy_manifest") == _canon(method.privacy):
                 report = old
                 log(f"{tag} reusing the audit in {adir}")
