@@ -291,7 +291,9 @@ def _budget_line(name: str, bud: dict[str, Any]) -> str:
         return (f"{bud['architecture']} ({bud['parameters']:,} parameters, {bud['loss']} loss) trained from scratch "
                 f"on {bud['public_train']:,} public examples ({bud['masks']}), early-stopped on {bud['public_val']:,} "
                 f"held-out ones: {bud['stopped']} after {bud['epochs_run']} epochs (best epoch {bud['best_epoch']}, "
-                f"cap {bud['max_epochs']}, patience {bud['patience']}), {bud['seconds']:.0f} s on {bud['device']}")
+                f"cap {bud['max_epochs']}, patience {bud['patience']}), {bud['seconds']:.0f} s on {bud['device']}"
+                + (f" (interrupted and resumed from its saved state at epoch {bud['resumed_from_epoch']})"
+                   if bud.get("resumed_from_epoch") else ""))
     if name == "min_norm":
         return f"{bud['solver']}, {bud['seconds']:.1f} s"
     if name == "decoder":
