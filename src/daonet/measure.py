@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
     from rich.progress import Progress
 
 __all__ = ["make_progress", "stats", "status_bytes", "PeakMemoryProbe"]
 
 
-def make_progress(transient: bool = False, *, enabled: bool = True, refresh_per_second: float = 10) -> Progress:
+def make_progress(transient: bool = False, *, enabled: bool = True, refresh_per_second: float = 10,
+                  console: Console | None = None) -> Progress:
     """The progress bar every long step shows: description, bar, done/total, a ``status`` field, elapsed time.
 
     ``enabled=False`` gives a silent bar with the same API (no ``if bar`` branches in callers). While timing
@@ -30,9 +32,34 @@ def make_progress(transient: bool = False, *, enabled: bool = True, refresh_per_
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=transient,
-                    disable=not enabled, refresh_per_second=refresh_per_second)
+    class LoggedProgress(Progress):
+        """Where output is not a terminal (a log file, CI, ``nohup``) a live bar cannot redraw: print one
+        plain line per task at most every ``LOG_EVERY_S`` seconds instead, so a two-hour audit shows its
+        progress in its log."""
+
+        def update(self, task_id, **kwargs) -> None:  # type: ignore[no-untyped-def, override]
+            super().update(task_id, **kwargs)
+            if self.disable or self.console.is_terminal:
+                return
+            task = self._tasks[task_id]
+            if not task.visible or task.elapsed is None:
+                return
+            last = task.fields.get("_logged_at", 0.0)
+            if task.elapsed - last >= LOG_EVERY_S or task.finished:
+                task.fields["_logged_at"] = task.elapsed
+                total = f"/{task.total:g}" if task.total is not None else ""
+                self.console.print(f"{task.description}: {task.completed:g}{total} {task.fields.get('status', '')} "
+                                   f"({task.elapsed:.0f} s)", highlight=False, markup=False, soft_wrap=True)
+
+        def advance(self, task_id, advance: float = 1) -> None:  # type: ignore[no-untyped-def, override]
+            self.update(task_id, advance=advance)
+
+    return LoggedProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=transient,
+                          disable=not enabled, refresh_per_second=refresh_per_second, console=console)
+
+
+LOG_EVERY_S = 30.0
 
 
 def stats(values: Sequence[float]) -> dict[str, float]:
