@@ -263,6 +263,23 @@ def test_budget_curve_sizes_can_be_chosen(dropped, digits):
     assert curve["last_doubling_gain"] == pytest.approx(curve["points"][2]["test"] - curve["points"][1]["test"])
 
 
+def test_budget_curve_family_can_be_chosen_and_the_report_says_when_it_is_not_the_strongest(dropped, digits):
+    cfg = replace(FAST, attacks=("decoder_mlp", "decoder_adaptive"), decoder_epochs=4, decoder_hidden=32,
+                  curve_sizes=(300,))
+    rep = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report
+    vals = {f: rep["budgets"][f"decoder_{f}"]["best_val"] for f in ("mlp", "adaptive")}
+    weaker = min(vals, key=vals.get)
+    assert rep["budget_curve"]["family"] == max(vals, key=vals.get)  # auto: the strongest on held-out data
+    chosen = run_audit(dropped[0], replace(cfg, curve_family=weaker), dataset=digits, progress=False,
+                       log=lambda s: None).report
+    assert chosen["budget_curve"]["family"] == weaker
+    assert any("--curve-family" in w and "weaker attacker" in w for w in chosen["warnings"])
+    with pytest.raises(InputError, match="decoder_conv is not among the attacks"):
+        run_audit(dropped[0], replace(cfg, curve_family="conv"), dataset=digits, progress=False)
+    with pytest.raises(InputError, match="--curve-family must be"):
+        run_audit(dropped[0], replace(cfg, curve_family="biggest"), dataset=digits, progress=False)
+
+
 def test_library_call_audits_your_own_arrays(undefended, digits, tmp_path):
     import daonet
 

@@ -22,7 +22,8 @@ import numpy as np
 
 __all__ = ["AttackCheckpoints", "audit_fingerprint"]
 
-IGNORED = ("checkpoint_dir", "n_examples", "attacks", "budget_curve", "curve_sizes", "repeats", "n_repeat",
+IGNORED = ("checkpoint_dir", "n_examples", "attacks", "budget_curve", "curve_sizes", "curve_family", "repeats",
+           "n_repeat",
            "policy_thresholds", "torch_device")
 
 

@@ -89,6 +89,8 @@ def audit(
                                                     "(the saturation check of a privacy claim)")] = True,
     curve_sizes: Annotated[str, typer.Option(help="public-set sizes of the budget curve, e.g. 2500,10000 "
                                                   "(default: the budget's, plus half of the public data)")] = "",
+    curve_family: Annotated[str, typer.Option(help="decoder family the budget curve retrains: auto (the strongest "
+                                                   "on held-out data), mlp, conv or adaptive")] = "auto",
     resume: Annotated[bool, typer.Option(help="save every finished attack under OUT/checkpoints and reuse it "
                                               "when the same audit (bundle, data, settings) is run again")]
     = True,
@@ -129,6 +131,7 @@ def audit(
         checkpoint_dir=str(out / "checkpoints") if resume and target != FRONTIER else None,
         budget_curve=budget_curve,
         curve_sizes=tuple(int(k) for k in _floats(curve_sizes, "--curve-sizes")) if curve_sizes else None,
+        curve_family=curve_family,
     )
     cfg.validate()
     if target == FRONTIER:

@@ -25,7 +25,8 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -266,8 +267,10 @@ def constant_values(bundle: Path, x: np.ndarray) -> bool:
 
 
 def _audit_settings(config: dict[str, Any]) -> Any:
-    """An audit's settings as compared for reuse (where its checkpoints live does not change its result)."""
-    return _canon({k: v for k, v in config.items() if k != "checkpoint_dir"})
+    """An audit's settings as compared for reuse (where its checkpoints live does not change its result; a
+    setting added since an audit was written counts at its default)."""
+    defaults = {f.name: f.default for f in dataclass_fields(AuditConfig) if f.default is not MISSING}
+    return _canon({k: v for k, v in {**defaults, **config}.items() if k != "checkpoint_dir"})
 
 
 def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path, audit_cfg: AuditConfig, *,
