@@ -7,6 +7,8 @@ Jobs: ``default-<dataset>`` trains the recommended default model and audits it w
 attacker-budget curve; ``methods-<dataset>-<k>`` runs a slice of the per-method frontier (full budget, every
 attacker to convergence, from scratch, against each final bundle). Every job writes under ``OUT/<job>``;
 ``daonet.studies.frontier_methods.merge_methods`` joins the slices. The same commands run on a CPU, only slower.
+Every audit keeps its checkpoints (finished attackers and the state of one still training) under its output
+folder, so a job killed by a lease or session limit continues where it stopped when started again.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def job_default(dataset: str, out: Path, root: str) -> None:
     if TRAIN_ONLY:
         return
     export_run(out / "run", out / "bundle")
-    r = run_audit(out / "bundle", AuditConfig(dataset=dataset, budget=BUDGET, data_root=root), progress=False)
+    r = run_audit(out / "bundle", AuditConfig(dataset=dataset, budget=BUDGET, data_root=root,  # resumable
+                                              checkpoint_dir=str(out / "audit" / "checkpoints")), progress=False)
     write_report(r, out / "audit")
 
 
