@@ -86,7 +86,10 @@ def job_methods(dataset: str, names: list[str], out: Path, root: str) -> None:
     attacks = ROW_ATTACKS or tuple(a for a in AuditConfig(dataset=dataset).attacks
                                    if a != "repeated")  # repeated queries: measured on the defaults
     acfg = AuditConfig(dataset=dataset, budget=BUDGET, budget_curve=False, data_root=root, attacks=attacks)
-    run_methods(dataset, MODEL[dataset], [known[n] for n in names], out, acfg, train_cfg=tcfg, progress=False)
+    from rich.console import Console
+
+    run_methods(dataset, MODEL[dataset], [known[n] for n in names], out, acfg, train_cfg=tcfg, progress=False,
+                log=Console(highlight=False).print)  # renders the log's markup ([yellow]...) in a log file
 
 
 def summarize(out: Path) -> None:
