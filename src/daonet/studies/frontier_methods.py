@@ -371,9 +371,11 @@ def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path
 
 # -- outputs -------------------------------------------------------------------------------------------
 def undefended_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The reference: plain training without dropping (else the lowest drop rate without a policy)."""
-    cands = [r for r in rows if r["family"] == "plain" and r.get("max_revealed_energy") is None]
-    return min(cands, key=lambda r: r["drop_rate"]) if cands else None
+    """The reference: plain training without dropping. None when no such row was measured: then there is
+    no target region and no accuracy gap to show (another drop rate must not pass for the undefended model)."""
+    cands = [r for r in rows if r["family"] == "plain" and r.get("max_revealed_energy") is None
+             and r["drop_rate"] == 0]
+    return cands[0] if cands else None
 
 
 LEARNED_FAMILIES = ("decoder_mlp", "decoder_conv", "decoder_adaptive")
@@ -412,7 +414,7 @@ def methods_markdown(rows: list[dict[str, Any]], metric: str) -> str:
         po = r.get("prediction_only")
         lines.append(
             f"| {r['method']} | {r['config']} | {r['accuracy']:.4f} | "
-            f"{num(None if d is None else d * 100, '+.1f')} pt | {r['surviving']:.1f} / {r['n_outputs']} | "
+            f"{'–' if d is None else f'{d * 100:+.1f} pt'} | {r['surviving']:.1f} / {r['n_outputs']} | "
             f"{r['best_attack']} | {r['best']:.3f} | {r['class_prior']:.3f} | {num(po, '.3f')} | "
             f"{'≥ ' if r.get('lower_bound_only') else ''}{r['advantage']:+.3f} ± {r.get('advantage_se') or 0:.3f} | "
             f"{num(None if po is None else r['best'] - po, '+.3f')} | "
