@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,14 +30,14 @@ def make_progress(transient: bool = False, *, enabled: bool = True, refresh_per_
     ``enabled=False`` gives a silent bar with the same API (no ``if bar`` branches in callers). While timing
     something, pass a low ``refresh_per_second``: the redraw thread takes the GIL.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     class LoggedProgress(Progress):
         """Where output is not a terminal (a log file, CI, ``nohup``) a live bar cannot redraw: print one
         plain line per task at most every ``LOG_EVERY_S`` seconds instead, so a two-hour audit shows its
         progress in its log."""
 
-        def update(self, task_id, **kwargs) -> None:  # type: ignore[no-untyped-def, override]
+        def update(self, task_id: TaskID, **kwargs: Any) -> None:
             super().update(task_id, **kwargs)
             if self.disable or self.console.is_terminal:
                 return
@@ -51,7 +51,7 @@ def make_progress(transient: bool = False, *, enabled: bool = True, refresh_per_
                 self.console.print(f"{task.description}: {task.completed:g}{total} {task.fields.get('status', '')} "
                                    f"({task.elapsed:.0f} s)", highlight=False, markup=False, soft_wrap=True)
 
-        def advance(self, task_id, advance: float = 1) -> None:  # type: ignore[no-untyped-def, override]
+        def advance(self, task_id: TaskID, advance: float = 1) -> None:
             self.update(task_id, advance=advance)
 
     return LoggedProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
