@@ -241,6 +241,9 @@ def test_an_interrupted_audit_resumes_only_the_same_audit(dropped, digits, tmp_p
     assert first["resumed_attacks"] == [] and first["budget_curve"] is not None
     again = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report
     assert again["resumed_attacks"] == ["min_norm", "decoder_mlp"]
+    # the reused attacks' compute still counts in what the audit cost (this run alone took a fraction of it)
+    assert again["timing_s"]["compute_s"] >= first["budgets"]["decoder_mlp"]["seconds"] > 0
+    assert again["timing_s"]["compute_s"] > again["timing_s"]["total_s"]
     for name in ("min_norm", "decoder_mlp"):
         assert again["attacks"][name]["metrics"]["ssim"]["mean"] == first["attacks"][name]["metrics"]["ssim"]["mean"]
     assert again["budget_curve"]["points"] == first["budget_curve"]["points"]

@@ -479,6 +479,7 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
         ctx.partial_path = store.partial
     skipped: dict[str, str] = {}
     resumed: list[str] = []
+    earlier_s = 0.0  # compute of attacks (and curve points) reused from checkpoints
     names = [ALIASES.get(a, a) for a in cfg.attacks if a != "repeated"]
     for name in dict.fromkeys(names):
         spec = create_attack(name)
@@ -490,6 +491,7 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
         if hit is not None and hit[0].shape == (len(x_test), n):
             recs[name], budgets[name] = hit
             resumed.append(name)
+            earlier_s += float(budgets[name].get("seconds") or 0.0)  # spent by the process that ran it
             log(f"  {name}: finished earlier, reused from {store.dir}")  # type: ignore[union-attr]
             continue
         outcome = spec.run(ctx)
@@ -567,6 +569,10 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
         timing["policy_cost_s"] = time.perf_counter() - t0
 
     timing["total_s"] = time.perf_counter() - t_start
+    if curve is not None:
+        earlier_s += curve.pop("resumed_seconds", 0.0)
+    # what the whole audit cost, including attacks finished by earlier processes (total_s is this run only)
+    timing["compute_s"] = timing["total_s"] + earlier_s
     best_mean = results[best]["metrics"][metric]["mean"] if best else None
     report = {
         "bundle": {"path": str(bundle), "model_id": device.model_id, "version": device.version,
@@ -629,13 +635,16 @@ def _budget_curve(ctx: AttackContext, family: str, fits: dict[str, dict[str, Any
     pairs = ctx.pairs()
     full_n = len(pairs.x_train)
     points = []
+    resumed_s = 0.0
     cap = full_n // 2 if add_half else full_n  # the default adds half of the public data as the last doubling
     for s in sorted({x for x in sizes if x < cap} | ({cap} if add_half else set())):
         if s < 20:
             continue
         key = f"budget_curve_{family}_{s}"
         point = store.load_point(key) if store is not None else None
-        if point is None:
+        if point is not None:
+            resumed_s += float(point.get("seconds") or 0.0)
+        else:
             fit = fit_decoder(family, pairs, kind=ctx.kind, input_shape=ctx.input_shape, box=ctx.box,
                               budget=ctx.decoder_budget, n_train=s, seed=ctx.seed, progress=progress,
                               label=f"budget curve: decoder {family} on {s} public examples",
@@ -651,7 +660,7 @@ def _budget_curve(ctx: AttackContext, family: str, fits: dict[str, dict[str, Any
                    "best_val": full["best_val"], "epochs_run": full["epochs_run"],
                    "converged": full["converged"], "seconds": full["seconds"]})
     gain = points[-1]["test"] - points[-2]["test"] if len(points) >= 2 else None
-    return {"family": family, "points": points, "last_doubling_gain": gain,
+    return {"family": family, "points": points, "last_doubling_gain": gain, "resumed_seconds": resumed_s,
             "epochs": {f: b["val_metric_per_epoch"] for f, b in fits.items()}}
 
 
