@@ -20,11 +20,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AttackCheckpoints", "audit_fingerprint"]
+__all__ = ["AttackCheckpoints", "atomic_write", "audit_fingerprint"]
 
 IGNORED = ("checkpoint_dir", "n_examples", "attacks", "budget_curve", "curve_sizes", "curve_family", "repeats",
-           "n_repeat",
-           "policy_thresholds", "torch_device")
+           "n_repeat", "policy_thresholds", "torch_device")
 
 
 def audit_fingerprint(*, version: str, dataset: str, config: dict[str, Any], test_idx: np.ndarray,
@@ -40,6 +39,14 @@ def audit_fingerprint(*, version: str, dataset: str, config: dict[str, Any], tes
     return h.hexdigest()[:20]
 
 
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` then rename over ``path``: a crash mid-write leaves the previous file, never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 class AttackCheckpoints:
     """Finished attack outcomes of one audit: ``rec`` arrays (``.npy``) and budgets (``.json``)."""
 
@@ -48,10 +55,7 @@ class AttackCheckpoints:
         self._default = default
 
     def _write(self, path: Path, write: Callable[[Path], object]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        write(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, write)
 
     def partial(self, name: str) -> Path:
         """Where a learned attacker saves its training state while it trains (removed once it finished)."""

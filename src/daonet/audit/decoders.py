@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..train import make_progress
+from .checkpoints import atomic_write
 
 FAMILIES = ("mlp", "conv", "adaptive", "prediction")
 FAMILY_LABELS = {
@@ -374,7 +374,7 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
         "precision": "bf16 autocast (float32 weights and scoring)" if amp is not None else
         ("TF32" if dev.type == "cuda" else "float32"),
         "parameters": int(sum(p.numel() for p in model.parameters())), "masks": pairs.how,
-        "device": str(dev), "seconds": round(before_s + time.perf_counter() - t_run + (t_run - t0), 2),
+        "device": str(dev), "seconds": round(before_s + time.perf_counter() - t0, 2),
         "architecture": type(model).__name__,
     }
     if resumed_from:
@@ -383,10 +383,7 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
 
 
 def _save_training_state(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-write leaves the previous state
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _load_training_state(path: Path | None, signature: dict[str, Any]) -> dict[str, Any] | None:
