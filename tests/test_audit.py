@@ -330,6 +330,8 @@ def test_an_interrupted_decoder_continues_where_it_stopped(dropped, digits, tmp_
     seen: list[int] = []
     resumed = fit_decoder("mlp", pairs, **kw, resume=state, on_epoch=lambda e, v: seen.append(e))
     assert seen[0] == 6 and resumed.info["resumed_from_epoch"] == 5
+    # the killed process's seconds are counted once: in "seconds" and, for the audit's compute_s, as resumed
+    assert 0 < resumed.info["resumed_seconds"] < resumed.info["seconds"]
     assert resumed.info["val_metric_per_epoch"] == whole.info["val_metric_per_epoch"]
     for a, b in zip(resumed.model.state_dict().values(), whole.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)

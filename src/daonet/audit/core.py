@@ -501,6 +501,7 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
             budgets[name].update(cpu=platform.processor() or platform.machine(),
                                  torch_threads=torch.get_num_threads())
         timing[f"{name}_s"] = time.perf_counter() - t0
+        earlier_s += float(budgets[name].get("resumed_seconds") or 0.0)  # a decoder resumed mid-training
         if store is not None:
             store.save(name, recs[name], budgets[name])
 
@@ -652,6 +653,7 @@ def _budget_curve(ctx: AttackContext, family: str, fits: dict[str, dict[str, Any
             point = {"public_train": s, "test": score(x_test, fit.predict(ctx.h_test)),
                      "best_val": fit.info["best_val"], "epochs_run": fit.info["epochs_run"],
                      "converged": fit.info["converged"], "seconds": fit.info["seconds"]}
+            resumed_s += float(fit.info.get("resumed_seconds") or 0.0)
             if store is not None:
                 store.save_point(key, point)
         points.append(point)

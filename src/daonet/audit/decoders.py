@@ -377,8 +377,8 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
         "device": str(dev), "seconds": round(before_s + time.perf_counter() - t0, 2),
         "architecture": type(model).__name__,
     }
-    if resumed_from:
-        info["resumed_from_epoch"] = resumed_from
+    if resumed_from:  # the seconds before the resume were spent by an earlier process (see compute_s)
+        info.update(resumed_from_epoch=resumed_from, resumed_seconds=round(before_s, 2))
     return DecoderFit(family, model, pairs, info)
 
 
