@@ -26,7 +26,7 @@ METHODS = {  # most informative first; the certificate-policy rows are left out 
     # the decoder's mask pools CPU-bound; they were a negative result at every earlier budget)
     "mnist": ["plain-p0", "plain-p0.9", "sadv2-p0.5", "adv2-p0.5", "block2-p0.5", "noise0.5-p0.5", "plain-p0.5",
               "plain-p0.97", "sadv2-p0.9", "sadv5-p0.5", "adv2-p0.9", "adv2-p0", "noise1-p0.5", "noise0.5-p0.9",
-              "block2-p0.9", "wide-p0.97", "quant1-p0.9", "nopeek-p0.9"],
+              "block2-p0.9", "block2-p0.8", "block2-p0.97", "wide-p0.97", "quant1-p0.9", "nopeek-p0.9"],
     "ecg5000": ["plain-p0", "plain-p0.5", "plain-p0.9", "plain-p0.97", "sadv2-p0.9", "sadv2-p0.5", "adv2-p0.9",
                 "block2-p0.5", "block2-p0.9", "noise0.5-p0.5", "noise1-p0.5", "noise0.5-p0.9", "wide-p0.97",
                 "quant1-p0.9"],

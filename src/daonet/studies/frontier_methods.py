@@ -154,12 +154,10 @@ def parse_method(spec: str) -> Method:
 
 # the grids measured with the full audit (docs/frontier-methods-*.md); other tasks get every method
 MEASURED: dict[str, tuple[str, ...]] = {
-    "mnist-mlp": ("plain-p0", "plain-p0.5", "plain-p0.9", "plain-p0.97", "wide-p0.97", "wide-p0.99", "quant1-p0.9",
-                  "quant2-p0.9", "nopeek-p0.9", "adv-p0.9", "adv2-p0.9", "adv2-p0.8", "adv2-p0.5", "adv2-p0",
-                  "policy0.3-p0.9", "policy0.2-p0.9", "adv2-pol0.3-p0.5"),
-    "ecg5000-cnn1d": ("plain-p0", "plain-p0.5", "plain-p0.9", "plain-p0.97", "wide-p0.97", "wide-p0.99",
-                      "quant1-p0.9", "quant2-p0.9", "nopeek-p0.9", "adv-p0.9", "adv2-p0.9", "adv2-p0.5", "adv2-p0",
-                      "policy0.3-p0.9", "policy0.2-p0.9", "policy0.3-p0.5", "adv-pol0.3-p0.9", "wide-q1-p0.97"),
+    "mnist-mlp": ("plain-p0", "plain-p0.9", "adv2-p0.5", "sadv2-p0.5", "block2-p0.8", "block2-p0.9", "block2-p0.97",
+                  "noise0.5-p0.5"),
+    "ecg5000-cnn1d": ("plain-p0", "plain-p0.5", "plain-p0.9", "plain-p0.97", "block2-p0.5", "block2-p0.9",
+                      "noise0.5-p0.5", "noise1-p0.5", "sadv2-p0.5", "sadv2-p0.9", "wide-p0.97", "quant1-p0.9"),
 }
 
 
@@ -190,6 +188,7 @@ def all_methods(model: str) -> list[Method]:
         Method("block2-p0.5", "block", 0.5, train_options={"device_layers": 2}),
         Method("block2-p0.9", "block", p, train_options={"device_layers": 2}),
         Method("block2-p0.8", "block", 0.8, train_options={"device_layers": 2}),  # ~ as many outputs as plain p=0.5
+        Method("block2-p0.97", "block", 0.97, train_options={"device_layers": 2}),
         Method("noise0.5-p0.5", "noise", 0.5, train_options={"noise_std": 0.5}),
         Method("noise1-p0.5", "noise", 0.5, train_options={"noise_std": 1.0}),
         Method("noise0.5-p0.9", "noise", p, train_options={"noise_std": 0.5}),
