@@ -93,6 +93,13 @@ def test_frontier_is_cached(frontier):
     third = run_methods("digits", "mlp", methods[:1], out, AUDIT, train_cfg=BASE, progress=False, policy_eval=60,
                         log=logs.append)
     assert any("finished earlier, reused" in line for line in logs) and third[0]["best"] == rows[0]["best"]
+    # a run with baselines only (one process of an audit split by attack) keeps its checkpoints, adds no row
+    logs.clear()
+    only_baseline = replace(AUDIT, attacks=("decoder_prediction",))
+    assert run_methods("digits", "mlp", methods[:1], out / "split", only_baseline, train_cfg=BASE, progress=False,
+                       log=logs.append) == []
+    assert any("no attack ran" in line for line in logs)
+    assert list((out / "split" / methods[0].name / "checkpoints").glob("*/decoder_prediction.npy"))
 
 
 def test_policy_bundle_requests_satisfy_the_policy(frontier, digits):

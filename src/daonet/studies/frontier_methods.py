@@ -337,6 +337,10 @@ def run_methods(dataset: str, model: str, methods: list[Method], out: str | Path
                     raise
                 log(f"{tag} [yellow]warning:[/] the audit's HTML report failed ({exc}); audit.json is complete")
             report = json.loads(audit_json.read_text())
+        if report["best_attack"] is None:  # e.g. one process of an audit split by attack ran a baseline only
+            log(f"{tag} [yellow]warning:[/] no attack ran (only baselines: {', '.join(report['attacks'])}), so the "
+                "row has no best attack and is left out; its checkpoints are kept for a run with the attacks")
+            continue
         row = frontier_row(report, metrics, method.drop_rate)
         metric = report["metric"]
         best = report["best_attack"]
