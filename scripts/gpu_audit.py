@@ -54,12 +54,12 @@ def job_default(dataset: str, out: Path, root: str) -> None:
     if EPOCHS_OVERRIDE:
         cfg = replace(cfg, epochs=EPOCHS_OVERRIDE)
     if not (out / "run" / "model.safetensors").exists():  # trained ahead (--train-only) or now
-        save_run(train(cfg, progress=True), out / "run")
+        save_run(train(cfg), out / "run")
     if TRAIN_ONLY:
         return
     export_run(out / "run", out / "bundle")
     r = run_audit(out / "bundle", AuditConfig(dataset=dataset, budget=BUDGET, data_root=root,  # resumable
-                                              checkpoint_dir=str(out / "audit" / "checkpoints")), progress=True)
+                                              checkpoint_dir=str(out / "audit" / "checkpoints")))
     write_report(r, out / "audit")
 
 
@@ -81,14 +81,14 @@ def job_methods(dataset: str, names: list[str], out: Path, root: str) -> None:
             cfg = known[n].train_config(tcfg)
             run_dir = out / "runs" / _train_key(cfg)
             if not _cached_train(cfg, run_dir):
-                save_run(train(cfg, progress=True), run_dir)
+                save_run(train(cfg), run_dir)
         return
     attacks = ROW_ATTACKS or tuple(a for a in AuditConfig(dataset=dataset).attacks
                                    if a != "repeated")  # repeated queries: measured on the defaults
     acfg = AuditConfig(dataset=dataset, budget=BUDGET, budget_curve=False, data_root=root, attacks=attacks)
     from rich.console import Console
 
-    run_methods(dataset, MODEL[dataset], [known[n] for n in names], out, acfg, train_cfg=tcfg, progress=True,
+    run_methods(dataset, MODEL[dataset], [known[n] for n in names], out, acfg, train_cfg=tcfg,
                 log=Console(highlight=False).print)  # renders the log's markup ([yellow]...) in a log file
 
 

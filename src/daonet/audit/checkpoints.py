@@ -54,9 +54,6 @@ class AttackCheckpoints:
         self.dir = Path(root) / fingerprint
         self._default = default
 
-    def _write(self, path: Path, write: Callable[[Path], object]) -> None:
-        atomic_write(path, write)
-
     def partial(self, name: str) -> Path:
         """Where a learned attacker saves its training state while it trains (removed once it finished)."""
         return self.dir / f"{name}.partial.pt"
@@ -69,9 +66,9 @@ class AttackCheckpoints:
             with path.open("wb") as f:  # a file object: np.save would append ".npy" to a ".tmp" name
                 np.save(f, rec)
 
-        self._write(self.dir / f"{name}.npy", write_rec)
-        self._write(self.dir / f"{name}.json",
-                    lambda p: p.write_text(json.dumps(budget, default=self._default)))  # the .json marks it done
+        atomic_write(self.dir / f"{name}.npy", write_rec)
+        atomic_write(self.dir / f"{name}.json",
+                     lambda p: p.write_text(json.dumps(budget, default=self._default)))  # the .json marks it done
         self._drop_partial(name)
 
     def load(self, name: str) -> tuple[np.ndarray, dict[str, Any]] | None:
@@ -85,7 +82,7 @@ class AttackCheckpoints:
             return None
 
     def save_point(self, name: str, point: dict[str, Any]) -> None:
-        self._write(self.dir / f"{name}.json", lambda p: p.write_text(json.dumps(point, default=self._default)))
+        atomic_write(self.dir / f"{name}.json", lambda p: p.write_text(json.dumps(point, default=self._default)))
         self._drop_partial(name)
 
     def load_point(self, name: str) -> dict[str, Any] | None:
