@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from .commands import audit, bench, demo, export, keys, methods, predict, serve, sweep, train
+from .commands import audit, bench, demo, export, keys, methods, predict, serve, sweep, train, verify
 from .commands.common import console, fail, parse_kwargs
 from .errors import DaonetError
 
@@ -28,6 +28,8 @@ app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)
 app.command("hash-key")(keys.hash_key)
 app.command("keygen")(keys.keygen)
+app.command("verify")(verify.verify)
+app.command("sign-audit")(verify.sign_audit)
 
 # what a curious server learns
 audit_app = typer.Typer(

@@ -1,6 +1,7 @@
 // Runs the JavaScript device runtime for the pytest parity tests: a JSON job on stdin, JSON results on stdout.
 //   {"module": path, "bundle": dir, "key": hex, "cases": [{"input": [...], "dtype": "uint8"|"float32"|"float64",
-//    "shape": [...]?, "mask": [0/1...]?, "certify": true}], "similarity": {quantum, width, groups, dims}?}
+//    "shape": [...]?, "mask": [0/1...]?, "certify": true,
+//    "policy": {"max_revealed_energy": t}?}], "similarity": {quantum, width, groups, dims}?}
 // Each result: {"payload": hex, "activations": [...], "sent": [...], "certificate": {...}} or {"error", "message"}.
 // Without a bundle: {"index_noise": {"prk": hex, "indices": [...]}} -> {"noise": [...]} (the keyed derivation);
 // {"fresh_noise": n} -> {"noise": [...]} (n standard normals from RandomMasks.noise, crypto.getRandomValues).
@@ -54,7 +55,8 @@ for (const c of job.cases) {
     if (c.shape) x = { data: x, shape: c.shape };
     const xv = device.validate(x);
     const act = device._activations(xv.data.subarray(0, xv.data.length / xv.n));
-    const p = await device.encode(x, { masks, mask: c.mask ?? null, certify: c.certify ?? true });
+    const policy = c.policy ? new dn.PrivacyPolicy({ maxRevealedEnergy: c.policy.max_revealed_energy }) : null;
+    const p = await device.encode(x, { masks, mask: c.mask ?? null, certify: c.certify ?? true, policy });
     out.results.push({ payload: hex(p.data), activations: Array.from(act), sent: Array.from(p.activations), nnz: p.nnz,
       certificate: p.certificate });
   } catch (exc) {

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..audit_summary import AttackScore, AuditSummary  # noqa: F401  (re-exported by daonet.audit)
 from ..bundle import check_pair
 from ..data import Dataset, load_dataset
 from ..device.certificate import PrivacyPolicy, certify
@@ -63,7 +64,7 @@ BUDGETS: dict[str, BudgetPreset] = {
                          curve_sizes=(2500, 10000), n_repeat=100, claim=True),
 }
 DEFAULT_ATTACKS = ("min_norm", "rmle", "rmle_prior", "rmle_naive", "decoder_mlp", "decoder_conv", "decoder_adaptive",
-                   "decoder_prediction", "repeated")
+                   "decoder_prediction", "decoder_label", "repeated")
 ATTACKS = (*available_attacks(), "repeated")
 ATTACK_LABELS = {
     "data_mean": "data mean (baseline)",
@@ -162,52 +163,6 @@ class AuditConfig:
         if self.torch_device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.torch_device)
-
-
-@dataclass(frozen=True)
-class AttackScore:
-    """One attack's score on the audited requests (primary metric)."""
-
-    name: str
-    label: str
-    mean: float
-    advantage: float | None  # paired mean difference over the class prior (same requests)
-    advantage_se: float | None
-
-
-@dataclass(frozen=True)
-class AuditSummary:
-    """The typed headline of an audit (what frontiers, the CLI and the README read)."""
-
-    model_id: str
-    version: str
-    dataset: str
-    metric: str
-    budget: str
-    is_claim: bool
-    accuracy: float
-    surviving: float
-    best_attack: str | None
-    best: float | None
-    class_prior: float
-    prediction_only: float | None
-    best_advantage: float | None  # over the class prior
-    advantage_over_prediction: float | None
-    all_converged: bool
-    warnings: tuple[str, ...]
-    attacks: dict[str, AttackScore]
-
-    @classmethod
-    def from_report(cls, rep: dict[str, Any]) -> AuditSummary:
-        m = rep["metric"]
-        scores = {k: AttackScore(k, v["label"], v["metrics"][m]["mean"], v["metrics"][m].get("advantage"),
-                                 v["metrics"][m].get("advantage_se")) for k, v in rep["attacks"].items()}
-        return cls(rep["bundle"]["model_id"], rep["bundle"]["version"], rep["dataset"], m,
-                   rep.get("budget", {}).get("name", "full"), bool(rep.get("budget", {}).get("claim", False)),
-                   rep["accuracy"], rep["surviving"]["mean"], rep.get("best_attack"), rep.get("best"),
-                   rep["class_prior"], rep.get("prediction_only"), rep.get("best_advantage"),
-                   rep.get("advantage_over_prediction"), bool(rep.get("all_converged", False)),
-                   tuple(rep.get("warnings", ())), scores)
 
 
 @dataclass
@@ -515,6 +470,8 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
     attack_names = [a for a in recs if a not in baselines]
     best = max(attack_names, key=lambda a: results[a]["metrics"][metric]["mean"]) if attack_names else None
     pred_only = results["decoder_prediction"]["metrics"][metric]["mean"] if "decoder_prediction" in results else None
+    label_only = results["decoder_label"]["metrics"][metric]["mean"] if "decoder_label" in results else None
+    leakage = _leakage(per_sample, best, metric) if best is not None and label_only is not None else None
 
     # -- saturation: the attacker-budget curve ---------------------------------------------------
     warnings: list[str] = []
@@ -601,6 +558,8 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
         "prediction_only": pred_only,
         "advantage_over_prediction": (best_mean - pred_only) if best_mean is not None and pred_only is not None
         else None,
+        "label_only": label_only,
+        "leakage": leakage,
         "data_mean": results["data_mean"]["metrics"][metric]["mean"],
         "all_converged": all(v.get("converged", False) for v in learned.values()),
         "budget_curve": curve,
@@ -617,6 +576,17 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
                 "recs": {k: v[:m].reshape(x_test[:m].shape) for k, v in recs.items()},
                 "cert": cert_arr, "output_shape": tuple(device.output_shape), "kind": kind}
     return AuditResult(report, examples)
+
+
+def _leakage(per_sample: dict[str, dict[str, np.ndarray]], best: str, metric: str) -> dict[str, float]:
+    """The yardstick: the best attack minus the label-only decoder on the same requests (paired), with its
+    standard error. The server must learn the class; leakage is what it learns beyond it."""
+    diff = np.asarray(per_sample[best][metric], np.float64) - np.asarray(per_sample["decoder_label"][metric],
+                                                                          np.float64)
+    if metric == "nmse":
+        diff = -diff
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    return {"mean": float(diff.mean()), "se": se, "attack": best, "floor": "decoder_label"}
 
 
 def _privacy_manifest(device: DeviceModel) -> Any:

@@ -17,8 +17,10 @@ Families (each a separate network, trained separately):
 ``conv``        the dropped vector -> dense -> transposed-convolution upsampling (2-D images, 1-D signals)
 ``adaptive``    features that undo scale tricks and expose what the server knows anyway: ``h/rms``,
                 ``log1p(h/rms)``, the support pattern ``1[h > 0]`` and the server's class probabilities
-``prediction``  the server's class probabilities only: what the prediction itself reveals (a baseline
-                that the attacks are compared against, not an attack on the activations)
+``prediction``  the server's class probabilities only: what the probabilities reveal. NOT a floor: they are
+                computed from what the device sent, so a device head can push the input's style into them
+``label``       the predicted class alone (one-hot): what the server must learn for the task. The floor that
+                leakage is measured from (best converged attack minus this decoder, same loss and budget)
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ from torch import nn
 from ..train import make_progress
 from .checkpoints import atomic_write
 
-FAMILIES = ("mlp", "conv", "adaptive", "prediction")
+FAMILIES = ("mlp", "conv", "adaptive", "prediction", "label")
+BASELINE_FAMILIES = ("prediction", "label")  # bounds on the meaning of the numbers, not attacks on activations
 FAMILY_LABELS = {
     "mlp": "learned inverse network, MLP (fresh masks every epoch)",
     "conv": "learned inverse network, transposed-convolution decoder",
     "adaptive": "adaptive inverse network: h, log h, support pattern and the server's class probabilities",
     "prediction": "decoder from the server's class probabilities only (what the prediction reveals)",
+    "label": "label-only decoder: the predicted class alone, same loss and budget (the leakage floor)",
 }
 
 
@@ -224,6 +228,8 @@ def features(family: str, pairs: PublicPairs, h: torch.Tensor) -> torch.Tensor:
     probs = pairs.probs(h)
     if family == "prediction":
         return probs
+    if family == "label":
+        return F.one_hot(probs.argmax(1), probs.shape[1]).float()
     return torch.cat([hs, torch.log1p(hs), (h > 0).float(), probs], 1)
 
 
@@ -232,7 +238,7 @@ def _build(family: str, m: int, input_shape: tuple[int, ...], hidden: int,
     n = int(np.prod(input_shape))
     if family == "conv":
         return ConvDecoder(m, input_shape, hidden, box)
-    return MLPDecoder(m, n, hidden if family != "prediction" else min(hidden, 512), box)
+    return MLPDecoder(m, n, hidden if family not in BASELINE_FAMILIES else min(hidden, 512), box)
 
 
 @dataclass

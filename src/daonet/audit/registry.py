@@ -21,7 +21,7 @@ import torch
 from ..errors import InputError
 from ..train import make_progress
 from . import attacks as atk
-from .decoders import FAMILY_LABELS, DecoderBudget, PublicPairs, fit_decoder
+from .decoders import BASELINE_FAMILIES, FAMILY_LABELS, DecoderBudget, PublicPairs, fit_decoder
 
 
 @dataclass
@@ -172,6 +172,7 @@ def _decoder(ctx: AttackContext, family: str) -> AttackOutcome:
     return AttackOutcome(fit.predict(ctx.h_test), dict(fit.info))
 
 
-for _family in ("mlp", "conv", "adaptive", "prediction"):
-    register_attack(f"decoder_{_family}", FAMILY_LABELS[_family], learned=True, baseline=_family == "prediction")(
+for _family in FAMILY_LABELS:
+    register_attack(f"decoder_{_family}", FAMILY_LABELS[_family], learned=True,
+                    baseline=_family in BASELINE_FAMILIES)(
         functools.partial(_decoder, family=_family))

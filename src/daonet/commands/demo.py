@@ -1,5 +1,5 @@
-"""``daonet demo``: the whole path on an embedded default (train if needed, export, serve on loopback,
-predict over HTTP, report, stop the server)."""
+"""``daonet demo``: the whole path on the shipped default (verify the signed, audited bundle, serve it on
+loopback, predict over HTTP, report with its audited numbers, stop the server)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ DEFAULT_CACHE = Path(".daonet-cache/demo")  # daonet.studies.demo.DEFAULT_CACHE 
 
 def demo(
     n: Annotated[int, typer.Option(min=1, max=10000, help="MNIST test images to push through")] = 1000,
-    cache: Annotated[Path, typer.Option(help="where the demo model and bundles are cached")] = DEFAULT_CACHE,
-    retrain: Annotated[bool, typer.Option(help="ignore the cached model and train again")] = False,
+    cache: Annotated[Path, typer.Option(help="with --retrain: where the fresh model and bundles go")] = DEFAULT_CACHE,
+    retrain: Annotated[bool, typer.Option(help="train a fresh model from the default recipe instead of serving the "
+                                               "shipped, audited one (its privacy is then unaudited)")] = False,
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="device requests in flight at once")] = 16,
 ) -> None:
-    """Train (if needed) a small MNIST model, serve it on loopback, and predict real test images over HTTP."""
+    """Serve the shipped, signed, audited MNIST default on loopback, predict real test images over HTTP, and print
+    what its audit found (--retrain: a freshly trained, unaudited model instead)."""
     from ..studies.demo import run_demo
 
     report = run_demo(n=n, cache=cache, retrain=retrain, concurrency=concurrency)
