@@ -15,7 +15,9 @@ from typing import Any
 
 from .errors import BundleError
 
-__all__ = ["AttackScore", "AuditSummary", "read_summary"]
+__all__ = ["AttackScore", "AuditSummary", "read_summary", "ATTACKER_FAMILIES"]
+
+ATTACKER_FAMILIES = ("mlp", "conv", "adaptive")  # the learned attackers a full audit trains (daonet.audit.decoders)
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,16 @@ class AuditSummary:
                    tuple(rep.get("warnings", ())), scores, tuple(rep.get("skipped_attacks") or ()))
 
     @property
+    def families_not_run(self) -> tuple[str, ...]:
+        """Learned attacker families of the full audit that this report did not run."""
+        return tuple(f for f in ATTACKER_FAMILIES if f"decoder_{f}" not in self.attacks)
+
+    @property
     def is_lower_bound(self) -> bool:
-        """True when the numbers only bound leakage from below (a learned attacker still improving, the budget
-        curve not saturated, a quick budget)."""
-        return not self.is_claim or not self.all_converged or any("lower bound" in w for w in self.warnings)
+        """True when the numbers only bound leakage from below (a learned attacker still improving or not run,
+        the budget curve not saturated, a quick budget)."""
+        return (not self.is_claim or not self.all_converged or bool(self.families_not_run)
+                or any("lower bound" in w for w in self.warnings))
 
     def headline(self) -> list[str]:
         """A few lines a person reads first (``daonet verify``, ``daonet demo``)."""
@@ -92,8 +100,11 @@ class AuditSummary:
         elif self.best_advantage is not None:
             lines.append(f"advantage over the class prior: {self.best_advantage:+.3f} {self.metric} (this report "
                          "has no label-only decoder)")
+        if self.families_not_run:
+            lines.append(f"decoder families not run: {', '.join(self.families_not_run)} (so the best attack is a "
+                         "lower bound over them)")
         if self.skipped:
-            lines.append(f"attacks not run: {', '.join(self.skipped)}")
+            lines.append(f"attacks skipped: {', '.join(self.skipped)}")
         lines += [f"warning: {w}" for w in self.warnings]
         return lines
 

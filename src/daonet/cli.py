@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from .commands import audit, bench, demo, export, keys, methods, predict, serve, sweep, train, verify
+from .commands import audit, bench, demo, export, keys, methods, plan, predict, serve, sweep, train, verify
 from .commands.common import console, fail, parse_kwargs
 from .errors import DaonetError
 
@@ -41,6 +41,7 @@ audit_app.command("bundle")(audit.audit)
 audit_app.command("frontier")(audit.frontier)
 app.add_typer(audit_app, name="audit")
 app.command("audit-methods")(methods.audit_methods)
+app.command("plan")(plan.plan)
 
 # studies and benchmarks
 app.command("demo")(demo.demo)

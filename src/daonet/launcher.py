@@ -17,7 +17,7 @@ MODULE_EXTRA: dict[str, str | None] = {
     "typer": "cli", "click": "cli", "rich": "cli", "PIL": "cli",
     "torch": None, "fastapi": "server", "uvicorn": "server", "prometheus_client": "server", "starlette": "server",
     "sklearn": "train", "skimage": "train", "matplotlib": "train",
-    "tenseal": "bench", "ray": "ray",
+    "tenseal": "bench", "ray": "ray", "optuna": "plan",
 }
 COMMAND_EXTRA = {"serve": "server", "bench": "bench"}  # torch for anything else: train, export, audit, ...
 

@@ -578,7 +578,7 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
     return AuditResult(report, examples)
 
 
-def _leakage(per_sample: dict[str, dict[str, np.ndarray]], best: str, metric: str) -> dict[str, float]:
+def _leakage(per_sample: dict[str, dict[str, np.ndarray]], best: str, metric: str) -> dict[str, Any]:
     """The yardstick: the best attack minus the label-only decoder on the same requests (paired), with its
     standard error. The server must learn the class; leakage is what it learns beyond it."""
     diff = np.asarray(per_sample[best][metric], np.float64) - np.asarray(per_sample["decoder_label"][metric],

@@ -14,16 +14,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-ORDER = ("data_mean", "class_prior", "decoder_prediction", "min_norm", "rmle", "rmle_prior", "rmle_naive",
-         "decoder_mlp", "decoder_conv", "decoder_adaptive", "decoder")
+ORDER = ("data_mean", "class_prior", "decoder_label", "decoder_prediction", "min_norm", "rmle", "rmle_prior",
+         "rmle_naive", "decoder_mlp", "decoder_conv", "decoder_adaptive", "decoder")
 SHORT = {"data_mean": "data mean", "class_prior": "class prior", "min_norm": "min-norm LS", "rmle": "rMLE",
          "rmle_prior": "rMLE from prior", "rmle_naive": "rMLE naive", "decoder": "inverse net",
          "decoder_mlp": "MLP decoder", "decoder_conv": "conv decoder", "decoder_adaptive": "adaptive decoder",
-         "decoder_prediction": "prediction-only decoder"}
+         "decoder_prediction": "prediction-only decoder", "decoder_label": "label-only decoder"}
 COLORS = {"min_norm": "tab:blue", "rmle": "tab:green", "rmle_prior": "tab:cyan", "rmle_naive": "tab:olive",
           "decoder": "tab:red", "decoder_mlp": "tab:red", "decoder_conv": "tab:orange",
           "decoder_adaptive": "tab:purple",
-          "decoder_prediction": "tab:brown", "class_prior": "0.35", "data_mean": "0.6"}
+          "decoder_prediction": "tab:brown", "decoder_label": "tab:pink", "class_prior": "0.35", "data_mean": "0.6"}
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1150px;margin:24px auto;color:#222;
 padding:0 16px;line-height:1.45}
@@ -164,6 +164,11 @@ def render_audit_html(rep: dict[str, Any], ex: dict[str, Any] | None = None) -> 
     if best and po is not None:
         verdict += (f" A decoder that sees only the server's class probabilities reaches {po:.3f}: the activations "
                     f"leak <b>{rep['best'] - po:+.3f}</b> beyond what the prediction itself reveals.")
+    lo, leak = rep.get("label_only"), rep.get("leakage")
+    if best and lo is not None and leak:
+        verdict = (f"<b>Leakage beyond the label: <span class=bad>{leak['mean']:+.3f} ± {leak['se']:.3f}</span> "
+                   f"{metric.upper()}</b> (the best attack minus a label-only decoder, {lo:.3f}, which sees only the "
+                   "predicted class: what the server must learn for the task). " + verdict)
     parts.append(f"<p>Accuracy on the {rep['n_test']} audited test requests (server predictions from the payload "
                  f"bytes): <b>{rep['accuracy']:.4f}</b>. Surviving outputs per request: mean "
                  f"{rep['surviving']['mean']:.1f} (min {rep['surviving']['min']:.0f}, max "

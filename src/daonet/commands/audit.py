@@ -163,8 +163,8 @@ def audit(
         adv = f"{mm['advantage']:+.3f}" if "advantage" in mm else ""
         conv = rep["budgets"].get(name, {}).get("stopped", "")
         console.print(f"  {name:18s} {metric} {mm['mean']:.3f}  {adv:7s} {conv}")
-    if not rep["budget"]["claim"]:
-        console.print(f"[bold yellow]{rep['budget']['note']}[/]")
+    for line in result.summary.headline()[1:]:  # the first line repeats what the audit logged at its start
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print(f"[green]written[/] {html} and {js}")
 
 

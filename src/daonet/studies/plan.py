@@ -1,0 +1,423 @@
+"""``daonet plan``: search the device head and drop rate that reveal least beyond the label, under constraints.
+
+The question a user brings: "for my model, my accuracy floor and my device, which device head, drop rate and
+training defence reveal least?". Each candidate is trained, exported and audited through the same code as
+``daonet train`` / ``export`` / ``audit``; the objectives are test accuracy (maximise) and leakage (the best
+attack minus the label-only decoder; minimise), the constraints the accuracy floor, the leakage cap and the
+device budget (FLOPs, bytes and encode µs per request). The search itself is Optuna's multi-objective NSGA-II
+with its RDB storage: every trial lands in a study database (SQLite by default, any SQLAlchemy URL for a shared
+one), a killed plan resumes where it stopped, and trials run in parallel on Ray when asked (``workers > 1`` or a
+``ray_address``), each worker loading the same study. Candidates with identical settings share one folder
+(``OUT/candidates/<key>``), so a retried trial reuses a finished training run or audit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..audit_summary import AuditSummary, read_summary
+from ..errors import InputError
+
+__all__ = ["PlanSpace", "PlanConfig", "Candidate", "PlanPoint", "PlanResult", "run_plan", "device_cost"]
+
+PLAN_ATTACKS = ("min_norm", "rmle_prior", "decoder_mlp", "decoder_conv", "decoder_adaptive", "decoder_prediction",
+                "decoder_label")  # the audit's single-query attacks and baselines (repeated queries: masks, not heads)
+
+
+@dataclass(frozen=True)
+class PlanSpace:
+    """What the search varies, each with its bounds (validated once)."""
+
+    device_layers: tuple[int, ...] = (1, 2)  # 1: the paper's first layer (with its certificate); 2-3: a block
+    block_widths: tuple[int, ...] = (8, 16, 32, 64)  # the block's output width (device_layers >= 2)
+    drop_rate: tuple[float, float] = (0.0, 0.97)
+    adversary_weights: tuple[float, ...] = (0.0, 2.0)  # min-max training against an inverse network
+
+    def validate(self) -> None:
+        if not self.device_layers or any(d not in (1, 2, 3) for d in self.device_layers):
+            raise InputError(f"device layers must be among 1, 2, 3, got {list(self.device_layers)}")
+        if any(w < 2 for w in self.block_widths) or not self.block_widths:
+            raise InputError(f"block widths must be at least 2, got {list(self.block_widths)}")
+        lo, hi = self.drop_rate
+        if not 0 <= lo <= hi < 1:
+            raise InputError(f"the drop-rate range must satisfy 0 <= low <= high < 1, got {lo}, {hi}")
+        if not self.adversary_weights or any(not (a >= 0 and math.isfinite(a)) for a in self.adversary_weights):
+            raise InputError(f"adversary weights must be finite numbers >= 0, got {list(self.adversary_weights)}")
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """One plan: the task, the search, the constraints, where trials are kept and how they run."""
+
+    dataset: str
+    model: str = "mlp"
+    out: str = "reports/plan"
+    trials: int = 20
+    budget: str = "full"  # the audit budget of every candidate (quick: a smoke test, NOT a privacy claim)
+    epochs: int | None = None  # training epochs (default: the recipe's)
+    n_train: int | None = None  # training/test subsets, for quick plans and tests
+    n_test: int | None = None
+    audit_n_test: int | None = None  # audited requests per candidate (default: the budget's)
+    attacks: tuple[str, ...] = PLAN_ATTACKS
+    min_accuracy: float = 0.0
+    max_leakage: float | None = None
+    max_flops: float | None = None  # device FLOPs per request
+    max_bytes: float | None = None  # payload bytes per request (mean)
+    max_device_us: float | None = None  # device encode µs per request (median, measured here)
+    storage: str | None = None  # SQLAlchemy URL; default: sqlite:///OUT/plan.db
+    study_name: str = "daonet-plan"
+    seed: int = 0
+    workers: int = 1  # > 1: trials in parallel on a local Ray
+    ray_address: str | None = None  # a Ray cluster ("auto" or host:port): trials run there
+    data_root: str | None = None
+    space: PlanSpace = field(default_factory=PlanSpace)
+
+    def validate(self) -> None:
+        from ..audit.core import ATTACKS, BUDGETS
+
+        if self.trials < 1:
+            raise InputError(f"--trials must be at least 1, got {self.trials}")
+        if self.budget not in BUDGETS:
+            raise InputError(f"--budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
+        if "decoder_label" not in self.attacks:
+            raise InputError("the attacks must include decoder_label: leakage is measured from the label-only floor")
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        if unknown:
+            raise InputError(f"unknown attack(s) {', '.join(unknown)}; choose from {', '.join(ATTACKS)}")
+        if not 0 <= self.min_accuracy <= 1:
+            raise InputError(f"--min-accuracy must be in [0, 1], got {self.min_accuracy}")
+        for name in ("max_leakage", "max_flops", "max_bytes", "max_device_us"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and (v >= 0 or name == "max_leakage")):
+                raise InputError(f"--{name.replace('_', '-')} must be a finite number"
+                                 f"{'' if name == 'max_leakage' else ' >= 0'}, got {v}")
+        if self.workers < 1:
+            raise InputError(f"--workers must be at least 1, got {self.workers}")
+        for name in ("epochs", "n_train", "n_test", "audit_n_test"):
+            v = getattr(self, name)
+            if v is not None and v < (2 if name != "epochs" else 1):
+                raise InputError(f"--{name.replace('_', '-')} is too small: {v}")
+        self.space.validate()
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.out).resolve() / 'plan.db'}"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the search space, as trained."""
+
+    device_layers: int
+    block_width: int | None
+    drop_rate: float
+    adversary_weight: float
+
+    def key(self, cfg: PlanConfig) -> str:
+        """Content address of a candidate and everything that determines its numbers (one 'same settings' rule)."""
+        what = {"candidate": asdict(self), "dataset": cfg.dataset, "model": cfg.model, "budget": cfg.budget,
+                "epochs": cfg.epochs, "n_train": cfg.n_train, "n_test": cfg.n_test, "audit_n_test": cfg.audit_n_test,
+                "attacks": sorted(cfg.attacks), "seed": cfg.seed}
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        head = ("first layer" if self.device_layers == 1 else
+                f"{self.device_layers}-layer block, width {self.block_width}")
+        adv = f", adversary {self.adversary_weight:g}" if self.adversary_weight else ""
+        return f"{head}, p={self.drop_rate:.2f}{adv}"
+
+
+@dataclass(frozen=True)
+class PlanPoint:
+    """A finished candidate: its numbers, its cost on the device, and where its bundle and audit are."""
+
+    trial: int
+    candidate: Candidate
+    accuracy: float
+    leakage: float
+    leakage_lower_bound: bool
+    best_attack: str | None
+    label_only: float | None
+    flops: int
+    bytes_per_request: float
+    device_us: float
+    surviving: float
+    feasible: bool
+    bundle: str
+    report: str
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "candidate": asdict(self.candidate), "describe": self.candidate.describe()}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> PlanPoint:
+        raw = {k: v for k, v in raw.items() if k != "describe"}
+        return cls(**{**raw, "candidate": Candidate(**raw["candidate"])})
+
+
+@dataclass
+class PlanResult:
+    points: list[PlanPoint]  # every finished trial
+    pareto: list[PlanPoint]  # the feasible non-dominated ones (accuracy up, leakage down)
+    chosen: PlanPoint | None  # the least leakage among feasible Pareto points
+    claim: bool  # False for a quick budget: NOT a privacy claim
+    out: Path
+
+
+def device_cost(device: Any, x: np.ndarray, repeats: int = 3) -> tuple[int, float, float]:
+    """``(FLOPs, mean payload bytes, median encode µs)`` per request of a device model on inputs ``x``.
+
+    FLOPs count the first layer and the block (2 per multiply-add; max-pooling one per input value)."""
+    from ..device.masks import RandomMasks
+
+    shape = tuple(device.first_output_shape)
+    flops = 2 * int(np.prod(device.weight.shape)) * int(np.prod(shape[1:]))
+    for step in device.block:
+        out = step.out_shape(shape)
+        flops += int(np.prod(shape)) if step.op == "maxpool" else \
+            2 * int(np.prod(step.weight_shape)) * int(np.prod(out[1:]))
+        shape = out
+    masks = RandomMasks(0)
+    sizes = [len(device.encode(xi, masks).data) for xi in x]
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for xi in x:
+            device.encode(xi, masks)
+        times.append((time.perf_counter() - t0) / len(x) * 1e6)
+    return flops, float(np.mean(sizes)), float(np.median(times))
+
+
+def _train_config(cfg: PlanConfig, cand: Candidate) -> Any:
+    from ..train import recommended_config
+
+    over: dict[str, Any] = {"drop_rate": cand.drop_rate, "adversary_weight": cand.adversary_weight,
+                            "device_layers": cand.device_layers, "seed": cfg.seed, "data_root": cfg.data_root}
+    if cfg.epochs is not None:
+        over["epochs"] = cfg.epochs
+    tc = recommended_config(cfg.dataset, cfg.model, **over)
+    if cand.device_layers > 1:
+        tc = replace(tc, model_kwargs={**tc.model_kwargs, "block_width": cand.block_width})
+    return tc
+
+
+def evaluate_candidate(cfg: PlanConfig, cand: Candidate, trial: int, log: Callable[[str], None] = print) -> PlanPoint:
+    """Train, export and audit one candidate (each stage reused when its folder already holds it)."""
+    from ..audit.core import AuditConfig, run_audit, write_report
+    from ..data import load_dataset
+    from ..device import DeviceModel
+    from ..export import export_run
+    from ..train import save_run, train
+
+    t0 = time.perf_counter()
+    where = Path(cfg.out) / "candidates" / cand.key(cfg)
+    run_dir, bundle, audit_dir = where / "run", where / "bundle", where / "audit"
+    tc = _train_config(cfg, cand)
+    ds = load_dataset(cfg.dataset, cfg.data_root)
+    if cfg.n_train or cfg.n_test:
+        ds = ds.subset(cfg.n_train, cfg.n_test, seed=cfg.seed)
+    if not (run_dir / "metrics.json").exists():
+        save_run(train(tc, ds=ds, progress=False), run_dir)
+    if not (bundle / "device" / "manifest.json").exists():
+        export_run(run_dir, bundle, model_id=f"plan-{cand.key(cfg)}")
+    report = audit_dir / "audit.json"
+    if not report.exists():
+        ac = AuditConfig(dataset=ds.name, budget=cfg.budget, n_test=cfg.audit_n_test, attacks=tuple(cfg.attacks),
+                         checkpoint_dir=str(audit_dir / "checkpoints"), budget_curve=cfg.budget == "full")
+        write_report(run_audit(bundle, ac, dataset=ds, progress=False, log=lambda _: None), audit_dir)
+    summary: AuditSummary = read_summary(report)
+    if summary.leakage is None:
+        raise InputError(f"{report} has no leakage (no label-only decoder or no attack ran)")
+    device = DeviceModel.load(bundle / "device")
+    flops, nbytes, us = device_cost(device, ds.x_test[:64])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    accuracy = float(metrics["test_accuracy"]["mean"])
+    point = PlanPoint(trial=trial, candidate=cand, accuracy=accuracy, leakage=float(summary.leakage),
+                      leakage_lower_bound=summary.is_lower_bound, best_attack=summary.best_attack,
+                      label_only=summary.label_only, flops=flops, bytes_per_request=nbytes, device_us=us,
+                      surviving=summary.surviving, feasible=False, bundle=str(bundle), report=str(report),
+                      seconds=round(time.perf_counter() - t0, 2))
+    point = replace(point, feasible=all(c <= 0 for c in constraint_values(cfg, point)))
+    log(f"trial {trial}: {cand.describe()}: accuracy {accuracy:.3f}, leakage {point.leakage:+.3f} "
+        f"{summary.metric}, {flops:,} FLOPs, {nbytes:.0f} B, {us:.0f} µs{'' if point.feasible else ' (infeasible)'}")
+    return point
+
+
+def constraint_values(cfg: PlanConfig, p: PlanPoint) -> list[float]:
+    """Optuna's constraint convention: each value <= 0 means satisfied."""
+    out = [cfg.min_accuracy - p.accuracy]
+    for cap, value in ((cfg.max_leakage, p.leakage), (cfg.max_flops, p.flops), (cfg.max_bytes, p.bytes_per_request),
+                       (cfg.max_device_us, p.device_us)):
+        if cap is not None:
+            out.append(float(value) - cap)
+    return out
+
+
+def _sample(trial: Any, space: PlanSpace) -> Candidate:
+    layers = trial.suggest_categorical("device_layers", list(space.device_layers))
+    width = trial.suggest_categorical("block_width", list(space.block_widths)) if layers > 1 else None
+    lo, hi = space.drop_rate
+    rate = round(trial.suggest_float("drop_rate", lo, hi), 3) if hi > lo else lo
+    adv = trial.suggest_categorical("adversary_weight", list(space.adversary_weights))
+    return Candidate(int(layers), None if width is None else int(width), float(rate), float(adv))
+
+
+def _study(cfg: PlanConfig) -> Any:
+    """The plan's Optuna study: NSGA-II with constraints, on RDB storage whose heartbeat lets a later run retry
+    the trials a killed run left behind."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():  # the heartbeat and its retry callback are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            cfg.storage_url, heartbeat_interval=60, grace_period=180,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+    sampler = optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=max(4, min(20, cfg.trials)))
+    return optuna.create_study(study_name=cfg.study_name, storage=storage, sampler=sampler, load_if_exists=True,
+                               directions=["maximize", "minimize"])
+
+
+def _objective(cfg: PlanConfig, log: Callable[[str], None]) -> Callable[[Any], tuple[float, float]]:
+    def objective(trial: Any) -> tuple[float, float]:
+        cand = _sample(trial, cfg.space)
+        point = evaluate_candidate(cfg, cand, trial.number, log)
+        for i, value in enumerate(constraint_values(cfg, point)):
+            trial.set_constraint(f"c{i}", value)
+        trial.set_user_attr("point", point.to_json())
+        return point.accuracy, point.leakage
+
+    return objective
+
+
+def _remaining(study: Any, total: int) -> int:
+    import optuna
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]  # a killed plan's trials: redone
+    return max(0, total - len(done))
+
+
+def _optimize(cfg: PlanConfig, n: int, log: Callable[[str], None]) -> None:
+    _study(cfg).optimize(_objective(cfg, log), n_trials=n, catch=(InputError,))
+
+
+def run_plan(cfg: PlanConfig, log: Callable[[str], None] = print) -> PlanResult:
+    """Run (or resume) a plan; writes ``OUT/pareto.json``, ``OUT/pareto.png`` and the chosen bundle."""
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plan.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    study = _study(cfg)
+    todo = _remaining(study, cfg.trials)
+    if todo and (cfg.workers > 1 or cfg.ray_address):
+        _optimize_on_ray(cfg, todo, log)
+    elif todo:
+        _optimize(cfg, todo, log)
+    return _collect(cfg, _study(cfg))
+
+
+def _optimize_on_ray(cfg: PlanConfig, todo: int, log: Callable[[str], None]) -> None:
+    """Trials in parallel: each Ray task loads the same study (its storage must be reachable from the workers:
+    a shared file system for SQLite, or a database URL) and runs its share of the trials."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=cfg.ray_address, num_cpus=None if cfg.ray_address else cfg.workers,
+                 include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        @ray.remote(num_cpus=1)
+        def worker(c: PlanConfig, n: int) -> int:
+            import torch
+
+            torch.set_num_threads(1)
+            _optimize(c, n, lambda _: None)
+            return n
+
+        shares = [todo // cfg.workers + (1 if i < todo % cfg.workers else 0) for i in range(cfg.workers)]
+        done = ray.get([worker.remote(cfg, n) for n in shares if n])
+        log(f"{sum(done)} trials ran on Ray ({len([n for n in shares if n])} workers)")
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def pareto_front(points: list[PlanPoint]) -> list[PlanPoint]:
+    """Feasible points no other feasible point beats on both accuracy (higher) and leakage (lower)."""
+    feas = [p for p in points if p.feasible]
+    return sorted([p for p in feas if not any(q.accuracy >= p.accuracy and q.leakage <= p.leakage and
+                                              (q.accuracy > p.accuracy or q.leakage < p.leakage) for q in feas)],
+                  key=lambda p: p.leakage)
+
+
+def _collect(cfg: PlanConfig, study: Any) -> PlanResult:
+    import optuna
+
+    from ..audit.core import BUDGETS
+
+    points = [PlanPoint.from_json(t.user_attrs["point"]) for t in study.trials
+              if t.state == optuna.trial.TrialState.COMPLETE and "point" in t.user_attrs]
+    front = pareto_front(points)
+    chosen = front[0] if front else None
+    out = Path(cfg.out)
+    claim = BUDGETS[cfg.budget].claim
+    if chosen is not None:
+        dest = out / "chosen"
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(chosen.bundle, dest)
+        shutil.copytree(Path(chosen.report).parent, dest / "audit",
+                        ignore=shutil.ignore_patterns("checkpoints", "*.partial.pt"))
+    doc = {"claim": claim, "note": None if claim else "quick budget: NOT a privacy claim",
+           "objectives": {"accuracy": "maximize", "leakage": "minimize (best attack minus the label-only decoder)"},
+           "constraints": {k: getattr(cfg, k) for k in ("min_accuracy", "max_leakage", "max_flops", "max_bytes",
+                                                          "max_device_us")},
+           "storage": cfg.storage_url, "study": cfg.study_name, "trials": [p.to_json() for p in points],
+           "pareto": [p.trial for p in front], "chosen": chosen.trial if chosen else None}
+    (out / "pareto.json").write_text(json.dumps(doc, indent=2) + "\n")
+    if points:
+        plot_plan(points, front, chosen, out / "pareto.png", claim)
+    return PlanResult(points, front, chosen, claim, out)
+
+
+def plot_plan(points: list[PlanPoint], front: list[PlanPoint], chosen: PlanPoint | None, path: Path,
+              claim: bool) -> None:
+    """Accuracy vs leakage over the label-only decoder; marker area = device FLOPs per request."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fl = np.array([p.flops for p in points], dtype=float)
+    size = 20 + 200 * (fl - fl.min()) / (np.ptp(fl) or 1.0)
+    for p, s in zip(points, size, strict=True):
+        ax.scatter(p.accuracy, p.leakage, s=s, alpha=0.6, color="tab:blue" if p.feasible else "0.7",
+                   edgecolors="k" if p in front else "none")
+    if front:
+        f = sorted(front, key=lambda p: p.accuracy)
+        ax.plot([p.accuracy for p in f], [p.leakage for p in f], "-", color="tab:red", lw=1, label="Pareto front")
+    if chosen is not None:
+        ax.scatter([chosen.accuracy], [chosen.leakage], marker="*", s=220, color="tab:red", label="chosen")
+    ax.axhline(0, color="0.5", ls=":", lw=1)
+    ax.set_xlabel("test accuracy (with dropping)")
+    ax.set_ylabel("leakage beyond the label (best attack − label-only)")
+    ax.set_title("daonet plan" + ("" if claim else " — quick budget: NOT a privacy claim"), fontsize=10)
+    if front or chosen is not None:
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
