@@ -30,7 +30,15 @@ def make_progress(transient: bool = False, *, enabled: bool = True, refresh_per_
     ``enabled=False`` gives a silent bar with the same API (no ``if bar`` branches in callers). While timing
     something, pass a low ``refresh_per_second``: the redraw thread takes the GIL.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     class LoggedProgress(Progress):
         """Where output is not a terminal (a log file, CI, ``nohup``) a live bar cannot redraw: print one
@@ -48,14 +56,17 @@ def make_progress(transient: bool = False, *, enabled: bool = True, refresh_per_
             if task.elapsed - last >= LOG_EVERY_S or task.finished:
                 task.fields["_logged_at"] = task.elapsed
                 total = f"/{task.total:g}" if task.total is not None else ""
+                left = task.time_remaining
+                eta = f", ~{left:.0f} s left at this rate" if left is not None and not task.finished else ""
                 self.console.print(f"{task.description}: {task.completed:g}{total} {task.fields.get('status', '')} "
-                                   f"({task.elapsed:.0f} s)", highlight=False, markup=False, soft_wrap=True)
+                                   f"({task.elapsed:.0f} s{eta})", highlight=False, markup=False, soft_wrap=True)
 
         def advance(self, task_id: TaskID, advance: float = 1) -> None:
             self.update(task_id, advance=advance)
 
     return LoggedProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=transient,
+                          TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
+                          TimeRemainingColumn(), transient=transient,
                           disable=not enabled, refresh_per_second=refresh_per_second, console=console)
 
 

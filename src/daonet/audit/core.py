@@ -516,7 +516,7 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
         t0 = time.perf_counter()
         nrep = cfg.resolved("n_repeat")
         repeated = _repeated(cfg, obs, know, x_test[:nrep], mu, kind, lam.get("rmle"),  # type: ignore[arg-type]
-                             recs["class_prior"][:nrep])
+                             recs["class_prior"][:nrep], progress)
         timing["repeated_s"] = time.perf_counter() - t0
 
     # -- policy cost ---------------------------------------------------------------------------
@@ -637,7 +637,7 @@ def _budget_curve(ctx: AttackContext, family: str, fits: dict[str, dict[str, Any
 
 
 def _repeated(cfg: AuditConfig, obs: Observer, know: atk.ServerKnowledge, x: np.ndarray, mu: np.ndarray, kind: str,
-              lam: float | None, baseline: np.ndarray) -> dict[str, Any]:
+              lam: float | None, baseline: np.ndarray, progress: bool = False) -> dict[str, Any]:
     """K captures of the same input pooled by the server: exact replays and near-duplicates (noisy re-captures,
     and shifted windows for signals), sent with fresh random, keyed and similarity-keyed masks."""
     key = hashlib.sha256(f"daonet-audit-device-key-{cfg.seed}".encode()).digest()  # simulated; never sent
@@ -651,7 +651,7 @@ def _repeated(cfg: AuditConfig, obs: Observer, know: atk.ServerKnowledge, x: np.
         [rep.exact_replays(), rep.gaussian(0.01), rep.shifted(2, 0.01)]
     res = rep.repeated_queries(obs.observe, know, x, mu, kind, masks=masks, captures=captures,
                                ks=tuple(sorted(set(cfg.repeats))), baseline=baseline, rmle_lambda=lam,
-                               rmle_steps=cfg.resolved("rmle_steps"), seed=cfg.seed + 7)
+                               rmle_steps=cfg.resolved("rmle_steps"), seed=cfg.seed + 7, progress=progress)
     return res.to_dict()
 
 

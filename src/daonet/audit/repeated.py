@@ -21,6 +21,7 @@ import numpy as np
 
 from ..device.masks import MaskSource, SimilarityKeyedMasks
 from ..errors import InputError
+from ..measure import make_progress
 from . import attacks as atk
 from .metrics import evaluate, primary_metric
 
@@ -132,7 +133,8 @@ def _score(kind: str, metric: str, x: np.ndarray, rec: np.ndarray) -> np.ndarray
 def repeated_queries(observe: Observe, know: atk.ServerKnowledge, x: np.ndarray, mu: np.ndarray, kind: str, *,
                      masks: dict[str, Callable[[], MaskSource]], captures: Sequence[Captures],
                      ks: Sequence[int] = (1, 5, 20), baseline: np.ndarray, baseline_name: str = "class prior",
-                     rmle_lambda: float | None = None, rmle_steps: int = 200, seed: int = 0) -> RepeatedResult:
+                     rmle_lambda: float | None = None, rmle_steps: int = 200, seed: int = 0,
+                     progress: bool = False) -> RepeatedResult:
     """Pool K captures of each clean input ``x`` per mask source and attack the pooled equations.
 
     ``observe(x, source)`` returns what the server receives (dense dropped vectors, as parsed from the
@@ -160,26 +162,29 @@ def repeated_queries(observe: Observe, know: atk.ServerKnowledge, x: np.ndarray,
     result = RepeatedResult(kind, metric, len(x), baseline_name, float(base.mean()), single,
                             settings={"ks": list(ks), "rmle_lambda": rmle_lambda, "rmle_steps": rmle_steps,
                                       "seed": seed})
-    for ci, cap in enumerate(captures):
-        xs = cap.draw(x, kmax, np.random.default_rng([seed, ci]))
-        for label, factory in masks.items():
-            source = factory()
-            hs = np.stack([observe(xs[j], source) for j in range(kmax)])  # K, N, m
-            for k in ks:
-                hk = hs[:k]
-                same = np.all(hk == hk[:1], axis=(0, 2))
-                mn = atk.min_norm(know, hk if k > 1 else hk[0], mu)
-                s_mn = _score(kind, metric, x, mn)
-                rm = adv = None
-                if rmle_lambda is not None:
-                    rec = atk.regularized(know, hk, mu, rmle_lambda, steps=rmle_steps, init=mn)
-                    s_rm = _score(kind, metric, x, rec)
-                    rm, adv = float(s_rm.mean()), float((s_rm - base).mean())
-                result.rows.append(RepeatedRow(
-                    masks=label, captures=cap.name, k=int(k), surviving=float((hk > 0).sum(2).mean()),
-                    surviving_union=float((hk > 0).any(0).sum(1).mean()), identical=float(same.mean()),
-                    min_norm=float(s_mn.mean()), min_norm_advantage=float((s_mn - base).mean()),
-                    rmle=rm, rmle_advantage=adv))
+    with make_progress(enabled=progress) as bar:
+        task = bar.add_task("repeated queries", total=len(captures) * len(masks), status="")
+        for ci, cap in enumerate(captures):
+            xs = cap.draw(x, kmax, np.random.default_rng([seed, ci]))
+            for label, factory in masks.items():
+                source = factory()
+                hs = np.stack([observe(xs[j], source) for j in range(kmax)])  # K, N, m
+                for k in ks:
+                    hk = hs[:k]
+                    same = np.all(hk == hk[:1], axis=(0, 2))
+                    mn = atk.min_norm(know, hk if k > 1 else hk[0], mu)
+                    s_mn = _score(kind, metric, x, mn)
+                    rm = adv = None
+                    if rmle_lambda is not None:
+                        rec = atk.regularized(know, hk, mu, rmle_lambda, steps=rmle_steps, init=mn)
+                        s_rm = _score(kind, metric, x, rec)
+                        rm, adv = float(s_rm.mean()), float((s_rm - base).mean())
+                    result.rows.append(RepeatedRow(
+                        masks=label, captures=cap.name, k=int(k), surviving=float((hk > 0).sum(2).mean()),
+                        surviving_union=float((hk > 0).any(0).sum(1).mean()), identical=float(same.mean()),
+                        min_norm=float(s_mn.mean()), min_norm_advantage=float((s_mn - base).mean()),
+                        rmle=rm, rmle_advantage=adv))
+                bar.update(task, advance=1, status=f"{cap.name}, {label}")
     return result
 
 
