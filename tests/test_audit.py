@@ -339,3 +339,23 @@ def test_an_interrupted_decoder_continues_where_it_stopped(dropped, digits, tmp_
     assert -1 not in seen and done.info["best_val"] == whole.info["best_val"]  # finished: nothing retrained
     other = fit_decoder("mlp", pairs, **{**kw, "budget": replace(budget, hidden=32)}, resume=state)
     assert "resumed_from_epoch" not in other.info
+
+
+def test_stacked_min_norm_merges_repeated_rows_into_the_same_least_squares_solution():
+    """K observations of one input share outputs (noisy values on re-captures): the merged system (one row per
+    output, weight sqrt(count), mean value) has the same minimum-norm least-squares solution as the stacked one."""
+    from daonet.audit.attacks import ServerKnowledge, min_norm
+
+    rng = np.random.default_rng(0)
+    m, n = 300, 60
+    know = ServerKnowledge(rng.standard_normal((m, n)), rng.standard_normal(m), (1, n), None, "signal", 1.0)
+    pre = rng.standard_normal((4, n)) @ know.a.T + know.c
+    hs = np.stack([np.where((rng.random(pre.shape) > 0.85) & (pre > 0), pre + rng.normal(0, 0.1, pre.shape) * (k % 2),
+                            0.0) for k in range(5)])
+    stacked = []
+    for i in range(hs.shape[1]):
+        rows = [np.flatnonzero(hs[k, i]) for k in range(hs.shape[0])]
+        s = np.concatenate(rows)
+        r = np.concatenate([hs[k, i, rows[k]] for k in range(hs.shape[0])]) - know.c[s]
+        stacked.append(np.linalg.lstsq(know.a[s], r, rcond=None)[0])
+    np.testing.assert_allclose(min_norm(know, hs, np.zeros(n), clip=False), np.array(stacked), atol=1e-9)

@@ -73,8 +73,17 @@ def min_norm(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, clip: bool = 
         if s.size == 0:
             out[i] = mu
             continue
+        v = np.concatenate(vals).astype(np.float64)
+        if hk.shape[0] > 1:  # an output seen c times: one row, weight sqrt(c), mean value (the same LS problem)
+            s, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
+            v = np.bincount(inv, weights=v, minlength=len(s)) / counts
+            w = np.sqrt(counts)
+        else:
+            w = None
         a = know.a[s]
-        r = np.concatenate(vals).astype(np.float64) - know.c[s] - a @ mu
+        r = v - know.c[s] - a @ mu
+        if w is not None:
+            a, r = a * w[:, None], r * w
         out[i] = mu + np.linalg.lstsq(a, r, rcond=None)[0]
     return know.clip(out) if clip else out
 

@@ -59,7 +59,7 @@ class BudgetPreset:
 BUDGETS: dict[str, BudgetPreset] = {
     "quick": BudgetPreset(n_test=100, public_size=2000,
                           decoder=DecoderBudget(max_epochs=8, patience=2, hidden=256, batch=128, val_size=300),
-                          rmle_steps=60, rmle_tune_size=32, curve_sizes=(), n_repeat=30, claim=False),
+                          rmle_steps=60, rmle_tune_size=32, curve_sizes=(), n_repeat=12, claim=False),
     "full": BudgetPreset(n_test=1000, public_size=0, decoder=DecoderBudget(), rmle_steps=400, rmle_tune_size=128,
                          curve_sizes=(2500, 10000), n_repeat=100, claim=True),
 }

@@ -94,8 +94,8 @@ def audit(
     resume: Annotated[bool, typer.Option(help="save every finished attack under OUT/checkpoints and reuse it "
                                               "when the same audit (bundle, data, settings) is run again")]
     = True,
-    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (1 is fastest on a busy "
-                                                             "machine)")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch and numpy's BLAS "
+                                                             "(1 is fastest on a busy machine)")] = None,
     data_root: Annotated[Path | None, typer.Option(help="local folder with the data set's files")] = None,
     model: Annotated[str, typer.Option(help="frontier: architecture to train")] = "mlp",
     drop_rates: Annotated[str, typer.Option(help="frontier: drop rates, e.g. '0,0.5,0.9,0.97'")] = "0,0.5,0.9,0.97",
@@ -118,7 +118,10 @@ def audit(
     from ..audit import AuditConfig, run_audit, write_report
 
     if threads:
+        from threadpoolctl import threadpool_limits
+
         torch.set_num_threads(threads)
+        threadpool_limits(threads)  # numpy's BLAS too: the white-box solvers are 15x slower oversubscribed
     cfg = AuditConfig(
         dataset=dataset, budget=budget, n_test=n_test, public_size=public_size, decoder_epochs=decoder_epochs,
         decoder_patience=decoder_patience, decoder_hidden=decoder_hidden,

@@ -342,8 +342,10 @@ def _optimize_on_ray(cfg: PlanConfig, todo: int, log: Callable[[str], None]) -> 
         @ray.remote(num_cpus=1)
         def worker(c: PlanConfig, n: int) -> int:
             import torch
+            from threadpoolctl import threadpool_limits
 
             torch.set_num_threads(1)
+            threadpool_limits(1)  # one core per worker, numpy's BLAS included
             _optimize(c, n, lambda _: None)
             return n
 
