@@ -481,7 +481,8 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
             warnings.append(f"{k} hit its epoch cap ({v['max_epochs']}) while still improving: its number is a "
                             "lower bound on leakage")
     curve = None
-    fits = {k.removeprefix("decoder_"): v for k, v in learned.items() if k != "decoder_prediction"}
+    fits = {k.removeprefix("decoder_"): v for k, v in learned.items()
+            if k not in ("decoder_prediction", "decoder_label")}  # attackers only: baselines are no attack
     if cfg.budget_curve and fits:
         t0 = time.perf_counter()
         strongest = max(fits, key=lambda f: fits[f]["best_val"])
