@@ -78,6 +78,28 @@ def test_plan_validates_its_settings(tmp_path):
 
 @pytest.mark.slow
 def test_plan_trials_run_in_parallel_on_ray(tmp_path):
+    """``--workers 2``: a local Ray runs the trials, each worker on the same SQLite study. In a child process, as
+    a user runs it, so this Ray instance never meets the Ray Serve tests' one."""
+    import os
+    import subprocess
+    import sys
+
     out = tmp_path / "ray-plan"
-    result = run_plan(PlanConfig(out=str(out), trials=2, workers=2, **FAST), log=lambda _: None)
-    assert len(result.points) == 2 and _complete_trials(out / "plan.db") == 2
+    cmd = [sys.executable, "-m", "daonet.launcher", "plan", "--dataset", "digits", "--budget", "quick",
+           "--trials", "2", "--workers", "2", "--epochs", "1", "--audit-n-test", "30", "--device-layers", "1,2",
+           "--block-widths", "8,16", "--adversary-weights", "0", "--attacks", "min_norm,decoder_mlp,decoder_label",
+           "--out", str(out)]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "trials ran on Ray (2 workers)" in proc.stdout + proc.stderr
+    assert _complete_trials(out / "plan.db") == 2
+    doc = json.loads((out / "pareto.json").read_text())
+    assert len(doc["trials"]) == 2
+
+
+def test_cli_default_attacks_are_the_library_defaults():
+    from daonet.commands import plan as cli_plan
+    from daonet.studies import plan as lib_plan
+
+    assert cli_plan.PLAN_ATTACKS == lib_plan.PLAN_ATTACKS

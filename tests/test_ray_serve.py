@@ -241,6 +241,9 @@ def test_options_are_validated_before_anything_starts(tmp_path):
         pack_bundle(tmp_path)
 
 
+RECOVERY_S = 180  # a bound on "Ray replaces the replica", not a timing claim: a loaded 2-core machine took 60 s
+
+
 def test_killing_a_replica_fails_only_in_flight_requests(ray_service, mnist_bundle, mnist_run):
     """Kill one replica's actor under a stream of requests: the service keeps answering, Ray starts a new one.
 
@@ -252,7 +255,7 @@ def test_killing_a_replica_fails_only_in_flight_requests(ray_service, mnist_bund
     outcomes: Counter[str] = Counter()
     lock = threading.Lock()
     stop = threading.Event()
-    deadline = time.monotonic() + 90  # bounded: the stream stops by itself
+    deadline = time.monotonic() + RECOVERY_S + 30  # bounded: the stream stops by itself
 
     def stream(k: int) -> None:
         with httpx.Client(base_url=ray_service.url, headers=KEY, timeout=15) as http:
@@ -281,7 +284,7 @@ def test_killing_a_replica_fails_only_in_flight_requests(ray_service, mnist_bund
         served_before = sum(outcomes.values())
     ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
     killed_at = time.monotonic()
-    while time.monotonic() - killed_at < 60:  # Ray's controller notices the dead actor and starts another
+    while time.monotonic() - killed_at < RECOVERY_S:  # Ray's controller notices the dead actor, starts another
         names = ray_service.replica_actor_names()
         if len(names) == 2 and before[0] not in names and ray_service.running_replicas() == 2:
             break
@@ -294,7 +297,7 @@ def test_killing_a_replica_fails_only_in_flight_requests(ray_service, mnist_bund
     failed = {k: v for k, v in outcomes.items() if k != "200"}
     print(f"\nfault test: {sum(outcomes.values())} requests ({served_before} before the kill), "
           f"failed {sum(failed.values())} {failed}, replica replaced after {recovered_s:.1f} s")
-    assert recovered_s < 60, "Ray did not replace the killed replica"
+    assert recovered_s < RECOVERY_S, "Ray did not replace the killed replica"
     assert outcomes["200"] > served_before
     assert "hung" not in failed
     # a clear server-side failure (500, or Ray's own "Request ... timed out" 408), never a daonet 4xx

@@ -10,6 +10,9 @@ import typer
 from ..errors import DaonetError
 from .common import console, fail
 
+PLAN_ATTACKS = ("min_norm", "rmle_prior", "decoder_mlp", "decoder_conv", "decoder_adaptive", "decoder_prediction",
+                "decoder_label")  # daonet.studies.plan.PLAN_ATTACKS (that module imports torch)
+
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
     try:
@@ -42,6 +45,8 @@ def plan(
     n_train: Annotated[int | None, typer.Option(min=2, help="training subset (quick plans)")] = None,
     n_test: Annotated[int | None, typer.Option(min=2, help="test subset")] = None,
     audit_n_test: Annotated[int | None, typer.Option(min=2, help="audited requests per candidate")] = None,
+    attacks: Annotated[str, typer.Option(help="attacks per candidate (must include decoder_label, the floor)")]
+    = ",".join(PLAN_ATTACKS),
     storage: Annotated[str | None, typer.Option(help="study database, any SQLAlchemy URL (default: "
                                                      "sqlite:///OUT/plan.db)")] = None,
     workers: Annotated[int, typer.Option(min=1, help="trials in parallel on a local Ray")] = 1,
@@ -65,7 +70,8 @@ def plan(
         cfg = PlanConfig(dataset=dataset, model=model, out=str(out), trials=trials, budget=budget,
                          min_accuracy=min_accuracy, max_leakage=max_leakage, max_flops=max_flops, max_bytes=max_bytes,
                          max_device_us=max_device_us, epochs=epochs, n_train=n_train, n_test=n_test,
-                         audit_n_test=audit_n_test, storage=storage, workers=workers, ray_address=ray_address,
+                         audit_n_test=audit_n_test, attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
+                         storage=storage, workers=workers, ray_address=ray_address,
                          seed=seed, data_root=str(data_root) if data_root else None, space=space)
         result = run_plan(cfg, log=lambda s: console.print(s, highlight=False, markup=False))
     except DaonetError as exc:
