@@ -103,3 +103,17 @@ def test_cli_default_attacks_are_the_library_defaults():
     from daonet.studies import plan as lib_plan
 
     assert cli_plan.PLAN_ATTACKS == lib_plan.PLAN_ATTACKS
+
+
+def test_concurrent_trials_of_the_same_candidate_build_it_once(tmp_path, one_torch_thread):
+    """Parallel workers may sample the same point: the candidate's folder is locked, so the second waits and
+    reuses what the first built instead of exporting over files the first is reading."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from daonet.studies.plan import Candidate, evaluate_candidate
+
+    cfg = PlanConfig(out=str(tmp_path / "p"), trials=1, **FAST)
+    cand = Candidate(1, None, 0.5, 0.0)
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda t: evaluate_candidate(cfg, cand, t, log=lambda _: None), [0, 1])
+    assert a.bundle == b.bundle and a.accuracy == b.accuracy and a.leakage == b.leakage

@@ -214,14 +214,23 @@ def _train_config(cfg: PlanConfig, cand: Candidate) -> Any:
 
 def evaluate_candidate(cfg: PlanConfig, cand: Candidate, trial: int, log: Callable[[str], None] = print) -> PlanPoint:
     """Train, export and audit one candidate (each stage reused when its folder already holds it)."""
+    from filelock import FileLock
+
+    t0 = time.perf_counter()
+    where = Path(cfg.out) / "candidates" / cand.key(cfg)
+    where.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(where) + ".lock"):  # parallel trials that sampled the same candidate: one builds it
+        return _build_candidate(cfg, cand, trial, where, t0, log)
+
+
+def _build_candidate(cfg: PlanConfig, cand: Candidate, trial: int, where: Path, t0: float,
+                     log: Callable[[str], None]) -> PlanPoint:
     from ..audit.core import AuditConfig, run_audit, write_report
     from ..data import load_dataset
     from ..device import DeviceModel
     from ..export import export_run
     from ..train import save_run, train
 
-    t0 = time.perf_counter()
-    where = Path(cfg.out) / "candidates" / cand.key(cfg)
     run_dir, bundle, audit_dir = where / "run", where / "bundle", where / "audit"
     tc = _train_config(cfg, cand)
     ds = load_dataset(cfg.dataset, cfg.data_root)
