@@ -8,14 +8,13 @@ import sys
 import types
 from typing import Any
 
+from ..audit_summary import AttackScore, AuditSummary
 from .api import audit
 from .core import (
     ATTACKS,
     BUDGETS,
-    AttackScore,
     AuditConfig,
     AuditResult,
-    AuditSummary,
     load_pair,
     run_audit,
     write_report,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..audit_summary import AttackScore, AuditSummary  # noqa: F401  (re-exported by daonet.audit)
+from ..audit_summary import AuditSummary
 from ..bundle import check_pair
 from ..data import Dataset, load_dataset
 from ..device.certificate import PrivacyPolicy, certify
@@ -580,14 +580,10 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
 
 
 def _leakage(per_sample: dict[str, dict[str, np.ndarray]], best: str, metric: str) -> dict[str, Any]:
-    """The yardstick: the best attack minus the label-only decoder on the same requests (paired), with its
-    standard error. The server must learn the class; leakage is what it learns beyond it."""
-    diff = np.asarray(per_sample[best][metric], np.float64) - np.asarray(per_sample["decoder_label"][metric],
-                                                                          np.float64)
-    if metric == "nmse":
-        diff = -diff
-    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
-    return {"mean": float(diff.mean()), "se": se, "attack": best, "floor": "decoder_label"}
+    """The yardstick: the best attack minus the label-only decoder on the same requests (paired, with its standard
+    error: :func:`summarize` against that floor). The server must learn the class; leakage is what it learns beyond."""
+    paired = summarize(per_sample[best], per_sample["decoder_label"])[metric]
+    return {"mean": paired["advantage"], "se": paired["advantage_se"], "attack": best, "floor": "decoder_label"}
 
 
 def _privacy_manifest(device: DeviceModel) -> Any:
