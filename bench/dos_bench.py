@@ -57,7 +57,7 @@ def prepare(tmp: Path) -> tuple[Path, list[bytes]]:
     import torch
 
     from daonet.device import DeviceModel, RandomMasks
-    from daonet.export import export_model
+    from daonet.exporting import export_model
     from daonet.train import TrainConfig, train
 
     torch.set_num_threads(1)

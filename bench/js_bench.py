@@ -60,7 +60,7 @@ def build(name: str, cache: Path) -> tuple[Path, Path, np.ndarray]:
     if not bundle_is_current(root):
         import torch
 
-        from daonet.export import export_model
+        from daonet.exporting import export_model
         from daonet.train import TrainConfig, train
 
         torch.set_num_threads(1)

@@ -48,7 +48,7 @@ def prepare_model(drop_rate: float) -> tuple[Path, np.ndarray, np.ndarray]:
     """The cached bundle and 1000 MNIST test images as a device holds them (uint8)."""
     from daonet.bundle import bundle_is_current
     from daonet.data import load_dataset
-    from daonet.export import export_run
+    from daonet.exporting import export_run
     from daonet.train import TrainConfig, save_run, train
 
     cache = CACHE / f"ray-mnist-p{drop_rate:g}"

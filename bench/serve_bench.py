@@ -163,7 +163,7 @@ def prepare_models(names: list[str], ecg_epochs: int) -> dict[str, dict[str, Any
     """Cached bundles and 1000 test inputs per model (as a device holds them: uint8 pixels, float32 samples)."""
     from daonet.bundle import bundle_is_current
     from daonet.data import load_dataset
-    from daonet.export import export_run
+    from daonet.exporting import export_run
     from daonet.studies.demo import DEFAULT_CACHE, ensure_bundles
     from daonet.train import TrainConfig, save_run, train
 

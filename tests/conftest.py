@@ -81,7 +81,7 @@ def serve_digits_run():
 
 @pytest.fixture(scope="session")
 def serve_digits_bundle(serve_digits_run, tmp_path_factory) -> BundlePair:
-    from daonet.export import export_model
+    from daonet.exporting import export_model
 
     root = tmp_path_factory.mktemp("serve-digits") / "bundle"
     dev, srv = export_model(serve_digits_run.model, root, model_id="digits-mlp",
@@ -92,7 +92,7 @@ def serve_digits_bundle(serve_digits_run, tmp_path_factory) -> BundlePair:
 @pytest.fixture(scope="session")
 def serve_signal_bundle(tmp_path_factory) -> BundlePair:
     """A cnn1d on a real ECG5000 subset (1 x 140): a second served model and the CSV input tests."""
-    from daonet.export import export_model
+    from daonet.exporting import export_model
     from daonet.train import TrainConfig, train
 
     cfg = TrainConfig(dataset="ecg5000", model="cnn1d", drop_rate=0.5, epochs=2, n_test=200,

@@ -15,7 +15,7 @@ from daonet.audit.metrics import evaluate, nmse, pearson, psnr, summarize
 from daonet.cli import app
 from daonet.data import Dataset
 from daonet.errors import BundleError, DatasetError, InputError
-from daonet.export import export_model
+from daonet.exporting import export_model
 from daonet.train import TrainConfig, train
 
 FAST = AuditConfig(dataset="digits", budget="quick", n_test=60, public_size=0, decoder_epochs=25, decoder_patience=3,

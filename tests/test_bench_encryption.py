@@ -39,7 +39,7 @@ def tiny_bundle(mnist, tmp_path_factory) -> tuple[Path, Path]:
     """A small real daonet model (784-256-64-10, p=0.9, 1 epoch on 5000 MNIST images), exported."""
     import torch
 
-    from daonet.export import export_run
+    from daonet.exporting import export_run
     from daonet.train import TrainConfig, save_run, train
 
     root = tmp_path_factory.mktemp("enc-bench")

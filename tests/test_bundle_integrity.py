@@ -84,7 +84,7 @@ def keys(tmp_path_factory):
 
 
 def _export_signed(serve_digits_run, out: Path, key: Path | None) -> Path:
-    from daonet.export import export_model
+    from daonet.exporting import export_model
 
     export_model(serve_digits_run.model, out, model_id="digits-mlp", classes=serve_digits_run.dataset.classes,
                  raw_dtype="uint8", sign_key=key)

@@ -18,7 +18,7 @@ from daonet.device.certificate import FirstLayerSystem, PrivacyPolicy, apply_pol
 from daonet.device.masks import RandomMasks
 from daonet.device.runtime import DeviceModel
 from daonet.errors import BundleError, InputError
-from daonet.export import export_model
+from daonet.exporting import export_model
 from daonet.train import TrainConfig, train
 from daonet.wire import decode
 

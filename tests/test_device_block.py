@@ -14,7 +14,7 @@ from daonet.cli import app
 from daonet.device import BlockCertificate, Client, DeviceModel, PrivacyPolicy, RandomMasks
 from daonet.device.block import BLOCK_NOTE
 from daonet.errors import BundleError, DaonetError, InputError
-from daonet.export import export_model
+from daonet.exporting import export_model
 from daonet.nn import LocalizedFirstLayer, build_model
 from daonet.server import ServerModel
 from daonet.server.config import ServerConfig

@@ -10,7 +10,7 @@ import pytest
 
 from daonet.device import DeviceModel, KeyedMasks, RandomMasks
 from daonet.device.certificate import PrivacyPolicy
-from daonet.export import export_model
+from daonet.exporting import export_model
 
 
 def _both(device: DeviceModel, fn):

@@ -67,7 +67,7 @@ def _train_export(tmp: Path, name: str, dataset: str, model: str, n_train: int, 
                   value_dtype: str = "float32", privacy: dict | None = None, **cfg):
     import torch
 
-    from daonet.export import export_model
+    from daonet.exporting import export_model
     from daonet.train import TrainConfig, train
 
     saved = torch.get_num_threads()

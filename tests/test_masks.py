@@ -14,7 +14,7 @@ from daonet.data import load_dataset
 from daonet.device.masks import KeyedMasks, RandomMasks, load_or_create_key
 from daonet.device.runtime import DeviceModel
 from daonet.errors import InputError
-from daonet.export import export_model
+from daonet.exporting import export_model
 from daonet.train import TrainConfig, train
 
 KEY_A = bytes(range(32))

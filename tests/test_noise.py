@@ -14,7 +14,7 @@ from daonet.data import load_dataset
 from daonet.device import DeviceModel, KeyedMasks, RandomMasks, SimilarityKeyedMasks
 from daonet.device.block import NOISE_NOTE
 from daonet.errors import BundleError, InputError
-from daonet.export import export_model
+from daonet.exporting import export_model
 from daonet.server import ServerModel
 from daonet.train import TrainConfig, train
 

@@ -80,7 +80,7 @@ def mnist_run(one_torch_thread):
 
 @pytest.fixture(scope="module")
 def mnist_bundle(mnist_run, tmp_path_factory):
-    from daonet.export import export_model
+    from daonet.exporting import export_model
 
     root = tmp_path_factory.mktemp("ray-mnist") / "bundle"
     return export_model(mnist_run.model, root, model_id="mnist-mlp", classes=mnist_run.dataset.classes,

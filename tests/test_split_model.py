@@ -14,7 +14,7 @@ import torch
 from daonet.bundle import check_pair, read_manifest
 from daonet.device import DeviceModel, RandomMasks
 from daonet.errors import BundleError, InputError, VersionMismatchError
-from daonet.export import export_model
+from daonet.exporting import export_model
 from daonet.nn import LocalizedFirstLayer
 from daonet.server import ServerModel
 from daonet.train import TrainConfig, evaluate, load_run, save_run, train

@@ -31,6 +31,7 @@ from torch import nn
 
 from .bundle import sha256_file
 from .errors import DaonetError, InputError
+from .exporting import check_classes, check_options, export_model
 from .nn import LocalizedFirstLayer, SplitModel
 
 __all__ = ["split", "export", "first_layer", "SplitError", "ConvertedFirstLayer", "PROGRAM_ARCH", "SERVER_PROGRAM",
@@ -340,6 +341,8 @@ def load_program(path: Path) -> nn.Module:
 
 
 def _raw_dtype(first: LocalizedFirstLayer, input_spec: dict[str, Any] | None) -> str:
+    if input_spec is not None and not isinstance(input_spec, dict):
+        raise InputError(f"input_spec must be a dict such as {{'raw_dtype': 'uint8'}}, got {type(input_spec).__name__}")
     spec = dict(input_spec or {})
     unknown = sorted(set(spec) - {"shape", "raw_dtype"})
     if unknown:
@@ -347,21 +350,21 @@ def _raw_dtype(first: LocalizedFirstLayer, input_spec: dict[str, Any] | None) ->
     if "shape" in spec and tuple(spec["shape"]) != tuple(first.in_shape):
         raise InputError(f"input_spec shape {tuple(spec['shape'])} differs from the model's input shape "
                          f"{tuple(first.in_shape)} (from example_input at daonet.split)")
-    raw = spec.get("raw_dtype", "float32")
-    if raw not in ("float32", "uint8"):
-        raise InputError(f"input_spec raw_dtype must be 'float32' or 'uint8' (pixels the model sees /255), got {raw!r}")
-    return raw
+    return str(spec.get("raw_dtype", "float32"))
 
 
-def export(model: nn.Module, out_dir: str | Path, *, classes: Sequence[str], model_id: str | None = None,
+def export(model: nn.Module, out_dir: str | Path, *, classes: Sequence[str] | None = None, model_id: str | None = None,
            input_spec: dict[str, Any] | None = None, public_data: np.ndarray | torch.Tensor | None = None,
-           value_dtype: str = "float32", max_revealed_energy: float | None = None) -> tuple[Path, Path]:
+           value_dtype: str = "float32", max_revealed_energy: float | None = None,
+           sign_key: str | Path | None = None) -> tuple[Path, Path]:
     """Write ``out_dir/device`` and ``out_dir/server`` for a model converted with :func:`split`.
+
+    This is ``daonet.export``.
 
     Args:
         model: the trained, split model (any architecture).
         out_dir: bundle directory; gets ``device/`` and ``server/``.
-        classes: class names, in the order of the model's outputs.
+        classes: class names, in the order of the model's outputs (required).
         model_id: the served model's id (default: the folder name of ``out_dir``).
         input_spec: what the device takes: ``{"raw_dtype": "uint8"}`` for images the model sees as pixels/255
             (the device then accepts uint8 arrays and floats in [0, 1]); the shape comes from the model.
@@ -369,19 +372,20 @@ def export(model: nn.Module, out_dir: str | Path, *, classes: Sequence[str], mod
             is the ``mu`` of the device's privacy certificate, and they calibrate ``noise_std``. Recommended.
         value_dtype: ``float32`` or ``float16`` values on the wire.
         max_revealed_energy: the device policy's threshold on the revealed energy (see docs/design.md).
+        sign_key: an Ed25519 ``.key`` file (``daonet keygen``): devices and servers given its ``.pub`` refuse any
+            other first layer.
     Returns:
         The device and server bundle directories.
+    Raises:
+        InputError: a missing or wrong option (the message says which and how to fix it); SplitError: the model
+            was not converted with :func:`split`.
     """
-    from .export import export_model
-
+    classes = check_classes(classes)
     first = first_layer(model)
     out_dir = Path(out_dir)
     model_id = model_id or re.sub(r"[^a-z0-9._-]+", "-", out_dir.resolve().name.lower()).strip("-.") or "model"
     raw_dtype = _raw_dtype(first, input_spec)
-    if value_dtype not in ("float32", "float16"):
-        raise InputError(f"value_dtype must be float32 or float16, got {value_dtype!r}")
-    if max_revealed_energy is not None and not 0.0 <= max_revealed_energy <= 1.0:
-        raise InputError(f"max_revealed_energy must be in [0, 1], got {max_revealed_energy}")
+    check_options(value_dtype=value_dtype, raw_dtype=raw_dtype, max_revealed_energy=max_revealed_energy)
     extra: dict[str, np.ndarray] = {}
     if public_data is not None:
         pub = np.asarray(public_data.detach().cpu() if isinstance(public_data, torch.Tensor) else public_data)
@@ -418,4 +422,4 @@ def export(model: nn.Module, out_dir: str | Path, *, classes: Sequence[str], mod
     holder.first, holder.rest, holder.arch = first, rest, arch
     return export_model(holder, out_dir, model_id=model_id, classes=list(classes), raw_dtype=raw_dtype,
                         value_dtype=value_dtype, privacy={"max_revealed_energy": max_revealed_energy},
-                        extra_device_files=extra or None, server_writer=write_server)
+                        extra_device_files=extra or None, server_writer=write_server, sign_key=sign_key)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import load_dataset
-from ..export import export_run
+from ..exporting import export_run
 from ..train import TASKS, TrainConfig, save_run, train
 from .core import AuditConfig, json_default, load_examples, load_pair, run_audit, write_report
 from .metrics import primary_metric

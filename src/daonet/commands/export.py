@@ -23,7 +23,7 @@ def export(
 ) -> None:
     """Split a trained run into a device bundle (first layer only) and a server bundle."""
     from ..device import DeviceModel
-    from ..export import export_run
+    from ..exporting import export_run
 
     dev, srv = export_run(run_dir, out, model_id=model_id, value_dtype=value_dtype,
                           max_revealed_energy=max_revealed_energy, sign_key=sign)

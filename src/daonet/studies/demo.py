@@ -22,7 +22,7 @@ from ..bundle import bundle_is_current
 from ..data import load_dataset
 from ..defaults import PROJECT_PUBLIC_KEY, default_bundle
 from ..device import Client, DeviceModel, RandomMasks
-from ..export import export_run
+from ..exporting import export_run
 from ..server.config import ServerConfig
 from ..server.launch import ServerProcess
 from ..train import recommended_config, save_run, train

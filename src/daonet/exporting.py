@@ -1,11 +1,15 @@
-"""Split a trained run into a device bundle (first layer, or the localized block) and a server bundle (the rest)."""
+"""Split a trained model into a device bundle (first layer, or the localized block) and a server bundle (the rest).
+
+:func:`export_model` writes both halves of a :class:`~daonet.nn.SplitModel` and :func:`export_run` does it for a
+``daonet train`` run directory; ``daonet.export`` (:func:`daonet.convert.export`) is the library call for any
+split model. All three check their options with :func:`check_options`, one validation path.
+"""
 
 from __future__ import annotations
 
+import numbers
 import shutil
-import sys
 import tempfile
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,7 @@ import numpy as np
 
 from .bundle import content_version, seal_bundle, write_manifest, write_weights
 from .data import dataset_label
-from .errors import DaonetError
+from .errors import DaonetError, InputError
 from .manifest import (
     ArchSpec,
     DeviceManifest,
@@ -32,6 +36,42 @@ from .train import load_run
 
 DEVICE_WEIGHTS = "first_layer.safetensors"
 SERVER_WEIGHTS = "server_part.safetensors"
+VALUE_DTYPES = ("float32", "float16")
+RAW_DTYPES = ("float32", "uint8")
+
+
+def check_classes(classes: Any) -> list[str]:
+    """``classes`` as a list of two or more distinct names, or an :class:`InputError` that says how to pass it."""
+    if classes is None:
+        raise InputError("classes is missing: pass classes=[...] with one name per model output, in output order "
+                         "(e.g. classes=['normal', 'abnormal'])")
+    if isinstance(classes, str | bytes) or not hasattr(classes, "__iter__"):
+        raise InputError(f"classes must be a list of class names (one per model output), got "
+                         f"{type(classes).__name__} {classes!r:.60}")
+    names = list(classes)
+    if len(names) < 2 or not all(isinstance(c, str) and c for c in names):
+        raise InputError(f"classes must hold two or more non-empty strings, one per model output; got {names!r:.120}")
+    if len(set(names)) != len(names):
+        dup = next(c for c in names if names.count(c) > 1)
+        raise InputError(f"classes names {dup!r} twice; every class needs its own name")
+    return names
+
+
+def check_options(*, value_dtype: str = "float32", raw_dtype: str = "float32",
+                  max_revealed_energy: float | None = None) -> None:
+    """Check the options every export path takes (the library call, a run directory, the CLI).
+
+    Raises:
+        InputError: what is wrong and how to fix it (e.g. a ``value_dtype`` the wire lacks).
+    """
+    if value_dtype not in VALUE_DTYPES:
+        raise InputError(f"value_dtype (--value-dtype) must be float32 or float16, got {value_dtype!r}")
+    if raw_dtype not in RAW_DTYPES:
+        raise InputError(f"raw_dtype must be float32 or uint8 (pixels the model sees /255), got {raw_dtype!r}")
+    if max_revealed_energy is not None and not (isinstance(max_revealed_energy, numbers.Real)
+                                                and 0.0 <= max_revealed_energy <= 1.0):
+        raise InputError(f"max_revealed_energy (--max-revealed-energy) must be in [0, 1] or None, got "
+                         f"{max_revealed_energy!r}")
 
 
 def export_model(
@@ -59,20 +99,19 @@ def export_model(
         privacy: the device policy stored in the manifest (default: no energy bound); a dict is validated.
         extra_device_files: more float32 tensors for the device bundle (e.g. ``public_mean``).
         server_writer: ``server_writer(directory) -> (file name, sha256)`` writes the server part in another
-            form than a state dict (``daonet.convert.export`` saves any architecture as a torch.export program).
+            form than a state dict (``daonet.export`` saves any architecture as a torch.export program).
         sign_key: an Ed25519 ``.key`` file (``daonet keygen``): the bundle is signed, so devices and servers
             given the ``.pub`` refuse any other first layer.
     Returns:
         ``(out/device, out/server)``.
     Raises:
-        DaonetError: bad options; ManifestError if the model's geometry cannot be described.
+        InputError: bad options (see :func:`check_options`); DaonetError: a policy the model cannot take;
+            ManifestError if the model's geometry cannot be described.
     """
-    if value_dtype not in ("float32", "float16"):
-        raise DaonetError(f"--value-dtype must be float32 or float16, got {value_dtype!r}")
-    if raw_dtype not in ("float32", "uint8"):
-        raise DaonetError(f"raw_dtype must be float32 or uint8, got {raw_dtype!r}")
     if not isinstance(privacy, PrivacySpec):
         privacy = PrivacySpec.from_json(privacy or {}, "privacy")
+    classes = check_classes(classes)
+    check_options(value_dtype=value_dtype, raw_dtype=raw_dtype, max_revealed_energy=privacy.max_revealed_energy)
     out = Path(out)
     first = model.first
     arch = dict(model.arch)
@@ -146,8 +185,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, model_id: str | None = N
         DaonetError: not a run directory, or bad options.
     """
     run_dir = Path(run_dir)
-    if max_revealed_energy is not None and not 0.0 <= max_revealed_energy <= 1.0:
-        raise DaonetError(f"--max-revealed-energy must be in [0, 1], got {max_revealed_energy}")
+    check_options(value_dtype=value_dtype, max_revealed_energy=max_revealed_energy)  # before loading the run
     model, config = load_run(run_dir)
     train_cfg = config.get("train", {})
     mid = model_id or f"{dataset_label(train_cfg.get('dataset', 'data'))}-{train_cfg.get('model', 'model')}"
@@ -157,15 +195,3 @@ def export_run(run_dir: str | Path, out: str | Path, *, model_id: str | None = N
                         raw_dtype=config.get("raw_dtype", "float32"), value_dtype=value_dtype,
                         privacy=PrivacySpec(max_revealed_energy=max_revealed_energy), extra_device_files=extra,
                         sign_key=sign_key)
-
-
-class _CallableModule(types.ModuleType):
-    """``daonet.export(model, out_dir, ...)``: the module is also the library call (see daonet.convert.export)."""
-
-    def __call__(self, model: Any, out_dir: str | Path, **kwargs: Any) -> tuple[Path, Path]:
-        from .convert import export
-
-        return export(model, out_dir, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
