@@ -53,10 +53,12 @@ def generate_keypair(base: str | Path) -> tuple[Path, Path]:
 
 def load_private_key(path: str | Path) -> Any:
     serialization, ed25519 = _crypto()
+    data = _read_key_file(Path(path), "the signing key")
     try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise DaonetError(f"cannot read the signing key {path}: {exc}; make one with `daonet keygen`") from None
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise DaonetError(f"cannot read the signing key {path}: it is not an unencrypted PEM private key; make one "
+                          "with `daonet keygen`") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise DaonetError(f"{path} is not an Ed25519 private key; make one with `daonet keygen`")
     return key
@@ -65,16 +67,34 @@ def load_private_key(path: str | Path) -> Any:
 def load_public_key(key: str | Path | bytes) -> Any:
     """A public key from a ``.pub`` PEM file, PEM bytes, or the 32 raw bytes."""
     serialization, ed25519 = _crypto()
+    if isinstance(key, bytes) and len(key) == 32:
+        return ed25519.Ed25519PublicKey.from_public_bytes(key)
+    where = "given as PEM text" if isinstance(key, bytes) else str(key)[:200]
+    if isinstance(key, bytes):
+        data = key
+    else:
+        data = _read_key_file(Path(key), "the public key")
     try:
-        if isinstance(key, bytes) and len(key) == 32:
-            return ed25519.Ed25519PublicKey.from_public_bytes(key)
-        data = key if isinstance(key, bytes) else Path(key).read_bytes()
         pub = serialization.load_pem_public_key(data)
-    except (OSError, ValueError, TypeError) as exc:
-        raise DaonetError(f"cannot read the public key {key!s:.80}: {exc}") from None
+    except (ValueError, TypeError):  # the library's ASN.1/PEM wording is not ours
+        raise DaonetError(f"cannot read the public key {where}: it is not a PEM public key (expected the OUT.pub "
+                          "that `daonet keygen` writes, starting '-----BEGIN PUBLIC KEY-----')") from None
     if not isinstance(pub, ed25519.Ed25519PublicKey):
-        raise DaonetError(f"{key!s:.80} is not an Ed25519 public key (make key pairs with `daonet keygen`)")
+        raise DaonetError(f"the public key {where} is not an Ed25519 key (make key pairs with `daonet keygen`)")
     return pub
+
+
+def _read_key_file(path: Path, what: str) -> bytes:
+    """The bytes of a key file, or a :class:`DaonetError` in daonet's words (never a raw ``[Errno N]``)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        why = "no such file; make a key pair with `daonet keygen --out NAME` (it writes NAME.key and NAME.pub)"
+    except IsADirectoryError:
+        why = "it is a directory; pass the key file itself"
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+    raise DaonetError(f"cannot read {what} {path}: {why}")
 
 
 def key_id(public_key: Any) -> str:

@@ -73,8 +73,8 @@ def serve(
                                                                             "too")] = False,
 ) -> None:
     """Serve server bundles over HTTP: predictions from sparse dropped activations, never raw inputs."""
-    from ..server.app import serve as run_server
     from ..server.config import ServerConfig
+    from ..server.launch import serve as run_server
 
     hashes = list(api_key_hash or [])
     try:

@@ -85,7 +85,10 @@ class Client:
         timeout: float = 30.0,
         verify: bool | str | Path | ssl.SSLContext = True,
         certify: bool = True,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """``transport``: an httpx transport to talk through instead of the network (e.g. ``httpx.WSGITransport``
+        or an in-process ASGI bridge in tests); ``None`` connects to ``url`` over TCP."""
         url = url.rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise DaonetError(f"server URL {url!r} must start with http:// or https://")
@@ -101,7 +104,7 @@ class Client:
             headers["Authorization"] = f"Bearer {api_key}"
         self._http = httpx.Client(
             base_url=url, headers=headers, timeout=timeout, verify=_ssl_verify(verify),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64), transport=transport,
         )
         self._checked: dict[str, Any] | None = None
         self._check_lock = threading.Lock()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import threading
 from collections import OrderedDict
@@ -107,6 +108,11 @@ class ApiKeyVerifier:
     def enabled(self) -> bool:
         return bool(self._hashes)
 
+    @property
+    def slow(self) -> bool:
+        """True with a PBKDF2 hash (benchmark only): verification then runs off the event loop."""
+        return any(h.scheme == "pbkdf2" for h in self._hashes)
+
     def verify(self, key: str | None) -> bool:
         """True when ``key`` matches any configured hash. Does not stop at the first match."""
         if not key:
@@ -158,6 +164,8 @@ class ServerConfig:
     docs: bool = False  # /docs (Swagger UI loads its scripts from a public CDN in the reader's browser)
     protect_metrics: bool = False  # /metrics needs the API key too
     public_keys: list[Path | bytes] = field(default_factory=list)  # serve only bundles signed by one (.pub / PEM)
+    # addresses (or networks, or "*") of reverse proxies whose X-Forwarded-For/-Proto are believed; none by default
+    forwarded_allow_ips: list[str] = field(default_factory=list)
 
     def validate(self, require_bundles: bool = True) -> ServerConfig:
         """Check every field now, so a bad setting fails at startup, not at the first request."""
@@ -184,6 +192,15 @@ class ServerConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 <= value < 1e9):
                 raise ConfigError(f"{name} must be a number >= 0 (0 switches it off), got {value!r}")
+        self.forwarded_allow_ips = [str(a).strip() for a in self.forwarded_allow_ips if str(a).strip()]
+        for address in self.forwarded_allow_ips:
+            if address != "*":
+                try:
+                    ipaddress.ip_network(address, strict=False)
+                except ValueError:
+                    raise ConfigError(f"forwarded_allow_ips: {address[:64]!r} is not an IP address or network; "
+                                      "list your reverse proxies' addresses (e.g. 10.0.0.5 or 10.0.0.0/24), or '*'"
+                                      ) from None
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ConfigError("TLS needs both a certificate file and its key file (--ssl-certfile and --ssl-keyfile)")
         for name in ("ssl_certfile", "ssl_keyfile"):
@@ -201,8 +218,10 @@ class ServerConfig:
 
         limits = ConnectionLimits(header_timeout_s=self.header_timeout_s, max_connections=self.max_connections,
                                   max_connections_per_client=self.max_connections_per_client)
+        proxies = {"proxy_headers": True, "forwarded_allow_ips": ",".join(self.forwarded_allow_ips)} \
+            if self.forwarded_allow_ips else {"proxy_headers": False}  # uvicorn would trust loopback by default
         return {"timeout_graceful_shutdown": 10, "timeout_keep_alive": self.keep_alive_timeout_s,
-                "connection_limits": limits_dict(limits)}
+                "connection_limits": limits_dict(limits), **proxies}
 
     @property
     def tls(self) -> bool:

@@ -11,14 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..errors import InvalidPayloadError, MalformedPayloadError, PayloadError, VersionMismatchError
 from .batching import BatcherClosedError
 from .model import UnknownModelError
 
-__all__ = ["ApiError", "ErrorRule", "ERROR_TABLE", "as_api_error"]
+__all__ = ["ApiError", "ErrorRule", "ERROR_TABLE", "as_api_error", "install_error_handlers"]
 
 
 class ApiError(Exception):
@@ -61,3 +64,30 @@ def as_api_error(exc: BaseException) -> ApiError:
         return exc
     rule = next((ERROR_TABLE[c] for c in type(exc).__mro__ if c in ERROR_TABLE), INTERNAL)
     return ApiError(rule.status, rule.error, rule.detail if rule.detail is not None else str(exc), **rule.extra(exc))
+
+
+def install_error_handlers(app: FastAPI, docs_hint: str) -> None:
+    """One JSON shape for every error of ``app``; details in daonet's words, pointing at ``docs_hint``
+    (``/docs`` when it is served, else ``/openapi.json``), never echoing the request."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    texts = {404: ("not_found", f"no such endpoint; see {docs_hint} (predictions: POST "
+                                "/v1/models/{model_id}/predict)"),
+             405: ("method_not_allowed", f"this endpoint does not take that HTTP method; see {docs_hint}")}
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error, detail = texts.get(exc.status_code, ("http_error", "the request could not be served"))
+        return JSONResponse({"error": error, "detail": detail}, exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        where = ", ".join(sorted({"/".join(str(p) for p in e.get("loc", ()) if not isinstance(p, int))
+                                  for e in exc.errors()}))[:200]
+        return JSONResponse({"error": "invalid_request",
+                             "detail": f"the request does not match the API at: {where or 'the request'}; "
+                                       f"see {docs_hint}"}, 422)

@@ -1,10 +1,15 @@
-"""Running an app on a socket: in a background thread, or in a child process.
+"""Running an app on a socket: in the foreground (``daonet serve``), in a background thread, or in a child process.
 
 One launcher for the demo, the tests and the benchmarks. :class:`ChildServer` builds the app *inside* a
 fresh interpreter from an importable factory (``"module:function"`` plus JSON keyword arguments), so a
 server shares no GIL with the caller's clients; :class:`ServerProcess` is the product app from a
 :class:`~daonet.server.config.ServerConfig`. The child binds the socket itself (port 0: a free port with
 no race), reports ``READY {json}`` on stdout once the app is built, and stops gracefully on SIGTERM.
+
+Library use (:class:`BackgroundServer`, :class:`ChildServer`) keeps uvicorn quiet: it installs no log
+handlers (``log_config=None``), so its lines, the access log included, go through :mod:`logging` to whatever
+the caller configured, and nothing lands on the caller's stdout. Only :func:`serve` (the command) prints.
+Every launcher redacts keys and query strings from the access log (:mod:`daonet.server.url_keys`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,25 @@ from typing import Any
 
 from .config import ServerConfig
 
-__all__ = ["bind", "BackgroundServer", "ChildServer", "ServerProcess", "product_app"]
+__all__ = ["bind", "serve", "BackgroundServer", "ChildServer", "ServerProcess", "product_app"]
+
+LIBRARY_LOGGING = {"log_config": None, "access_log": True}  # uvicorn through logging, no handlers of its own
+
+
+def serve(config: ServerConfig) -> None:
+    """Run the server in the foreground (what ``daonet serve`` does), with uvicorn's console logging."""
+    import uvicorn
+
+    from .app import create_app
+    from .limits import uvicorn_config
+    from .url_keys import redact_access_log
+
+    app = create_app(config)
+    redact_access_log()
+    uvicorn.Server(uvicorn_config(
+        app, config.uvicorn_options(), host=config.host, port=config.port, log_level=config.log_level,
+        ssl_certfile=str(config.ssl_certfile) if config.ssl_certfile else None,
+        ssl_keyfile=str(config.ssl_keyfile) if config.ssl_keyfile else None)).run()
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -49,16 +72,18 @@ class BackgroundServer:
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0,
                  ssl_certfile: str | Path | None = None, ssl_keyfile: str | Path | None = None,
-                 log_level: str = "warning", uvicorn_options: dict[str, Any] | None = None) -> None:
+                 log_level: str = "info", uvicorn_options: dict[str, Any] | None = None) -> None:
         import uvicorn
 
         from .limits import uvicorn_config
+        from .url_keys import redact_access_log
 
+        redact_access_log()
         self.sock = bind(host, port)
         self.port = self.sock.getsockname()[1]
         self.host = host
         self.tls = ssl_certfile is not None
-        options = {"log_level": log_level, "access_log": False, "timeout_graceful_shutdown": 5, "lifespan": "on",
+        options = {"log_level": log_level, **LIBRARY_LOGGING, "timeout_graceful_shutdown": 5, "lifespan": "on",
                    **(uvicorn_options or {})}
         config = uvicorn_config(app, options, host=host, port=self.port,
                                 ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
@@ -212,10 +237,15 @@ class ServerProcess(ChildServer):
 
 
 def _child_main(spec: dict[str, Any]) -> None:
+    import logging
+
     import uvicorn
 
     from .limits import uvicorn_config
+    from .url_keys import redact_access_log
 
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")  # stderr; stdout: READY
+    redact_access_log()
     if spec.get("torch_threads"):
         import torch
 
@@ -225,7 +255,7 @@ def _child_main(spec: dict[str, Any]) -> None:
     report = dict(getattr(app.state, "launch_report", {}) or {}) if hasattr(app, "state") else {}
     sock = bind(spec["host"], int(spec["port"]))
     print("READY " + json.dumps({**report, "port": sock.getsockname()[1], "pid": os.getpid()}), flush=True)
-    options = {"log_level": spec["log_level"], "access_log": False, "lifespan": "on",
+    options = {"log_level": spec["log_level"], **LIBRARY_LOGGING, "lifespan": "on",
                "timeout_graceful_shutdown": 10, **spec["uvicorn_options"]}
     uvicorn.Server(uvicorn_config(app, options, ssl_certfile=spec["ssl_certfile"],
                                   ssl_keyfile=spec["ssl_keyfile"])).run(sockets=[sock])

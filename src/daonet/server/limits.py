@@ -7,11 +7,17 @@ headers one byte at a time, and accepts connections until the process runs out o
 - a **header timeout**: a connection must deliver a complete request head within ``header_timeout_s``
   of opening (or of the first byte of its next request), else it gets 408 and is closed. Trickling bytes
   does not extend it;
-- a **connection cap**, total and per client address: connections beyond it are closed at once, so idle
-  sockets cannot exhaust file descriptors or starve other clients.
+- a **fair connection budget**: at most ``max_connections`` in all; one address may hold
+  ``max_connections_per_client`` on an empty server, a share that shrinks as the server fills, and the
+  last tenth of the budget only admits addresses holding no connection, so a few addresses (each under
+  its cap) cannot fill the server for everyone else;
+- an **answer for refused connections**: one over a cap is kept outside uvicorn just long enough to read
+  its request line and answer ``503`` with ``Retry-After`` (a bounded number at once; beyond that, and
+  when no line comes within ``REFUSAL_WAIT_S``, it is dropped).
 
-The body timeout lives in the app (:func:`daonet.server.app.read_body`), the keep-alive timeout is
-uvicorn's own. :class:`FailedAuthLimiter` rate-limits wrong API keys per client address.
+The body timeout lives in the app (:mod:`daonet.server.body`, which also closes every connection whose
+request body was left unread); the keep-alive
+timeout is uvicorn's own. :class:`FailedAuthLimiter` rate-limits wrong API keys per client address.
 """
 
 from __future__ import annotations
@@ -28,15 +34,33 @@ from typing import Any
 __all__ = ["ConnectionLimits", "guarded_protocol", "uvicorn_config", "FailedAuthLimiter", "raise_fd_limit"]
 
 _TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+REFUSAL_RETRY_AFTER_S = 2
+_REFUSAL_BODY = (b'{"error":"too_many_connections","detail":"this server holds as many connections as it shares '
+                 b'with your address now (or is full): close idle connections and retry in '
+                 + str(REFUSAL_RETRY_AFTER_S).encode() + b' s"}')
+_REFUSAL_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                b"retry-after: " + str(REFUSAL_RETRY_AFTER_S).encode() + b"\r\ncontent-length: "
+                + str(len(_REFUSAL_BODY)).encode() + b"\r\n\r\n" + _REFUSAL_BODY)
+REFUSAL_WAIT_S = 2.0  # how long a refused connection may take to send its request line before it is dropped
+REFUSAL_LINGER_S = 1.0  # after the 503: read and discard, so closing does not reset the answer away
+MIN_SHARE = 4  # connections an address may always grow to while the server is not in its reserve
 
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """0 switches a limit off."""
+    """0 switches a limit off.
+
+    ``max_connections_per_client`` is the most one address may hold on an empty server; its share shrinks in
+    proportion to the free capacity (never below ``MIN_SHARE``), and the last ``reserved_fraction`` of
+    ``max_connections`` only admits addresses that hold no connection, so a few addresses cannot fill it.
+    ``max_refusing`` bounds the refused connections waiting for their 503 (beyond it they are dropped).
+    """
 
     header_timeout_s: float = 10.0
     max_connections: int = 1000
     max_connections_per_client: int = 128
+    reserved_fraction: float = 0.1
+    max_refusing: int = 256
 
 
 class _Guard:
@@ -47,12 +71,25 @@ class _Guard:
         self.per_client: dict[str, int] = {}
         self.total = 0
         self.refused = 0
+        self.refusing = 0
+        self.reserved = int(limits.max_connections * limits.reserved_fraction) if limits.max_connections else 0
+
+    def share(self) -> int:
+        """Connections one address may hold now: its cap on an empty server, shrinking as the server fills."""
+        lim = self.limits
+        cap = lim.max_connections_per_client
+        if not lim.max_connections:
+            return cap
+        return max(MIN_SHARE, cap * (lim.max_connections - self.total) // lim.max_connections)
 
     def admit(self, host: str) -> bool:
         lim = self.limits
         n = self.per_client.get(host, 0)
-        if (lim.max_connections and self.total >= lim.max_connections) or \
-                (lim.max_connections_per_client and n >= lim.max_connections_per_client):
+        refuse = bool(lim.max_connections) and self.total >= lim.max_connections
+        if n and lim.max_connections_per_client and not refuse:  # addresses already connected: the reserve
+            refuse = (bool(lim.max_connections) and self.total >= lim.max_connections - self.reserved) or \
+                n >= min(lim.max_connections_per_client, self.share())  # and the shrinking share
+        if refuse:
             self.refused += 1
             return False
         self.per_client[host] = n + 1
@@ -68,6 +105,44 @@ class _Guard:
         self.total -= 1
 
 
+class _Refusal:
+    """A connection over a cap, outside uvicorn: waits for the request line, answers 503 + Retry-After, then
+    closes after a short linger (reading and discarding), or drops the connection if no line comes in time."""
+
+    def __init__(self, guard: _Guard, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.guard, self.transport, self.seen = guard, transport, b""
+        guard.refusing += 1
+        self.answered = False
+        self.timer: asyncio.TimerHandle | None = loop.call_later(REFUSAL_WAIT_S, self.drop)
+        self.loop = loop
+
+    def data(self, data: bytes) -> None:
+        if self.answered:
+            return  # lingering: discard
+        self.seen = (self.seen + data)[-4096:]
+        if b"\n" in self.seen:
+            self.answered = True
+            self.transport.write(_REFUSAL_503)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self._retime(REFUSAL_LINGER_S)
+
+    def _retime(self, seconds: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(seconds, self.drop)
+
+    def drop(self) -> None:
+        self.timer = None
+        self.transport.abort()
+
+    def lost(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.guard.refusing -= 1
+
+
 class _GuardedMixin:
     """Mixed in front of uvicorn's H11Protocol/HttpToolsProtocol (both keep ``cycle``, ``transport``, ``loop``)."""
 
@@ -79,11 +154,15 @@ class _GuardedMixin:
     def connection_made(self, transport: asyncio.Transport) -> None:
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_cycle: Any = None
+        self._refusal: _Refusal | None = None
         peer = transport.get_extra_info("peername")
         self._peer: str | None = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
         if not self._guard.admit(self._peer):
             self._peer = None
-            transport.abort()  # before uvicorn registers it: no state to undo
+            if self._guard.refusing >= self._guard.limits.max_refusing:
+                transport.abort()  # too many refusals pending already: no answer, no state to undo
+            else:
+                self._refusal = _Refusal(self._guard, transport, asyncio.get_event_loop())
             return
         super().connection_made(transport)  # type: ignore[misc]
         self._arm_head_timer()
@@ -107,6 +186,8 @@ class _GuardedMixin:
 
     def data_received(self, data: bytes) -> None:
         if getattr(self, "_peer", None) is None:
+            if getattr(self, "_refusal", None) is not None:
+                self._refusal.data(data)  # type: ignore[union-attr]
             return
         waiting = self.cycle is None or self.cycle.response_complete  # a new request's head is due
         super().data_received(data)  # type: ignore[misc]
@@ -115,8 +196,16 @@ class _GuardedMixin:
         elif waiting:
             self._arm_head_timer()  # first bytes of a head: the clock runs from here, trickling does not reset it
 
+    def eof_received(self) -> bool | None:
+        if getattr(self, "_peer", None) is None:
+            return None  # a refused connection: let the transport close
+        return super().eof_received()  # type: ignore[misc]
+
     def connection_lost(self, exc: Exception | None) -> None:
         if getattr(self, "_peer", None) is None:
+            if getattr(self, "_refusal", None) is not None:
+                self._refusal.lost()  # type: ignore[union-attr]
+                self._refusal = None
             return
         self._disarm_head_timer()
         self._guard.release(str(self._peer))
@@ -162,7 +251,7 @@ def uvicorn_config(app: Any, options: dict[str, Any] | None = None, **kwargs: An
     if limits is not None:
         lim = ConnectionLimits(**limits)
         if lim.max_connections:
-            raise_fd_limit(lim.max_connections + 256)  # room for the app's own files and the listening socket
+            raise_fd_limit(lim.max_connections + lim.max_refusing + 256)  # + the app's files, the listening socket
         options["http"] = guarded_protocol(lim)
     return uvicorn.Config(app, **{**kwargs, **options})
 

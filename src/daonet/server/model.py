@@ -212,7 +212,8 @@ class ModelRegistry:
             return self._models[model_id]
         except KeyError:
             served = ", ".join(sorted(self._models)) or "none"
-            raise UnknownModelError(f"no model {model_id!r} is served here; served models: {served}") from None
+            raise UnknownModelError(f"no model by that id is served here (served: {served}); GET /v1/models "
+                                    "lists them") from None
 
     @property
     def ids(self) -> list[str]:
