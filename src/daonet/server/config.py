@@ -186,6 +186,12 @@ class ServerConfig:
         for key in self.public_keys:
             if isinstance(key, Path) and not key.is_file():
                 raise ConfigError(f"public key {key} does not exist (make a key pair with `daonet keygen`)")
+            from ..signing import load_public_key
+
+            try:
+                load_public_key(key)  # a garbage file fails here, in daonet's words, not at bundle loading
+            except DaonetError as exc:
+                raise ConfigError(str(exc)) from None
         ApiKeyVerifier(self.api_key_hashes, self.allow_slow_key_hashes)  # ConfigError on a malformed hash
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s", "max_connections",
                      "max_connections_per_client", "auth_failures_per_minute"):

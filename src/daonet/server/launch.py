@@ -244,7 +244,10 @@ def _child_main(spec: dict[str, Any]) -> None:
     from .limits import uvicorn_config
     from .url_keys import redact_access_log
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")  # stderr; stdout: READY
+    handler = logging.StreamHandler()  # stderr (stdout carries READY): warnings and errors only
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
     redact_access_log()
     if spec.get("torch_threads"):
         import torch
