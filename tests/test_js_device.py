@@ -10,12 +10,14 @@ similarity-keyed noise bit for bit; fresh noise at the right scale); malformed b
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conformance.corpus import reseal_half
 
 from daonet.device import DeviceModel
 from daonet.device.certificate import PrivacyPolicy
@@ -177,6 +179,21 @@ def test_js_certificate_of_explicit_masks_and_policy_drops(node, bundles):
         assert got["certificate"]["dropped_by_policy"] == cert.dropped_by_policy
 
 
+@pytest.mark.parametrize("kind", ["dense", "conv2d-patchify", "conv1d-overlap"])
+def test_js_encode_many_equals_numpy_bytes(node, bundles, kind):
+    """A buffered batch (typed arrays, or one nested batch) gives numpy's ``encode_many(_certified)`` bytes,
+    which are the one-by-one bytes; a mask list of the wrong length is refused."""
+    bundle, xs = bundles[kind]
+    device = DeviceModel.load(bundle)
+    masks = KeyedMasks(KEY, model_version=device.version)
+    batch = run_js(node, bundle, [case(x) for x in xs], extra={"batch": True})["batch"]
+    certified = [p.data.hex() for p, _ in device.encode_many_certified(xs, masks)]
+    assert certified == [device.encode_certified(x, masks)[0].data.hex() for x in xs]
+    assert batch["list"] == certified and batch["nested"] == certified
+    assert batch["uncertified"] == [p.data.hex() for p in device.encode_many(xs, masks)]
+    assert batch["bad_mask"]["error"] == "InputError" and "one keep-mask per input" in batch["bad_mask"]["message"]
+
+
 @pytest.mark.parametrize("kind", ["dense", "conv1d-patchify"])
 def test_js_similarity_keyed_masks_equal_python(node, bundles, kind):
     """Near-duplicate-safe masks: same cells, same HMAC stream, same bytes; a re-capture with sensor noise
@@ -245,7 +262,7 @@ def test_js_refuses_tampered_truncated_and_unsupported_bundles(node, bundles, tm
     manifest["layer"]["block"] = [{"kind": "dense", "out": 64}]
     (deeper / "manifest.json").write_text(json.dumps(manifest))
     err = run_js(node, deeper, [])["load_error"]
-    assert err["error"] == "BundleError" and "layer.block" in err["message"] and "does not support" in err["message"]
+    assert err["error"] == "ManifestError" and "layer.block[0]: the field 'op' is missing" in err["message"]
 
     missing = run_js(node, tmp_path / "nowhere", [])["load_error"]
     assert "missing" in missing["message"]
@@ -265,12 +282,11 @@ def test_js_client_checks_the_server_then_predicts_like_python(node, server_url,
             assert got["label"] == expected.label
             np.testing.assert_allclose(got["probabilities"], expected.probabilities, atol=1e-6)
 
-    stale = _copy(serve_digits_bundle.device, tmp_path / "stale")  # a device bundle of another version
-    manifest = json.loads((stale / "manifest.json").read_text())
-    manifest["version"] = "0123456789abcdef"
-    (stale / "manifest.json").write_text(json.dumps(manifest))
+    # a device half of another version (sealed against another server half): it loads, the server refuses it
+    stale = _copy(serve_digits_bundle.device, tmp_path / "stale")
+    version = reseal_half(stale, pair_digest="ab" * 32)
     got = run_js(node, stale, [case(pixels[0])], server=server_url)["answers"][0]
-    assert got["error"] == "VersionMismatchError" and "0123456789abcdef" in got["message"]
+    assert got["error"] == "VersionMismatchError" and version in got["message"]
 
 
 def test_js_random_masks_drop_at_the_manifest_rate(node, bundles):
@@ -435,8 +451,9 @@ def test_js_refuses_malformed_blocks_and_noise_with_pythons_messages(node, block
         expected = str(err.value).split("device manifest.", 1)[-1]
         copy = _copy(bundle, tmp_path / name.replace(" ", "-"))
         (copy / "manifest.json").write_text(json.dumps(bad))
+        reseal_half(copy)  # a version that follows from the edited content: only the checks under test refuse it
         got = run_js(node, copy, [])["load_error"]
-        assert got["error"] == "BundleError", (name, got)
+        assert got["error"] == type(err.value).__name__, (name, got)
         assert got["message"].endswith(expected), (name, got["message"], expected)
 
     unknown = _copy(bundle, tmp_path / "unknown-step-field")  # a newer step field: refused, not ignored
@@ -458,3 +475,51 @@ def test_js_block_refuses_an_energy_policy_and_has_no_equations(node, block_bund
     js = run_js(node, None, [], extra={"policy_probe": {"bundle": str(bundle), "input": xs[0].tolist(),
                                                         "max_revealed_energy": 0.5}})
     assert js["policy_probe"] == {"error": "InputError", "message": str(err.value)}
+
+
+def test_npm_package_packs_installs_offline_and_encodes_like_numpy(node, tmp_path):
+    """``npm pack`` of src/daonet/web ships the module, its type declarations and package.json only; the tarball
+    installs into a fresh project without a registry, imports by its package name, verifies the shipped signed
+    ECG default with the project key and encodes numpy's bytes. The declarations name every export."""
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not installed (apt-get install npm): the package cannot be packed")
+    from daonet.data import load_dataset
+    from daonet.defaults import PROJECT_PUBLIC_KEY, default_bundle
+
+    web = MODULE.parent
+    cache = tmp_path / "npm-cache"  # never the user's ~/.npm, never the network
+    packed = subprocess.run([npm, "pack", "--json", "--pack-destination", str(tmp_path), "--cache", str(cache)],
+                            cwd=web, capture_output=True, text=True, timeout=120)
+    assert packed.returncode == 0, packed.stderr
+    info = json.loads(packed.stdout)[0]
+    assert info["name"] == "daonet-device"
+    assert {f["path"] for f in info["files"]} == {"daonet-device.mjs", "daonet-device.d.ts", "package.json"}
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "package.json").write_text(json.dumps({"name": "app", "private": True, "type": "module"}))
+    installed = subprocess.run([npm, "install", "--offline", "--no-audit", "--no-fund", "--ignore-scripts", "--cache",
+                                str(cache), str(tmp_path / info["filename"])], cwd=app, capture_output=True,
+                               text=True, timeout=120)
+    assert installed.returncode == 0, installed.stderr
+    bundle = default_bundle("ecg5000").root / "device"
+    x = load_dataset("ecg5000").x_test[0].astype(np.float32)
+    script = app / "encode.mjs"
+    script.write_text(f"""
+import * as dn from "daonet-device";
+const keys = [{json.dumps(str(PROJECT_PUBLIC_KEY))}];
+const device = await dn.loadDevice({json.dumps(str(bundle))}, {{ publicKeys: keys }});
+const masks = new dn.KeyedMasks(Uint8Array.from({json.dumps(list(KEY))}), device.version);
+const x = Float32Array.from({json.dumps(x.ravel().tolist())});
+const [one] = await device.encodeMany([x], {{ masks }});
+process.stdout.write(JSON.stringify({{ exports: Object.keys(dn), payload: Buffer.from(one.data).toString("hex") }}));
+""")
+    ran = subprocess.run([node, str(script)], cwd=app, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    got = json.loads(ran.stdout)
+    device = DeviceModel.load(bundle, public_keys=[PROJECT_PUBLIC_KEY])
+    assert got["payload"] == device.encode_certified(x, KeyedMasks(KEY, model_version=device.version))[0].data.hex()
+    declared = (web / "daonet-device.d.ts").read_text()
+    missing = [name for name in got["exports"]
+               if not re.search(rf"export declare (?:class|function|const) {name}\b", declared)]
+    assert not missing, f"daonet-device.d.ts does not declare {missing}"

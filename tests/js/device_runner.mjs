@@ -5,6 +5,7 @@
 // Each result: {"payload": hex, "activations": [...], "sent": [...], "certificate": {...}} or {"error", "message"}.
 // Without a bundle: {"index_noise": {"prk": hex, "indices": [...]}} -> {"noise": [...]} (the keyed derivation);
 // {"fresh_noise": n} -> {"noise": [...]} (n standard normals from RandomMasks.noise, crypto.getRandomValues).
+// "batch": true -> {"batch": {"list", "nested", "uncertified": [payload hex...], "bad_mask"}} (encodeMany).
 import { pathToFileURL } from "node:url";
 
 const chunks = [];
@@ -61,6 +62,22 @@ for (const c of job.cases) {
       certificate: p.certificate });
   } catch (exc) {
     out.results.push({ error: exc.name, message: exc.message });
+  }
+}
+if (job.batch) {  // encodeMany of every case's input: as typed arrays, as one nested batch; certified or not
+  const xs = job.cases.map((c) => new Typed[c.dtype](c.input.flat(Infinity)));
+  const nested = { data: new Typed[job.cases[0].dtype](job.cases.flatMap((c) => c.input.flat(Infinity))),
+    shape: [job.cases.length, ...device.inputShape] };
+  const hexes = (ps) => ps.map((p) => hex(p.data));
+  out.batch = {
+    list: hexes(await device.encodeMany(xs, { masks })),
+    nested: hexes(await device.encodeMany(nested, { masks })),
+    uncertified: hexes(await device.encodeMany(xs, { masks, certify: false })),
+  };
+  try {
+    await device.encodeMany(xs, { masks, mask: [] });
+  } catch (exc) {
+    out.batch.bad_mask = { error: exc.name, message: exc.message };
   }
 }
 if (job.server) {  // predictions through the JS Client against a real server

@@ -38,6 +38,8 @@ export class DaonetError extends Error {
   constructor(message) { super(message); this.name = this.constructor.name; }
 }
 export class BundleError extends DaonetError {}
+/** A manifest field is missing, has the wrong type, or contradicts another field (a BundleError). */
+export class ManifestError extends BundleError {}
 export class InputError extends DaonetError {}
 export class PayloadError extends DaonetError {}
 export class VersionMismatchError extends DaonetError {
@@ -163,6 +165,244 @@ export function parseSafetensors(buffer, name = "weights") {
   return out;
 }
 
+// -- bundle verification: the version follows from the content, and a trusted key signed it -----------------
+// (daonet.bundle.verify_content, daonet.signing.verify). A half's digest is the SHA-256 of its manifest as
+// Python writes it canonically (json.dumps: sorted keys, "," and ":" separators, ASCII escapes, floats by
+// repr), without ``version`` and ``integrity``; version = sha256("daonet-bundle-v1" | device | server)[:16];
+// the signature is Ed25519 over that same message. Python's json.loads tells 1 from 1.0, JSON.parse does not,
+// so the manifest text is parsed here by a parser that keeps each value's canonical text.
+export const BUNDLE_CONTEXT = "daonet-bundle-v1";
+const UNSEALED = new Set(["version", "integrity"]);
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+const NUMBER_TOKEN = /-?(?:0|[1-9]\d*)(\.\d+)?([eE][-+]?\d+)?/y;
+
+/** Python's ``json.dumps(str, ensure_ascii=True)``: escapes outside space..tilde, lower-case hex. */
+function pyJsonString(s) {
+  let out = "\"";
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 0x22) out += "\\\"";
+    else if (c === 0x5c) out += "\\\\";
+    else if (c >= 0x20 && c <= 0x7e) out += s[i];
+    else if (c === 0x0a) out += "\\n";
+    else if (c === 0x0d) out += "\\r";
+    else if (c === 0x09) out += "\\t";
+    else if (c === 0x08) out += "\\b";
+    else if (c === 0x0c) out += "\\f";
+    else out += `\\u${c.toString(16).padStart(4, "0")}`;
+  }
+  return `${out}"`;
+}
+
+/** Python's string order (code points; JS's default sort compares UTF-16 units). */
+function codePointCompare(a, b) {
+  const x = Array.from(a, (ch) => ch.codePointAt(0));
+  const y = Array.from(b, (ch) => ch.codePointAt(0));
+  for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i] - y[i];
+  return x.length - y.length;
+}
+
+/**
+ * ``json.loads`` as Python reads a manifest (NaN/Infinity literals accepted, duplicate keys: the last wins),
+ * returning ``{value, members, floats}``: the plain value, the canonical ``json.dumps`` text of each top-level
+ * member (``null`` where Python could not write it: a non-finite number), and the paths (``.layer.n_outputs``,
+ * ``.input.shape[0]``) of numbers written as floats, which Python's int fields refuse.
+ */
+export function parseManifestText(text, where = "manifest.json") {
+  let i = 0;
+  const floats = new Set();
+  const fail = (what) => { throw new BundleError(`${where} is not valid JSON (${what}: char ${i}); the bundle is corrupt, re-export it`); };
+  const skip = () => { while (i < text.length && " \t\n\r".includes(text[i])) i++; };
+  const literal = (word, value, canon) => {
+    if (text.startsWith(word, i)) { i += word.length; return [value, canon]; }
+    return null;
+  };
+  function string() {
+    let out = "";
+    i++;
+    for (;;) {
+      if (i >= text.length) fail("Unterminated string starting at");
+      const c = text.charCodeAt(i);
+      if (c === 0x22) { i++; return out; }
+      if (c < 0x20) fail("Invalid control character at");
+      if (c !== 0x5c) { out += text[i++]; continue; }
+      const e = text[i + 1];
+      const simple = { "\"": "\"", "\\": "\\", "/": "/", b: "\b", f: "\f", n: "\n", r: "\r", t: "\t" }[e];
+      if (simple !== undefined) { out += simple; i += 2; continue; }
+      if (e !== "u" || !/^[0-9a-fA-F]{4}$/.test(text.slice(i + 2, i + 6))) fail("Invalid \\escape");
+      out += String.fromCharCode(parseInt(text.slice(i + 2, i + 6), 16));
+      i += 6;
+    }
+  }
+  function value(path) {  // -> [plain value, canonical text or null]
+    skip();
+    const c = text[i];
+    if (c === "\"") { const s = string(); return [s, pyJsonString(s)]; }
+    if (c === "{") {
+      i++;
+      const obj = {};
+      const canon = new Map();
+      skip();
+      if (text[i] === "}") { i++; return [obj, "{}"]; }
+      for (;;) {
+        skip();
+        if (text[i] !== "\"") fail("Expecting property name enclosed in double quotes");
+        const key = string();
+        skip();
+        if (text[i] !== ":") fail("Expecting ':' delimiter");
+        i++;
+        const [v, cv] = value(`${path}.${key}`);
+        Object.defineProperty(obj, key, { value: v, writable: true, enumerable: true, configurable: true });
+        canon.delete(key);
+        canon.set(key, cv);
+        skip();
+        if (text[i] === ",") { i++; continue; }
+        if (text[i] === "}") { i++; break; }
+        fail("Expecting ',' delimiter");
+      }
+      const keys = [...canon.keys()].sort(codePointCompare);
+      const bad = keys.some((k) => canon.get(k) === null);
+      const members = `{${keys.map((k) => `${pyJsonString(k)}:${canon.get(k)}`).join(",")}}`;
+      return path === "" ? [obj, canon] : [obj, bad ? null : members];
+    }
+    if (c === "[") {
+      i++;
+      const arr = [];
+      const parts = [];
+      skip();
+      if (text[i] === "]") { i++; return [arr, "[]"]; }
+      for (;;) {
+        const [v, cv] = value(`${path}[${arr.length}]`);
+        arr.push(v);
+        parts.push(cv);
+        skip();
+        if (text[i] === ",") { i++; continue; }
+        if (text[i] === "]") { i++; break; }
+        fail("Expecting ',' delimiter");
+      }
+      return [arr, parts.includes(null) ? null : `[${parts.join(",")}]`];
+    }
+    const word = literal("null", null, "null") || literal("true", true, "true") || literal("false", false, "false");
+    if (word) return word;
+    NUMBER_TOKEN.lastIndex = i;
+    const m = NUMBER_TOKEN.exec(text);
+    if (m) {
+      i += m[0].length;
+      if (m[1] === undefined && m[2] === undefined) return [Number(m[0]), BigInt(m[0]).toString()];
+      floats.add(path);
+      const v = Number(m[0]);
+      return [v, Number.isFinite(v) ? pyFloatRepr(v) : null];
+    }
+    const special = literal("NaN", NaN, null) || literal("Infinity", Infinity, null) || literal("-Infinity", -Infinity, null);
+    if (special) { floats.add(path); return special; }
+    return fail("Expecting value");
+  }
+  const [v, members] = value("");
+  skip();
+  if (i < text.length) fail("Extra data");
+  return { value: v, members: members instanceof Map ? members : null, floats };
+}
+
+/** SHA-256 hex of a half's canonical content (``content_digest``): every member but ``version``/``integrity``. */
+export async function contentDigest(members, where = "manifest.json") {
+  const keys = [...members.keys()].filter((k) => !UNSEALED.has(k)).sort(codePointCompare);
+  if (keys.some((k) => members.get(k) === null)) {
+    throw new BundleError(`${where} holds a non-finite number (NaN or Infinity), which JSON cannot carry; the bundle is corrupt, re-export it`);
+  }
+  const text = `{${keys.map((k) => `${pyJsonString(k)}:${members.get(k)}`).join(",")}}`;
+  return sha256Hex(new TextEncoder().encode(text));
+}
+
+const bytesOfHex = (h) => Uint8Array.from(h.match(/../g) || [], (b) => parseInt(b, 16));
+const bundleMessage = (deviceDigest, serverDigest) => concatBytes(new TextEncoder().encode(BUNDLE_CONTEXT),
+  bytesOfHex(deviceDigest), bytesOfHex(serverDigest));
+
+/** Python's ``base64.b64decode(s, validate=True)``: the alphabet and padding only, else null. */
+function strictBase64(s) {
+  if (typeof s !== "string" || !/^[A-Za-z0-9+/]*={0,2}$/.test(s) || s.length % 4 !== 0) return null;
+  try {
+    return Uint8Array.from(atob(s), (ch) => ch.charCodeAt(0));
+  } catch {
+    return null;
+  }
+}
+
+const ED25519_SPKI_PREFIX = "302a300506032b6570032100";
+
+/**
+ * A trusted Ed25519 public key (``load_public_key``): a ``.pub`` PEM text (``daonet keygen``), its bytes, the
+ * 32 raw key bytes, a ``CryptoKey``, or (Node) the path of a ``.pub`` file. Returns ``{key, keyId}``; keyId is
+ * ``key_id``: the first 16 hex characters of the SHA-256 of the raw key.
+ */
+export async function loadPublicKey(source) {
+  const label = String(source instanceof Uint8Array ? `${source.length} bytes` : source).slice(0, 80);
+  const cannot = (why) => new DaonetError(`cannot read the public key ${label}: ${why}`);
+  const subtle = crypto_().subtle;
+  let raw;
+  if (typeof CryptoKey !== "undefined" && source instanceof CryptoKey) {
+    raw = new Uint8Array(await subtle.exportKey("raw", source).catch(() => { throw cannot("the CryptoKey is not an extractable Ed25519 public key"); }));
+  } else {
+    let data = source instanceof ArrayBuffer ? new Uint8Array(source) : source;
+    if (typeof data === "string" && !data.includes("-----BEGIN")) {
+      if (!isNode) throw cannot("pass the PEM text of the .pub file, its bytes or the 32 raw key bytes");
+      const fs = await import("node:fs/promises");
+      data = new Uint8Array(await fs.readFile(data).catch((exc) => { throw cannot(exc.message); }));
+    }
+    if (data instanceof Uint8Array && data.length === 32) {
+      raw = data;
+    } else {
+      const text = typeof data === "string" ? data : new TextDecoder().decode(data);
+      const m = /-----BEGIN PUBLIC KEY-----([A-Za-z0-9+/=\s]*)-----END PUBLIC KEY-----/.exec(text);
+      const der = m ? strictBase64(m[1].replace(/\s+/g, "")) : null;
+      if (!der) throw cannot("it is not a PEM public key (make key pairs with `daonet keygen`)");
+      if (der.length !== 44 || hex(der.subarray(0, 12)) !== ED25519_SPKI_PREFIX) {
+        throw new DaonetError(`${label} is not an Ed25519 public key (make key pairs with \`daonet keygen\`)`);
+      }
+      raw = der.subarray(12);
+    }
+  }
+  let key;
+  try {
+    key = await subtle.importKey("raw", raw, { name: "Ed25519" }, true, ["verify"]);
+  } catch (exc) {
+    throw new DaonetError(`this runtime's WebCrypto cannot import Ed25519 keys (${exc.message}); use Node >= 20 or a current browser`);
+  }
+  return { key, keyId: (await sha256Hex(raw)).slice(0, 16) };
+}
+
+/**
+ * Refuse a device half whose version does not follow from its content, and (with ``publicKeys``) one that a
+ * trusted key did not sign (``verify_content`` + ``signing.verify``, the same rules and messages).
+ */
+export async function verifyContent(manifest, members, where, publicKeys = []) {
+  const integrity = manifest.integrity;
+  if (integrity === undefined || integrity === null) {
+    throw new BundleError(`${where} has no integrity block, so its version is not bound to its content (exported by an older daonet, or edited); re-export it with \`daonet export\``);
+  }
+  const digests = [await contentDigest(members, where), integrity.pair_digest];
+  const message = bundleMessage(...digests);
+  const expected = (await sha256Hex(message)).slice(0, 16);
+  if (manifest.version !== expected) {
+    throw new BundleError(`${where}: version '${manifest.version}' does not match its content (expected '${expected}'): the manifest or a weight file was edited after export; re-export or re-download the bundle`);
+  }
+  if (!publicKeys || !publicKeys.length) return;
+  const keys = [];
+  for (const k of publicKeys) keys.push(k && k.keyId && k.key ? k : await loadPublicKey(k));
+  const known = keys.map((k) => k.keyId).join(", ");
+  const signature = integrity.signature ?? null;
+  const signer = integrity.key_id ?? null;
+  if (signature === null) {
+    throw new BundleError(`${where} is not signed, and a signed bundle is required (trusted keys: ${known}); export it with \`daonet export --sign KEY\``);
+  }
+  const key = keys.find((k) => k.keyId === signer);
+  const sig = strictBase64(signature);
+  if (key && sig) {
+    const ok = await crypto_().subtle.verify({ name: "Ed25519" }, key.key, sig, message).catch(() => false);
+    if (ok) return;
+  }
+  throw new BundleError(`${where} is not signed by a trusted key (signed by ${String(signer).slice(0, 16)}, trusted: ${known}), or was modified after signing; get the bundle from its vendor or re-export and sign it`);
+}
+
 // -- bundle loading ------------------------------------------------------------------------------------------
 const isNode = typeof process !== "undefined" && !!(process.versions && process.versions.node);
 
@@ -194,9 +434,11 @@ async function readPath(dir, name) {
 
 /**
  * Load a device bundle (``manifest.json`` + its safetensors file) from an http(s) URL of the bundle
- * directory, or (Node) a directory path; the weights' SHA-256 is checked against the manifest first.
+ * directory, or (Node) a directory path, checked in Python's order (``DeviceModel.load``): the manifest's
+ * schema, its version against its content, the signature when ``publicKeys`` are given (refused unless one of
+ * them signed it; see :func:`loadPublicKey` for the forms a key may take), then the weights' SHA-256.
  */
-export async function loadDevice(source, { fetch: fetchFn = globalThis.fetch } = {}) {
+export async function loadDevice(source, { fetch: fetchFn = globalThis.fetch, publicKeys = [] } = {}) {
   let read;
   let where = String(source);
   if (looksLikeUrl(where)) {
@@ -211,13 +453,16 @@ export async function loadDevice(source, { fetch: fetchFn = globalThis.fetch } =
     read = (name) => readPath(where, name);
   }
   const manifestBytes = await read("manifest.json");
-  let manifest;
+  const manifestWhere = `${where}${where.endsWith("/") ? "" : "/"}manifest.json`;
+  let text;
   try {
-    manifest = JSON.parse(new TextDecoder().decode(manifestBytes));
+    text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(manifestBytes);
   } catch (exc) {
-    throw new BundleError(`${where} manifest.json is not valid JSON (${exc.message}); the bundle is corrupt, re-export it`);
+    throw new BundleError(`${manifestWhere} is not valid JSON (${exc.message}); the bundle is corrupt, re-export it`);
   }
-  checkManifest(manifest, where);
+  const { value: manifest, members, floats } = parseManifestText(text, manifestWhere);
+  checkManifest(manifest, where, floats);
+  await verifyContent(manifest, members, manifestWhere, publicKeys);
   const [name, expected] = Object.entries(manifest.files)[0];
   const weights = await read(name);
   const actual = await sha256Hex(weights);
@@ -229,17 +474,19 @@ export async function loadDevice(source, { fetch: fetchFn = globalThis.fetch } =
   return new DeviceModel(manifest, tensors);
 }
 
-/** Refuse manifests this runtime cannot reproduce exactly (rather than computing something different). */
-export function checkManifest(manifest, where = "bundle") {
+/**
+ * Refuse an invalid manifest (the Python schema's checks and messages, :func:`checkSchema`) and one this runtime
+ * cannot reproduce exactly (rather than computing something different). ``floats``: the paths of numbers the
+ * manifest text wrote as floats (``parseManifestText``), which integer fields refuse as Python does.
+ */
+export function checkManifest(manifest, where = "bundle", floats = new Set()) {
   if (!manifest || typeof manifest !== "object" || manifest.format !== DEVICE_FORMAT) {
     throw new BundleError(`${where}: manifest is a ${JSON.stringify(manifest && manifest.format)} manifest, expected '${DEVICE_FORMAT}'`);
   }
   if (manifest.format_version !== FORMAT_VERSION) {
     throw new BundleError(`${where}: manifest has format version ${manifest.format_version}, this runtime reads version ${FORMAT_VERSION}; update daonet-device.mjs or re-export the bundle`);
   }
-  for (const key of ["model_id", "version", "files", "layer", "input", "drop"]) {
-    if (!(key in manifest)) throw new BundleError(`${where}: manifest lacks the field '${key}'; the bundle is corrupt, re-export it`);
-  }
+  checkSchema(manifest, where, floats);
   if (Object.keys(manifest.files).length !== 1) throw new BundleError(`${where}: a device bundle lists exactly one weight file`);
   const layer = manifest.layer;
   const unsupported = [];
@@ -274,6 +521,185 @@ export function checkManifest(manifest, where = "bundle") {
   return { steps, noise };
 }
 
+// -- the manifest schema (daonet.manifest: DeviceManifest.from_json, the same fields, checks and messages) -----
+// A field type is "str", "int", "float", "bool", "any", {lit: [...]}, {list: type}, {dict: type}, {opt: type}
+// (also null) or {spec: SPEC}; a SPEC lists [name, type, required] and its cross-field check. ``layer.block`` and
+// ``noise`` are read by blockPlan / noiseSpec below (same messages).
+const pyEq = (a, b) => a === b || (["number", "boolean"].includes(typeof a) && ["number", "boolean"].includes(typeof b) && Number(a) === Number(b));
+const typeName = (tp) => {
+  if (typeof tp === "string") return { str: "a string", int: "an integer", float: "a number", bool: "true/false", any: "anything" }[tp];
+  if (tp.lit) return tp.lit.map((v) => (typeof v === "string" ? `'${v}'` : v === false ? "False" : String(v))).join(" or ");
+  if (tp.opt) return `${typeName(tp.opt)} or null`;
+  return tp.list ? "a list" : "an object";
+};
+const positiveInts = (values, at, what, fail) => { if (values.some((v) => v < 1)) fail(at, `${what} must be positive integers, got ${pyList(values)}`); };
+
+const INPUT_SPEC = {
+  fields: [["shape", { list: "int" }, true], ["dtype", { lit: ["float32"] }], ["raw_dtype", { lit: ["float32", "uint8"] }],
+    ["range", { opt: { list: "float" } }]],
+  check(s, at, fail) {
+    if (!s.shape.length) fail(`${at}.shape`, "is empty; an input has at least a channel axis");
+    positiveInts(s.shape, `${at}.shape`, "dimensions", fail);
+    if (s.range != null && (s.range.length !== 2 || !(s.range[0] < s.range[1]))) fail(`${at}.range`, `must be [low, high] with low < high, got ${pyList(s.range.map(pyFloatRepr))}`);
+  },
+};
+const NORMALIZATION_SPEC = {
+  fields: [["mean", { opt: { list: "float" } }], ["std", { opt: { list: "float" } }], ["per", { lit: ["channel", "feature"] }]],
+  check(s, at, fail) {
+    if (s.std != null && s.std.some((v) => v <= 0)) fail(`${at}.std`, `must be positive, got ${pyList(s.std.map(pyFloatRepr))}`);
+  },
+};
+const QUANTIZE_SPEC = {
+  fields: [["levels", "int", true], ["clip", "float", true]],
+  check(s, at, fail) {
+    if (s.levels < 1) fail(`${at}.levels`, `must be at least 1, got ${s.levels}`);
+    if (s.clip === 0) fail(`${at}.clip`, "must be non-zero");
+  },
+};
+const LAYER_SPEC = {
+  fields: [["kind", { lit: LAYER_KINDS }, true], ["output_shape", { list: "int" }, true], ["n_outputs", "int", true],
+    ["in_shape", { opt: { list: "int" } }], ["out_channels", { opt: "int" }], ["kernel", { list: "int" }], ["stride", { list: "int" }],
+    ["activation", { lit: ["relu"] }], ["quantize", { opt: { spec: null } }], ["first_output_shape", { opt: { list: "int" } }],
+    ["block", { opt: "any" }]],
+  check(s, at, fail) {
+    positiveInts(s.output_shape, `${at}.output_shape`, "dimensions", fail);
+    const n = prod(s.output_shape);
+    if (n !== s.n_outputs) fail(`${at}.n_outputs`, `is ${s.n_outputs}, but output_shape ${pyList(s.output_shape)} has ${n} outputs`);
+    if (Array.isArray(s.block)) s.block.forEach((step, i) => parseStep(step, `${at}.block[${i}]`, fail));  // fields first
+    if (Array.isArray(s.block) && s.block.length && s.first_output_shape == null) {
+      fail(`${at}.first_output_shape`, "is missing: a layer with a block needs the first layer's own output shape");
+    }
+    if (s._extra) return;  // a newer layout: refused by checkManifest, which names its fields
+    const first = layerFirstShape(s);
+    positiveInts(first, `${at}.first_output_shape`, "dimensions", fail);
+    if (s.out_channels != null && s.out_channels !== first[0]) fail(`${at}.out_channels`, `is ${s.out_channels}, the first layer's output starts with ${first[0]}`);
+    const nd = LAYER_KINDS.indexOf(s.kind);
+    for (const name of ["kernel", "stride"]) {
+      if (s[name].length !== nd) fail(`${at}.${name}`, `a ${s.kind} layer needs ${nd} value(s), got ${pyList(s[name])}`);
+      positiveInts(s[name], `${at}.${name}`, name, fail);
+    }
+    if (first.length !== nd + 1) fail(`${at}.output_shape`, `a ${s.kind} layer has ${nd + 1} output axes, got ${pyList(first)}`);
+    if (s.in_shape != null) layerCheckInput(s, s.in_shape, `${at}.in_shape`, fail);
+  },
+};
+LAYER_SPEC.fields[8][1] = { opt: { spec: QUANTIZE_SPEC } };
+const DROP_SPEC = {
+  fields: [["rate", "float", true], ["policy", { lit: ["bernoulli"] }], ["rescale", { lit: [false] }]],
+  check(s, at, fail) {
+    if (!(s.rate >= 0 && s.rate < 1)) fail(`${at}.rate`, `must be in [0, 1), got ${pyFloatRepr(s.rate)}`, "train and export with --drop-rate in [0, 1)");
+  },
+};
+const WIRE_SPEC = { fields: [["version", { lit: [1] }], ["value_dtype", { opt: { lit: ["float32", "float16"] } }]], check() {} };
+const PRIVACY_SPEC = {
+  fields: [["max_revealed_energy", { opt: "float" }], ["forbid_identifiable", "bool"], ["identifiable_tol", "float"]],
+  check(s, at, fail) {
+    const m = s.max_revealed_energy;
+    if (m != null && !(m >= 0 && m <= 1)) fail(`${at}.max_revealed_energy`, `must be in [0, 1] or null, got ${pyFloatRepr(m)}`, "export with --max-revealed-energy in [0, 1]");
+    if (s.identifiable_tol !== undefined && !(s.identifiable_tol > 0 && s.identifiable_tol < 1)) fail(`${at}.identifiable_tol`, `must be in (0, 1), got ${pyFloatRepr(s.identifiable_tol)}`);
+  },
+};
+const INTEGRITY_SPEC = {
+  fields: [["pair_digest", "str", true], ["signature", { opt: "str" }], ["key_id", { opt: "str" }]],
+  check(s, at, fail) {
+    if (!SHA256_HEX.test(s.pair_digest)) fail(`${at}.pair_digest`, `is not a SHA-256 hex digest: '${s.pair_digest.slice(0, 20)}'`);
+    if ((s.signature == null) !== (s.key_id == null)) fail(at, "has a signature without a key_id or the other way round");
+  },
+};
+const DEVICE_SPEC = {
+  fields: [["model_id", "str", true], ["version", "str", true], ["files", { dict: "str" }, true], ["classes", { list: "str" }],
+    ["format_version", "int"], ["integrity", { opt: { spec: INTEGRITY_SPEC } }], ["input", { spec: INPUT_SPEC }, true],
+    ["layer", { spec: LAYER_SPEC }, true], ["drop", { spec: DROP_SPEC }, true], ["normalization", { spec: NORMALIZATION_SPEC }],
+    ["wire", { spec: WIRE_SPEC }], ["privacy", { spec: PRIVACY_SPEC }], ["noise", { opt: "any" }], ["format", { lit: [DEVICE_FORMAT] }]],
+  check(s, at, fail) {
+    if (s.format_version !== undefined && s.format_version !== FORMAT_VERSION) {
+      fail(`${at}.format_version`, `is ${s.format_version}, this daonet reads version ${FORMAT_VERSION}`, "upgrade daonet or re-export the bundle");
+    }
+    if (!s.model_id) fail(`${at}.model_id`, "is empty");
+    if (!s.version || /[^\x00-\x7f]/.test(s.version) || s.version.length > 255) fail(`${at}.version`, `must be a short ASCII string, got '${s.version.slice(0, 40)}'`);
+    const files = Object.entries(s.files);
+    if (!files.length) fail(`${at}.files`, "lists no weight files");
+    for (const [name, digest] of files) {
+      if (/[/\\]/.test(name) || ["", ".", ".."].includes(name)) fail(`${at}.files.${name}`, "is not a plain file name inside the bundle");
+      if (!SHA256_HEX.test(digest)) fail(`${at}.files.${name}`, `is not a SHA-256 hex digest: '${digest.slice(0, 20)}'`);
+    }
+    const layer = s.layer;
+    layerCheckInput(layer, s.input.shape, `${at}.input.shape`, fail);
+    if (layer.in_shape != null && !sameShape(layer.in_shape, s.input.shape)) fail(`${at}.layer.in_shape`, `is ${pyList(layer.in_shape)}, input.shape is ${pyList(s.input.shape)}`);
+    const norm = s.normalization || {};  // Normalization.check_input: per channel, or per input value (dense only)
+    const perFeature = norm.per === "feature";
+    const [count, what] = perFeature ? [prod(s.input.shape), "input values"] : [s.input.shape[0], "input channel(s)"];
+    for (const name of ["mean", "std"]) {
+      if (norm[name] != null && norm[name].length !== count) fail(`${at}.normalization.${name}`, `has ${norm[name].length} values for ${count} ${what}`);
+    }
+    if (perFeature && layer.kind !== "dense") fail(`${at}.normalization.per`, `is 'feature', but the first layer is ${layer.kind}: per-feature normalization needs a dense first layer`, "export per-channel statistics for a convolution, or use a dense model");
+  },
+};
+
+function layerFirstShape(s) { return s.first_output_shape && s.first_output_shape.length ? s.first_output_shape : s.output_shape; }
+
+/** ``LayerSpec.check_input``: does this geometry turn inputs of ``shape`` into the first layer's outputs? */
+function layerCheckInput(s, shape, at, fail) {
+  if (s.kind === "dense" || s._extra) return;
+  const nd = s.kernel.length;
+  if (shape.length !== nd + 1) fail(at, `a ${s.kind} layer takes inputs with ${nd + 1} axes, got ${pyList(shape)}`);
+  const spatial = shape.slice(1).map((d, j) => Math.floor((d - s.kernel[j]) / s.stride[j]) + 1);
+  const first = layerFirstShape(s).slice(1);
+  if (!sameShape(spatial, first)) {
+    fail(at, `input ${pyList(shape)} with kernel ${pyList(s.kernel)} and stride ${pyList(s.stride)} gives outputs ${pyList(spatial)}, the layer says ${pyList(first)}`);
+  }
+}
+
+/** One JSON value read as ``tp`` (``_parse``); ``floats`` holds the paths of numbers written as floats. */
+function parseTyped(tp, v, at, path, ctx) {
+  const { fail, floats } = ctx;
+  const got = () => (typeof v === "number" && !Number.isFinite(v) ? (Number.isNaN(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity")
+    : floats.has(path) && Number.isInteger(v) ? `${v}.0` : pyJson(v));
+  if (tp === "any") return v;
+  if (tp.opt) return v === null ? null : parseTyped(tp.opt, v, at, path, ctx);
+  if (tp.lit) {
+    if (!tp.lit.some((x) => pyEq(x, v))) fail(at, `${got()} is not supported (this daonet reads ${typeName(tp)})`, UPGRADE);
+    return v;
+  }
+  if (tp.list) {
+    if (!Array.isArray(v)) fail(at, `expected a list, got ${got()}`);
+    return v.map((x, j) => parseTyped(tp.list, x, `${at}[${j}]`, `${path}[${j}]`, ctx));
+  }
+  if (tp.dict) {
+    if (!v || typeof v !== "object" || Array.isArray(v)) fail(at, `expected an object, got ${got()}`);
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, parseTyped(tp.dict, x, `${at}.${k}`, `${path}.${k}`, ctx)]));
+  }
+  if (tp.spec) return parseSpec(tp.spec, v, at, path, ctx);
+  if (tp === "bool") { if (typeof v !== "boolean") fail(at, `expected true/false, got ${got()}`); return v; }
+  if (tp === "int") { if (!isInt(v) || floats.has(path)) fail(at, `expected an integer, got ${got()}`); return v; }
+  if (tp === "float") { if (typeof v !== "number" || !Number.isFinite(v)) fail(at, `expected a finite number, got ${got()}`); return v; }
+  if (typeof v !== "string") fail(at, `expected a string, got ${got()}`);
+  return v;
+}
+
+/** One manifest block (``Spec.from_json``): its fields in order (a null one takes its default), then its check. */
+function parseSpec(spec, obj, at, path, ctx) {
+  if (!obj || typeof obj !== "object" || Array.isArray(obj)) ctx.fail(at, `expected an object, got ${pyJson(obj)}`);
+  const out = {};
+  for (const [name, tp, required] of spec.fields) {
+    const v = Object.hasOwn(obj, name) ? obj[name] : undefined;
+    if ((v === null || v === undefined) && !required && !tp.opt && tp !== "any") continue;
+    if (v !== undefined) out[name] = parseTyped(tp, v, `${at}.${name}`, `${path}.${name}`, ctx);
+    else if (required) ctx.fail(at, `the field '${name}' is missing (the manifest is malformed: corrupt, or not written by daonet)`);
+  }
+  out._extra = Object.keys(obj).some((k) => !spec.fields.some(([name]) => name === k));
+  spec.check(out, at, ctx.fail);
+  return out;
+}
+
+/** The device manifest checked field by field as ``DeviceManifest.from_json`` checks it (same messages). */
+export function checkSchema(manifest, where = "manifest.json", floats = new Set()) {
+  // the top level's own location is ``where``: its fields are named without the leading dot
+  const fail = (at, problem, fix = FIX) => {
+    throw new ManifestError(`${where}: ${at ? `${at.replace(/^\./, "")}: ` : ""}${problem}; ${fix}`);
+  };
+  return parseSpec(DEVICE_SPEC, manifest, "", "", { floats, fail });
+}
+
 // -- manifest checks of the block and the noise (``BlockStep`` / ``LayerSpec`` / ``NoiseSpec``, same messages) ---------
 const pyList = (a) => `[${a.join(", ")}]`;
 /** ``json.dumps(value)[:60]`` as the Python manifest errors print it. */
@@ -283,7 +709,7 @@ const pyJson = (v) => {
   return String(JSON.stringify(v === undefined ? null : v)).slice(0, 60);
 };
 const manifestFailure = (where) => (field, problem, fix = FIX) => {
-  throw new BundleError(`${where}: ${field}: ${problem}; ${fix}`);
+  throw new ManifestError(`${where}: ${field}: ${problem}; ${fix}`);
 };
 const isInt = (v) => typeof v === "number" && Number.isInteger(v);
 
@@ -380,7 +806,7 @@ function noiseSpec(raw, where) {
   if (typeof raw !== "object" || Array.isArray(raw)) fail("noise", `expected an object, got ${pyJson(raw)}`);
   const num = (name, required) => {
     if (!(name in raw)) {
-      if (required) throw new BundleError(`${where}: noise: the field '${name}' is missing (the manifest is malformed: corrupt, or not written by daonet); ${FIX}`);
+      if (required) throw new ManifestError(`${where}: noise: the field '${name}' is missing (the manifest is malformed: corrupt, or not written by daonet); ${FIX}`);
       return 0;
     }
     const v = raw[name];
@@ -446,10 +872,9 @@ class FirstLayerSystem {
     const c = dev.inputShape[0];
     const w = dev.weight;
     if (this.kind === "dense") {
-      const per = this.n / c;
       this.denseRows = new Float64Array(w.length);
       for (let o = 0; o < dev.outChannels; o++) {
-        for (let j = 0; j < this.n; j++) this.denseRows[o * this.n + j] = w[o * this.n + j] / dev.std[Math.floor(j / per)];
+        for (let j = 0; j < this.n; j++) this.denseRows[o * this.n + j] = w[o * this.n + j] / dev.std[Math.floor(j / dev.normStride)];
       }
       this.patchify = false;
       this.nPositions = 1;
@@ -1253,9 +1678,11 @@ export class DeviceModel {
     this.quantize = layer.quantize || null;
     const c = this.inputShape[0];
     const norm = manifest.normalization || {};
-    this.mean = Float32Array.from(norm.mean || new Array(c).fill(0));
-    this.std = Float32Array.from(norm.std || new Array(c).fill(1));
-    if (this.mean.length !== c || this.std.length !== c) throw new BundleError(`normalization has ${this.mean.length} means for ${c} channels; re-export the bundle`);
+    const nNorm = norm.per === "feature" ? prod(this.inputShape) : c;  // one value per channel, or per input value
+    this.normStride = prod(this.inputShape) / nNorm;  // input values each mean/std covers
+    this.mean = Float32Array.from(norm.mean || new Array(nNorm).fill(0));
+    this.std = Float32Array.from(norm.std || new Array(nNorm).fill(1));
+    if (this.mean.length !== nNorm || this.std.length !== nNorm) throw new BundleError(`normalization has ${this.mean.length} means for ${nNorm} ${norm.per === "feature" ? "input values" : "channels"}; re-export the bundle`);
     this.weight = tensors.weight.data;
     this.bias = tensors.bias.data;
     const expected = this.kind === "dense" ? [this.outChannels, prod(this.inputShape)] : [this.outChannels, c, ...this.kernel];
@@ -1265,8 +1692,7 @@ export class DeviceModel {
     this._blockTensors = checkBlockTensors(steps, tensors);
     const mu = tensors.public_mean;
     const n = prod(this.inputShape);
-    const per = n / c;
-    this.publicMean = mu && mu.data.length === n ? Float64Array.from(mu.data) : Float64Array.from({ length: n }, (_, j) => this.mean[Math.floor(j / per)]);
+    this.publicMean = mu && mu.data.length === n ? Float64Array.from(mu.data) : Float64Array.from({ length: n }, (_, j) => this.mean[Math.floor(j / this.normStride)]);
     this.policy = PrivacyPolicy.fromManifest(manifest.privacy);
     this._system = null;
   }
@@ -1351,10 +1777,9 @@ export class DeviceModel {
   _activations(x) {
     const shape = this.inputShape;
     const c = shape[0];
-    const plane = x.length / c;
     const z = new Float64Array(x.length);
     for (let i = 0; i < x.length; i++) {
-      const ch = Math.floor(i / plane);
+      const ch = Math.floor(i / this.normStride);  // the mean/std entry of value i: its channel, or i itself
       z[i] = Math.fround(Math.fround(x[i] - this.mean[ch]) / this.std[ch]);
     }
     let out = new Float32Array(prod(this.firstOutputShape));
@@ -1458,7 +1883,39 @@ export class DeviceModel {
    * privacy policy and returns the certificate (for a block: what is sent, ``applies: false``).
    */
   async encode(x, { masks = null, mask = null, certify = true, policy = null } = {}) {
-    const xv = this._one(x, "encode");
+    return this._encodeOne(this._one(x, "encode"), { masks, mask, certify, policy });
+  }
+
+  /**
+   * Batch form of ``encode`` for devices that buffer readings (``encode_many`` / ``encode_many_certified``):
+   * one payload per input, the same bytes as encoding them one by one. ``xs``: a batch ``(N, *inputShape)``
+   * (nested arrays, or ``{data, shape: [N, ...]}``), or an array of single inputs (typed arrays); ``mask``: null
+   * or one keep-mask per input.
+   */
+  async encodeMany(xs, { masks = null, mask = null, certify = true, policy = null } = {}) {
+    let rows;
+    if (Array.isArray(xs) && xs.length && xs.every((x) => ArrayBuffer.isView(x) || (x && typeof x === "object" && "data" in x))) {
+      rows = xs.map((x, i) => {
+        try {
+          return this._one(x, "encodeMany");
+        } catch (exc) {
+          throw exc instanceof InputError ? new InputError(`input ${i}: ${exc.message}`) : exc;
+        }
+      });
+    } else {
+      const { n, data } = this.validate(xs);
+      const size = data.length / n;
+      rows = Array.from({ length: n }, (_, i) => data.subarray(i * size, (i + 1) * size));
+    }
+    if (mask !== null && (!Array.isArray(mask) || mask.length !== rows.length)) {
+      throw new InputError(`mask must be one keep-mask per input (${rows.length}), got ${Array.isArray(mask) ? mask.length : typeof mask}`);
+    }
+    const out = [];
+    for (let i = 0; i < rows.length; i++) out.push(await this._encodeOne(rows[i], { masks, mask: mask ? mask[i] : null, certify, policy }));
+    return out;
+  }
+
+  async _encodeOne(xv, { masks, mask, certify, policy }) {
     const h = this._activations(xv);
     let keepMask = mask;
     if (keepMask === null && this.dropRate !== 0) keepMask = await (masks || new RandomMasks()).masks(xv, this.nOutputs, this.dropRate, this.inputShape);
