@@ -131,7 +131,11 @@ def check_pair(device: _Identified, server: _Identified) -> None:
 def content_digest(raw: dict[str, Any]) -> str:
     """SHA-256 of a half's canonical manifest content (everything but ``version`` and ``integrity``)."""
     core = {k: v for k, v in raw.items() if k not in _UNSEALED}
-    text = json.dumps(core, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    try:
+        text = json.dumps(core, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except ValueError:  # json.loads reads NaN/Infinity, which canonical JSON cannot carry
+        raise BundleError("a manifest holds a non-finite number (NaN or Infinity), which JSON cannot carry; the "
+                          "bundle is corrupt, re-export it") from None
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
