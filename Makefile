@@ -9,7 +9,7 @@ STAMP := $(VENV)/.daonet-installed
 $(STAMP): pyproject.toml constraints.txt scripts/install-data.sh scripts/install-browser.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench,ray,plan]"  # exact pins: torch stays the CPU 2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench,ray,plan,docs]"  # exact pins: torch stays the CPU 2.13.0
 	scripts/install-data.sh $(PY)
 	scripts/install-browser.sh
 	touch $(STAMP)

@@ -1,6 +1,6 @@
-"""Screenshot of the ``daonet serve --web`` page for the README (docs/web-page.png), in Debian's Chromium.
+"""Screenshot of the ``daonet serve --web`` page for the docs (docs/assets/web-page.png), in Debian's Chromium.
 
-    python scripts/web_screenshot.py [--out docs/web-page.png]
+    python scripts/web_screenshot.py [--out docs/assets/web-page.png]
 
 Uses bench/js_bench.py's MNIST mlp (trained there once and cached), draws a "3" on the pad with mouse
 events, waits for the server's answer and saves the page.
@@ -19,7 +19,7 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "web-page.png")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "assets" / "web-page.png")
     args = ap.parse_args()
     from js_bench import build
     from playwright.sync_api import sync_playwright

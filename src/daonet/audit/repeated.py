@@ -8,7 +8,7 @@ capture-noise model, with the white-box attacks of :mod:`daonet.audit.attacks` (
 squares and rMLE over the stacked equations of the K payloads), scored against the clean input.
 
 It is a library: the audit calls :func:`repeated_queries` with its observer and attacker knowledge;
-``bench/near_duplicates.py`` calls it on the default models and writes ``docs/near-duplicates.md``.
+``bench/near_duplicates.py`` calls it on the default models and writes ``docs/results/near-duplicates.md``.
 """
 
 from __future__ import annotations
