@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "bundles", "reports", ".daonet-cache", "node_modules",
-                                "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache", ".ruff_cache")
+                                "__pycache__", "*.egg-info", "build", "dist", "site", ".pytest_cache", ".ruff_cache")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True,
@@ -123,3 +123,50 @@ def test_cli_extra_without_torch(device_venv, serve_digits_bundle, start_server,
     res = _run([daonet_cmd, "predict", "digits.npy", "--server", server.url, "--bundle",
                 str(serve_digits_bundle.device), "--json"], cwd=tmp_path, env=env)
     assert len([line for line in res.stdout.splitlines() if line.startswith('{"input"')]) == 4
+
+
+@pytest.fixture(scope="module")
+def wheel_venv(tmp_path_factory, dist) -> Path:
+    """A fresh venv with the built wheel installed (``--no-deps``) and this environment's packages visible
+    behind it (a ``.pth`` line, so nothing is downloaded). That directory's own ``.pth`` files are not run, so
+    the checkout's editable daonet stays out: ``import daonet`` is the wheel's."""
+    import site
+    import sysconfig
+
+    venv = tmp_path_factory.mktemp("wheel-venv") / "v"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=venv.parent)
+    py = venv / "bin" / "python"
+    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-index",
+          str(next(dist.glob("*.whl")))], cwd=venv.parent)
+    purelib = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                        cwd=venv.parent).stdout.strip())
+    ours = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
+    (purelib / "zz-outer-env.pth").write_text("\n".join(dict.fromkeys(ours)) + "\n")
+    return venv
+
+
+@pytest.mark.slow
+def test_installed_wheel_verifies_the_shipped_defaults(wheel_venv, tmp_path):
+    """The Install section's check, from the installed wheel and outside the source tree: the shipped defaults,
+    their signed audit reports and the project's key travel in the wheel, and `daonet verify` passes on them
+    (and refuses a copy with one flipped weight byte, so the check is real)."""
+    env = _clean_env()
+    py, daonet_cmd = str(wheel_venv / "bin" / "python"), str(wheel_venv / "bin" / "daonet")
+    where = _run([py, "-c", "import daonet, daonet.defaults as d; print(daonet.__file__); "
+                  "print(d.default_bundle('mnist').root)"], cwd=tmp_path, env=env).stdout.split()
+    assert all(p.startswith(str(wheel_venv)) for p in where), where  # the wheel's files, not the checkout's
+    for name, model_id in (("mnist", "mnist-mlp"), ("ecg5000", "ecg5000-cnn1d")):
+        root = _run([py, "-c", f"from daonet.defaults import default_bundle; print(default_bundle({name!r}).root)"],
+                    cwd=tmp_path, env=env).stdout.strip()
+        res = _run([daonet_cmd, "verify", root], cwd=tmp_path, env=env)
+        assert f"verified {model_id} version" in res.stdout and "leakage beyond the label" in res.stdout, res.stdout
+        shipped = ROOT / "src" / "daonet" / "defaults" / model_id / "audit" / "audit.json"
+        assert (Path(root) / "audit" / "audit.json").read_bytes() == shipped.read_bytes()
+    tampered = tmp_path / "tampered"
+    shutil.copytree(where[1], tampered)
+    weights = next((tampered / "device").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    res = _run([daonet_cmd, "verify", str(tampered)], cwd=tmp_path, env=env, check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stdout + res.stderr
