@@ -1,5 +1,5 @@
-"""A client written from the README alone (numpy + safetensors + struct, no daonet.device): its payloads get
-the same accuracy from the real server as the daonet device runtime's. Skipping the normalization the README
+"""A client written from docs/guide/bundles.md alone (numpy + safetensors + struct, no daonet.device): its payloads
+get the same accuracy from the real server as the daonet device runtime's. Skipping the normalization the page
 describes is what an earlier independent client did; it scores visibly lower."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ PREDICT = "/v1/models/digits-mlp/predict"
 
 def readme_client_payload(manifest: dict, weight: np.ndarray, bias: np.ndarray, pixels: np.ndarray,
                           rng: np.random.Generator, normalize: bool = True) -> bytes:
-    """README "Wire format v1": scale 8-bit pixels to [0, 1], normalize with the manifest's mean/std, first
-    layer + ReLU, drop at the manifest's rate, send the survivors (> 0) in the documented byte layout."""
+    """docs/guide/bundles.md "Wire format v1": scale 8-bit pixels to [0, 1], normalize with the manifest's mean/std,
+    first layer + ReLU, drop at the manifest's rate, send the survivors (> 0) in the documented byte layout."""
     x = pixels.astype(np.float32) / 255.0
     if normalize:
         mean = np.asarray(manifest["normalization"]["mean"], np.float32)[:, None, None]

@@ -153,7 +153,7 @@ class ServerConfig:
     torch_threads: int | None = None
     log_level: str = "info"
     web: bool = False  # also serve the web page at / and the device bundles read-only (daonet.web)
-    # denial-of-service limits (0 switches one off; see daonet.server.limits and README "Reliability")
+    # denial-of-service limits (0 switches one off; see daonet.server.limits and docs/guide/serve.md)
     header_timeout_s: float = 10.0
     body_timeout_s: float = 10.0
     keep_alive_timeout_s: float = 5.0
