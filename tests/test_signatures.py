@@ -25,7 +25,7 @@ def test_export_is_a_plain_function_with_its_keywords() -> None:
     params = inspect.signature(daonet.export).parameters
     assert list(params)[:2] == ["model", "out_dir"]
     for name in ("classes", "model_id", "input_spec", "public_data", "value_dtype", "max_revealed_energy",
-                 "sign_key"):
+                 "sign_key", "preprocess"):
         assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
         assert params[name].annotation is not inspect.Parameter.empty, name
     assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

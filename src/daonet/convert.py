@@ -33,6 +33,7 @@ from .bundle import sha256_file
 from .errors import DaonetError, InputError
 from .exporting import check_classes, check_options, export_model
 from .nn import LocalizedFirstLayer, SplitModel
+from .preprocess import scaling_from
 
 __all__ = ["split", "export", "first_layer", "SplitError", "ConvertedFirstLayer", "PROGRAM_ARCH", "SERVER_PROGRAM",
            "DEFENCES"]
@@ -130,14 +131,22 @@ def _same_tensor(a: Any, b: Any) -> bool:
     return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a is b
 
 
-def split(model: nn.Module, drop_rate: float, example_input: torch.Tensor | np.ndarray, **defences: Any) -> nn.Module:
+def split(model: nn.Module, drop_rate: float, example_input: torch.Tensor | np.ndarray, *,
+          preprocess: Any = None, **defences: Any) -> nn.Module:
     """Move ``model``'s first layer (+ ReLU) onto the device, with outputs dropped at ``drop_rate``.
+
+    This is ``daonet.split``.
 
     Args:
         model: a PyTorch classifier whose first operation on the input is ``nn.Linear``, ``nn.Conv1d`` or
             ``nn.Conv2d`` (no padding), followed by ``nn.ReLU`` / ``F.relu`` (a BatchNorm in between is folded).
         drop_rate: probability of dropping each first-layer output, in training and at inference.
-        example_input: a small batch of real inputs, shaped as the model takes them.
+        example_input: a small batch of real inputs, shaped as the model takes them (raw inputs when
+            ``preprocess`` is given).
+        preprocess: the scaling the model's inputs had so far, to move into the device layer: a fitted
+            scikit-learn ``StandardScaler``, a ``(mean, std)`` pair or ``{"mean": ..., "std": ...}``, one value per
+            input value (dense first layers) or per channel. The split model then takes raw inputs, and so does
+            the device (docs/preprocessing.md).
         **defences: ``quantize_levels=L`` (send surviving values on L levels) and ``noise_std=s`` (Gaussian
             noise on surviving values, relative to their RMS; calibrated on ``public_data`` at export).
     Returns:
@@ -162,12 +171,18 @@ def split(model: nn.Module, drop_rate: float, example_input: torch.Tensor | np.n
         x = x.float()
     if x.dim() < 2 or len(x) < 1:
         raise SplitError(f"example_input must be a batch (N, ...) of inputs, got shape {tuple(x.shape)}")
+    scaled, mean, std = x, None, None
+    if preprocess is not None:
+        mean, std = scaling_from(preprocess, tuple(x.shape[1:]))
+        shape = x.shape[1:] if len(mean) == x[0].numel() else (-1,) + (1,) * (x.dim() - 2)
+        mean_t, std_t = (torch.tensor(v, dtype=x.dtype).reshape(shape) for v in (mean, std))
+        scaled = (x - mean_t) / std_t  # what the model took so far; after the split it takes x
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            calls, reference = _trace_calls(model, x)
-            first_layer = _convert(model, calls, x, float(drop_rate))
+            calls, reference = _trace_calls(model, scaled)
+            first_layer = _convert(model, calls, scaled, float(drop_rate), mean, std)
             saved = first_layer.drop_rate
             first_layer.drop_rate = 0.0
             try:
@@ -191,7 +206,8 @@ def split(model: nn.Module, drop_rate: float, example_input: torch.Tensor | np.n
     return model
 
 
-def _convert(model: nn.Module, calls: list[_Call], x: torch.Tensor, drop_rate: float) -> ConvertedFirstLayer:
+def _convert(model: nn.Module, calls: list[_Call], x: torch.Tensor, drop_rate: float,
+             mean: list[float] | None = None, std: list[float] | None = None) -> ConvertedFirstLayer:
     if not calls:
         raise SplitError(f"{type(model).__name__} runs no submodules on its input; daonet.split needs a first layer "
                          "nn.Linear, nn.Conv1d or nn.Conv2d")
@@ -246,7 +262,8 @@ def _convert(model: nn.Module, calls: list[_Call], x: torch.Tensor, drop_rate: f
         raise SplitError(f"{label}{' + ' + _describe(folded.name, folded.module) if folded else ''} is followed by "
                          f"{_describe(after.name, after.module)}; the device layer's activation is ReLU (a dropped "
                          "zero must look like a ReLU zero). Replace it with nn.ReLU and fine-tune")
-    layer = ConvertedFirstLayer(kind, in_shape, out, kernel=kernel, stride=stride, drop_rate=drop_rate)
+    layer = ConvertedFirstLayer(kind, in_shape, out, kernel=kernel, stride=stride, drop_rate=drop_rate, mean=mean,
+                                std=std)  # the preprocessing moves in with the weights (checked before any change)
     with torch.no_grad():
         layer.op.weight.copy_(weight.reshape(layer.op.weight.shape))
         layer.bias.copy_(bias)
@@ -353,10 +370,26 @@ def _raw_dtype(first: LocalizedFirstLayer, input_spec: dict[str, Any] | None) ->
     return str(spec.get("raw_dtype", "float32"))
 
 
+def _with_preprocess(first: LocalizedFirstLayer, preprocess: Any) -> LocalizedFirstLayer:
+    """A copy of the device layer that applies ``preprocess`` first (the user's model stays as it is)."""
+    if first.has_normalization:
+        raise InputError("the model's device layer already normalizes its input (preprocess given to "
+                         "daonet.split, or a daonet zoo model); pass preprocess once, to daonet.split or to "
+                         "daonet.export")
+    mean, std = scaling_from(preprocess, tuple(first.in_shape))
+    generator, first.generator = first.generator, None  # a torch.Generator does not deep-copy
+    try:
+        layer = copy.deepcopy(first)
+    finally:
+        first.generator = generator
+    layer.set_normalization(mean, std)
+    return layer
+
+
 def export(model: nn.Module, out_dir: str | Path, *, classes: Sequence[str] | None = None, model_id: str | None = None,
            input_spec: dict[str, Any] | None = None, public_data: np.ndarray | torch.Tensor | None = None,
            value_dtype: str = "float32", max_revealed_energy: float | None = None,
-           sign_key: str | Path | None = None) -> tuple[Path, Path]:
+           sign_key: str | Path | None = None, preprocess: Any = None) -> tuple[Path, Path]:
     """Write ``out_dir/device`` and ``out_dir/server`` for a model converted with :func:`split`.
 
     This is ``daonet.export``.
@@ -368,12 +401,17 @@ def export(model: nn.Module, out_dir: str | Path, *, classes: Sequence[str] | No
         model_id: the served model's id (default: the folder name of ``out_dir``).
         input_spec: what the device takes: ``{"raw_dtype": "uint8"}`` for images the model sees as pixels/255
             (the device then accepts uint8 arrays and floats in [0, 1]); the shape comes from the model.
-        public_data: public inputs from the same distribution (e.g. a few hundred training inputs): their mean
-            is the ``mu`` of the device's privacy certificate, and they calibrate ``noise_std``. Recommended.
+        public_data: public inputs from the same distribution (e.g. a few hundred training inputs), raw as the
+            device takes them: their mean is the ``mu`` of the device's privacy certificate, and they calibrate
+            ``noise_std``. Recommended.
         value_dtype: ``float32`` or ``float16`` values on the wire.
         max_revealed_energy: the device policy's threshold on the revealed energy (see docs/design.md).
         sign_key: an Ed25519 ``.key`` file (``daonet keygen``): devices and servers given its ``.pub`` refuse any
             other first layer.
+        preprocess: the scaling the model was trained behind (a fitted scikit-learn ``StandardScaler``, a
+            ``(mean, std)`` pair or ``{"mean": ..., "std": ...}``): it goes into the device bundle, so devices
+            send raw inputs (docs/preprocessing.md). Not for a model that already normalizes (split's
+            ``preprocess``). The model object is not changed.
     Returns:
         The device and server bundle directories.
     Raises:
@@ -386,6 +424,8 @@ def export(model: nn.Module, out_dir: str | Path, *, classes: Sequence[str] | No
     model_id = model_id or re.sub(r"[^a-z0-9._-]+", "-", out_dir.resolve().name.lower()).strip("-.") or "model"
     raw_dtype = _raw_dtype(first, input_spec)
     check_options(value_dtype=value_dtype, raw_dtype=raw_dtype, max_revealed_energy=max_revealed_energy)
+    if preprocess is not None:
+        first = _with_preprocess(first, preprocess)
     extra: dict[str, np.ndarray] = {}
     if public_data is not None:
         pub = np.asarray(public_data.detach().cpu() if isinstance(public_data, torch.Tensor) else public_data)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetError
+from .preprocess import fit_feature_scaling
 
 __all__ = ["Dataset", "load_dataset", "DATASETS", "dataset_names", "dataset_label", "load_npz", "load_csv",
            "load_ucr", "ucr_names", "SPEC_PREFIXES"]
@@ -65,6 +66,11 @@ class Dataset:
         std = self.x_train.std(axis=axes, dtype=np.float64)
         std = np.where(std < 1e-8, 1.0, std)
         return [float(v) for v in mean], [float(v) for v in std]
+
+    def feature_normalization(self) -> tuple[list[float], list[float]]:
+        """Mean/std of every input value (a table's columns) over the training split only, flattened in C order;
+        a constant value gets std 1 (scikit-learn's StandardScaler does the same)."""
+        return fit_feature_scaling(self.x_train)
 
     @classmethod
     def from_arrays(cls, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,

@@ -7,12 +7,13 @@ split model. All three check their options with :func:`check_options`, one valid
 
 from __future__ import annotations
 
+import math
 import numbers
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -72,6 +73,11 @@ def check_options(*, value_dtype: str = "float32", raw_dtype: str = "float32",
                                                 and 0.0 <= max_revealed_energy <= 1.0):
         raise InputError(f"max_revealed_energy (--max-revealed-energy) must be in [0, 1] or None, got "
                          f"{max_revealed_energy!r}")
+
+
+def _normalization_per(mean: list[float] | None, in_shape: tuple[int, ...]) -> Literal["channel", "feature"]:
+    """``feature`` when the layer holds one mean per input value (and the input has more values than channels)."""
+    return "feature" if mean is not None and len(mean) == math.prod(in_shape) != in_shape[0] else "channel"
 
 
 def export_model(
@@ -147,7 +153,8 @@ def export_model(
         write_manifest(dev_dir, DeviceManifest(
             **common, files={DEVICE_WEIGHTS: dev_hash}, input=input_spec,
             normalization=Normalization(mean=None if mean is None else tuple(mean),
-                                        std=None if std is None else tuple(std)),
+                                        std=None if std is None else tuple(std),
+                                        per=_normalization_per(mean, tuple(first.in_shape))),
             layer=layer, drop=drop, wire=WireSpec(value_dtype="float16" if value_dtype == "float16" else "float32"),
             privacy=privacy, noise=NoiseSpec.from_json(first.noise_spec(), "noise") if first.noise_std else None,
         ).validated())

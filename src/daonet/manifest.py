@@ -254,20 +254,32 @@ class InputSpec(Spec):
 
 @dataclass(frozen=True, kw_only=True)
 class Normalization(Spec):
-    """Per-channel ``(x - mean) / std`` applied before the first layer (``None``: 0 and 1)."""
+    """``(x - mean) / std`` applied to the raw input before the first layer (``None``: 0 and 1).
+
+    ``per`` says what one value covers: ``channel`` (the default, omitted from the JSON) has one mean/std per
+    input channel; ``feature`` has one per input value, in C order (a table's columns, fitted on the training
+    split: docs/preprocessing.md). Per-feature statistics need a dense first layer: a convolution shares its
+    kernel across positions, so the device certificate folds the normalization into it per channel only.
+    """
 
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    per: Literal["channel", "feature"] = optional("channel")
 
     def _check(self, where: str) -> None:
         if self.std is not None and any(s <= 0 for s in self.std):
             _fail(f"{where}.std", f"must be positive, got {list(self.std)}")
 
-    def check_channels(self, channels: int, where: str) -> None:
+    def check_input(self, shape: tuple[int, ...], kind: str, where: str) -> None:
+        """One value per channel (``per: channel``) or per input value (``per: feature``, dense layers only)."""
+        count, what = (shape[0], "input channel(s)") if self.per == "channel" else (_prod(shape), "input values")
         for name in ("mean", "std"):
             v = getattr(self, name)
-            if v is not None and len(v) != channels:
-                _fail(f"{where}.{name}", f"has {len(v)} values for {channels} input channel(s)")
+            if v is not None and len(v) != count:
+                _fail(f"{where}.{name}", f"has {len(v)} values for {count} {what}")
+        if self.per == "feature" and kind != "dense":
+            _fail(f"{where}.per", f"is 'feature', but the first layer is {kind}: per-feature normalization needs a "
+                  "dense first layer", "export per-channel statistics for a convolution, or use a dense model")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -591,7 +603,7 @@ class DeviceManifest(_Identity):
         if self.layer.in_shape is not None and self.layer.in_shape != self.input.shape:
             _fail(f"{where}.layer.in_shape", f"is {list(self.layer.in_shape)}, input.shape is "
                   f"{list(self.input.shape)}")
-        self.normalization.check_channels(self.input.shape[0], f"{where}.normalization")
+        self.normalization.check_input(self.input.shape, self.layer.kind, f"{where}.normalization")
         if self.layer.block and self.privacy.max_revealed_energy is not None:
             _fail(f"{where}.privacy.max_revealed_energy", "is set, but this device bundle runs a non-linear block: "
                   "the revealed energy is defined for a single linear layer only",

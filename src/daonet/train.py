@@ -7,6 +7,7 @@ and ``metrics.json``. ``daonet export`` turns it into device/server bundles.
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 import time
@@ -32,6 +33,10 @@ DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
     "cnn": {"stem": 64, "patch": 4, "width": 64},
     "cnn1d": {"stem": 32, "patch": 4, "width": 64},
 }
+
+
+NORMALIZE_MODES = ("auto", "channel", "feature")
+OWN_DATA_SOURCES = ("csv:", "npz:", "arrays")  # Dataset.info["source"] of data the user brings
 
 
 @dataclass
@@ -63,6 +68,10 @@ class TrainConfig:
     adversary: str = "mlp"  # mlp: sees h; adaptive: also log h, the support pattern and the class probabilities
     adversary_steps: int = 1  # attacker updates per model update (a better-trained adversary)
     adversary_hidden: int = 512
+    # input statistics: "channel" (one mean/std per channel), "feature" (per input value, fitted on the training
+    # split: a table's columns; dense first layers), "auto" (feature for your own csv:/npz: data with a dense
+    # first layer, channel otherwise). See docs/preprocessing.md.
+    normalize: str = "auto"
 
     def validate(self) -> None:
         if not 0.0 <= self.drop_rate < 1.0:
@@ -75,6 +84,8 @@ class TrainConfig:
             raise InputError(f"--lr must be a positive number, got {self.lr}")
         if self.eval_draws < 1:
             raise InputError("eval_draws must be at least 1")
+        if self.normalize not in NORMALIZE_MODES:
+            raise InputError(f"--normalize must be one of {', '.join(NORMALIZE_MODES)}, got {self.normalize!r}")
         if self.quantize_levels < 0:
             raise InputError(f"--quantize-levels must be >= 0, got {self.quantize_levels}")
         if self.adversary not in ADVERSARIES:
@@ -111,7 +122,7 @@ TASKS: dict[str, TrainConfig] = {
 
 
 # Default operating points, picked from the privacy-accuracy frontier measured with the full (converged) audit
-# (README, docs/frontier-methods-*.md): MNIST mlp: random dropping p=0.5 plus min-max training against an
+# (docs/results/frontier-methods-*.md): MNIST mlp: random dropping p=0.5 plus min-max training against an
 # inverse network; still the most private measured row at >= 0.94 accuracy, but a converged decoder beats the
 # class prior by ~0.3 SSIM on it (the target is 0.05: not reached). ECG5000 cnn1d: plain dropping p=0.9
 # (+0.091 correlation; a 2-layer device block does slightly better, at the cost of the certificate).
@@ -150,7 +161,23 @@ def model_for(cfg: TrainConfig, ds: Dataset) -> SplitModel:
         arch["quantize_levels"] = cfg.quantize_levels
     if cfg.noise_std:
         arch["noise_std"] = cfg.noise_std
-    return build_model(arch)
+    model = build_model(arch)
+    if _per_feature(cfg, ds, model.first.kind):  # after building: the architecture decides the layer's kind
+        fmean, fstd = ds.feature_normalization()
+        model.first.set_normalization(fmean, fstd)
+        model.arch["mean"], model.arch["std"] = fmean, fstd  # what export and the server rebuild with
+    return model
+
+
+def _per_feature(cfg: TrainConfig, ds: Dataset, kind: str) -> bool:
+    """Per-feature statistics: asked for (dense layers only), or ``auto`` on the user's own data with a dense layer."""
+    if cfg.normalize == "feature":
+        if kind != "dense":
+            raise InputError(f"--normalize feature needs a dense first layer (--model mlp); {cfg.model} starts with "
+                             f"a {kind} layer, which normalizes per channel")
+        return True
+    own = str(ds.info.get("source", "")).startswith(OWN_DATA_SOURCES)
+    return cfg.normalize == "auto" and own and kind == "dense" and math.prod(ds.input_shape) > ds.input_shape[0]
 
 
 def _shift(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

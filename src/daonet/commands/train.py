@@ -40,6 +40,9 @@ def train(
     adversary: Annotated[str, typer.Option(help="the min-max adversary: mlp (sees h) or adaptive (also log h, the "
                                                 "support pattern and the class probabilities: stronger)")] = "mlp",
     adversary_steps: Annotated[int, typer.Option(min=1, help="adversary updates per model update")] = 1,
+    normalize: Annotated[str, typer.Option(help="input statistics: channel (one mean/std per channel), feature "
+                                           "(per column, fitted on the training split; dense models) or auto "
+                                           "(feature for csv:/npz: data with --model mlp)")] = "auto",
     recommended: Annotated[bool, typer.Option(help="use the measured default operating point for this "
                                               "dataset/model (drop rate, defences, epochs; see README)")] = False,
     out: Annotated[Path, typer.Option(help="run directory to write")] = Path("runs/mnist-mlp"),
@@ -55,7 +58,7 @@ def train(
                       data_root=str(data_root) if data_root else None, augment=augment,
                       quantize_levels=quantize_levels, nopeek_weight=nopeek_weight, adversary_weight=adversary_weight,
                       device_layers=device_layers, device_pool=device_pool, noise_std=noise_std,
-                      adversary=adversary, adversary_steps=adversary_steps)
+                      adversary=adversary, adversary_steps=adversary_steps, normalize=normalize)
     if recommended:
         rec = recommended_config(dataset, model)
         cfg = replace(cfg, drop_rate=rec.drop_rate, epochs=rec.epochs, batch_size=rec.batch_size,

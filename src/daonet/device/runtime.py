@@ -83,11 +83,12 @@ class DeviceModel(ManifestIdentity[DeviceManifest]):
         self.raw_dtype = manifest.input.raw_dtype
         self.value_range = manifest.input.range
         self.quantize = layer.quantize
-        norm = manifest.normalization
+        norm = manifest.normalization  # per channel, or per input value (``per: feature``, dense layers)
         channels = self.input_shape[0]
-        bshape = (channels,) + (1,) * (len(self.input_shape) - 1)
-        self.mean = np.asarray(norm.mean or [0.0] * channels, dtype=np.float32).reshape(bshape)
-        self.std = np.asarray(norm.std or [1.0] * channels, dtype=np.float32).reshape(bshape)
+        bshape = self.input_shape if norm.per == "feature" else (channels,) + (1,) * (len(self.input_shape) - 1)
+        count = int(np.prod(bshape))
+        self.mean = np.asarray(norm.mean or [0.0] * count, dtype=np.float32).reshape(bshape)
+        self.std = np.asarray(norm.std or [1.0] * count, dtype=np.float32).reshape(bshape)
         self.weight = np.asarray(weight, dtype=np.float32)
         self.bias = np.asarray(bias, dtype=np.float32)
         self.extras = extras or {}

@@ -20,8 +20,10 @@ Two options go beyond the paper's single layer (both off by default):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -89,13 +91,7 @@ class LocalizedFirstLayer(nn.Module):
         self.in_shape = tuple(int(s) for s in in_shape)
         self.drop_rate = float(drop_rate)
         channels = self.in_shape[0]
-        mean = mean if mean is not None else [0.0] * channels
-        std = std if std is not None else [1.0] * channels
-        if len(mean) != channels or len(std) != channels:
-            raise InputError(f"normalization needs one mean/std per input channel ({channels})")
-        bshape = (channels,) + (1,) * (len(self.in_shape) - 1)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(bshape))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(bshape))
+        self.set_normalization(mean, std)
         if kind == "dense":
             n_in = 1
             for s in self.in_shape:
@@ -126,6 +122,34 @@ class LocalizedFirstLayer(nn.Module):
         self.generator: torch.Generator | None = None
         self.quantize_levels = 0
         self.noise_std = 0.0  # relative to the RMS of non-zero activations; 0 = off
+
+    def set_normalization(self, mean: list[float] | None, std: list[float] | None) -> None:
+        """``(x - mean) / std`` before the layer: one value per input channel, or per input value (a table's
+        columns; dense layers only, as the device manifest's ``per: feature``). ``None``: 0 and 1."""
+        channels, n_values = self.in_shape[0], math.prod(self.in_shape)
+        mean = list(mean) if mean is not None else [0.0] * (len(std) if std is not None else channels)
+        std = list(std) if std is not None else [1.0] * len(mean)
+        if len(mean) != len(std) or len(mean) not in (channels, n_values):
+            raise InputError(f"normalization needs one mean/std per input channel ({channels}) or per input value "
+                             f"({n_values}), got {len(mean)} means and {len(std)} stds")
+        per_feature = len(mean) == n_values != channels
+        if per_feature and self.kind != "dense":
+            raise InputError(f"per-feature normalization ({n_values} values) needs a dense first layer, this one is "
+                             f"{self.kind}: give one mean/std per channel ({channels}), or use a dense model (mlp)")
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and min(std) > 0):
+            raise InputError("normalization mean/std must be finite and every std > 0 (a constant feature has std 0: "
+                             "drop the column, or give it std 1)")
+        self.per_feature = per_feature
+        bshape = self.in_shape if per_feature else (channels,) + (1,) * (len(self.in_shape) - 1)
+        old = getattr(self, "mean", None)
+        kwargs = {"dtype": torch.float32, "device": old.device if isinstance(old, torch.Tensor) else None}
+        self.register_buffer("mean", torch.tensor(mean, **kwargs).reshape(bshape))
+        self.register_buffer("std", torch.tensor(std, **kwargs).reshape(bshape))
+
+    @property
+    def has_normalization(self) -> bool:
+        """True when the layer normalizes its input (any mean != 0 or std != 1)."""
+        return bool((self.mean != 0).any() or (self.std != 1).any())
 
     def _build_block(self, device_layers: int, width: int, pool: int) -> nn.ModuleList:
         """Layers 2..``device_layers`` of the device block (+ optional max pooling); updates ``output_shape``."""
