@@ -1249,7 +1249,7 @@ export class RandomMasks {
  * exact in float64 whatever the order. Returns a Float64Array aligned with ``indices``.
  */
 export function indexNoise(prk, indices) {
-  const nprk = hmacShort(prk, new TextEncoder().encode(NOISE_CONTEXT));
+  const nprk = hmacSha256(prk, new TextEncoder().encode(NOISE_CONTEXT));
   const [inner, outer] = hmacStates(nprk);
   const ctr = new Uint8Array(4);
   return Float64Array.from(indices, (i) => {
@@ -1284,7 +1284,7 @@ export class KeyedMasks {
     const k = key instanceof Uint8Array ? key : new Uint8Array(key || []);
     if (k.length < 16) throw new InputError("the mask key must be at least 16 bytes");
     if (!(quantum > 0 && Number.isFinite(quantum))) throw new InputError(`quantum must be a positive number, got ${quantum}`);
-    this._key = crypto_().subtle.importKey("raw", k, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+    this._raw = Uint8Array.from(k);  // HMAC by hand (synchronous); the key never leaves this object
     this.modelVersion = String(modelVersion);
     this.quantum = quantum;
   }
@@ -1324,21 +1324,25 @@ export class KeyedMasks {
     msg.set(header);
     const dv = new DataView(msg.buffer, header.length);
     for (let i = 0; i < q.length; i++) dv.setInt32(4 * i, q[i], true);
-    return new Uint8Array(await crypto_().subtle.sign("HMAC", await this._key, msg));
+    return hmacSha256(this._raw, msg);
   }
 
   /** ``nOutputs`` uniform uint32 values: block i = HMAC(prk, uint32_le(i)) (``KeyedMasks.stream``). */
   static async stream(prk, nOutputs) {
     const raw = hmacStream(prk, 4 * nOutputs);
     const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
-    return Uint32Array.from({ length: nOutputs }, (_, i) => dv.getUint32(4 * i, true));
+    const out = new Uint32Array(nOutputs);
+    for (let i = 0; i < nOutputs; i++) out[i] = dv.getUint32(4 * i, true);
+    return out;
   }
 
   async masks(x, nOutputs, dropRate, shape = [x.length]) {
     if (!(dropRate >= 0 && dropRate < 1)) throw new InputError(`drop rate must be in [0, 1), got ${dropRate}`);
     const thr = dropThreshold(dropRate);
     const u = await KeyedMasks.stream(await this.seed(x, shape, nOutputs, dropRate), nOutputs);
-    return Uint8Array.from(u, (v) => (v >= thr ? 1 : 0));
+    const keep = new Uint8Array(nOutputs);
+    for (let i = 0; i < nOutputs; i++) keep[i] = u[i] >= thr ? 1 : 0;
+    return keep;
   }
 
   /** Replay-safe noise (``KeyedMasks.noise``): output ``i`` gets ``indexNoise(seed, i)``, the seed being the mask's PRK. */
@@ -1348,9 +1352,10 @@ export class KeyedMasks {
   }
 }
 
-// SHA-256 by hand for the counter-mode streams: one request needs up to hundreds of tiny HMACs, and an
-// async WebCrypto call each costs far more than the hashing (the per-input key derivation stays WebCrypto).
-const K256 = new Uint32Array([
+// SHA-256 and HMAC-SHA256 by hand, synchronous: one request needs a keyed seed and up to hundreds of tiny
+// counter-mode HMACs, and an async WebCrypto call each costs far more than the hashing. Checked bit for bit
+// against Python's hmac/hashlib by every keyed-mask parity test.
+const K256 = new Int32Array([
   0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
   0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
   0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
@@ -1360,21 +1365,25 @@ const K256 = new Uint32Array([
   0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
   0xc67178f2]);
 const H256 = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
-const W64 = new Uint32Array(64);
+const W64 = new Int32Array(64);
 
-/** One SHA-256 compression of the 64-byte ``block`` into ``h`` (8 words, in place). */
-function sha256Block(h, block) {
-  for (let i = 0; i < 16; i++) W64[i] = (block[4 * i] << 24) | (block[4 * i + 1] << 16) | (block[4 * i + 2] << 8) | block[4 * i + 3];
+/** One SHA-256 compression of the 64 bytes of ``bytes`` at ``off`` into ``h`` (8 words, in place). */
+function sha256Block(h, bytes, off = 0) {
+  const w = W64;
+  for (let i = 0; i < 16; i++) {
+    const j = off + 4 * i;
+    w[i] = (bytes[j] << 24) | (bytes[j + 1] << 16) | (bytes[j + 2] << 8) | bytes[j + 3];
+  }
   for (let i = 16; i < 64; i++) {
-    const a = W64[i - 15]; const b = W64[i - 2];
+    const a = w[i - 15]; const b = w[i - 2];
     const s0 = ((a >>> 7) | (a << 25)) ^ ((a >>> 18) | (a << 14)) ^ (a >>> 3);
     const s1 = ((b >>> 17) | (b << 15)) ^ ((b >>> 19) | (b << 13)) ^ (b >>> 10);
-    W64[i] = (W64[i - 16] + s0 + W64[i - 7] + s1) | 0;
+    w[i] = (w[i - 16] + s0 + w[i - 7] + s1) | 0;
   }
-  let [a, b, c, d, e, f, g, hh] = h;
+  let a = h[0]; let b = h[1]; let c = h[2]; let d = h[3]; let e = h[4]; let f = h[5]; let g = h[6]; let hh = h[7];
   for (let i = 0; i < 64; i++) {
     const S1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
-    const t1 = (hh + S1 + ((e & f) ^ (~e & g)) + K256[i] + W64[i]) | 0;
+    const t1 = (hh + S1 + ((e & f) ^ (~e & g)) + K256[i] + w[i]) | 0;
     const S0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
     const t2 = (S0 + ((a & b) ^ (a & c) ^ (b & c))) | 0;
     hh = g; g = f; f = e; e = (d + t1) | 0; d = c; c = b; b = a; a = (t1 + t2) | 0;
@@ -1383,32 +1392,50 @@ function sha256Block(h, block) {
   h[4] = (h[4] + e) | 0; h[5] = (h[5] + f) | 0; h[6] = (h[6] + g) | 0; h[7] = (h[7] + hh) | 0;
 }
 
-/** SHA-256 of ``tail`` (< 56 bytes) after a 64-byte prefix already absorbed into ``state``. */
-function sha256Finish(state, tail) {
+const TAIL = new Uint8Array(128);
+
+/**
+ * SHA-256 of ``msg`` after ``prefixBlocks`` 64-byte blocks already absorbed into ``state`` (copied, not
+ * changed); the digest goes to ``out`` at ``outOff`` (a new 32-byte array by default).
+ */
+function sha256From(state, msg, prefixBlocks = 0, out = new Uint8Array(32), outOff = 0) {
   const h = Int32Array.from(state);
-  const block = new Uint8Array(64);
-  block.set(tail);
-  block[tail.length] = 0x80;
-  const bits = (64 + tail.length) * 8;
-  block[62] = (bits >>> 8) & 0xff; block[63] = bits & 0xff;
-  sha256Block(h, block);
-  const out = new Uint8Array(32);
-  for (let i = 0; i < 8; i++) { out[4 * i] = h[i] >>> 24; out[4 * i + 1] = (h[i] >>> 16) & 0xff; out[4 * i + 2] = (h[i] >>> 8) & 0xff; out[4 * i + 3] = h[i] & 0xff; }
+  const full = msg.length - (msg.length % 64);
+  for (let off = 0; off < full; off += 64) sha256Block(h, msg, off);
+  const rest = msg.length - full;
+  const tail = TAIL;
+  tail.fill(0);
+  for (let i = 0; i < rest; i++) tail[i] = msg[full + i];
+  tail[rest] = 0x80;
+  const end = rest < 56 ? 64 : 128;
+  const bits = (prefixBlocks * 64 + msg.length) * 8;  // < 2^53: the high word from a division
+  const hi = Math.floor(bits / 4294967296);
+  tail[end - 8] = hi >>> 24; tail[end - 7] = (hi >>> 16) & 0xff; tail[end - 6] = (hi >>> 8) & 0xff; tail[end - 5] = hi & 0xff;
+  tail[end - 4] = (bits >>> 24) & 0xff; tail[end - 3] = (bits >>> 16) & 0xff; tail[end - 2] = (bits >>> 8) & 0xff; tail[end - 1] = bits & 0xff;
+  sha256Block(h, tail, 0);
+  if (end === 128) sha256Block(h, tail, 64);
+  for (let i = 0; i < 8; i++) {
+    const o = outOff + 4 * i;
+    out[o] = h[i] >>> 24; out[o + 1] = (h[i] >>> 16) & 0xff; out[o + 2] = (h[i] >>> 8) & 0xff; out[o + 3] = h[i] & 0xff;
+  }
   return out;
 }
 
-/** The SHA-256 states after HMAC's inner and outer key blocks (keys of at most 64 bytes). */
-function hmacStates(prk) {
-  if (prk.length > 64) throw new DaonetError("HMAC keys longer than 64 bytes are not used here");
-  const pad = (byte) => { const k = new Uint8Array(64).fill(byte); prk.forEach((v, i) => { k[i] ^= v; }); return k; };
+/** SHA-256 of ``tail`` after a 64-byte prefix already absorbed into ``state``. */
+const sha256Finish = (state, tail) => sha256From(state, tail, 1);
+
+/** The SHA-256 states after HMAC's inner and outer key blocks (a key over 64 bytes is hashed first, as HMAC says). */
+function hmacStates(key) {
+  const k = key.length > 64 ? sha256From(H256, key) : key;
+  const pad = (byte) => { const p = new Uint8Array(64).fill(byte); k.forEach((v, i) => { p[i] ^= v; }); return p; };
   const inner = Int32Array.from(H256); sha256Block(inner, pad(0x36));
   const outer = Int32Array.from(H256); sha256Block(outer, pad(0x5c));
   return [inner, outer];
 }
 
-/** HMAC-SHA256(prk, msg) of a short message (< 56 bytes), synchronously. */
-function hmacShort(prk, msg) {
-  const [inner, outer] = hmacStates(prk);
+/** HMAC-SHA256(key, msg), synchronously. */
+function hmacSha256(key, msg) {
+  const [inner, outer] = hmacStates(key);
   return sha256Finish(outer, sha256Finish(inner, msg));
 }
 
@@ -1418,9 +1445,11 @@ function hmacStream(prk, n) {
   const blocks = Math.ceil(n / 32);
   const raw = new Uint8Array(blocks * 32);
   const ctr = new Uint8Array(4);
+  const mid = new Uint8Array(32);
   for (let i = 0; i < blocks; i++) {
     ctr[0] = i & 0xff; ctr[1] = (i >>> 8) & 0xff; ctr[2] = (i >>> 16) & 0xff; ctr[3] = i >>> 24;
-    raw.set(sha256Finish(outer, sha256Finish(inner, ctr)), 32 * i);
+    sha256From(inner, ctr, 1, mid, 0);
+    sha256From(outer, mid, 1, raw, 32 * i);
   }
   return raw.subarray(0, n);
 }
@@ -1449,8 +1478,7 @@ export class SimilarityKeyedMasks {
     if (!Number.isInteger(groups) || groups < 1 || groups > 4096) throw new InputError(`groups must be an integer in [1, 4096], got ${groups}`);
     if (!Number.isInteger(dims) || dims < 1 || dims > 16) throw new InputError(`dims must be an integer in [1, 16], got ${dims}`);
     if (/[^\x00-\x7f]/.test(String(modelVersion))) throw new InputError(`model_version must be ASCII, got '${modelVersion}'`);
-    this._raw = k;
-    this._key = crypto_().subtle.importKey("raw", k, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+    this._raw = Uint8Array.from(k);
     this.modelVersion = String(modelVersion);
     Object.assign(this, { quantum, width, groups, dims });
     this._params = new Map();
@@ -1471,7 +1499,7 @@ export class SimilarityKeyedMasks {
 
   _geometry(n) { return concatBytes(u32le(n, this.groups, this.dims, this.cellWidth(n)), f64le(this.quantum)); }
 
-  async _sign(msg) { return new Uint8Array(await crypto_().subtle.sign("HMAC", await this._key, msg)); }
+  async _sign(msg) { return hmacSha256(this._raw, msg); }
 
   /** Key-derived +-1 projections (rows x n), offsets in [0, W), W (``hash_params``). */
   async hashParams(n) {
@@ -1774,7 +1802,9 @@ export class DeviceModel {
   /** ReLU outputs before dropping: float64 accumulation, one rounding to float32 (as DeviceModel). */
   activations(x) { return this._activations(this._one(x, "activations")); }
 
-  _activations(x) {
+  /** ``keep``: compute only these outputs (the mask is drawn first; a dropped output is 0 either way). */
+  _activations(x, keep = null) {
+    if (this.block.length) keep = null;  // a block needs every output of the first layer
     const shape = this.inputShape;
     const c = shape[0];
     const z = new Float64Array(x.length);
@@ -1787,16 +1817,25 @@ export class DeviceModel {
     const O = this.outChannels;
     if (this.kind === "dense") {
       const n = z.length;
+      const W64 = this._weight64 || (this._weight64 = Float64Array.from(W));  // no float32 -> float64 per use
+      const n4 = n - (n % 4);
+      const live = this.block.length ? null : this._screenDense(x);
       for (let o = 0; o < O; o++) {
-        let acc = 0;
+        if ((keep !== null && !keep[o]) || (live !== null && !live[o])) continue;
         const wo = o * n;
-        for (let i = 0; i < n; i++) acc += z[i] * W[wo + i];
-        out[o] = acc + this.bias[o];
+        let a0 = 0; let a1 = 0; let a2 = 0; let a3 = 0;  // four sums in flight; one float32 rounding at the end
+        for (let i = 0; i < n4; i += 4) {
+          a0 += z[i] * W64[wo + i]; a1 += z[i + 1] * W64[wo + i + 1];
+          a2 += z[i + 2] * W64[wo + i + 2]; a3 += z[i + 3] * W64[wo + i + 3];
+        }
+        for (let i = n4; i < n; i++) a0 += z[i] * W64[wo + i];
+        out[o] = ((a0 + a1) + (a2 + a3)) + this.bias[o];
       }
     } else if (this.kind === "conv1d") {
       const L = shape[1]; const [k] = this.kernel; const [s] = this.stride; const Lo = this.firstOutputShape[1];
       for (let o = 0; o < O; o++) {
         for (let l = 0; l < Lo; l++) {
+          if (keep !== null && !keep[o * Lo + l]) continue;
           let acc = 0;
           for (let ci = 0; ci < c; ci++) {
             const wb = (o * c + ci) * k; const zb = ci * L + l * s;
@@ -1811,6 +1850,7 @@ export class DeviceModel {
       for (let o = 0; o < O; o++) {
         for (let r = 0; r < Ho; r++) {
           for (let q = 0; q < Wo; q++) {
+            if (keep !== null && !keep[(o * Ho + r) * Wo + q]) continue;
             let acc = 0;
             for (let ci = 0; ci < c; ci++) {
               for (let i = 0; i < kh; i++) {
@@ -1832,6 +1872,48 @@ export class DeviceModel {
       for (let i = 0; i < out.length; i++) out[i] = Math.fround(roundHalfEven(Math.fround(Math.min(out[i], clip) / step)) * step);
     }
     return out;
+  }
+
+  /**
+   * Which outputs of a dense first layer can be positive (numpy's ``_drop_one_dense`` screen): with the
+   * normalization folded in (``a = w / std``, ``c = b - a . mean``), ``c + x[nz] . a[nz]`` over the input's
+   * non-zero values only (most pixels are 0), and the same error bound as numpy's, so no output the reference
+   * recipe makes positive is skipped: a skipped one is <= 0 there, i.e. 0 after the ReLU, the same bytes.
+   */
+  _screenDense(x) {
+    const O = this.outChannels;
+    const n = x.length;
+    if (!this._screen) {
+      const at = new Float64Array(n * O);  // a transposed: one row of O per input coordinate
+      const c = new Float64Array(O); const l1 = new Float64Array(O);
+      let mMax = 0;
+      for (let j = 0; j < n; j++) mMax = Math.max(mMax, Math.abs(this.mean[Math.floor(j / this.normStride)]));
+      for (let o = 0; o < O; o++) {
+        let co = this.bias[o]; let lo = 0;
+        for (let j = 0; j < n; j++) {
+          const ch = Math.floor(j / this.normStride);
+          const a = this.weight[o * n + j] / this.std[ch];
+          at[j * O + o] = a; co -= a * this.mean[ch]; lo += Math.abs(a);
+        }
+        c[o] = co; l1[o] = lo;
+      }
+      this._screen = { at, c, l1, mMax };
+    }
+    const { at, c, l1, mMax } = this._screen;
+    const approx = Float64Array.from(c);
+    let nz = 0; let xMax = 0;
+    for (let j = 0; j < n; j++) {
+      const v = x[j];
+      if (v === 0) continue;
+      nz++;
+      xMax = Math.max(xMax, Math.abs(v));
+      const row = j * O;
+      for (let o = 0; o < O; o++) approx[o] += v * at[row + o];
+    }
+    const live = new Uint8Array(O);
+    const scale = (nz + 8) * 2 ** -23;
+    for (let o = 0; o < O; o++) live[o] = approx[o] > -(scale * (l1[o] * (xMax + mMax) + Math.abs(c[o])) + 1e-30) ? 1 : 0;
+    return live;
   }
 
   /** What the wire will carry (float16 can underflow tiny values to zero: those are not sent). */
@@ -1916,14 +1998,12 @@ export class DeviceModel {
   }
 
   async _encodeOne(xv, { masks, mask, certify, policy }) {
-    const h = this._activations(xv);
-    let keepMask = mask;
+    let keepMask = mask;  // drawn first (it never depends on the activations): only kept outputs are computed
     if (keepMask === null && this.dropRate !== 0) keepMask = await (masks || new RandomMasks()).masks(xv, this.nOutputs, this.dropRate, this.inputShape);
+    if (keepMask !== null && keepMask.length !== this.nOutputs) throw new InputError(`mask has ${keepMask.length} values; the first layer has ${this.nOutputs}`);
+    const h = this._activations(xv, keepMask);
     let row = h;
-    if (keepMask !== null) {
-      if (keepMask.length !== h.length) throw new InputError(`mask has ${keepMask.length} values; the first layer has ${h.length}`);
-      row = h.map((v, i) => (keepMask[i] ? v : 0));
-    }
+    if (keepMask !== null) row = h.map((v, i) => (keepMask[i] ? v : 0));
     if (this.noise) row = await this._addNoise(xv, row, masks || new RandomMasks());
     let certificate = null;
     if (certify) {
