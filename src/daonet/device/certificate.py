@@ -38,6 +38,7 @@ __all__ = ["Certificate", "PatchStats", "PrivacyPolicy", "FirstLayerSystem", "ce
 _DEPENDENT_RTOL = 1e-9  # a row whose residual is below this (relative) adds nothing new
 _ENERGY_EPS = 1e-12
 _EPS64 = float(np.finfo(np.float64).eps)
+_WELL_CONDITIONED = 1e-8  # the Gram matrix's λ_min / λ_max above which _row_space_basis trusts its eigenvectors
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ class FirstLayerSystem:
     """
 
     use_gram = True  # dense layers: look up each request's Gram matrix in W Wᵀ (False: the reference k×k×n product)
+    fast = True  # batched certificate and policy (False: the reference loops; bench/device_step.py compares them)
     mu_cache: tuple[object, np.ndarray] | None = None  # the last μ seen and its float64 copy
 
     def __init__(self, device: DeviceModel) -> None:
@@ -181,7 +183,6 @@ class FirstLayerSystem:
         mean = np.asarray(device.mean, dtype=np.float64)
         std = np.asarray(device.std, dtype=np.float64)
         c = self.input_shape[0]
-        mean_c, std_c = mean.reshape(c), std.reshape(c)
         bias = np.asarray(device.bias, dtype=np.float64)
         if self.kind == "dense":
             std_full = np.broadcast_to(std, self.input_shape).reshape(-1)
@@ -197,6 +198,7 @@ class FirstLayerSystem:
             self.stride = tuple(int(s) for s in device.stride)
             nd = len(self.kernel)
             cshape = (1, c) + (1,) * nd
+            mean_c, std_c = mean.reshape(c), std.reshape(c)  # convolutions normalize per channel (manifest.py)
             self.kernel_rows = (w / std_c.reshape(cshape)).reshape(w.shape[0], -1)  # (C_out, C*prod(kernel))
             self.bias = bias - (w * (mean_c / std_c).reshape(cshape)).reshape(w.shape[0], -1).sum(1)
             self.patchify = all(s >= k for s, k in zip(self.stride, self.kernel, strict=True))
@@ -224,9 +226,15 @@ class FirstLayerSystem:
         matrix is then a lookup of its surviving rows instead of a k×k×n product."""
         return self.dense_rows @ self.dense_rows.T
 
-    @property
+    @cached_property
     def n_positions(self) -> int:
+        """Output positions per channel (1 for a dense layer)."""
         return int(np.prod(self.spatial_out)) if self.kind != "dense" else 1
+
+    def patch_energy(self, d: np.ndarray) -> np.ndarray:
+        """``‖d_p‖²`` of every patch (convolutions) of a centred input ``d``."""
+        dp = d[self._patch_coords]
+        return (dp * dp).sum(1)
 
     def split(self, out_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Output flat index -> (output channel, spatial position)."""
@@ -282,7 +290,7 @@ def _row_space_basis(a: np.ndarray, gram: np.ndarray | None = None) -> np.ndarra
     eps = _EPS64
     lam, u = np.linalg.eigh(a @ a.T if gram is None else gram)
     lam_max = float(lam[-1]) if lam.size else 0.0
-    if lam_max > 0 and float(lam[0]) > lam_max * 1e-8:  # well conditioned: every row is independent
+    if lam_max > 0 and float(lam[0]) > lam_max * _WELL_CONDITIONED:  # well conditioned: every row is independent
         return (u.T @ a) / np.sqrt(lam)[:, None]
     _, s, vt = np.linalg.svd(a, full_matrices=False)
     tol = s[0] * max(a.shape) * eps if s.size else 0.0
@@ -295,6 +303,8 @@ def _system_stats(a: np.ndarray, d: np.ndarray, id_tol: float,
     if a.shape[0] == 0:
         return 0, 0, np.zeros(a.shape[1]), 0.0
     v = _row_space_basis(a, gram)
+    if v.shape[0] == a.shape[1]:  # full rank: P is the identity, exactly (no rounding to break ties on)
+        return v.shape[0], a.shape[1], np.ones(a.shape[1]), float(d @ d)
     lev = np.einsum("ij,ij->j", v, v)
     proj = v @ d
     return v.shape[0], int(np.count_nonzero(lev >= 1.0 - id_tol)), lev, float(proj @ proj)
@@ -302,6 +312,15 @@ def _system_stats(a: np.ndarray, d: np.ndarray, id_tol: float,
 
 def _certificate(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, id_tol: float,
                  k_before: int, policy: PrivacyPolicy | None) -> Certificate:
+    """The request's certificate: batched (``system.fast``, the default) or the reference, same fields."""
+    if system.fast:
+        return _certificate_fast(system, indices, d, id_tol, k_before, policy)
+    return _certificate_reference(system, indices, d, id_tol, k_before, policy)
+
+
+def _certificate_reference(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, id_tol: float,
+                           k_before: int, policy: PrivacyPolicy | None) -> Certificate:
+    """The certificate system by system, in a Python loop over patches (what the batched path must equal)."""
     total = float(d @ d)
     rank = ident = 0
     energy, max_lev = 0.0, 0.0
@@ -324,26 +343,220 @@ def _certificate(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, i
             pe[p] = e / float(dp @ dp) if float(dp @ dp) > _ENERGY_EPS * max(total, 1.0) else 0.0
             rank, ident, energy = rank + r, ident + ni, energy + e
             max_lev = max(max_lev, float(lev.max()) if lev.size else 0.0)
-        worst = int(np.argmax(pe))
-        patch_arrays = PatchStats(pk, pr, pi, np.clip(pe, 0.0, 1.0), system.patch_dim, worst)
+        pe = np.clip(pe, 0.0, 1.0)
+        patch_arrays = PatchStats(pk, pr, pi, pe, system.patch_dim, int(np.argmax(pe)))  # first of the largest
     else:
         for _, a, coords in system.blocks(indices):
             r, ni, lev, e = _system_stats(a, d[coords], id_tol)
             rank, ident, energy = rank + r, ident + ni, energy + e
             max_lev = max(max_lev, float(lev.max()) if lev.size else 0.0)
+    return _assemble(system, np.asarray(indices, dtype=np.int64), rank, ident, energy, max_lev, total, k_before,
+                     policy, patch_arrays)
+
+
+# -- the same certificate, batched (no per-output or per-patch Python loop) -------------------------
+_FULL_RANK_MARGIN = 1e-10  # AᵀA with tr(AᵀA) tr((AᵀA)⁻¹) below 1e10: rank n under any tolerance the reference uses
+# G = a aᵀ with tr(G) tr(G⁻¹) (≥ its condition number) below this: the reference takes its eigen path
+# (1 / _WELL_CONDITIONED = 1e8 is the limit) and G⁻¹ is accurate to ~1e-10
+_MAX_CONDITION = 1e6
+
+
+def _inverses(g: np.ndarray) -> np.ndarray | None:
+    """Inverses of a stack of symmetric matrices (``None`` if one is exactly singular: the caller falls back)."""
+    try:
+        return np.linalg.inv(g)
+    except np.linalg.LinAlgError:
+        return None
+
+
+def _condition_bound(g: np.ndarray, inv: np.ndarray, n_pad: np.ndarray | int = 0) -> np.ndarray:
+    """``tr(G) tr(G⁻¹)`` per matrix, an upper bound on its condition number, or ``inf`` where the computed
+    inverse cannot be that of a positive definite ``G`` (some ``(G⁻¹)_ii < 1 / G_ii``: a numerically singular
+    ``G`` whose inverse is rounding noise). Padded identity slots (``n_pad`` of them) are left out."""
+    m = g.shape[-1]
+    diag = np.arange(m)
+    gd, vd = g[..., diag, diag], inv[..., diag, diag]
+    plausible = (vd * gd >= 1.0 - 1e-9).all(-1)
+    bound = (gd.sum(-1) - n_pad) * (vd.sum(-1) - n_pad)
+    return np.where(plausible, bound, np.inf)
+
+
+def _batched_stats(a: np.ndarray, counts: np.ndarray, d: np.ndarray, id_tol: float,
+                   gram: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_system_stats` of a stack of systems at once: ``a`` (B, K, m) with ``counts[b]`` real rows (the rest
+    zero), ``d`` (B, m); ``gram``: their ``a aᵀ`` if known.
+
+    Returns (rank, identifiable, leverages, energy, resolved). A system is *resolved* here only where the
+    outcome provably equals :func:`_system_stats`'s: either ``AᵀA`` is so well conditioned that the rank is
+    ``m`` under any tolerance the reference uses (then ``P = I``), or ``k < m`` and ``G = a aᵀ`` is certainly
+    conditioned better than the reference's eigen-decomposition threshold (then ``rank = k`` and
+    ``P = aᵀ G⁻¹ a``). The bounds are ``λ_min ≥ 1 / tr(G⁻¹)`` and ``λ_max ≤ tr(G)``; the rest (duplicates,
+    near-dependent rows) is left unresolved, for the reference.
+    """
+    n_sys, k_max, m = a.shape
+    rank = np.zeros(n_sys, dtype=np.int64)
+    ident = np.zeros(n_sys, dtype=np.int64)
+    lev = np.zeros((n_sys, m))
+    energy = np.zeros(n_sys)
+    resolved = counts == 0
+    tall = counts >= m
+    if tall.any():
+        at = a[tall]
+        at_a = np.swapaxes(at, 1, 2) @ at
+        inv = _inverses(at_a)
+        if inv is not None:
+            full = _condition_bound(at_a, inv) * _FULL_RANK_MARGIN < 1.0
+            done = np.flatnonzero(tall)[full]
+            rank[done], ident[done], lev[done] = m, m, 1.0
+            energy[done] = (d[done] * d[done]).sum(1)
+            resolved[done] = True
+    wide = (counts > 0) & (counts < m)
+    if wide.any():
+        aw = a[wide]
+        g = aw @ np.swapaxes(aw, 1, 2) if gram is None else gram[wide]
+        pad = np.arange(k_max) >= counts[wide, None]  # padded slots: identity, so G stays invertible
+        diag = np.arange(k_max)
+        g[:, diag, diag] += pad
+        inv = _inverses(g)
+        if inv is not None:
+            well = _condition_bound(g, inv, pad.sum(1)) < _MAX_CONDITION
+            da = aw @ d[wide][:, :, None]  # (B, K, 1): a d
+            ginv_a = inv @ aw
+            lw = (aw * ginv_a).sum(1)
+            done = np.flatnonzero(wide)[well]
+            rank[done] = counts[done]
+            lev[done] = lw[well]
+            ident[done] = (lw[well] >= 1.0 - id_tol).sum(1)
+            energy[done] = (da * (inv @ da)).sum((1, 2))[well]
+            resolved[done] = True
+    return rank, ident, lev, energy, resolved
+
+
+def _patch_layout(system: FirstLayerSystem, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                         np.ndarray, np.ndarray]:
+    """Surviving rows grouped by patch, as a padded stack: (occupied positions, counts, rows (B, K, m),
+    member index into ``indices`` per slot (B, K), -1 on padding)."""
+    ch, pos = system.split(indices)
+    counts_all = np.bincount(pos, minlength=system.n_positions)
+    occupied = np.flatnonzero(counts_all)
+    counts = counts_all[occupied]
+    k_max = int(counts.max()) if counts.size else 0
+    order = np.argsort(pos, kind="stable")  # within a patch, outputs keep their index order (as blocks() does)
+    block_of = np.zeros(system.n_positions, dtype=np.int64)
+    block_of[occupied] = np.arange(occupied.size)
+    starts = np.cumsum(counts) - counts
+    b = block_of[pos[order]]
+    slot = np.arange(order.size) - starts[b]
+    rows = np.zeros((occupied.size, k_max, system.patch_dim))
+    rows[b, slot] = system.kernel_rows[ch[order]]
+    members = np.zeros((occupied.size, k_max), dtype=np.int64) - 1
+    members[b, slot] = order
+    return occupied, counts, rows, members, pos
+
+
+def _patch_certificate_arrays(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray,
+                              id_tol: float) -> tuple[np.ndarray, ...]:
+    """Per-patch (k, rank, identifiable, energy, max leverage) over every position, batched; the few patches
+    the batched bounds cannot settle go through :func:`_system_stats`, one by one."""
+    npos = system.n_positions
+    pk, pr, pi = (np.zeros(npos, dtype=np.int64) for _ in range(3))
+    pe_abs, pmax = np.zeros(npos), np.zeros(npos)
+    if indices.size:
+        occupied, counts, rows, _, _ = _patch_layout(system, indices)
+        dp = d[system._patch_coords[occupied]]
+        rank, ident, lev, energy, resolved = _batched_stats(rows, counts, dp, id_tol)
+        for b in np.flatnonzero(~resolved):
+            rank[b], ident[b], lv, energy[b] = _system_stats(rows[b, : counts[b]], dp[b], id_tol)
+            lev[b] = lv
+        pk[occupied], pr[occupied], pi[occupied] = counts, rank, ident
+        pe_abs[occupied], pmax[occupied] = energy, lev.max(axis=1)
+    return pk, pr, pi, pe_abs, pmax
+
+
+def _certificate_fast(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, id_tol: float,
+                      k_before: int, policy: PrivacyPolicy | None) -> Certificate:
+    """:func:`_certificate_reference`'s certificate, batched: one stack of small systems for patchify
+    convolutions; for one system (dense, overlapping) a Cholesky of the Gram matrix (or of ``AᵀA`` when
+    outputs outnumber inputs) with the conditioning proven by bounds, else the reference's own path."""
+    idx = np.asarray(indices, dtype=np.int64)
+    total = float(d @ d)
+    if system.kind != "dense" and system.patchify:
+        return _patch_certificate(system, idx, d, _patch_certificate_arrays(system, idx, d, id_tol), k_before, policy)
+    rank, ident, energy, max_lev = _single_system_fast(system, idx, d, id_tol)
+    return _assemble(system, idx, rank, ident, energy, max_lev, total, k_before, policy, None)
+
+
+def _patch_certificate(system: FirstLayerSystem, idx: np.ndarray, d: np.ndarray, arrays: tuple[np.ndarray, ...],
+                       k_before: int, policy: PrivacyPolicy | None) -> Certificate:
+    """The certificate of a patchify layer from its per-patch arrays (:func:`_patch_certificate_arrays`)."""
+    pk, pr, pi, pe_abs, pmax = arrays
+    total = float(d @ d)
+    dd = system.patch_energy(d)
+    pe = np.where(pr == system.patch_dim, 1.0, pe_abs / np.where(dd > 0, dd, 1.0))  # full rank: P = I, exactly
+    pe = np.clip(np.where(dd > _ENERGY_EPS * max(total, 1.0), pe, 0.0), 0.0, 1.0)
+    patches = PatchStats(pk, pr, pi, pe, system.patch_dim, int(np.argmax(pe)))
+    return _assemble(system, idx, int(pr.sum()), int(pi.sum()), float(pe_abs.sum()), float(pmax.max()),
+                     total, k_before, policy, patches)
+
+
+def _single_system_fast(system: FirstLayerSystem, idx: np.ndarray, d: np.ndarray,
+                        id_tol: float) -> tuple[int, int, float, float]:
+    """(rank, identifiable, ‖P d‖², max leverage) of the one system of a dense or overlapping layer."""
+    k, n = idx.size, system.n
+    if k == 0:
+        return 0, 0, 0.0, 0.0
+    counts = np.array([k])
+    if k >= n:  # more outputs than inputs: settle full rank through AᵀA (n x n), built from the layer's structure
+        rank, ident, lev, energy, resolved = _batched_stats_tall(system, idx, d)
+    else:
+        a = system.dense_rows[idx] if system.kind == "dense" else system.rows(idx)[0]
+        gram = system.gram[idx[:, None], idx][None] if system.kind == "dense" else None
+        rank, ident, lev, energy, resolved = _batched_stats(a[None], counts, d[None], id_tol, gram)
+    if not resolved[0]:
+        a = system.dense_rows[idx] if system.kind == "dense" else system.rows(idx)[0]
+        gram = system.gram[idx[:, None], idx] if system.kind == "dense" and system.use_gram else None
+        r, ni, lv, e = _system_stats(a, d, id_tol, gram)
+        return r, ni, e, float(lv.max()) if lv.size else 0.0
+    return int(rank[0]), int(ident[0]), float(energy[0]), float(lev[0].max())
+
+
+def _batched_stats_tall(system: FirstLayerSystem, idx: np.ndarray,
+                        d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_batched_stats` for one system with at least as many rows as inputs: only the full-rank case."""
+    n = system.n
+    if system.kind == "dense":
+        a = system.dense_rows[idx]
+        at_a = a.T @ a
+    else:  # Σ over surviving outputs of w wᵀ at their receptive field: per position, then scattered
+        ch, pos = system.split(idx)
+        weights = np.zeros((system.n_positions, system.kernel_rows.shape[0]))
+        np.add.at(weights, (pos, ch), 1.0)
+        per_pos = np.einsum("pc,ci,cj->pij", weights, system.kernel_rows, system.kernel_rows)
+        coords = system._patch_coords
+        flat = (coords[:, :, None] * n + coords[:, None, :]).reshape(-1)
+        at_a = np.bincount(flat, weights=per_pos.reshape(-1), minlength=n * n).reshape(n, n)
+    inv = _inverses(at_a)
+    zero = np.zeros(1, dtype=np.int64)
+    if inv is None or not float(_condition_bound(at_a, inv)) * _FULL_RANK_MARGIN < 1.0:
+        return zero, zero, np.zeros((1, n)), np.zeros(1), np.zeros(1, dtype=bool)
+    return np.array([n]), np.array([n]), np.ones((1, n)), np.array([float(d @ d)]), np.ones(1, dtype=bool)
+
+
+def _assemble(system: FirstLayerSystem, idx: np.ndarray, rank: int, ident: int, energy: float, max_lev: float,
+              total: float, k_before: int, policy: PrivacyPolicy | None, patches: PatchStats | None) -> Certificate:
+    """The :class:`Certificate` of the summed statistics (shared by the reference and the batched path)."""
     rho = min(1.0, energy / total) if total > _ENERGY_EPS else 0.0
     worst_patch = None
-    if patch_arrays is not None:
-        w = patch_arrays.worst
-        worst_patch = {"index": w, "k": int(patch_arrays.k[w]), "rank": int(patch_arrays.rank[w]),
-                       "identifiable": int(patch_arrays.identifiable[w]),
-                       "revealed_energy": round(float(patch_arrays.revealed_energy[w]), 6),
-                       "patch_dim": system.patch_dim}
+    if patches is not None:
+        w = patches.worst
+        worst_patch = {"index": w, "k": int(patches.k[w]), "rank": int(patches.rank[w]),
+                       "identifiable": int(patches.identifiable[w]),
+                       "revealed_energy": round(float(patches.revealed_energy[w]), 6), "patch_dim": system.patch_dim}
     cert = Certificate(
-        k=int(np.asarray(indices).size), n=system.n, rank=rank, identifiable=ident, revealed_energy=rho,
-        max_leverage=min(1.0, max_lev), k_before_policy=k_before,
-        dropped_by_policy=k_before - int(np.asarray(indices).size), policy_ok=True,
-        policy=policy.to_dict() if policy is not None else None, patches=patch_arrays, worst_patch=worst_patch,
+        k=int(idx.size), n=system.n, rank=rank, identifiable=ident, revealed_energy=rho,
+        max_leverage=min(1.0, max_lev), k_before_policy=k_before, dropped_by_policy=k_before - int(idx.size),
+        policy_ok=True, policy=policy.to_dict() if policy is not None else None, patches=patches,
+        worst_patch=worst_patch,
     )
     if policy is not None and not policy.allows(cert):
         cert = replace(cert, policy_ok=False)
@@ -379,7 +592,22 @@ def certify(system: FirstLayerSystem, x: np.ndarray, sent: np.ndarray, mu: np.nd
 
 
 # -- the policy: drop more outputs until the certificate holds ---------------------------------------
-def _greedy_keep(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, policy: PrivacyPolicy) -> np.ndarray:
+def _greedy_keep(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, policy: PrivacyPolicy,
+                 cert: Certificate) -> np.ndarray:
+    """The policy's keep-mask over ``indices``: the fast paths where they apply (``system.fast``), else the
+    reference; ``cert`` is the certificate of all of ``indices``."""
+    if system.fast:
+        if system.kind != "dense" and system.patchify:
+            keep = _greedy_keep_patches(system, indices, d, policy, cert)
+            if keep is not None:
+                return keep
+        else:
+            return _greedy_keep_single(system, indices, d, policy)
+    return _greedy_keep_reference(system, indices, d, policy)
+
+
+def _greedy_keep_reference(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray,
+                           policy: PrivacyPolicy) -> np.ndarray:
     """Forward selection: add surviving rows in order of least revealed energy; skip any that would break
     the policy. Rows that add nothing new (linearly dependent) are always kept. Exact Gram-Schmidt per block,
     O(k²n) in total. Returns a boolean keep-mask over ``indices``.
@@ -445,6 +673,152 @@ def _greedy_keep(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, p
     return keep
 
 
+def _greedy_keep_patches(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, policy: PrivacyPolicy,
+                         cert: Certificate) -> np.ndarray | None:
+    """:func:`_greedy_keep_reference` for a patchify convolution, every patch at once (``None``: the reference is
+    needed, i.e. a revealed-energy bound that binds).
+
+    Patches are independent systems, so only the order *within* a patch matters as long as the global energy
+    bound never binds: each step takes, in every patch still undecided, its least revealing row (the same
+    arithmetic as the reference, vectorised over patches). A patch whose full set of rows already identifies
+    no input coordinate keeps every row (the leverages of a subset never exceed those of the whole set).
+    """
+    assert cert.patches is not None
+    occupied, counts, rows, members, _ = _patch_layout(system, indices)
+    ident = cert.patches.identifiable[occupied]
+    bad = np.flatnonzero(ident > 0) if policy.forbid_identifiable else np.zeros(0, dtype=np.int64)
+    keep = np.ones(indices.size, dtype=bool)
+    energy_ok = float(np.sum(np.delete(_patch_energies(system, occupied, rows, counts, d, cert), bad)))
+    if bad.size:
+        sub_keep, gained = _greedy_patch_stack(rows[bad], counts[bad], d[system._patch_coords[occupied[bad]]], policy)
+        slots = members[bad]
+        keep[slots[slots >= 0]] = sub_keep[slots >= 0]
+        energy_ok += gained
+    budget = policy.max_revealed_energy
+    if budget is not None and energy_ok > budget * float(d @ d) * (1.0 - 1e-9) - 1e-300:
+        return None  # the bound could bind somewhere: the global order matters, take the reference
+    return keep
+
+
+def _patch_energies(system: FirstLayerSystem, occupied: np.ndarray, rows: np.ndarray, counts: np.ndarray,
+                    d: np.ndarray, cert: Certificate) -> np.ndarray:
+    """‖P_p d_p‖² of every occupied patch, from the certificate's per-patch fractions."""
+    assert cert.patches is not None
+    coords = system._patch_coords[occupied]
+    dd = np.einsum("pi,pi->p", d[coords], d[coords])
+    return cert.patches.revealed_energy[occupied] * dd
+
+
+def _greedy_patch_stack(rows: np.ndarray, counts: np.ndarray, d: np.ndarray,
+                        policy: PrivacyPolicy) -> tuple[np.ndarray, float]:
+    """The reference greedy on a stack of independent patch systems (no energy bound): keep flags (B, K) and
+    the energy the kept rows reveal. Every step decides one row in every patch still undecided; patches
+    that have nothing left to decide go through the step unchanged (their updates are multiplied by 0)."""
+    n_sys, k_max, m = rows.shape
+    res = rows.copy()
+    norm = np.sqrt((rows * rows).sum(2))
+    alive = np.arange(k_max) < counts[:, None]
+    keep = np.zeros((n_sys, k_max), dtype=bool)
+    basis = np.zeros((n_sys, m + 1, m))  # a spare slot: a step writes (unchanged) even where nothing is accepted
+    n_basis = np.zeros(n_sys, dtype=np.int64)
+    lev = np.zeros((n_sys, m))
+    gained = 0.0
+    every = np.arange(n_sys)
+    col = d[:, :, None]
+    limit = 1.0 - policy.identifiable_tol
+    while True:
+        rn2 = (res * res).sum(2)
+        dep = rn2 <= (_DEPENDENT_RTOL * norm) ** 2
+        rd = (res @ col)[:, :, 0]
+        g = np.where(alive, np.where(dep, 0.0, rd * rd / np.where(dep, 1.0, rn2)), np.inf)
+        best = g.argmin(1)
+        live = g[every, best] < np.inf
+        if not live.any():
+            break
+        alive[every, best] &= ~live
+        r = res[every, best]
+        rn = np.sqrt((r * r).sum(1))
+        fresh = live & (rn > _DEPENDENT_RTOL * norm[every, best])  # else: reveals nothing new, kept
+        q = r / np.where(fresh, rn, 1.0)[:, None]
+        for j in range(int(n_basis.max())):  # re-orthogonalize (a zero slot changes nothing)
+            qb = basis[:, j]
+            q = q - (qb * q).sum(1)[:, None] * qb
+        qn = np.sqrt((q * q).sum(1))
+        fresh &= qn >= 0.5  # else lost to cancellation: numerically dependent, kept
+        q = q / np.where(fresh, qn, 1.0)[:, None]
+        new_lev = lev + q * q
+        ok = fresh & ~(policy.forbid_identifiable & (new_lev >= limit).any(1))
+        keep[every, best] |= live & (ok | ~fresh)
+        gained += float(((q * d).sum(1) ** 2)[ok].sum())
+        lev = np.where(ok[:, None], new_lev, lev)
+        basis[every, n_basis] = np.where(ok[:, None], q, basis[every, n_basis])
+        n_basis += ok
+        res -= ok[:, None, None] * ((res @ q[:, :, None]) * q[:, None, :])
+    return keep, gained
+
+
+def _greedy_keep_single(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray,
+                        policy: PrivacyPolicy) -> np.ndarray:
+    """:func:`_greedy_keep_reference` for one system (dense, overlapping convolution): the same steps and
+    arithmetic, with the re-orthogonalization as two matrix products instead of a loop over the basis and the
+    residual updates on the rows still undecided only."""
+    a = system.dense_rows[indices] if system.kind == "dense" else system.rows(indices)[0]
+    k, n = a.shape
+    total = float(d @ d)
+    budget = None if policy.max_revealed_energy is None else policy.max_revealed_energy * total
+    keep = np.zeros(k, dtype=bool)
+    live = np.arange(k)  # rows still undecided, and their residuals
+    res = a.copy()
+    norm = np.linalg.norm(a, axis=1)
+    basis = np.zeros((min(k, n), n))
+    n_basis = 0
+    lev = np.zeros(n)
+    energy = 0.0
+    g = _gains(res, norm, d)
+    while live.size:
+        j = int(np.argmin(g))
+        row = int(live[j])
+        r = res[j]
+        rn = float(np.linalg.norm(r))
+        decided = True
+        if rn <= _DEPENDENT_RTOL * norm[j]:
+            keep[row] = True
+        else:
+            q = r / rn
+            q = q - basis[:n_basis].T @ (basis[:n_basis] @ q)
+            qn = float(np.linalg.norm(q))
+            if qn < 0.5:
+                keep[row] = True
+            else:
+                q = q / qn
+                new_lev = lev + q * q
+                gain = float(q @ d) ** 2
+                ok = not (policy.forbid_identifiable and (new_lev >= 1.0 - policy.identifiable_tol).any())
+                ok = ok and (budget is None or energy + gain <= budget)
+                if ok:
+                    keep[row] = True
+                    energy += gain
+                    lev = new_lev
+                    basis[n_basis] = q
+                    n_basis += 1
+                    others = np.arange(live.size) != j
+                    live, res, norm = live[others], res[others], norm[others]
+                    res -= np.outer(res @ q, q)
+                    g = _gains(res, norm, d)
+                    decided = False
+        if decided:
+            others = np.arange(live.size) != j
+            live, res, norm, g = live[others], res[others], norm[others], g[others]
+    return keep
+
+
+def _gains(res: np.ndarray, norm: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Revealed energy each residual row would add, 0 for rows that add nothing new (the reference's gains)."""
+    rn2 = (res * res).sum(1)
+    dep = rn2 <= (_DEPENDENT_RTOL * norm) ** 2
+    return np.where(dep, 0.0, (res @ d) ** 2 / np.where(dep, 1.0, rn2))
+
+
 def apply_policy(system: FirstLayerSystem, x: np.ndarray, sent: np.ndarray, policy: PrivacyPolicy,
                  mu: np.ndarray | None = None) -> tuple[np.ndarray, Certificate]:
     """Enforce ``policy`` on one request: returns the (possibly further dropped) vector and its certificate.
@@ -460,12 +834,16 @@ def apply_policy(system: FirstLayerSystem, x: np.ndarray, sent: np.ndarray, poli
     d = _centered(system, x, mu)
     indices = np.flatnonzero(sent)
     k0 = int(indices.size)
-    cert = _certificate(system, indices, d, policy.identifiable_tol, k0, policy)
-    if cert.policy_ok or not policy.active:
+    if system.fast and system.kind != "dense" and system.patchify:
+        kept, cert = _apply_policy_patches(system, indices, d, policy)
+    else:
+        cert = _certificate(system, indices, d, policy.identifiable_tol, k0, policy)
+        if cert.policy_ok or not policy.active:
+            return sent, cert
+        kept = indices[_greedy_keep(system, indices, d, policy, cert)]
+        cert = _certificate(system, kept, d, policy.identifiable_tol, k0, policy)
+    if kept.size == k0 and cert.policy_ok:
         return sent, cert
-    keep = _greedy_keep(system, indices, d, policy)
-    kept = indices[keep]
-    cert = _certificate(system, kept, d, policy.identifiable_tol, k0, policy)
     while not cert.policy_ok and kept.size:
         a, _ = system.rows(kept)
         align = np.abs(a @ d) / np.maximum(np.linalg.norm(a, axis=1), 1e-300)
@@ -474,3 +852,21 @@ def apply_policy(system: FirstLayerSystem, x: np.ndarray, sent: np.ndarray, poli
     out = np.zeros_like(sent)
     out[kept] = sent[kept]
     return out, cert
+
+
+def _apply_policy_patches(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray,
+                          policy: PrivacyPolicy) -> tuple[np.ndarray, Certificate]:
+    """The kept outputs and their certificate for a patchify layer: only the patches the policy changed are
+    factorised again (the others keep their numbers, which are those of the same rows)."""
+    k0, tol = int(indices.size), policy.identifiable_tol
+    arrays = _patch_certificate_arrays(system, indices, d, tol)
+    cert = _patch_certificate(system, indices, d, arrays, k0, policy)
+    if cert.policy_ok or not policy.active:
+        return indices, cert
+    keep = _greedy_keep(system, indices, d, policy, cert)
+    kept = indices[keep]
+    changed = np.zeros(system.n_positions, dtype=bool)
+    changed[system.split(indices[~keep])[1]] = True
+    again = _patch_certificate_arrays(system, kept[changed[system.split(kept)[1]]], d, tol)
+    arrays = tuple(np.where(changed, new, old) for new, old in zip(again, arrays, strict=True))
+    return kept, _patch_certificate(system, kept, d, arrays, k0, policy)
