@@ -3,9 +3,10 @@
 :class:`KeyGate` (pure ASGI, in front of FastAPI) verifies the key of every request to a protected path
 (``/v1/models...``, and ``/metrics`` with ``protect_metrics``): a wrong or missing key gets its 401 (or,
 past the per-address failure limit, 429 with ``Retry-After``) without dependency resolution, exception
-handling or a response object, and a 429 closes the connection (so a flood pays a new connection per
-guess). :func:`require_key` is the routes' dependency: it documents the two header schemes in OpenAPI and
-refuses any request the gate did not pass (a host that mounted the routers without the gate).
+handling or a response object. Each counts as a strike against the connection's address (an address with
+many is throttled at accept, :mod:`daonet.server.limits`), and a 429 closes the connection.
+:func:`require_key` is the routes' dependency: it documents the two header schemes in OpenAPI and refuses
+any request the gate did not pass (a host that mounted the routers without the gate).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from .config import ApiKeyVerifier
 from .http_errors import ApiError
-from .limits import FailedAuthLimiter
+from .limits import FailedAuthLimiter, strike
 from .metrics import ServerMetrics
 from .model import ModelRegistry
 
@@ -72,6 +73,7 @@ class KeyGate:
         parts = scope["path"].split("/", 4)  # "", "v1", "models", model_id, ...
         if len(parts) > 3 and parts[3]:
             self.metrics.observe_request(parts[3] if parts[3] in self.models else "unknown", 401, 0.0)
+        strike(scope)
         client = scope.get("client")
         wait = self.limiter.failure(client[0] if client else "unknown")
         if wait:

@@ -3,7 +3,8 @@
 A connection whose body the app did not read (an early 401/404/413/415/429, an unknown route) would be kept
 alive by uvicorn while the client trickles the rest of that body byte by byte: every byte restarts uvicorn's
 keep-alive clock, and the header timeout only guards request heads. :class:`CloseUnreadBodies` marks every
-such response ``Connection: close``, so uvicorn closes the connection once the answer is written.
+such response ``Connection: close``, so uvicorn closes the connection once the answer is written; a 408 or 413
+among them counts as a strike against the client's address (:data:`daonet.server.limits.STRIKE`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from typing import Any
 from starlette.requests import Request
 
 from .http_errors import ApiError
+from .limits import strike
 
-__all__ = ["read_body", "CloseUnreadBodies"]
+__all__ = ["read_body", "CloseUnreadBodies", "STRIKE_STATUSES"]
+
+STRIKE_STATUSES = frozenset({408, 413})  # what only a misbehaving client earns (a wrong content type does not)
 
 
 async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
@@ -77,6 +81,8 @@ class CloseUnreadBodies:
 
         async def closing_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start" and not complete:
+                if message["status"] in STRIKE_STATUSES:  # oversized or stalled: counts towards throttling
+                    strike(scope)
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
                 message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)

@@ -31,7 +31,8 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["ConnectionLimits", "guarded_protocol", "uvicorn_config", "FailedAuthLimiter", "raise_fd_limit"]
+__all__ = ["ConnectionLimits", "guarded_protocol", "uvicorn_config", "FailedAuthLimiter", "raise_fd_limit", "STRIKE",
+           "strike"]
 
 _TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
 REFUSAL_RETRY_AFTER_S = 2
@@ -44,6 +45,13 @@ _REFUSAL_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/
 REFUSAL_WAIT_S = 2.0  # how long a refused connection may take to send its request line before it is dropped
 REFUSAL_LINGER_S = 1.0  # after the 503: read and discard, so closing does not reset the answer away
 MIN_SHARE = 4  # connections an address may always grow to while the server is not in its reserve
+# strikes: answers that end a request early (wrong key, unread body, timeouts). An address with more than
+# STRIKE_BURST of them, net of STRIKES_FORGIVEN_PER_S, is throttled: PENALTY_CONNECTIONS_PER_S new
+# connections a second, the rest dropped at accept (no parsing, no answer: the cheapest refusal there is)
+STRIKE_BURST = 20
+STRIKES_FORGIVEN_PER_S = 5.0
+PENALTY_CONNECTIONS_PER_S = 5.0
+STRIKE = "daonet.strike"  # ASGI scope key: a callable the app calls when it answers a request with a strike
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,33 @@ class _Guard:
         self.total = 0
         self.refused = 0
         self.refusing = 0
+        self.throttled_count = 0
+        self.strikes: OrderedDict[str, tuple[float, float, float]] = OrderedDict()  # tokens, updated, admitted
         self.reserved = int(limits.max_connections * limits.reserved_fraction) if limits.max_connections else 0
+
+    def strike(self, host: str) -> None:
+        """Record one early-ended request from ``host`` (see ``STRIKE_BURST``)."""
+        now = time.monotonic()
+        tokens, last, admitted = self.strikes.pop(host, (float(STRIKE_BURST), now, 0.0))
+        tokens = max(-STRIKE_BURST, min(STRIKE_BURST, tokens + (now - last) * STRIKES_FORGIVEN_PER_S) - 1.0)
+        self.strikes[host] = (tokens, now, admitted)
+        while len(self.strikes) > 10_000:
+            self.strikes.popitem(last=False)
+
+    def throttled(self, host: str) -> bool:
+        """True when ``host`` is over its strikes and has had its penalty connection this interval."""
+        entry = self.strikes.get(host)
+        if entry is None:
+            return False
+        now = time.monotonic()
+        tokens, last, admitted = entry
+        if tokens + (now - last) * STRIKES_FORGIVEN_PER_S >= 0:
+            return False
+        if now - admitted >= 1.0 / PENALTY_CONNECTIONS_PER_S:
+            self.strikes[host] = (tokens, last, now)
+            return False
+        self.throttled_count += 1
+        return True
 
     def share(self) -> int:
         """Connections one address may hold now: its cap on an empty server, shrinking as the server fills."""
@@ -157,6 +191,10 @@ class _GuardedMixin:
         self._refusal: _Refusal | None = None
         peer = transport.get_extra_info("peername")
         self._peer: str | None = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        if self._guard.limits.max_connections_per_client and self._guard.throttled(self._peer):
+            self._peer = None
+            transport.abort()
+            return
         if not self._guard.admit(self._peer):
             self._peer = None
             if self._guard.refusing >= self._guard.limits.max_refusing:
@@ -178,8 +216,13 @@ class _GuardedMixin:
             self._head_timer.cancel()
             self._head_timer = None
 
+    def _strike(self) -> None:
+        if self._peer is not None and self._guard.limits.max_connections_per_client:
+            self._guard.strike(self._peer)
+
     def _head_timeout(self) -> None:
         self._head_timer = None
+        self._strike()
         if not self.transport.is_closing():
             self.transport.write(_TIMEOUT_408)
             self.transport.close()
@@ -193,6 +236,7 @@ class _GuardedMixin:
         super().data_received(data)  # type: ignore[misc]
         if self.cycle is not None and self.cycle is not self._head_cycle:
             self._disarm_head_timer()  # the head arrived
+            self.cycle.scope[STRIKE] = self._strike  # before the app's task first runs
         elif waiting:
             self._arm_head_timer()  # first bytes of a head: the clock runs from here, trickling does not reset it
 
@@ -211,6 +255,13 @@ class _GuardedMixin:
         self._guard.release(str(self._peer))
         self._peer = None
         super().connection_lost(exc)  # type: ignore[misc]
+
+
+def strike(scope: dict[str, Any]) -> None:
+    """Count a strike against the connection of ``scope`` (a no-op outside the guarded protocol)."""
+    callback = scope.get(STRIKE)
+    if callback is not None:
+        callback()
 
 
 def guarded_protocol(limits: ConnectionLimits, base: type | None = None) -> type:
