@@ -2,11 +2,13 @@
 
     python bench/js_bench.py --out reports/js-bench
 
-For real test inputs of three small real models (MNIST mlp with a dense 784-800 first layer, MNIST cnn with a
-4x4 patchify stem, ECG5000 cnn1d with a patchify stem; each trained here for one epoch on a subset, p=0.5,
-cached under .daonet-cache/js-bench), the same work is timed in each runtime: validate, first layer, ReLU,
-keyed mask (HMAC-SHA256), the privacy policy with its certificate, and the wire v1 bytes. That is what
-``Client.encode`` (Python) and ``device.encode`` (JavaScript) do per request.
+For real test inputs of small real models, one per device layer kind (each trained here for one epoch on a
+subset, p=0.5, cached under .daonet-cache/js-bench): MNIST mlp (dense 784-800), MNIST cnn with a 4x4 patchify
+stem and with an overlapping 4x4 stride-2 stem, ECG5000 cnn1d (140 samples) and FordA cnn1d (500 samples)
+with patchify stems, and two device blocks (mlp with two device layers; ECG5000 cnn1d with two layers and
+max pooling), the same work is timed in each runtime: validate, first layer (+ block), ReLU, keyed mask
+(HMAC-SHA256), the privacy policy with its certificate, and the wire v1 bytes. That is what ``Client.encode``
+(Python) and ``device.encode`` (JavaScript) do per request.
 
 - numpy: ``DeviceModel.encode_certified`` one input at a time (one BLAS thread);
 - Node: ``daonet-device.mjs`` under ``node`` (tests/js/device_runner.mjs);
@@ -37,10 +39,15 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 KEY = bytes(range(32))
-MODELS = {
-    "mnist-mlp": ("mnist", "mlp", {"hidden": 800, "hidden2": 64}, 5000),
-    "mnist-cnn": ("mnist", "cnn", {"stem": 16, "patch": 4, "width": 16}, 3000),
-    "ecg5000-cnn1d": ("ecg5000", "cnn1d", {"stem": 32, "patch": 4, "width": 16}, 500),
+MODELS = {  # name: (data set, model, model kwargs, training examples, extra TrainConfig fields)
+    "mnist-mlp": ("mnist", "mlp", {"hidden": 800, "hidden2": 64}, 5000, {}),
+    "mnist-cnn": ("mnist", "cnn", {"stem": 16, "patch": 4, "width": 16}, 3000, {}),
+    "mnist-cnn-overlap": ("mnist", "cnn", {"stem": 8, "patch": 4, "stride": 2, "width": 16}, 2000, {}),
+    "ecg5000-cnn1d": ("ecg5000", "cnn1d", {"stem": 32, "patch": 4, "width": 16}, 500, {}),
+    "forda-cnn1d": ("ucr:FordA", "cnn1d", {"stem": 32, "patch": 4, "width": 16}, 1000, {}),
+    "mnist-mlp-block2": ("mnist", "mlp", {"hidden": 256, "hidden2": 64}, 3000, {"device_layers": 2}),
+    "ecg5000-cnn1d-block2-pool": ("ecg5000", "cnn1d", {"stem": 16, "patch": 4, "width": 16}, 500,
+                                  {"device_layers": 2, "device_pool": 2}),
 }
 
 
@@ -49,11 +56,12 @@ def build(name: str, cache: Path) -> tuple[Path, Path, np.ndarray]:
     from daonet.bundle import bundle_is_current
     from daonet.data import load_dataset
 
-    dataset, model, kwargs, n_train = MODELS[name]
+    dataset, model, kwargs, n_train, extra = MODELS[name]
     root = cache / name
     ds = load_dataset(dataset)
     xs = ds.x_test[:40]
-    if dataset == "mnist":
+    raw_dtype = ds.info.get("raw_dtype", "float32")  # what the device holds: 8-bit pixels or float samples
+    if raw_dtype == "uint8":
         xs = np.clip(np.rint(xs * 255), 0, 255).astype(np.uint8)
     else:
         xs = xs.astype(np.float32)
@@ -65,9 +73,9 @@ def build(name: str, cache: Path) -> tuple[Path, Path, np.ndarray]:
 
         torch.set_num_threads(1)
         result = train(TrainConfig(dataset=dataset, model=model, epochs=1, n_train=n_train, n_test=200,
-                                   drop_rate=0.5, model_kwargs=kwargs), progress=False)
+                                   drop_rate=0.5, model_kwargs=kwargs, **extra), progress=False)
         export_model(result.model, root, model_id=name, classes=result.dataset.classes,
-                     raw_dtype="uint8" if dataset == "mnist" else "float32")
+                     raw_dtype=raw_dtype)
     return root / "device", root / "server", xs
 
 
@@ -144,6 +152,17 @@ class Chromium:
         self._pw.stop()
 
 
+def layer_label(device) -> str:
+    """The device computation in a few words: kind, patchify or overlapping, block."""
+    label = device.kind
+    if device.kind != "dense":
+        patchify = all(s >= k for s, k in zip(device.stride, device.kernel, strict=True))
+        label += " patchify" if patchify else " overlapping"
+    if device.block:
+        label += " + block (" + ", ".join(step.describe().split(" kernel")[0] for step in device.block) + ")"
+    return label
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=1.0, help="timed seconds per runtime, model and round")
@@ -151,6 +170,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--cache", type=Path, default=ROOT / ".daonet-cache" / "js-bench")
     ap.add_argument("--out", type=Path, default=None, help="directory for js-bench.json / js-bench.md")
+    ap.add_argument("--no-chromium", action="store_true", help="numpy and Node only (no headless Chromium)")
     args = ap.parse_args()
 
     from daonet.device import DeviceModel
@@ -162,29 +182,33 @@ def main() -> None:
     rows = []
     config = ServerConfig(bundles=[srv for _, srv, _ in built.values()], web=True, port=0, log_level="warning")
     with ServerProcess(config) as server:
-        chromium = Chromium(server.url)
+        chromium = None if args.no_chromium else Chromium(server.url)
         for name, (dev_dir, _, xs) in built.items():
             device = DeviceModel.load(dev_dir)
             masks = KeyedMasks(KEY, model_version=device.version)
             expected = [device.encode_certified(x, masks)[0].data.hex() for x in xs]
-            chromium.load(name, xs, expected)
+            if chromium:
+                chromium.load(name, xs, expected)  # refuses to time unless Chromium's bytes are numpy's
             times: dict[str, list[float]] = {"numpy": [], "node": [], "chromium": []}
             for _ in range(args.rounds):  # interleaved rounds; the fastest round is the least disturbed one
                 times["numpy"].append(time_numpy(device, xs, args.seconds))
                 times["node"].append(time_node(dev_dir, xs, args.seconds, expected))
-                times["chromium"].append(chromium.time(args.seconds))
-            t_np, t_node, t_chrome = (min(times[k]) for k in ("numpy", "node", "chromium"))
+                if chromium:
+                    times["chromium"].append(chromium.time(args.seconds))
+            t_np, t_node = min(times["numpy"]), min(times["node"])
+            t_chrome = min(times["chromium"]) if chromium else float("nan")
             k = np.mean([device.encode_certified(x, masks)[1].k for x in xs])
-            rows.append({"model": name, "kind": device.kind, "n_inputs": int(np.prod(device.input_shape)),
+            rows.append({"model": name, "layer": layer_label(device), "n_inputs": int(np.prod(device.input_shape)),
                          "n_outputs": device.n_outputs, "mean_k": round(float(k), 1),
                          "numpy_ms": t_np * 1e3, "node_ms": t_node * 1e3, "chromium_ms": t_chrome * 1e3,
                          "node_vs_numpy": t_node / t_np, "chromium_vs_numpy": t_chrome / t_np})
-        chromium.close()
+        if chromium:
+            chromium.close()
     node_version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     lines = ["| model | first layer | n -> outputs | k sent | numpy ms | Node ms | Chromium ms | Node / numpy "
              "| Chromium / numpy |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['kind']} | {r['n_inputs']} -> {r['n_outputs']} | {r['mean_k']} | "
+        lines.append(f"| {r['model']} | {r['layer']} | {r['n_inputs']} -> {r['n_outputs']} | {r['mean_k']} | "
                      f"{r['numpy_ms']:.2f} | {r['node_ms']:.2f} | {r['chromium_ms']:.2f} | "
                      f"{r['node_vs_numpy']:.2f}x | {r['chromium_vs_numpy']:.2f}x |")
     table = "\n".join(lines)

@@ -926,7 +926,7 @@ class FirstLayerSystem {
     if (this.kind === "dense") {
       const rows = new Float64Array(k * this.n);
       for (let i = 0; i < k; i++) rows.set(this.denseRows.subarray(indices[i] * this.n, (indices[i] + 1) * this.n), i * this.n);
-      return [{ members: Array.from({ length: k }, (_, i) => i), rows, m: this.n, coords: null, pos: 0 }];
+      return [{ members: Array.from({ length: k }, (_, i) => i), rows, m: this.n, coords: null, pos: 0, gram: this.gramOf(indices) }];
     }
     const ch = indices.map((v) => Math.floor(v / this.nPositions));
     const pos = indices.map((v) => v % this.nPositions);
@@ -951,6 +951,38 @@ class FirstLayerSystem {
       s = e;
     }
     return out;
+  }
+
+  /**
+   * The Gram matrix of a dense layer's surviving rows, looked up in ``W W^T`` of all its rows (built once, on
+   * first use, as numpy's ``FirstLayerSystem.gram``): a request then skips a k x k x n product. Null for a
+   * layer too wide to hold it.
+   */
+  gramOf(indices) {
+    const O = this.nOutputs;
+    if (O > 2048) return null;
+    const n = this.n;
+    if (!this._gram) {
+      const D = this.denseRows;
+      const full = new Float64Array(O * O);
+      const n4 = n - (n % 4);
+      for (let i = 0; i < O; i++) {
+        for (let j = 0; j <= i; j++) {
+          let s0 = 0; let s1 = 0; let s2 = 0; let s3 = 0;
+          for (let t = 0; t < n4; t += 4) {
+            s0 += D[i * n + t] * D[j * n + t]; s1 += D[i * n + t + 1] * D[j * n + t + 1];
+            s2 += D[i * n + t + 2] * D[j * n + t + 2]; s3 += D[i * n + t + 3] * D[j * n + t + 3];
+          }
+          for (let t = n4; t < n; t++) s0 += D[i * n + t] * D[j * n + t];
+          full[i * O + j] = full[j * O + i] = (s0 + s1) + (s2 + s3);
+        }
+      }
+      this._gram = full;
+    }
+    const k = indices.length;
+    const g = new Float64Array(k * k);
+    for (let i = 0; i < k; i++) for (let j = 0; j < k; j++) g[i * k + j] = this._gram[indices[i] * O + indices[j]];
+    return g;
   }
 
   /** ``a_i . d`` and ``||a_i||`` of one output's full row (for the policy's last-resort loop). */
@@ -1005,30 +1037,101 @@ function jacobiColumns(M, rows, cols) {
   return V;
 }
 
+/** ``Li A`` for a lower-triangular ``Li`` (k x k) and sparse rows of ``A`` (their non-zero columns listed). */
+function lowerTimesSparse(Li, a, k, m, cols, colStart) {
+  const B = new Float64Array(k * m);
+  for (let i = 0; i < k; i++) {
+    const bi = i * m;
+    for (let j = 0; j <= i; j++) {
+      const l = Li[i * k + j];
+      if (l === 0) continue;
+      const aj = j * m;
+      for (let q = colStart[j]; q < colStart[j + 1]; q++) { const t = cols[q]; B[bi + t] += l * a[aj + t]; }
+    }
+  }
+  return B;
+}
+
+/** ``Li A`` for a lower-triangular ``Li`` (k x k) and dense ``A`` (k x m): 4 x 2 tiles held in registers. */
+function lowerTimesDense(Li, a, k, m) {
+  const B = new Float64Array(k * m);
+  const m2 = m - (m % 2);
+  let i0 = 0;
+  for (; i0 + 4 <= k; i0 += 4) {
+    const r0 = i0 * k; const r1 = r0 + k; const r2 = r1 + k; const r3 = r2 + k;
+    for (let t = 0; t < m2; t += 2) {
+      let b00 = 0; let b01 = 0; let b10 = 0; let b11 = 0; let b20 = 0; let b21 = 0; let b30 = 0; let b31 = 0;
+      for (let j = 0; j <= i0 + 3; j++) {
+        const x0 = a[j * m + t]; const x1 = a[j * m + t + 1];
+        const l0 = Li[r0 + j]; const l1 = Li[r1 + j]; const l2 = Li[r2 + j]; const l3 = Li[r3 + j];
+        b00 += l0 * x0; b01 += l0 * x1; b10 += l1 * x0; b11 += l1 * x1;
+        b20 += l2 * x0; b21 += l2 * x1; b30 += l3 * x0; b31 += l3 * x1;
+      }
+      B[i0 * m + t] = b00; B[i0 * m + t + 1] = b01; B[(i0 + 1) * m + t] = b10; B[(i0 + 1) * m + t + 1] = b11;
+      B[(i0 + 2) * m + t] = b20; B[(i0 + 2) * m + t + 1] = b21; B[(i0 + 3) * m + t] = b30; B[(i0 + 3) * m + t + 1] = b31;
+    }
+    for (let t = m2; t < m; t++) {
+      for (let i = i0; i < i0 + 4; i++) { let s = 0; for (let j = 0; j <= i; j++) s += Li[i * k + j] * a[j * m + t]; B[i * m + t] = s; }
+    }
+  }
+  for (let i = i0; i < k; i++) {
+    for (let t = 0; t < m; t++) { let s = 0; for (let j = 0; j <= i; j++) s += Li[i * k + j] * a[j * m + t]; B[i * m + t] = s; }
+  }
+  return B;
+}
+
 /**
  * Orthonormal basis (rows) of the row space of ``a`` (k x m). Fast path: Cholesky of the k x k Gram
  * matrix (B = L^-1 A has orthonormal rows), O(k^2 m). When a pivot is small (ill-conditioned rows),
  * an exact one-sided Jacobi SVD with numpy's rank tolerance, so the rank agrees with the Python runtime.
  */
-function rowSpaceBasis(a, k, m) {
-  const G = new Float64Array(k * k);
-  let maxDiag = 0;
-  const m4 = m - (m % 4);
+function rowSpaceBasis(a, k, m, gram = null) {
+  // the non-zero columns of each row (convolution rows touch one receptive field of the input)
+  const nnzCount = new Int32Array(k);
+  let nnzTotal = 0;
   for (let i = 0; i < k; i++) {
-    const ai = i * m;
-    for (let j = 0; j <= i; j++) {  // four accumulators: the dot products dominate the certificate's cost
-      const aj = j * m;
-      let s0 = 0; let s1 = 0; let s2 = 0; let s3 = 0;
-      for (let t = 0; t < m4; t += 4) {
-        s0 += a[ai + t] * a[aj + t]; s1 += a[ai + t + 1] * a[aj + t + 1];
-        s2 += a[ai + t + 2] * a[aj + t + 2]; s3 += a[ai + t + 3] * a[aj + t + 3];
-      }
-      for (let t = m4; t < m; t++) s0 += a[ai + t] * a[aj + t];
-      const s = (s0 + s1) + (s2 + s3);
-      G[i * k + j] = s; G[j * k + i] = s;
-    }
-    maxDiag = Math.max(maxDiag, G[i * k + i]);
+    let c = 0;
+    for (let t = i * m, e = t + m; t < e; t++) if (a[t] !== 0) c++;
+    nnzCount[i] = c; nnzTotal += c;
   }
+  const sparse = nnzTotal * 4 < k * m;
+  let cols = null;
+  let colStart = null;
+  if (sparse) {
+    cols = new Int32Array(nnzTotal); colStart = new Int32Array(k + 1);
+    for (let i = 0, at = 0; i < k; i++) {
+      colStart[i] = at;
+      for (let t = 0; t < m; t++) if (a[i * m + t] !== 0) cols[at++] = t;
+    }
+    colStart[k] = nnzTotal;
+  }
+  let G = gram;
+  if (G === null) {
+    G = new Float64Array(k * k);
+    const m4 = m - (m % 4);
+    for (let i = 0; i < k; i++) {
+      const ai = i * m;
+      for (let j = 0; j <= i; j++) {
+        const aj = j * m;
+        let s;
+        if (sparse) {
+          s = 0;
+          for (let q = colStart[i]; q < colStart[i + 1]; q++) { const t = cols[q]; s += a[ai + t] * a[aj + t]; }
+        } else {  // four accumulators: the dot products dominate
+          let s0 = 0; let s1 = 0; let s2 = 0; let s3 = 0;
+          for (let t = 0; t < m4; t += 4) {
+            s0 += a[ai + t] * a[aj + t]; s1 += a[ai + t + 1] * a[aj + t + 1];
+            s2 += a[ai + t + 2] * a[aj + t + 2]; s3 += a[ai + t + 3] * a[aj + t + 3];
+          }
+          for (let t = m4; t < m; t++) s0 += a[ai + t] * a[aj + t];
+          s = (s0 + s1) + (s2 + s3);
+        }
+        G[i * k + j] = s; G[j * k + i] = s;
+      }
+    }
+  }
+  let maxDiag = 0;
+  for (let i = 0; i < k; i++) maxDiag = Math.max(maxDiag, G[i * k + i]);
   let ok = k <= m && maxDiag > 0;
   const L = new Float64Array(k * k);
   for (let i = 0; ok && i < k; i++) {
@@ -1043,26 +1146,17 @@ function rowSpaceBasis(a, k, m) {
       }
     }
   }
-  if (ok) {
-    const B = new Float64Array(k * m);
+  if (ok) {  // B = L^-1 A has orthonormal rows: L^-1 explicitly (k^3/6), then one product
+    const Li = new Float64Array(k * k);
     for (let i = 0; i < k; i++) {
-      const bi = i * m;
-      for (let t = 0; t < m; t++) B[bi + t] = a[bi + t];
+      Li[i * k + i] = 1 / L[i * k + i];
       for (let j = 0; j < i; j++) {
-        const l = L[i * k + j];
-        if (l === 0) continue;
-        const bj = j * m;
-        let t = 0;
-        for (; t < m4; t += 4) {
-          B[bi + t] -= l * B[bj + t]; B[bi + t + 1] -= l * B[bj + t + 1];
-          B[bi + t + 2] -= l * B[bj + t + 2]; B[bi + t + 3] -= l * B[bj + t + 3];
-        }
-        for (; t < m; t++) B[bi + t] -= l * B[bj + t];
+        let s = 0;
+        for (let t = j; t < i; t++) s += L[i * k + t] * Li[t * k + j];
+        Li[i * k + j] = -s / L[i * k + i];
       }
-      const inv = 1 / L[i * k + i];
-      for (let t = 0; t < m; t++) B[bi + t] *= inv;
     }
-    return { basis: B, r: k };
+    return { basis: sparse ? lowerTimesSparse(Li, a, k, m, cols, colStart) : lowerTimesDense(Li, a, k, m), r: k };
   }
   const tolScale = Math.max(k, m) * EPS64;
   if (k <= m) {  // columns of a^T = rows of a; after Jacobi they are U_j sigma_j
@@ -1087,9 +1181,9 @@ function rowSpaceBasis(a, k, m) {
 }
 
 /** (rank, identifiable, max leverage, ||P d||^2) of one system (``_system_stats``). */
-function systemStats(a, k, m, d, idTol) {
+function systemStats(a, k, m, d, idTol, gram = null) {
   if (k === 0) return { r: 0, ident: 0, maxLev: 0, e: 0 };
-  const { basis, r } = rowSpaceBasis(a, k, m);
+  const { basis, r } = rowSpaceBasis(a, k, m, gram);
   const lev = new Float64Array(m);
   let e = 0;
   for (let i = 0; i < r; i++) {
@@ -1128,7 +1222,7 @@ function certificateOf(system, indices, d, idTol, kBefore, policy) {
     worstPatch = { index: w, k: pk[w], rank: pr[w], identifiable: pi[w], revealed_energy: pe[w], patch_dim: system.patchDim };
   } else {
     for (const b of blocks) {
-      const st = systemStats(b.rows, b.members.length, b.m, gather(d, b.coords), idTol);
+      const st = systemStats(b.rows, b.members.length, b.m, gather(d, b.coords), idTol, b.gram || null);
       rank += st.r; ident += st.ident; energy += st.e; maxLev = Math.max(maxLev, st.maxLev);
     }
   }
