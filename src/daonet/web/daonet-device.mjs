@@ -1147,14 +1147,18 @@ function rowSpaceBasis(a, k, m, gram = null) {
     }
   }
   if (ok) {  // B = L^-1 A has orthonormal rows: L^-1 explicitly (k^3/6), then one product
-    const Li = new Float64Array(k * k);
+    const Li = new Float64Array(k * k);  // row i = -(sum_{t<i} L_it Li_t) / L_ii: contiguous row updates
     for (let i = 0; i < k; i++) {
-      Li[i * k + i] = 1 / L[i * k + i];
-      for (let j = 0; j < i; j++) {
-        let s = 0;
-        for (let t = j; t < i; t++) s += L[i * k + t] * Li[t * k + j];
-        Li[i * k + j] = -s / L[i * k + i];
+      const ri = i * k;
+      for (let t = 0; t < i; t++) {
+        const l = L[ri + t];
+        if (l === 0) continue;
+        const rt = t * k;
+        for (let j = 0; j <= t; j++) Li[ri + j] -= l * Li[rt + j];
       }
+      const inv = 1 / L[ri + i];
+      for (let j = 0; j < i; j++) Li[ri + j] *= inv;
+      Li[ri + i] = inv;
     }
     return { basis: sparse ? lowerTimesSparse(Li, a, k, m, cols, colStart) : lowerTimesDense(Li, a, k, m), r: k };
   }
