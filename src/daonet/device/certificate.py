@@ -21,6 +21,7 @@ an attacker do better than ``P x`` (see ``daonet audit``). It never leaves the d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -757,66 +758,96 @@ def _greedy_patch_stack(rows: np.ndarray, counts: np.ndarray, d: np.ndarray,
     return keep, gained
 
 
+_EXPLICIT_BELOW = 1e-2  # a row whose residual keeps less than this fraction of its norm² gets an explicit residual
+
+
 def _greedy_keep_single(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray,
                         policy: PrivacyPolicy) -> np.ndarray:
-    """:func:`_greedy_keep_reference` for one system (dense, overlapping convolution): the same steps and
-    arithmetic, with the re-orthogonalization as two matrix products instead of a loop over the basis and the
-    residual updates on the rows still undecided only."""
+    """:func:`_greedy_keep_reference` for one system (dense, overlapping convolution), in O(k·kernel) per step
+    instead of O(k·n).
+
+    The reference keeps every row's residual ``r_i`` (k x n) and updates all of them after each accepted row.
+    Its choices only need ``‖r_i‖²`` and ``r_i · d``, and after accepting ``q`` these change by ``c_i = a_i · q``
+    (exact arithmetic: ``r_i · q = a_i · q``), which a convolution's rows give from their receptive fields
+    alone. So those two numbers are updated in place, and residual vectors are formed only for the row chosen
+    at each step and for rows that come close to the accepted span (where an update by subtraction would lose
+    digits): from then on they are kept and updated explicitly, as in the reference.
+    """
     a = system.dense_rows[indices] if system.kind == "dense" else system.rows(indices)[0]
     k, n = a.shape
     total = float(d @ d)
     budget = None if policy.max_revealed_energy is None else policy.max_revealed_energy * total
+    limit = 1.0 - policy.identifiable_tol
     keep = np.zeros(k, dtype=bool)
-    live = np.arange(k)  # rows still undecided, and their residuals
-    res = a.copy()
-    norm = np.linalg.norm(a, axis=1)
+    alive = np.ones(k, dtype=bool)
+    norm2 = (a * a).sum(1)
+    norm = np.sqrt(norm2)
+    rn2, rd = norm2.copy(), a @ d
     basis = np.zeros((min(k, n), n))
+    coef = np.zeros((k, min(k, n)))  # coef[i, s] = a_i · q_s
     n_basis = 0
+    explicit = np.zeros(k, dtype=bool)
+    res = np.zeros((k, n))  # residuals of the explicit rows
     lev = np.zeros(n)
     energy = 0.0
-    g = _gains(res, norm, d)
-    while live.size:
+    along = _row_products(system, indices)
+    while True:
+        dep = rn2 <= (_DEPENDENT_RTOL * norm) ** 2
+        g = np.where(alive, np.where(dep, 0.0, rd * rd / np.where(dep, 1.0, rn2)), np.inf)
         j = int(np.argmin(g))
-        row = int(live[j])
-        r = res[j]
+        if not g[j] < np.inf:
+            break
+        alive[j] = False
+        q_basis = basis[:n_basis]
+        r = res[j] if explicit[j] else a[j] - coef[j, :n_basis] @ q_basis
         rn = float(np.linalg.norm(r))
-        decided = True
         if rn <= _DEPENDENT_RTOL * norm[j]:
-            keep[row] = True
-        else:
-            q = r / rn
-            q = q - basis[:n_basis].T @ (basis[:n_basis] @ q)
-            qn = float(np.linalg.norm(q))
-            if qn < 0.5:
-                keep[row] = True
-            else:
-                q = q / qn
-                new_lev = lev + q * q
-                gain = float(q @ d) ** 2
-                ok = not (policy.forbid_identifiable and (new_lev >= 1.0 - policy.identifiable_tol).any())
-                ok = ok and (budget is None or energy + gain <= budget)
-                if ok:
-                    keep[row] = True
-                    energy += gain
-                    lev = new_lev
-                    basis[n_basis] = q
-                    n_basis += 1
-                    others = np.arange(live.size) != j
-                    live, res, norm = live[others], res[others], norm[others]
-                    res -= np.outer(res @ q, q)
-                    g = _gains(res, norm, d)
-                    decided = False
-        if decided:
-            others = np.arange(live.size) != j
-            live, res, norm, g = live[others], res[others], norm[others], g[others]
+            keep[j] = True  # reveals nothing new
+            continue
+        q = r / rn
+        q = q - (q_basis @ q) @ q_basis  # re-orthogonalize
+        qn = float(np.linalg.norm(q))
+        if qn < 0.5:  # lost to cancellation: the row is (numerically) dependent
+            keep[j] = True
+            continue
+        q = q / qn
+        new_lev = lev + q * q
+        gain = float(q @ d) ** 2
+        ok = not (policy.forbid_identifiable and bool((new_lev >= limit).any()))
+        if not (ok and (budget is None or energy + gain <= budget)):
+            continue
+        keep[j] = True
+        energy += gain
+        lev = new_lev
+        basis[n_basis] = q
+        c = along(q)
+        coef[:, n_basis] = c
+        n_basis += 1
+        rn2 -= c * c
+        rd -= c * float(q @ d)
+        ex = np.flatnonzero(explicit & alive)
+        if ex.size:
+            rx = res[ex]
+            rx -= np.outer(rx @ q, q)
+            res[ex] = rx
+            rn2[ex], rd[ex] = (rx * rx).sum(1), rx @ d
+        close = np.flatnonzero(alive & ~explicit & (rn2 < _EXPLICIT_BELOW * norm2))
+        if close.size:
+            rx = a[close] - coef[close, :n_basis] @ basis[:n_basis]
+            res[close], explicit[close] = rx, True
+            rn2[close], rd[close] = (rx * rx).sum(1), rx @ d
     return keep
 
 
-def _gains(res: np.ndarray, norm: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Revealed energy each residual row would add, 0 for rows that add nothing new (the reference's gains)."""
-    rn2 = (res * res).sum(1)
-    dep = rn2 <= (_DEPENDENT_RTOL * norm) ** 2
-    return np.where(dep, 0.0, (res @ d) ** 2 / np.where(dep, 1.0, rn2))
+def _row_products(system: FirstLayerSystem, indices: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``q -> A q`` for the rows of ``indices``: a dense product, or for a convolution each row's kernel
+    against ``q`` on its receptive field (O(k x kernel), not O(k x n))."""
+    if system.kind == "dense":
+        a = system.dense_rows[indices]
+        return lambda q: a @ q
+    ch, pos = system.split(indices)
+    coords, kernels = system._patch_coords, system.kernel_rows
+    return lambda q: (kernels @ q[coords].T)[ch, pos]
 
 
 def apply_policy(system: FirstLayerSystem, x: np.ndarray, sent: np.ndarray, policy: PrivacyPolicy,
