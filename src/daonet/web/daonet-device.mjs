@@ -1917,7 +1917,7 @@ export class DeviceModel {
       const n = z.length;
       const W64 = this._weight64 || (this._weight64 = Float64Array.from(W));  // no float32 -> float64 per use
       const n4 = n - (n % 4);
-      const live = this.block.length ? null : this._screenDense(x);
+      const live = this._screenDense(x);  // outputs <= 0 are 0 after the ReLU, block or not
       for (let o = 0; o < O; o++) {
         if ((keep !== null && !keep[o]) || (live !== null && !live[o])) continue;
         const wo = o * n;
@@ -2191,11 +2191,16 @@ function runStep(h, step, tensors) {
   const [O, C] = [step.n_out, step.n_in];
   if (step.op === "dense") {
     const n = h.length;
+    const nz = [];  // after a ReLU most inputs are 0, and adding 0 * w changes no sum
+    for (let i = 0; i < n; i++) if (h[i] !== 0) nz.push(i);
+    const idx = Int32Array.from(nz);
     for (let o = 0; o < O; o++) {
-      let acc = 0;
+      let a0 = 0; let a1 = 0;
       const wo = o * n;
-      for (let i = 0; i < n; i++) acc += h[i] * W[wo + i];
-      out[o] = acc + b[o];
+      let q = 0;
+      for (; q + 1 < idx.length; q += 2) { a0 += h[idx[q]] * W[wo + idx[q]]; a1 += h[idx[q + 1]] * W[wo + idx[q + 1]]; }
+      if (q < idx.length) a0 += h[idx[q]] * W[wo + idx[q]];
+      out[o] = (a0 + a1) + b[o];
     }
   } else if (step.op === "conv1d") {
     const [L, Lo] = [inShape[1], outShape[1]];
