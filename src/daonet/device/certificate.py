@@ -24,15 +24,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import BundleError, InputError
 from ..manifest import IDENTIFIABLE_TOL, PrivacySpec
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .runtime import DeviceModel
 
 __all__ = ["Certificate", "PatchStats", "PrivacyPolicy", "FirstLayerSystem", "certify", "apply_policy"]
 
@@ -160,6 +157,22 @@ class Certificate:
         return s
 
 
+class FirstLayer(Protocol):
+    """What the certificate reads of a device model (:class:`~daonet.device.runtime.DeviceModel` has it): the
+    first layer's geometry, weights and normalization. A protocol, so this module never imports the runtime."""
+
+    kind: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    n_outputs: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    weight: np.ndarray
+    bias: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+
+
 class FirstLayerSystem:
     """The first layer as linear equations over the raw input: ``h_i = relu(a_i · x + c_i)``.
 
@@ -171,7 +184,7 @@ class FirstLayerSystem:
     fast = True  # batched certificate and policy (False: the reference loops; bench/device_step.py compares them)
     mu_cache: tuple[object, np.ndarray] | None = None  # the last μ seen and its float64 copy
 
-    def __init__(self, device: DeviceModel) -> None:
+    def __init__(self, device: FirstLayer) -> None:
         if not getattr(device, "is_linear", True):
             raise BundleError("non-linear block: covered by the audit only (the first-layer equations do not "
                               "describe a device block's output)")
