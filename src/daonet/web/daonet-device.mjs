@@ -1,5 +1,5 @@
 // daonet device runtime in JavaScript: the same bytes as the numpy runtime (daonet.device), for browsers
-// and Node >= 18. One ES module, no dependencies: fetch + WebCrypto only.
+// and Node >= 20. One ES module, no dependencies: fetch + WebCrypto (SHA-256, Ed25519) only.
 //
 //   import { loadDevice, KeyedMasks, Client } from "./daonet-device.mjs";
 //   const device = await loadDevice("https://server/device-bundles/mnist-mlp/");
