@@ -6,11 +6,12 @@ one place that names the commands and wires them into the app (no import cycle).
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
 
-from .commands import audit, bench, demo, export, keys, methods, plan, predict, serve, sweep, train, verify
+from .commands import audit, bench, demo, export, keys, plan, predict, serve, sweep, train, verify
 from .commands.common import console, fail, parse_kwargs
 from .errors import DaonetError
 
@@ -20,6 +21,15 @@ app = typer.Typer(
     name="daonet", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Private inference: the first layer runs on the device, dropped activations go to the server.",
 )
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="show daonet's DEBUG log (e.g. the full torch "
+                                         "trace behind a failed export) on stderr")) -> None:
+    """Options for every command."""
+    if debug:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("daonet").setLevel(logging.DEBUG)
+
 
 # the model's life: train, export, serve, predict
 app.command("train")(train.train)
@@ -32,16 +42,8 @@ app.command("verify")(verify.verify)
 app.command("sign-audit")(verify.sign_audit)
 
 # what a curious server learns
-audit_app = typer.Typer(
-    cls=audit.AuditGroup, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    help="Attack the dropped activations a bundle sends and report what a curious server learns: "
-         "`daonet audit BUNDLE --dataset mnist`, or `daonet audit frontier ...` over drop rates.",
-)
-audit_app.command("bundle")(audit.audit)
-audit_app.command("frontier")(audit.frontier)
-app.add_typer(audit_app, name="audit")
-app.command("audit-methods")(methods.audit_methods)
-app.command("plan")(plan.plan)
+app.command("audit")(audit.audit)
+app.command("plan")(plan.plan)  # many rows (a search, or a frontier with --grid), each audited
 
 # studies and benchmarks
 app.command("demo")(demo.demo)

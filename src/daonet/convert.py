@@ -18,9 +18,12 @@ alike) and why padding is refused (the device runtimes compute valid convolution
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ from .preprocess import scaling_from
 __all__ = ["split", "export", "first_layer", "SplitError", "ConvertedFirstLayer", "PROGRAM_ARCH", "SERVER_PROGRAM",
            "DEFENCES"]
 
+log = logging.getLogger(__name__)
 PROGRAM_ARCH = "torch.export"  # the server manifest's arch name for a server part saved as a program
 SERVER_PROGRAM = "server_program.pt2"
 FIRST_OPS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -334,17 +338,44 @@ def server_part(model: nn.Module) -> nn.Module:
     return _ServerPart(clone, received)
 
 
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """Mute torch while tracing: a failed ``torch.export`` logs a warning and prints the traced graph (twice),
+    which would bury daonet's one-line message. What it printed goes to daonet's DEBUG log; at DEBUG level
+    (``daonet --debug``) torch's loggers stay on too."""
+    debug = log.isEnabledFor(logging.DEBUG)
+    names = [] if debug else [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] == "torch"]
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            yield
+    finally:
+        for lg, was in zip(loggers, saved, strict=True):
+            lg.disabled = was
+        if printed.getvalue().strip():
+            log.debug("torch printed while tracing:\n%s", printed.getvalue())
+
+
 def save_program(rest: nn.Module, output_shape: tuple[int, ...], path: Path) -> None:
     """Save ``rest`` (``h -> logits``) as a torch.export program with a dynamic batch axis."""
     example = torch.rand((2, *output_shape))
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     try:
-        program = torch.export.export(rest, (example,), dynamic_shapes=({0: batch},))
+        with _quiet_torch_logs():
+            program = torch.export.export(rest, (example,), dynamic_shapes=({0: batch},))
     except Exception as exc:  # torch raises many types for untraceable code
         msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        debug = log.isEnabledFor(logging.DEBUG)
+        if debug:
+            log.debug("torch.export failed on the server part", exc_info=exc)
         raise SplitError(f"torch.export could not trace the server part of the model ({type(exc).__name__}: {msg}); "
                          "daonet saves it as a torch.export program: keep forward() free of data-dependent Python "
-                         "control flow after the first layer") from exc
+                         "control flow after the first layer (the full torch trace: `daonet --debug`, or "
+                         "logging.getLogger('daonet').setLevel(logging.DEBUG))") from (exc if debug else None)
     torch.export.save(program, str(path))
 
 

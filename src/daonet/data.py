@@ -195,8 +195,12 @@ def load_ucr(name: str, root: str | Path | None = None) -> Dataset:
         elif shipped:
             close = difflib.get_close_matches(name, shipped, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise DatasetError(f"no UCR data set {name!r} in {base} ({len(shipped)} sets); {hint}"
-                               "`python -c 'import daonet.data as d; print(d.ucr_names())'` lists them")
+            span = f", {shipped[0]} to {shipped[-1]}" if root is None else ""
+            raise DatasetError(
+                f"no UCR data set {name!r} in {base}: it holds {len(shipped)} sets{span}; {hint}"
+                "`python -c 'import daonet.data as d; print(d.ucr_names())'` lists them. Any other UCR/UEA set: "
+                "download its NAME_TRAIN.tsv and NAME_TEST.tsv and pass --data-root DIR (root=DIR), or save "
+                "the arrays with numpy.savez(PATH, x_train=..., y_train=..., x_test=..., y_test=...) and use npz:PATH")
     parts = []
     for split in ("TRAIN", "TEST"):
         path = _require(base / f"{name}_{split}.tsv", f"install it with: {UCR_HINT}")

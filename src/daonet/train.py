@@ -218,8 +218,9 @@ def evaluate(model: SplitModel, x: np.ndarray, y: np.ndarray, draws: int = 5, se
     }
 
 
-def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = True) -> TrainResult:
-    """Train with dropping active (the paper's method) and evaluate with dropping active."""
+def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = False) -> TrainResult:
+    """Train with dropping active (the paper's method) and evaluate with dropping active. Silent unless
+    ``progress`` (the CLI shows a bar)."""
     cfg.validate()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -242,7 +243,7 @@ def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = True) ->
                                      cfg.adversary, ds.n_classes)
         adv_opt = torch.optim.Adam(adversary.parameters(), lr=1e-3)
     t0 = time.perf_counter()
-    with make_progress() as bar:
+    with make_progress(enabled=progress) as bar:
         task = bar.add_task(f"train {cfg.model} on {ds.name} (p={cfg.drop_rate})",
                             total=cfg.epochs * steps_per_epoch, status="", visible=progress)
         for epoch in range(cfg.epochs):

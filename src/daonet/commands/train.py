@@ -68,7 +68,7 @@ def train(
         drop_rate = cfg.drop_rate
         console.print(f"recommended operating point: p={cfg.drop_rate}, adversary weight {cfg.adversary_weight}, "
                       f"{cfg.epochs} epochs")
-    result = run_training(cfg)
+    result = run_training(cfg, progress=True)
     save_run(result, out)
     m = result.metrics
     acc = m["test_accuracy"]

@@ -214,7 +214,7 @@ async function predict() {
       ["identifiable inputs", String(cert.identifiable)],
       ["revealed energy", cert.revealed_energy.toFixed(4)],
       ["max leverage", cert.max_leverage.toFixed(4)],
-      ["policy", `${cert.policy_ok ? "met" : "NOT met"} (max revealed energy ${cert.policy.max_revealed_energy ?? "none"}, identifiable ${cert.policy.forbid_identifiable ? "forbidden" : "allowed"})`],
+      ["policy", policyText(cert)],
       ...(cert.exact === false ? [["note", cert.note]] : []),
     ]);
     $("answer").textContent = answer.label;
@@ -242,3 +242,11 @@ $("model").addEventListener("change", selectModel);
 $("api-key").addEventListener("change", () => sessionStorage.setItem("daonet-api-key", $("api-key").value));
 $("api-key").value = sessionStorage.getItem("daonet-api-key") || "";
 loadModels().catch(showError);
+
+/** The policy line: "met" only against a real energy limit (users read "met" as "private"). */
+export function policyText(cert) {
+  const limit = cert.policy.max_revealed_energy;
+  const identifiable = `identifiable inputs ${cert.policy.forbid_identifiable ? "forbidden" : "allowed"}`;
+  if (limit == null) return `no energy limit set (${identifiable}${cert.policy_ok ? "" : ": NOT met"})`;
+  return `${cert.policy_ok ? "met" : "NOT met"} (max revealed energy ${limit}, ${identifiable})`;
+}
