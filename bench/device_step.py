@@ -2,6 +2,7 @@
 
     python bench/device_step.py --out reports/device-step            # the demo's MNIST model (trained once)
     python bench/device_step.py --bundle bundles/mnist --inputs x.npy  # any dense bundle, inputs as .npy
+    python bench/device_step.py --kinds /tmp/kinds --n 20 --repeats 3  # every layer kind: encode vs certified
 
 Both paths run in the same process on the same inputs and masks, interleaved (reference, fast, reference,
 ...), so machine noise hits both alike; the figure that matters is the ratio. The fast path must give the
@@ -136,6 +137,96 @@ def run(bundle: Path, xs: np.ndarray, repeats: int) -> dict[str, Any]:
     }
 
 
+# -- every layer kind: plain encode vs certified encode (the certificate's cost), fast vs reference ---------------
+KIND_MODELS = {  # name: (data set, arch, drop rate, model kwargs, device layers); trained 1 epoch on real data
+    "conv2d-patchify": ("mnist", "cnn", 0.5, {"stem": 16, "patch": 4, "width": 16}, 1),
+    "conv2d-overlap": ("mnist", "cnn", 0.9, {"stem": 8, "patch": 5, "stride": 3, "width": 16}, 1),
+    "conv1d-overlap (ECG5000, kernel 8 stride 4)": ("ecg5000", "cnn1d", 0.9, {"stem": 32, "patch": 8, "stride": 4,
+                                                                              "width": 32}, 1),
+    "conv1d FordA (length 500, kernel 10 stride 5)": ("ucr:FordA", "cnn1d", 0.5, {"stem": 32, "patch": 10,
+                                                                                  "stride": 5, "width": 32}, 1),
+    "dense + device block": ("mnist", "mlp", 0.5, {"hidden": 256, "hidden2": 64}, 2),
+}
+SHIPPED = {"dense (shipped mnist-mlp)": ("mnist", "mnist"), "conv1d-patchify (shipped ecg5000-cnn1d)": ("ecg5000",
+                                                                                                         "ecg5000")}
+
+
+def _kind_bundles(cache: Path) -> dict[str, tuple[Path, str]]:
+    """Every layer kind's device bundle and data set: the shipped defaults, and small models trained once."""
+    from daonet.defaults import default_bundle
+
+    out = {name: (default_bundle(key).root / "device", ds) for name, (key, ds) in SHIPPED.items()}
+    for name, (ds_name, arch, rate, kw, layers) in KIND_MODELS.items():
+        path = cache / name.split(" ")[0].replace("+", "")
+        if not (path / "device" / "manifest.json").exists():
+            import torch
+
+            from daonet.exporting import export_model
+            from daonet.train import TrainConfig, train
+
+            torch.set_num_threads(1)
+            res = train(TrainConfig(dataset=ds_name, model=arch, drop_rate=rate, epochs=1, device_layers=layers,
+                                    model_kwargs=kw), progress=False)
+            export_model(res.model, path, model_id=path.name, classes=res.dataset.classes,
+                         raw_dtype=res.dataset.info.get("raw_dtype", "float32"))
+        out[name] = (path / "device", ds_name)
+    return out
+
+
+def run_kinds(cache: Path, n: int, n_reference: int, repeats: int) -> dict[str, Any]:
+    """Per layer kind, in one run, interleaved: plain ``encode``, ``encode_certified`` (the batched certificate and
+    policy) and the reference certificate (on the first ``n_reference`` inputs: it can take a second each); the
+    certified payloads of both paths must be identical."""
+    from daonet.data import load_dataset
+
+    rows: dict[str, Any] = {}
+    for name, (path, ds_name) in _kind_bundles(cache).items():
+        device = DeviceModel.load(path)
+        xs = load_dataset(ds_name).x_test[:n].astype(np.float32)
+        if device.raw_dtype == "uint8":
+            xs = (xs * 255).round().astype(np.uint8)
+        times: dict[str, list[float]] = {"encode": [], "certified": [], "reference": []}
+        sent: list[int] = []
+        dropped: list[int] = []
+        for r in range(repeats + 1):  # the first pass warms caches and is not counted
+            for path_name in times:
+                if device.is_linear:
+                    device.system.fast = path_name != "reference"
+                inputs = xs[:n_reference] if path_name == "reference" else xs
+                masks = RandomMasks(r)
+                t0 = time.perf_counter()
+                if path_name == "encode":
+                    out = [device.encode(x, masks).data for x in inputs]
+                else:
+                    pairs = [device.encode_certified(x, masks) for x in inputs]
+                    out = [p.data for p, _ in pairs]
+                us = (time.perf_counter() - t0) / len(inputs) * 1e6
+                if r:
+                    times[path_name].append(us)
+                if path_name == "certified":
+                    fast_out = out
+                    sent, dropped = [c.k for _, c in pairs], [c.dropped_by_policy for _, c in pairs]
+                if path_name == "reference" and out != fast_out[:n_reference]:
+                    raise SystemExit(f"{name}: the batched certificate changed what is sent")
+        if device.is_linear:
+            device.system.fast = True
+        med = {k: statistics.median(v) for k, v in times.items()}
+        rows[name] = {"kind": device.kind, "block": not device.is_linear, "n_outputs": device.n_outputs,
+                      "input_size": int(np.prod(device.input_shape)), "drop_rate": device.drop_rate,
+                      "mean_sent": round(float(np.mean(sent)), 1), "mean_dropped_by_policy": round(
+                          float(np.mean(dropped)), 1),
+                      "encode_us": round(med["encode"], 1), "certified_us": round(med["certified"], 1),
+                      "reference_certified_us": round(med["reference"], 1),
+                      "certified_over_encode": round(med["certified"] / med["encode"], 2),
+                      "reference_over_certified": round(med["reference"] / med["certified"], 1)}
+        print(f"{name:48s} encode {med['encode']:9.0f} µs  certified {med['certified']:9.0f} µs  "
+              f"({rows[name]['certified_over_encode']:6.2f}x)  reference certified {med['reference']:10.0f} µs  "
+              f"(fast {rows[name]['reference_over_certified']:.1f}x faster)", flush=True)
+    return {"kinds": rows, "n_inputs": n, "n_reference": n_reference, "passes": repeats,
+            "loadavg": list(os.getloadavg()), "identical_payloads": True,
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", type=Path, help="bundle (root or device/); default: the demo's cached MNIST model")
@@ -143,7 +234,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500, help="inputs per pass")
     ap.add_argument("--repeats", type=int, default=5, help="timed passes per path")
     ap.add_argument("--out", type=Path, help="write device_step.json here")
+    ap.add_argument("--kinds", type=Path, metavar="CACHE",
+                    help="every layer kind instead (bundles trained once into CACHE): encode vs encode_certified")
+    ap.add_argument("--n-reference", type=int, default=5, help="--kinds: inputs for the (slow) reference path")
     args = ap.parse_args()
+    if args.kinds is not None:
+        kinds = run_kinds(args.kinds, args.n, args.n_reference, args.repeats)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "device_step_kinds.json").write_text(json.dumps(kinds, indent=2) + "\n")
+        return
     report = run(_bundle(args.bundle), _inputs(args.inputs, args.n), args.repeats)
     for name, r in report["results"].items():
         print(f"{name:17s} reference {r['reference_us']:8.1f} µs   fast {r['fast_us']:8.1f} µs   "

@@ -185,8 +185,10 @@ class _Samples:
         return cls([], [], [], [], [], [], [], [], [])
 
 
-def _plaintext_step(http: Any, path: str) -> Callable[[np.ndarray, PeakMemoryProbe, PeakMemoryProbe, _Samples], None]:
-    """One plaintext request: serialize the raw pixels on the device, POST, parse the answer."""
+def _plaintext_step(http: Any, path: str,
+                    rtt_s: float = 0.0) -> Callable[[np.ndarray, PeakMemoryProbe, PeakMemoryProbe, _Samples], None]:
+    """One plaintext request: serialize the raw pixels on the device, POST, parse the answer (``rtt_s``: an
+    emulated network round trip, slept inside the timed request, as for daonet)."""
 
     def step(x: np.ndarray, dev: PeakMemoryProbe, srv: PeakMemoryProbe, s: _Samples) -> None:
         with dev.measure("plaintext_device"):
@@ -195,6 +197,7 @@ def _plaintext_step(http: Any, path: str) -> Callable[[np.ndarray, PeakMemoryPro
             t_dev = time.perf_counter() - t0
         with srv.measure("server"):
             t1 = time.perf_counter()
+            _emulated_round_trip(rtt_s)
             r = http.post(path, content=body, headers={"Content-Type": "application/octet-stream"})
             if r.status_code != 200:
                 raise DaonetError(f"the plaintext server answered {r.status_code}: {r.text[:200]}")
@@ -214,8 +217,8 @@ def _plaintext_step(http: Any, path: str) -> Callable[[np.ndarray, PeakMemoryPro
     return step
 
 
-def _daonet_step(client: Any,
-                 last: dict[str, Any]) -> Callable[[np.ndarray, PeakMemoryProbe, PeakMemoryProbe, _Samples], None]:
+def _daonet_step(client: Any, last: dict[str, Any],
+                 rtt_s: float = 0.0) -> Callable[[np.ndarray, PeakMemoryProbe, PeakMemoryProbe, _Samples], None]:
     """One daonet request: first layer + ReLU + dropping + wire encoding on the device, then Client.send."""
 
     def step(x: np.ndarray, dev: PeakMemoryProbe, srv: PeakMemoryProbe, s: _Samples) -> None:
@@ -225,6 +228,7 @@ def _daonet_step(client: Any,
             t_dev = time.perf_counter() - t0
         with srv.measure("server"):
             t1 = time.perf_counter()
+            _emulated_round_trip(rtt_s)
             pred = client.send(payload)
             t_http = time.perf_counter() - t1
         r = last["response"]
@@ -240,6 +244,13 @@ def _daonet_step(client: Any,
         s.nnz.append(pred.nnz)
 
     return step
+
+
+def _emulated_round_trip(rtt_s: float) -> None:
+    """A network round trip that loopback lacks, the same for both HTTP approaches: a sleep of ``rtt_s``
+    (one request = one round trip on a kept-alive connection; bandwidth is not emulated)."""
+    if rtt_s > 0:
+        time.sleep(rtt_s)
 
 
 @contextmanager
@@ -270,7 +281,7 @@ def _bundle_bytes(path: Path) -> int:
 
 def _http_approaches(kinds: list[str], raw: np.ndarray, y: np.ndarray, bundle_dir: Path, run_dir: Path,
                      repeats: int, seed: int, torch_threads: int, device_threads: int | None,
-                     progress: bool) -> dict[str, dict[str, Any]]:
+                     progress: bool, rtt_s: float = 0.0) -> dict[str, dict[str, Any]]:
     """Plaintext and/or daonet: both servers up, requests interleaved image by image, ``repeats`` passes."""
     import httpx
 
@@ -290,7 +301,7 @@ def _http_approaches(kinds: list[str], raw: np.ndarray, y: np.ndarray, bundle_di
             if "plaintext" in children:
                 http = httpx.Client(base_url=children["plaintext"].info["url"], timeout=60.0)
                 closers.append(http.close)
-                steps["plaintext"] = _plaintext_step(http, plaintext_path(model_id))
+                steps["plaintext"] = _plaintext_step(http, plaintext_path(model_id), rtt_s)
                 device_setup["plaintext"] = 0  # the device holds nothing but the input
             if "daonet" in children:
                 last: dict[str, Any] = {}
@@ -300,7 +311,7 @@ def _http_approaches(kinds: list[str], raw: np.ndarray, y: np.ndarray, bundle_di
                 # The Client has no public hook for the raw answer; its bytes-down are read from the response.
                 client._http.event_hooks["response"].append(lambda r: last.__setitem__("response", r))
                 client.check_server()
-                steps["daonet"] = _daonet_step(client, last)
+                steps["daonet"] = _daonet_step(client, last, rtt_s)
                 device_setup["daonet"] = dev.get("daonet_setup")
             for k, c in children.items():
                 probes[k] = PeakMemoryProbe(c.info["pid"])
@@ -501,6 +512,7 @@ def run_encryption_bench(
     device_threads: int | None = 1,
     progress: bool = True,
     ds: Any | None = None,
+    rtt_ms: float = 0.0,
 ) -> dict[str, Any]:
     """Measure plaintext, daonet and HE on the first ``n`` MNIST test images; returns the JSON-ready result.
 
@@ -511,12 +523,15 @@ def run_encryption_bench(
     n_train, cache_dir, ...). ``repeats``: timing passes over the images for the two cheap approaches (their
     ``accuracy`` is the first pass's; HE runs each image once). ``torch_threads``: each HTTP server's torch
     threads. ``device_threads``: BLAS threads of the device step (1, as on a phone; None: numpy's default).
+    ``rtt_ms``: an emulated network round trip added to every plaintext and daonet request (0: loopback only).
     """
     dataset = check_dataset(dataset)
     if not isinstance(n, int | np.integer) or n < 1:
         raise InputError(f"--n must be a positive number of test images, got {n}")
     if repeats < 1:
         raise InputError(f"--repeats must be at least 1, got {repeats}")
+    if not (isinstance(rtt_ms, int | float) and 0.0 <= float(rtt_ms) <= 10_000.0):
+        raise InputError(f"--rtt-ms must be a round trip in milliseconds in [0, 10000], got {rtt_ms!r}")
     if torch_threads < 1 or (device_threads is not None and device_threads < 1):
         raise InputError(f"thread counts must be at least 1, got torch_threads={torch_threads}, "
                          f"device_threads={device_threads}")
@@ -556,7 +571,7 @@ def run_encryption_bench(
                                  "the run directory it was exported from)")
         bundle_info = {"bundle_dir": str(bundle), "run_dir": str(run), "trained_now": trained}
         result_approaches.update(_http_approaches(http_kinds, raw, y, bundle, run, repeats, seed, torch_threads,
-                                                  device_threads, progress))
+                                                  device_threads, progress, float(rtt_ms) / 1000.0))
         if "plaintext" in result_approaches:
             result_approaches["plaintext"]["reference_accuracy"] = _reference_plaintext(run, ds)
             result_approaches["plaintext"]["model"] = "the daonet run's whole network on the server, dropping off"
@@ -579,6 +594,7 @@ def run_encryption_bench(
         "raw_input_bytes": raw_bytes,
         "raw_input_what": "784 uint8 pixels, as a device holds an MNIST image",
         "repeats": repeats,
+        "emulated_rtt_ms": float(rtt_ms),
         "labels": [int(v) for v in y],
         "approaches": ordered,
         "ratios": _ratios(ordered, raw_bytes),

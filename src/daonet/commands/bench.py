@@ -38,6 +38,8 @@ def encryption(
     device_threads: Annotated[int, typer.Option(help="BLAS threads of the device side (1, as on a phone; 0: numpy's "
                                                      "default)")] = 1,
     seed: Annotated[int, typer.Option(help="seed of the device's dropping masks")] = 0,
+    rtt_ms: Annotated[float, typer.Option(help="emulated network round trip (ms) added to every plaintext and "
+                                               "daonet request; 0: loopback only")] = 0.0,
 ) -> None:
     """Plaintext vs daonet vs homomorphic encryption on the same MNIST test images, in one run."""
     from rich.console import Console
@@ -53,7 +55,7 @@ def encryption(
         he_options: dict[str, Any] = {"hidden": he_hidden, "epochs": he_epochs}
         result = bench.run_encryption_bench(n, dataset, bundle_dir=bundle, run_dir=run, he_options=he_options,
                                             approaches=approaches, repeats=repeats, seed=seed, torch_threads=threads,
-                                            device_threads=device_threads or None)
+                                            device_threads=device_threads or None, rtt_ms=rtt_ms)
         paths = bench.write_report(result, out_dir)
     except DaonetError as exc:
         fail(str(exc))
