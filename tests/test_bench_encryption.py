@@ -154,6 +154,8 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, mnist):
         encryption.run_encryption_bench(len(mnist.x_test) + 1, ds=mnist)
     with pytest.raises(InputError, match="repeats"):
         encryption.run_encryption_bench(N, repeats=0)
+    with pytest.raises(InputError, match="rtt-ms"):
+        encryption.run_encryption_bench(N, rtt_ms=-5)
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(InputError, match="not a directory"):
