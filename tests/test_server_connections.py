@@ -166,3 +166,28 @@ def test_rate_limited_wrong_keys_close_their_connection(start_server, serve_digi
     assert [r.status_code for r in codes] == [401, 401, 429]
     assert "connection" not in codes[0].headers and codes[2].headers["connection"] == "close"
     assert codes[2].json()["error"] == "too_many_failed_authentications" and int(codes[2].headers["retry-after"]) >= 1
+
+
+def test_an_address_that_keeps_earning_413s_is_throttled_at_accept_and_others_are_not(start_server,
+                                                                                     serve_digits_bundle, good):
+    """More than STRIKE_BURST oversized bodies in a burst: the address's next connections are dropped unanswered
+    (a few a second still get through), while another address is served as before."""
+    from daonet.server.limits import STRIKE_BURST
+
+    server = start_server(ServerConfig(bundles=[serve_digits_bundle.server], api_key_hashes=[hash_api_key(KEY)]))
+
+    def oversized(source: str) -> bytes:
+        try:
+            with _connect(server.port, source) as sock:
+                sock.sendall(_head(10_000_000))
+                return _read_until_closed(sock, 3)[1]
+        except (ConnectionResetError, BrokenPipeError):
+            return b""
+
+    answers = [oversized("127.0.0.9") for _ in range(STRIKE_BURST + 10)]
+    assert answers[0].startswith(b"HTTP/1.1 413")
+    later = [oversized("127.0.0.9") for _ in range(10)]
+    assert sum(a == b"" for a in later) >= 5, [a[:20] for a in later]  # dropped at accept, no answer
+    with httpx.Client(base_url=server.url, transport=httpx.HTTPTransport(local_address="127.0.0.10")) as http:
+        r = http.post(PREDICT, content=good, headers={"Content-Type": "application/octet-stream", "X-API-Key": KEY})
+    assert r.status_code == 200, r.text
