@@ -50,6 +50,13 @@ def test_forwarded_allow_ips_are_validated():
     with pytest.raises(ConfigError, match="not an IP address or network"):
         ServerConfig(bundles=["x"], forwarded_allow_ips=["proxy.example"]).validate()
     ServerConfig(bundles=["x"], forwarded_allow_ips=["10.0.0.0/24", "::1", "*"]).validate()
+    assert ServerConfig(bundles=["x"]).uvicorn_options()["proxy_headers"] is False  # uvicorn trusts loopback else
+
+
+def test_serve_takes_forwarded_allow_ips_and_refuses_a_name(serve_digits_bundle):
+    r = CliRunner().invoke(cli_app, ["serve", str(serve_digits_bundle.server), "--forwarded-allow-ips",
+                                     "10.0.0.1,proxy.example"])
+    assert r.exit_code != 0 and "'proxy.example' is not an IP address or network" in r.output, r.output
 
 
 # -- keys in URLs ----------------------------------------------------------------------------------------------

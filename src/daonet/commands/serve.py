@@ -71,6 +71,9 @@ def serve(
         help="serve only bundles signed by this Ed25519 key (OUT.pub from `daonet keygen`; repeatable)")] = None,
     protect_metrics: Annotated[bool, typer.Option("--protect-metrics", help="require the API key for /metrics "
                                                                             "too")] = False,
+    forwarded_allow_ips: Annotated[str, typer.Option(
+        help="comma-separated addresses or networks of reverse proxies whose X-Forwarded-For/-Proto are believed "
+             "('*': any); default none, so a client cannot pick the address its limits and logs see")] = "",
 ) -> None:
     """Serve server bundles over HTTP: predictions from sparse dropped activations, never raw inputs."""
     from ..server.config import ServerConfig
@@ -88,7 +91,8 @@ def serve(
                               max_connections=max_connections,
                               max_connections_per_client=max_connections_per_client,
                               auth_failures_per_minute=auth_failures_per_minute, docs=docs,
-                              protect_metrics=protect_metrics, public_keys=list(public_key or [])).validate()
+                              protect_metrics=protect_metrics, public_keys=list(public_key or []),
+                              forwarded_allow_ips=forwarded_allow_ips.split(",")).validate()
     except DaonetError as exc:
         fail(str(exc))
     if not _is_loopback(host):
