@@ -3,6 +3,7 @@
     python bench/device_step.py --out reports/device-step            # the demo's MNIST model (trained once)
     python bench/device_step.py --bundle bundles/mnist --inputs x.npy  # any dense bundle, inputs as .npy
     python bench/device_step.py --kinds /tmp/kinds --n 20 --repeats 3  # every layer kind: encode vs certified
+    python bench/device_step.py --batch --n 32 --repeats 3            # encode_many vs one by one
 
 Both paths run in the same process on the same inputs and masks, interleaved (reference, fast, reference,
 ...), so machine noise hits both alike; the figure that matters is the ratio. The fast path must give the
@@ -227,6 +228,49 @@ def run_kinds(cache: Path, n: int, n_reference: int, repeats: int) -> dict[str, 
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
 
 
+def _batch_steps(device: DeviceModel, xs: np.ndarray, masks: Any) -> dict[str, Any]:
+    """The four ways to send ``xs``: one by one or as a batch, plain or certified (each returns the bytes)."""
+    return {"encode": lambda: [device.encode(x, masks).data for x in xs],
+            "encode_many": lambda: [p.data for p in device.encode_many(xs, masks)],
+            "encode_certified": lambda: [device.encode_certified(x, masks)[0].data for x in xs],
+            "encode_many_certified": lambda: [p.data for p, _ in device.encode_many_certified(xs, masks)]}
+
+
+def run_batch(n: int, repeats: int) -> dict[str, Any]:
+    """The shipped defaults, ``n`` readings buffered: ``encode_many`` / ``encode_many_certified`` against one call
+    per reading, interleaved, with :class:`KeyedMasks` so both must give the same bytes (checked)."""
+    from daonet.data import load_dataset
+    from daonet.defaults import default_bundle
+    from daonet.device import KeyedMasks
+
+    out: dict[str, Any] = {}
+    for name in ("mnist", "ecg5000"):
+        device = DeviceModel.load(default_bundle(name).root / "device")
+        xs = load_dataset(name).x_test[:n].astype(np.float32)
+        if device.raw_dtype == "uint8":
+            xs = (xs * 255).round().astype(np.uint8)
+        masks = KeyedMasks(key=b"bench-key-" * 4, model_version=device.version)
+        steps = _batch_steps(device, xs, masks)
+        times: dict[str, list[float]] = {k: [] for k in steps}
+        for r in range(repeats + 1):
+            got = {}
+            for k, fn in steps.items():
+                t0 = time.perf_counter()
+                got[k] = fn()
+                if r:
+                    times[k].append((time.perf_counter() - t0) / n * 1e6)
+            if got["encode"] != got["encode_many"] or got["encode_certified"] != got["encode_many_certified"]:
+                raise SystemExit(f"{name}: the batch form changed the bytes")
+        med = {k: round(statistics.median(v), 1) for k, v in times.items()}
+        out[name] = {**{f"{k}_us": v for k, v in med.items()},
+                     "one_by_one_over_many": round(med["encode"] / med["encode_many"], 2),
+                     "one_by_one_over_many_certified": round(med["encode_certified"] / med["encode_many_certified"], 2)}
+        print(f"{name:8s} " + "  ".join(f"{k} {v:.0f} µs" for k, v in med.items())
+              + f"  one-by-one / batch: {out[name]['one_by_one_over_many']}x plain, "
+                f"{out[name]['one_by_one_over_many_certified']}x certified", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", type=Path, help="bundle (root or device/); default: the demo's cached MNIST model")
@@ -237,7 +281,11 @@ def main() -> None:
     ap.add_argument("--kinds", type=Path, metavar="CACHE",
                     help="every layer kind instead (bundles trained once into CACHE): encode vs encode_certified")
     ap.add_argument("--n-reference", type=int, default=5, help="--kinds: inputs for the (slow) reference path")
+    ap.add_argument("--batch", action="store_true", help="encode_many(_certified) vs one by one (shipped defaults)")
     args = ap.parse_args()
+    if args.batch:
+        run_batch(args.n, args.repeats)
+        return
     if args.kinds is not None:
         kinds = run_kinds(args.kinds, args.n, args.n_reference, args.repeats)
         if args.out:
