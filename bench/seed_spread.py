@@ -25,11 +25,11 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from daonet.audit import AuditConfig, run_audit, write_report
-from daonet.audit_summary import read_summary
+from daonet.audit_report import read_report
 from daonet.data import load_dataset
 from daonet.defaults import DefaultBundle, default_bundle
 from daonet.device import DeviceModel
-from daonet.export import export_run
+from daonet.exporting import export_run
 from daonet.train import recommended_config, save_run, train
 
 
@@ -53,11 +53,11 @@ def one_seed(default: DefaultBundle, seed: int, out: Path, audit: bool, budget: 
         elif not report.exists():
             cfg = AuditConfig(dataset=default.dataset, budget=budget, checkpoint_dir=str(audit_dir / "checkpoints"))
             write_report(run_audit(bundle, cfg, dataset=load_dataset(default.dataset)), audit_dir)
-        s = read_summary(report)
-        row.update(audit_accuracy=s.accuracy, audit_surviving=s.surviving, best_attack=s.best_attack, best=s.best,
-                   label_only=s.label_only, leakage=s.leakage, class_prior=s.class_prior,
+        s = read_report(report)
+        row.update(audit_accuracy=s.accuracy, audit_surviving=s.surviving.mean, best_attack=s.best_attack, best=s.best,
+                   label_only=s.label_only, leakage=s.leakage.mean if s.leakage else None, class_prior=s.class_prior,
                    lower_bound=s.is_lower_bound, metric=s.metric,
-                   compute_s=json.loads(report.read_text())["timing_s"].get("compute_s"))
+                   compute_s=s.compute_s)
     return row
 
 
@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [one_seed(default, s, args.out, not args.no_audit, args.budget) for s in seeds]
     artifact = None
     if default.report.exists():
-        s = read_summary(default.report)
-        artifact = {"seed": "artifact", "accuracy": s.accuracy, "surviving": s.surviving, "best": s.best,
-                    "label_only": s.label_only, "leakage": s.leakage, "version": s.version,
+        s = read_report(default.report)
+        artifact = {"seed": "artifact", "accuracy": s.accuracy, "surviving": s.surviving.mean, "best": s.best,
+                    "label_only": s.label_only, "leakage": s.leakage.mean if s.leakage else None, "version": s.version,
                     "lower_bound": s.is_lower_bound}
     md = (f"# {default.name}: the recipe over training seeds vs the shipped artifact\n\n"
           f"`python bench/seed_spread.py --dataset {args.dataset} --seeds {args.seeds}"

@@ -171,7 +171,7 @@ def prepare_models(names: list[str], ecg_epochs: int) -> dict[str, dict[str, Any
     if "mnist-mlp" in names:
         mnist_bundle, _ = ensure_bundles(DEFAULT_CACHE)
         mnist = load_dataset("mnist")
-        out["mnist-mlp"] = {"bundle": mnist_bundle, "run": DEFAULT_CACHE / "run",
+        out["mnist-mlp"] = {"bundle": mnist_bundle, "run": mnist_bundle.parent / "run",
                             "x": (mnist.x_test[:1000] * 255).round().astype(np.uint8), "y": mnist.y_test[:1000]}
     if "ecg5000-cnn1d" in names:
         ecg_dir = CACHE / "ecg5000-cnn1d"

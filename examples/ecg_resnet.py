@@ -123,9 +123,9 @@ def main() -> None:
            if args.small else AuditConfig(dataset="ecg5000", budget="full"))
     result = run_audit(out / "bundle", cfg, dataset=ds, progress=False, log=lambda s: None)
     report = result.report
-    metric = report["metric"]
-    for name, entry in report["attacks"].items():
-        print(f"  audit {name:12s} {metric} {entry['metrics'][metric]['mean']:.3f}")
+    for name, score in report.scores().items():
+        print(f"  audit {name:12s} {report.metric} {score:.3f}")
+    print("\n".join(report.headline()))
     _, html = write_report(result, out / "audit")
     print(f"audit report: {html}")
 

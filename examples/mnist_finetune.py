@@ -114,9 +114,10 @@ def main() -> None:
     cfg = (AuditConfig(dataset="mnist", budget="quick", attacks=("min_norm",), n_test=40)
            if args.small else AuditConfig(dataset="mnist", budget="full"))
     result = run_audit(out / "bundle", cfg, dataset=ds, progress=False, log=lambda s: None)
-    metric = result.report["metric"]
-    for name, entry in result.report["attacks"].items():
-        print(f"  audit {name:12s} {metric} {entry['metrics'][metric]['mean']:.3f}")
+    report = result.report
+    for name, score in report.scores().items():
+        print(f"  audit {name:12s} {report.metric} {score:.3f}")
+    print("\n".join(report.headline()))
     _, html = write_report(result, out / "audit")
     print(f"audit report: {html}")
 

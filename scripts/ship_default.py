@@ -11,14 +11,14 @@ arrays (so it shows what this daonet's report shows), ``audit.json.sig`` is writ
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from daonet.audit.core import load_examples
 from daonet.audit.report import render_audit_html
-from daonet.audit_summary import read_summary
+from daonet.audit_report import read_report
 from daonet.defaults import AUDIT_DIR, default_bundle
 from daonet.device import DeviceModel
 from daonet.verify import REPORT_NAME, sign_report, verify_bundle
@@ -31,17 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--key", type=Path, required=True, help="the project's Ed25519 signing key")
     args = ap.parse_args(argv)
     default = default_bundle(args.dataset)
-    summary = read_summary(args.audit_out / REPORT_NAME)
+    summary = read_report(args.audit_out / REPORT_NAME)
     device = DeviceModel.load(default.root / "device")
     if summary.version != device.version:
         sys.exit(f"error: {args.audit_out} audited version {summary.version}, the shipped bundle is {device.version}")
     dest = default.root / AUDIT_DIR
     dest.mkdir(exist_ok=True)
-    report = json.loads((args.audit_out / REPORT_NAME).read_text())
-    report["bundle"]["path"] = f"src/daonet/defaults/{default.name}"  # not the auditing machine's path
-    report["config"]["checkpoint_dir"] = None
-    report["config"]["data_root"] = None
-    (dest / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    report = replace(summary, bundle=replace(summary.bundle, path=f"src/daonet/defaults/{default.name}"),
+                     config={**summary.config, "checkpoint_dir": None, "data_root": None})  # not this machine's
+    report.write(dest / REPORT_NAME)
     examples = load_examples(args.audit_out / "examples.npz")
     (dest / "report.html").write_text(render_audit_html(report, examples))
     shutil.copy(args.audit_out / "examples.npz", dest / "examples.npz")

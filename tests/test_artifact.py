@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from daonet.audit_summary import read_summary
+from daonet.audit_report import read_report
 from daonet.cli import app
 from daonet.defaults import DEFAULTS, PROJECT_PUBLIC_KEY
 from daonet.device import DeviceModel
@@ -97,7 +97,7 @@ def test_quick_report_is_not_a_claim(tmp_path, serve_digits_run):
     """A user's own bundle, signed with their key, with a quick (smoke-test) audit signed too: refused, because a
     quick audit is not a privacy claim; the message says which budget to run."""
     from daonet.audit import AuditConfig, run_audit, write_report
-    from daonet.export import export_model
+    from daonet.exporting import export_model
     from daonet.signing import generate_keypair
 
     key, pub = generate_keypair(tmp_path / "vendor")
@@ -109,7 +109,7 @@ def test_quick_report_is_not_a_claim(tmp_path, serve_digits_run):
     write_report(run_audit(root, cfg, dataset=serve_digits_run.dataset, progress=False, log=lambda _: None),
                  root / "audit")
     sign_report(root / "audit" / REPORT_NAME, key)
-    assert read_summary(root / "audit" / REPORT_NAME).label_only is not None
+    assert read_report(root / "audit" / REPORT_NAME).label_only is not None
     with pytest.raises(BundleError, match="not a privacy claim"):
         verify_bundle(root, public_keys=[pub])
     with pytest.raises(BundleError, match="not signed by a trusted key"):  # the project's key did not sign it
@@ -119,7 +119,7 @@ def test_quick_report_is_not_a_claim(tmp_path, serve_digits_run):
 def test_verify_cli(copy_of_default):
     res = runner.invoke(app, ["verify", str(DEFAULTS["mnist"].root)])
     assert res.exit_code == 0, res.output
-    assert "leakage beyond the label" in res.output and read_summary(DEFAULTS["mnist"].report).version in res.output
+    assert "leakage beyond the label" in res.output and read_report(DEFAULTS["mnist"].report).version in res.output
     (copy_of_default / "audit" / REPORT_NAME).unlink()
     res = runner.invoke(app, ["verify", str(copy_of_default)])
     assert res.exit_code == 2 and "no audit report" in res.output
@@ -132,7 +132,7 @@ def test_same_seed_same_threads_same_bundle_version(tmp_path):
     content-bound version; another seed gives another version (so the check could fail)."""
     import torch
 
-    from daonet.export import export_model
+    from daonet.exporting import export_model
     from daonet.train import TrainConfig, train
 
     def version(seed: int, name: str) -> str:

@@ -50,36 +50,36 @@ def audit_p0(undefended, digits):
 
 def test_every_attack_beats_the_data_mean_on_an_undefended_model(audit_p0):
     rep = audit_p0.report
-    assert rep["accuracy"] > 0.8
-    mean_ssim = rep["attacks"]["data_mean"]["metrics"]["ssim"]["mean"]
+    assert rep.accuracy > 0.8
+    mean_ssim = rep.attacks["data_mean"].metrics["ssim"].mean
     for name in ("min_norm", "rmle", "rmle_prior", "rmle_naive", "decoder_mlp", "decoder_conv", "decoder_adaptive"):
-        ssim = rep["attacks"][name]["metrics"]["ssim"]
-        assert ssim["mean"] > mean_ssim + 0.05, name
-        assert rep["attacks"][name]["metrics"]["psnr"]["mean"] > rep["attacks"]["data_mean"]["metrics"]["psnr"]["mean"]
+        ssim = rep.attacks[name].metrics["ssim"]
+        assert ssim.mean > mean_ssim + 0.05, name
+        assert rep.attacks[name].metrics["psnr"].mean > rep.attacks["data_mean"].metrics["psnr"].mean
     # a learned inverse network is the strongest here, and it beats the class prior and the prediction alone
-    assert rep["best_attack"].startswith("decoder_") and rep["best_advantage"] > 0
-    assert rep["best"] > rep["prediction_only"] and rep["advantage_over_prediction"] > 0
-    dec = rep["budgets"]["decoder_mlp"]
-    assert dec["public_train"] + dec["public_val"] == 1437 and "fresh" in dec["masks"]
-    assert len(dec["val_metric_per_epoch"]) == dec["epochs_run"] <= 25
-    assert dec["best_val"] == max(dec["val_metric_per_epoch"])  # the best held-out epoch's weights are kept
+    assert rep.best_attack.startswith("decoder_") and rep.best_advantage > 0
+    assert rep.best > rep.prediction_only and rep.advantage_over_prediction > 0
+    dec = rep.budgets["decoder_mlp"]
+    assert dec.public_train + dec.public_val == 1437 and "fresh" in dec.masks
+    assert len(dec.val_metric_per_epoch) == dec.epochs_run <= 25
+    assert dec.best_val == max(dec.val_metric_per_epoch)  # the best held-out epoch's weights are kept
     # the quick budget is labelled as what it is
-    assert rep["budget"]["name"] == "quick" and not rep["budget"]["claim"]
-    assert "NOT a privacy claim" in rep["warnings"][0]
-    curve = rep["budget_curve"]
-    assert curve["points"][-1]["public_train"] == dec["public_train"]
-    assert curve["points"][0]["public_train"] < curve["points"][-1]["public_train"]
+    assert rep.budget.name == "quick" and not rep.budget.claim
+    assert "NOT a privacy claim" in rep.warnings[0]
+    curve = rep.budget_curve
+    assert curve.points[-1].public_train == dec.public_train
+    assert curve.points[0].public_train < curve.points[-1].public_train
 
 
 def test_certificate_distribution_is_reported(audit_p0):
-    c = audit_p0.report["certificate"]
+    c = audit_p0.report.certificate
     assert 0 < c["k"]["mean"] <= 40 and c["rank"]["max"] <= 40
     assert 0 <= c["revealed_energy"]["min"] <= c["revealed_energy"]["max"] <= 1
     assert len(audit_p0.examples["cert"]["k"]) == FAST.n_test
 
 
 def test_repeated_queries_without_dropping_reveal_nothing_new(audit_p0):
-    rows = audit_p0.report["repeated"]["rows"]
+    rows = audit_p0.report.repeated["rows"]
     fresh = [r for r in rows if r["masks"] == "fresh random" and r["captures"] == "exact replays"]
     assert len({round(r["surviving_union"], 6) for r in fresh}) == 1  # p = 0: every send is identical
     assert all(r["identical"] == 1.0 for r in rows if r["captures"] == "exact replays")
@@ -88,7 +88,7 @@ def test_repeated_queries_without_dropping_reveal_nothing_new(audit_p0):
 def test_repeated_fresh_masks_accumulate_keyed_masks_do_not(dropped, digits):
     cfg = replace(FAST, attacks=("min_norm", "repeated"), repeats=(1, 10))
     rep = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report
-    rows = {(r["captures"], r["masks"], r["k"]): r for r in rep["repeated"]["rows"]}
+    rows = {(r["captures"], r["masks"], r["k"]): r for r in rep.repeated["rows"]}
     replay, noisy = "exact replays", "±2 grey levels"
     fresh1, fresh10 = rows[(replay, "fresh random", 1)], rows[(replay, "fresh random", 10)]
     assert fresh10["surviving_union"] > fresh1["surviving_union"] + 1
@@ -106,12 +106,12 @@ def test_policy_audit_holds_and_costs_are_reported(dropped, digits):
     cfg = replace(FAST, attacks=("min_norm", "decoder"), decoder_epochs=2, max_revealed_energy=0.2,
                   policy_thresholds=(0.3,), budget_curve=False)
     rep = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report
-    assert rep["policy"]["max_revealed_energy"] == 0.2
-    assert rep["certificate"]["policy_ok_all"]
-    assert rep["certificate"]["revealed_energy"]["max"] <= 0.2 + 1e-6
-    assert rep["certificate"]["identifiable"]["max"] == 0
-    assert "policy" in rep["budgets"]["decoder_mlp"]["masks"]  # the legacy name 'decoder' is the MLP family
-    costs = {row["max_revealed_energy"]: row for row in rep["policy_cost"]}
+    assert rep.policy["max_revealed_energy"] == 0.2
+    assert rep.certificate["policy_ok_all"]
+    assert rep.certificate["revealed_energy"]["max"] <= 0.2 + 1e-6
+    assert rep.certificate["identifiable"]["max"] == 0
+    assert "policy" in rep.budgets["decoder_mlp"].masks  # the legacy name 'decoder' is the MLP family
+    costs = {row["max_revealed_energy"]: row for row in rep.policy_cost}
     assert costs[None]["dropped_by_policy"] == 0 and costs[0.3]["policy_ok_all"]
     assert costs[0.3]["revealed_energy"] <= costs[None]["revealed_energy"]
 
@@ -151,7 +151,7 @@ def test_metrics_sanity():
     assert s["nmse"]["advantage"] == pytest.approx(0.5)  # lower error is an advantage
 
 
-def test_cli_audit_and_frontier(undefended, tmp_path):
+def test_cli_audit(undefended, tmp_path):
     runner = CliRunner()
     out = tmp_path / "single"
     res = runner.invoke(app, ["audit", str(undefended[0]), "--dataset", "digits", "--out", str(out), "--n-test", "20",
@@ -163,21 +163,8 @@ def test_cli_audit_and_frontier(undefended, tmp_path):
     assert res.exit_code != 0 and "does not exist" in " ".join(res.output.split())
     res = runner.invoke(app, ["audit", str(undefended[0]), "--attacks", "min_norm,telepathy", "--out", str(out)])
     assert res.exit_code != 0 and "unknown attack" in " ".join(res.output.split())
-    front = tmp_path / "front"
-    args = ["audit", "frontier", "--dataset", "digits", "--model", "mlp", "--drop-rates", "0,0.5", "--epochs", "2",
-            "--out", str(front), "--n-test", "20", "--attacks", "min_norm,decoder", "--decoder-epochs", "2",
-            "--budget", "quick",
-            "--model-opt", "hidden=32", "--threads", "1"]
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    rows = json.loads((front / "frontier.json").read_text())["rows"]
-    assert [r["drop_rate"] for r in rows] == [0.0, 0.5]
-    assert rows[1]["surviving"] < rows[0]["surviving"]
-    assert (front / "report.html").read_text().count("data:image/png;base64,") >= 3
-    mtime = (front / "p0.5" / "audit.json").stat().st_mtime
-    res = runner.invoke(app, args)  # everything cached: nothing is retrained or re-audited
-    assert res.exit_code == 0 and "reusing the audit" in res.output
-    assert (front / "p0.5" / "audit.json").stat().st_mtime == mtime
+    res = runner.invoke(app, ["audit", "--help"])
+    assert res.exit_code == 0 and "--budget" in res.output and "--dataset" in res.output  # options, not subcommands
 
 
 def test_decoders_optimise_exactly_the_reported_metric():
@@ -203,11 +190,11 @@ def test_decoder_early_stops_on_held_out_data_and_keeps_its_best_epoch(dropped, 
     cfg = replace(FAST, attacks=("decoder_mlp",), decoder_epochs=400, decoder_patience=3, decoder_hidden=64,
                   budget_curve=False)
     rep = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report
-    dec = rep["budgets"]["decoder_mlp"]
-    assert dec["converged"] and dec["epochs_run"] < 400 and rep["all_converged"]
-    assert dec["epochs_run"] - dec["best_epoch"] <= 3  # stopped after `patience` epochs without a real gain
-    assert dec["best_val"] == max(dec["val_metric_per_epoch"])
-    assert not any("epoch cap" in w for w in rep["warnings"])
+    dec = rep.budgets["decoder_mlp"]
+    assert dec.converged and dec.epochs_run < 400 and rep.all_converged
+    assert dec.epochs_run - dec.best_epoch <= 3  # stopped after `patience` epochs without a real gain
+    assert dec.best_val == max(dec.val_metric_per_epoch)
+    assert not any("epoch cap" in w for w in rep.warnings)
 
 
 def test_report_without_the_public_data_curve_still_shows_convergence(dropped, digits, tmp_path):
@@ -224,9 +211,9 @@ def test_mixed_precision_decoder_is_as_strong_as_float32(dropped, digits):
                   budget_curve=False, torch_device="cpu")
     reps = {prec: run_audit(dropped[0], replace(cfg, decoder_precision=prec), dataset=digits, progress=False,
                             log=lambda s: None).report for prec in ("fp32", "bf16")}
-    assert reps["fp32"]["budgets"]["decoder_mlp"]["precision"] == "float32"
-    assert reps["bf16"]["budgets"]["decoder_mlp"]["precision"].startswith("bf16 autocast")
-    vals = {prec: r["budgets"]["decoder_mlp"]["best_val"] for prec, r in reps.items()}
+    assert reps["fp32"].budgets["decoder_mlp"].precision == "float32"
+    assert reps["bf16"].budgets["decoder_mlp"].precision.startswith("bf16 autocast")
+    vals = {prec: r.budgets["decoder_mlp"].best_val for prec, r in reps.items()}
     assert vals["fp32"] > 0.2 and abs(vals["bf16"] - vals["fp32"]) < 0.03, vals
     with pytest.raises(InputError, match="precision"):
         run_audit(dropped[0], replace(cfg, decoder_precision="fp8"), dataset=digits, progress=False)
@@ -238,45 +225,45 @@ def test_an_interrupted_audit_resumes_only_the_same_audit(dropped, digits, tmp_p
     cfg = replace(FAST, attacks=("min_norm", "decoder_mlp"), decoder_epochs=8, decoder_hidden=64,
                   checkpoint_dir=str(tmp_path / "ck"))
     first = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report
-    assert first["resumed_attacks"] == [] and first["budget_curve"] is not None
+    assert first.resumed_attacks == () and first.budget_curve is not None
     again = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report
-    assert again["resumed_attacks"] == ["min_norm", "decoder_mlp"]
+    assert again.resumed_attacks == ("min_norm", "decoder_mlp")
     # the reused attacks' compute still counts in what the audit cost (this run alone took a fraction of it)
-    assert again["timing_s"]["compute_s"] >= first["budgets"]["decoder_mlp"]["seconds"] > 0
-    assert again["timing_s"]["compute_s"] > again["timing_s"]["total_s"]
+    assert again.timing_s["compute_s"] >= first.budgets["decoder_mlp"].seconds > 0
+    assert again.timing_s["compute_s"] > again.timing_s["total_s"]
     for name in ("min_norm", "decoder_mlp"):
-        assert again["attacks"][name]["metrics"]["ssim"]["mean"] == first["attacks"][name]["metrics"]["ssim"]["mean"]
-    assert again["budget_curve"]["points"] == first["budget_curve"]["points"]
+        assert again.attacks[name].metrics["ssim"].mean == first.attacks[name].metrics["ssim"].mean
+    assert again.budget_curve.points == first.budget_curve.points
     (folder,) = (tmp_path / "ck").iterdir()
     (folder / "min_norm.npy").write_bytes(b"damaged")
     other = run_audit(dropped[0], replace(cfg, decoder_hidden=32), dataset=digits, progress=False,
                       log=lambda s: None).report
-    assert other["resumed_attacks"] == [] and len(list((tmp_path / "ck").iterdir())) == 2
+    assert other.resumed_attacks == () and len(list((tmp_path / "ck").iterdir())) == 2
     redo = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report
-    assert redo["resumed_attacks"] == ["decoder_mlp"]  # the damaged one ran again
-    assert redo["attacks"]["min_norm"]["metrics"]["ssim"]["mean"] == pytest.approx(
-        first["attacks"]["min_norm"]["metrics"]["ssim"]["mean"])
+    assert redo.resumed_attacks == ("decoder_mlp",)  # the damaged one ran again
+    assert redo.attacks["min_norm"].metrics["ssim"].mean == pytest.approx(
+        first.attacks["min_norm"].metrics["ssim"].mean)
 
 
 def test_budget_curve_sizes_can_be_chosen(dropped, digits):
     cfg = replace(FAST, attacks=("decoder_mlp",), decoder_epochs=3, decoder_hidden=32, curve_sizes=(100, 300))
-    curve = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report["budget_curve"]
-    sizes = [p["public_train"] for p in curve["points"]]
+    curve = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report.budget_curve
+    sizes = [p.public_train for p in curve.points]
     assert sizes[:2] == [100, 300] and len(sizes) == 3 and sizes[2] > 1000  # the chosen sizes, then all of it
-    assert curve["last_doubling_gain"] == pytest.approx(curve["points"][2]["test"] - curve["points"][1]["test"])
+    assert curve.last_doubling_gain == pytest.approx(curve.points[2].test - curve.points[1].test)
 
 
 def test_budget_curve_family_can_be_chosen_and_the_report_says_when_it_is_not_the_strongest(dropped, digits):
     cfg = replace(FAST, attacks=("decoder_mlp", "decoder_adaptive"), decoder_epochs=4, decoder_hidden=32,
                   curve_sizes=(300,))
     rep = run_audit(dropped[0], cfg, dataset=digits, progress=False, log=lambda s: None).report
-    vals = {f: rep["budgets"][f"decoder_{f}"]["best_val"] for f in ("mlp", "adaptive")}
+    vals = {f: rep.budgets[f"decoder_{f}"].best_val for f in ("mlp", "adaptive")}
     weaker = min(vals, key=vals.get)
-    assert rep["budget_curve"]["family"] == max(vals, key=vals.get)  # auto: the strongest on held-out data
+    assert rep.budget_curve.family == max(vals, key=vals.get)  # auto: the strongest on held-out data
     chosen = run_audit(dropped[0], replace(cfg, curve_family=weaker), dataset=digits, progress=False,
                        log=lambda s: None).report
-    assert chosen["budget_curve"]["family"] == weaker
-    assert any("--curve-family" in w and "weaker attacker" in w for w in chosen["warnings"])
+    assert chosen.budget_curve.family == weaker
+    assert any("--curve-family" in w and "weaker attacker" in w for w in chosen.warnings)
     with pytest.raises(InputError, match="decoder_conv is not among the attacks"):
         run_audit(dropped[0], replace(cfg, curve_family="conv"), dataset=digits, progress=False)
     with pytest.raises(InputError, match="--curve-family must be"):
@@ -289,9 +276,9 @@ def test_library_call_audits_your_own_arrays(undefended, digits, tmp_path):
     res = daonet.audit(undefended[0], (digits.x_train, digits.y_train), (digits.x_test, digits.y_test),
                        budget="quick", attacks=("min_norm", "decoder_mlp"), n_test=30, budget_curve=False,
                        out=tmp_path, progress=False, log=lambda s: None)
-    s = res.summary
-    assert s.budget == "quick" and not s.is_claim and s.best_attack in ("min_norm", "decoder_mlp")
-    assert s.attacks["min_norm"].mean > s.attacks["data_mean"].mean
+    s = res.report
+    assert s.budget.name == "quick" and not s.is_claim and s.best_attack in ("min_norm", "decoder_mlp")
+    assert s.score("min_norm") > s.score("data_mean")
     assert (tmp_path / "report.html").exists()
     with pytest.raises(InputError, match="either dataset"):
         daonet.audit(undefended[0], (digits.x_train, digits.y_train))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .audit_summary import AuditSummary, read_summary
+from .audit_report import AuditReport, read_report
 from .bundle import check_pair, load_bundle
 from .errors import BundleError
 from .manifest import DEVICE_FORMAT, SERVER_FORMAT
@@ -38,7 +38,7 @@ class Verification:
     version: str
     key_id: str
     report: Path
-    audit: AuditSummary
+    audit: AuditReport
 
     def lines(self) -> list[str]:
         return [f"verified {self.model_id} version {self.version}: signed by key {self.key_id}, every file intact",
@@ -55,7 +55,7 @@ def sign_report(report: str | Path, sign_key: str | Path) -> Path:
     from .signing import load_private_key, sign
 
     report = Path(report)
-    read_summary(report)  # refuse to sign something that is not an audit report
+    read_report(report)  # refuse to sign something that is not an audit report
     sig, kid = sign(load_private_key(sign_key), _report_message(report))
     out = report.with_name(report.name + SIGNATURE_SUFFIX)
     out.write_text(json.dumps({"signature": sig, "key_id": kid}) + "\n")
@@ -102,15 +102,15 @@ def verify_bundle(bundle: str | Path, *, public_keys: Sequence[Any] | None = Non
     _, server, _ = load_bundle(root / "server", SERVER_FORMAT, keys)
     check_pair(device, server)
     report_path = Path(report) if report is not None else root / AUDIT_DIR / REPORT_NAME
-    summary = read_summary(report_path)
+    summary = read_report(report_path)
     _check_report_signature(report_path, keys)
     if (summary.model_id, summary.version) != (device.model_id, device.version):
         raise BundleError(f"{report_path} audited {summary.model_id} version {summary.version}, but the bundle is "
                           f"{device.model_id} version {device.version}: this bundle's privacy is unaudited; audit "
                           f"it with `daonet audit {root} --dataset D --out {root / AUDIT_DIR}`")
     if not summary.is_claim:
-        raise BundleError(f"{report_path} comes from a {summary.budget!r}-budget audit, a smoke test that is not a "
-                          "privacy claim; audit the bundle with `--budget full`")
+        raise BundleError(f"{report_path} comes from a {summary.budget.name!r}-budget audit, a smoke test that is "
+                          "not a privacy claim; audit the bundle with `--budget full`")
     integrity = device.integrity
     assert integrity is not None and integrity.key_id is not None  # load_bundle checked the signature
     return Verification(root, device.model_id, device.version, integrity.key_id, report_path, summary)

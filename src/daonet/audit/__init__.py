@@ -4,16 +4,15 @@ See docs/ and ``daonet audit --help``. Attacks are registered in :mod:`daonet.au
 attackers (trained to convergence) live in :mod:`daonet.audit.decoders`.
 """
 
+import inspect
 import sys
 import types
-from typing import Any
 
-from ..audit_summary import AttackScore, AuditSummary
+from ..audit_config import BUDGETS, AuditConfig
+from ..audit_report import AttackResult, AuditReport, read_report
 from .api import audit
 from .core import (
     ATTACKS,
-    BUDGETS,
-    AuditConfig,
     AuditResult,
     load_pair,
     run_audit,
@@ -21,16 +20,17 @@ from .core import (
 )
 from .registry import AttackContext, AttackOutcome, available_attacks, create_attack, register_attack
 
-__all__ = ["ATTACKS", "audit", "BUDGETS", "AttackContext", "AttackOutcome", "AttackScore", "AuditConfig", "AuditResult",
-           "AuditSummary", "available_attacks", "create_attack", "load_pair", "register_attack", "run_audit",
-           "write_report"]
+__all__ = ["ATTACKS", "audit", "BUDGETS", "AttackContext", "AttackOutcome", "AttackResult", "AuditConfig",
+           "AuditResult", "AuditReport", "read_report", "available_attacks", "create_attack", "load_pair",
+           "register_attack", "run_audit", "write_report"]
 
 
-class _CallableModule(types.ModuleType):
-    """``daonet.audit(bundle, public_data, test_data, ...)``: the package is also the library call."""
+class _AuditPackage(types.ModuleType):
+    """``daonet.audit(bundle, public_data, test_data, ...)`` is :func:`daonet.audit.api.audit` itself (not a
+    wrapper); the package stays a package, so ``import daonet.audit.core`` and ``daonet.audit.run_audit`` work."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> AuditResult:
-        return audit(*args, **kwargs)
+    __call__ = staticmethod(audit)
 
 
-sys.modules[__name__].__class__ = _CallableModule
+sys.modules[__name__].__class__ = _AuditPackage
+__signature__ = inspect.signature(audit)  # inspect.signature(daonet.audit): the function's full signature

@@ -30,7 +30,8 @@ def audit(bundle: str | Path, public_data: tuple[Any, Any] | None = None, test_d
         **options: any :class:`~daonet.audit.AuditConfig` field (``n_test``, ``attacks``, ``torch_device``, ...).
 
     Returns:
-        The :class:`~daonet.audit.AuditResult`; ``result.summary`` is the typed headline.
+        The :class:`~daonet.audit.AuditResult`; ``result.report`` is the typed
+        :class:`~daonet.audit_report.AuditReport`.
 
     Raises:
         InputError: neither or both of ``dataset`` and the two arrays, or an unknown option.

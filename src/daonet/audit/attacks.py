@@ -134,8 +134,13 @@ def regularized(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, lam: float
         sl = slice(start, min(start + batch, n_items))
         hb = torch.from_numpy(np.ascontiguousarray(hk[:, sl], dtype=np.float32)).to(dev)  # K, B, m
         mask = (hb > 0).float()
-        x0 = torch.from_numpy(init[sl].reshape(hb.shape[1], -1).astype(np.float32)).to(dev) if init is not None \
-            else mu_t.expand(hb.shape[1], -1).clone()
+        pooled = not naive and hb.shape[0] > 1
+        if pooled:  # sum_k mask (pre - h_k)^2 = cnt pre^2 - 2 pre S + Q: one (B, m) term however many K
+            cnt, s1, s2 = mask.sum(0), (mask * hb).sum(0), (mask * hb * hb).sum(0)
+            n_eq = cnt.sum(1).clamp_min(1.0)
+        n_b = sl.stop - sl.start
+        x0 = torch.from_numpy(init[sl].reshape(n_b, -1).astype(np.float32)).to(dev) if init is not None \
+            else mu_t.expand(n_b, -1).clone()
         x = x0.clone().requires_grad_(True)
         opt = torch.optim.Adam([x], lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -144,6 +149,8 @@ def regularized(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, lam: float
             if naive:
                 res = (torch.relu(pre)[None] - hb) ** 2
                 data = res.mean((0, 2))
+            elif pooled:
+                data = (cnt * pre * pre - 2 * pre * s1 + s2).sum(1) / n_eq
             else:
                 res = (pre[None] - hb) ** 2 * mask
                 data = res.sum((0, 2)) / mask.sum((0, 2)).clamp_min(1.0)

@@ -12,23 +12,25 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..audit_summary import AuditSummary
+from ..audit_config import NOT_A_CLAIM, AuditConfig
+from ..audit_report import REPORT_SCHEMA_VERSION, AuditReport
 from ..bundle import check_pair
 from ..data import Dataset, load_dataset
 from ..device.certificate import PrivacyPolicy, certify
 from ..device.masks import KeyedMasks, MaskSource, RandomMasks, SimilarityKeyedMasks
 from ..device.runtime import DeviceModel
-from ..errors import BundleError, DatasetError, InputError
+from ..errors import BundleError, DatasetError
 from ..server.model import ServerModel
 from ..train import make_progress
 from . import attacks as atk
@@ -38,141 +40,19 @@ from .decoders import DecoderBudget, PublicPairs, fit_decoder
 from .metrics import evaluate, primary_metric, summarize
 from .registry import ALIASES, AttackContext, available_attacks, create_attack
 
-BUDGET_NAMES = ("quick", "full")
-
-
-@dataclass(frozen=True)
-class BudgetPreset:
-    """How hard every attacker tries. ``quick`` is for tests and CI (seconds; not a privacy claim);
-    ``full`` is what privacy numbers are quoted from (all public data, decoders to convergence)."""
-
-    n_test: int
-    public_size: int  # 0: the whole training set
-    decoder: DecoderBudget
-    rmle_steps: int
-    rmle_tune_size: int
-    curve_sizes: tuple[int, ...]  # public-set sizes of the budget curve (plus half and all of it)
-    n_repeat: int
-    claim: bool
-
-
-BUDGETS: dict[str, BudgetPreset] = {
-    "quick": BudgetPreset(n_test=100, public_size=2000,
-                          decoder=DecoderBudget(max_epochs=8, patience=2, hidden=256, batch=128, val_size=300),
-                          rmle_steps=60, rmle_tune_size=32, curve_sizes=(), n_repeat=12, claim=False),
-    "full": BudgetPreset(n_test=1000, public_size=0, decoder=DecoderBudget(), rmle_steps=400, rmle_tune_size=128,
-                         curve_sizes=(2500, 10000), n_repeat=100, claim=True),
-}
-DEFAULT_ATTACKS = ("min_norm", "rmle", "rmle_prior", "rmle_naive", "decoder_mlp", "decoder_conv", "decoder_adaptive",
-                   "decoder_prediction", "decoder_label", "repeated")
 ATTACKS = (*available_attacks(), "repeated")
 ATTACK_LABELS = {
     "data_mean": "data mean (baseline)",
     "class_prior": "class-conditional mean of the predicted class (baseline)",
     **{name: create_attack(name).label for name in available_attacks()},
 }
-NOT_A_CLAIM = "quick budget: attackers stopped early for speed; a lower bound on leakage, NOT a privacy claim"
-
-
-@dataclass
-class AuditConfig:
-    """What is audited and how hard the attackers try (all recorded in the report).
-
-    ``budget`` picks every attacker's budget (:data:`BUDGETS`); any field left ``None`` takes the budget's
-    value, a field that is set overrides it (and is recorded).
-    """
-
-    dataset: str
-    budget: str = "full"
-    n_test: int | None = None
-    public_size: int | None = None  # 0: the whole training set
-    decoder_epochs: int | None = None  # hard cap; decoders stop earlier when the held-out metric stops improving
-    decoder_patience: int | None = None
-    decoder_hidden: int | None = None
-    decoder_batch: int | None = None
-    decoder_loss: str | None = None
-    decoder_precision: str | None = None  # auto (bf16 autocast on CPUs with native bf16, TF32 on CUDA), fp32, bf16
-    rmle_steps: int | None = None
-    rmle_tune_size: int | None = None
-    budget_curve: bool = True  # retrain the strongest decoder on smaller public sets (saturation check)
-    curve_sizes: tuple[int, ...] | None = None  # public-set sizes of the curve (default: the budget's + half)
-    curve_family: str = "auto"  # which decoder family the curve retrains (auto: the strongest on held-out data)
-    attacks: tuple[str, ...] = DEFAULT_ATTACKS
-    repeats: tuple[int, ...] = (1, 5, 20)
-    n_repeat: int | None = None
-    policy: str = "auto"  # auto: as the device manifest says; on; off
-    max_revealed_energy: float | None = None  # overrides the manifest's threshold (implies policy on)
-    policy_thresholds: tuple[float, ...] = ()  # extra table: accuracy / leakage under the policy
-    policy_pools: int = 2  # dropped-vector pools for the decoder when a policy is active
-    n_examples: int = 8
-    seed: int = 0
-    data_root: str | None = None
-    torch_device: str = "auto"  # auto: cuda when available
-    checkpoint_dir: str | None = None  # finished attacks are saved here; a rerun of the same audit resumes
-
-    def validate(self) -> None:
-        if self.budget not in BUDGETS:
-            raise InputError(f"--budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
-        known = set(ATTACKS) | set(ALIASES)
-        unknown = [a for a in self.attacks if a not in known]
-        if unknown:
-            raise InputError(f"unknown attack(s) {', '.join(unknown)}; choose from {', '.join(ATTACKS)}")
-        if self.n_test is not None and self.n_test < 2:
-            raise InputError(f"--n-test must be at least 2, got {self.n_test}")
-        if self.public_size is not None and 0 < self.public_size < 20:
-            raise InputError(f"--public-size must be 0 (all) or at least 20, got {self.public_size}")
-        for name in ("decoder_epochs", "decoder_patience", "rmle_steps", "rmle_tune_size", "n_repeat"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-        if not self.repeats or any(k < 1 for k in self.repeats):
-            raise InputError(f"repeat counts must be at least 1, got {self.repeats}")
-        if self.curve_family not in ("auto", "mlp", "conv", "adaptive"):
-            raise InputError(f"--curve-family must be auto, mlp, conv or adaptive, got {self.curve_family!r}")
-        if self.budget_curve and self.curve_family != "auto" and \
-                f"decoder_{self.curve_family}" not in {ALIASES.get(a, a) for a in self.attacks}:
-            raise InputError(f"--curve-family {self.curve_family}: decoder_{self.curve_family} is not among the "
-                             f"attacks; add it to --attacks or use --curve-family auto")
-        if self.policy not in ("auto", "on", "off"):
-            raise InputError(f"--policy must be auto, on or off, got {self.policy!r}")
-        for t in (*self.policy_thresholds, *([self.max_revealed_energy] if self.max_revealed_energy is not None
-                                              else [])):
-            if not 0 <= t <= 1:
-                raise InputError(f"revealed-energy thresholds must be in [0, 1], got {t}")
-        if self.torch_device not in ("auto", "cpu") and not self.torch_device.startswith("cuda"):
-            raise InputError(f"--torch-device must be auto, cpu or cuda[:N], got {self.torch_device!r}")
-        self.decoder_budget().validate()
-
-    @property
-    def preset(self) -> BudgetPreset:
-        return BUDGETS[self.budget]
-
-    def decoder_budget(self) -> DecoderBudget:
-        d = self.preset.decoder
-        over: dict[str, Any] = {"max_epochs": self.decoder_epochs, "patience": self.decoder_patience,
-                                "hidden": self.decoder_hidden, "batch": self.decoder_batch, "loss": self.decoder_loss,
-                                "precision": self.decoder_precision}
-        return replace(d, **{k: v for k, v in over.items() if v is not None})
-
-    def resolved(self, name: str) -> Any:
-        """A field's effective value: the override if set, else the budget's."""
-        v = getattr(self, name)
-        return getattr(self.preset, name) if v is None else v
-
-    def device(self) -> torch.device:
-        if self.torch_device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.torch_device)
+logger = logging.getLogger("daonet.audit")
 
 
 @dataclass
 class AuditResult:
-    report: dict[str, Any]  # JSON-able, written as audit.json
+    report: AuditReport  # written as audit.json
     examples: dict[str, Any] = field(default_factory=dict)  # arrays for the HTML report
-
-    @property
-    def summary(self) -> AuditSummary:
-        return AuditSummary.from_report(self.report)
 
 
 def _split_bundle(bundle: str | Path) -> tuple[Path, Path]:
@@ -320,263 +200,355 @@ def build_pairs(device: DeviceModel, server: ServerModel, obs: Observer, policy:
     return PublicPairs(x_tr, x_val, h_val, draw, probs, scale if scale > 0 else 1.0, dev, how)
 
 
+@dataclass
+class AuditSubject:
+    """What is audited: the bundle's two halves, the data split and the server's public knowledge of the data."""
+
+    bundle: Path
+    device: DeviceModel
+    server: ServerModel
+    dataset: Dataset
+    x_test: np.ndarray
+    y_test: np.ndarray
+    test_idx: np.ndarray
+    x_pub: np.ndarray
+    y_pub: np.ndarray
+    pub_idx: np.ndarray
+    mu: np.ndarray  # the public data's mean
+    class_means: np.ndarray  # per class, from the public data (the class prior)
+    policy: PrivacyPolicy | None
+    observer: Observer
+
+    @property
+    def kind(self) -> str:
+        return self.dataset.kind
+
+    @property
+    def metric(self) -> str:
+        return primary_metric(self.kind)
+
+    @property
+    def n(self) -> int:
+        return int(np.prod(self.device.input_shape))
+
+    @property
+    def linear(self) -> bool:
+        return bool(getattr(self.device, "is_linear", True))
+
+
+@dataclass
+class Observation:
+    """What the server received for the audited requests and what it predicted from it."""
+
+    h: np.ndarray  # (N, n_outputs) dense view of the parsed payloads
+    parsed: list[Any]
+    policy_certs: list[Any] | None
+    pred: np.ndarray
+    accuracy: float
+
+
+@dataclass
+class AttackRuns:
+    """Every attack's reconstruction and budget, and what was reused from an earlier, interrupted run."""
+
+    recs: dict[str, np.ndarray]
+    budgets: dict[str, dict[str, Any]]
+    skipped: dict[str, str] = field(default_factory=dict)
+    resumed: list[str] = field(default_factory=list)
+    earlier_s: float = 0.0  # compute spent by the processes that finished the reused attacks
+
+
+@dataclass
+class Scores:
+    """Per-attack metrics on the audited requests, the best attack and the yardsticks beside it."""
+
+    per_sample: dict[str, dict[str, np.ndarray]]
+    results: dict[str, dict[str, Any]]
+    best: str | None
+    prediction_only: float | None
+    label_only: float | None
+    leakage: dict[str, Any] | None
+
+
 def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None = None, progress: bool = True,
-              log=print) -> AuditResult:
-    """Audit one bundle; returns the JSON-able report and arrays for the HTML examples."""
+              log: Callable[[str], None] | None = None) -> AuditResult:
+    """Audit one bundle; returns the typed report and the arrays for the HTML examples.
+
+    ``log`` receives one line per phase (default: the ``daonet.audit`` logger, so a library call prints nothing
+    unless logging is configured); ``progress`` shows progress bars with time estimates."""
+    say: Callable[[str], None] = log if log is not None else logger.info
     cfg.validate()
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
+    subject = prepare_subject(bundle, cfg, dataset)
+    if not cfg.preset.claim:
+        say(f"warning: {NOT_A_CLAIM}")
+    obs = _timed(timing, "payloads_and_predictions_s", lambda: observe(subject, cfg))
+    say(f"audit {subject.device.model_id} ({subject.device.version}) on {subject.dataset.name}, budget {cfg.budget}: "
+        f"{len(subject.x_test)} test requests, accuracy {obs.accuracy:.4f}, surviving outputs "
+        f"{np.mean([p.nnz for p in obs.parsed]):.1f} of {subject.device.n_outputs}; attackers on {cfg.device()}")
+    cert_summary, cert_arr = _timed(timing, "certificates_s", lambda: certificates(subject, obs))
+    know = atk.ServerKnowledge.from_device(subject.device, subject.kind,
+                                           subject.device.activations(subject.x_pub[:2000])) if subject.linear else None
+    ctx = attack_context(subject, obs, know, cfg, progress, say)
+    store = _checkpoints(subject, cfg)
+    if store is not None:
+        ctx.partial_path = store.partial
+    runs = run_attacks(ctx, subject, cfg, store, timing, say)
+    scores = score_attacks(subject, runs)
+    learned = {k: v for k, v in runs.budgets.items() if k.startswith("decoder_")}
+    warnings = [f"{k} hit its epoch cap ({v['max_epochs']}) while still improving: its number is a lower bound on "
+                "leakage" for k, v in learned.items() if not v.get("converged", False)]
+    curve = saturation(ctx, subject, runs, cfg, store, progress, timing, warnings)
+    if not cfg.preset.claim:
+        warnings.insert(0, NOT_A_CLAIM)
+    for w in warnings:
+        say(f"warning: {w}")
+    repeated = _timed(timing, "repeated_s", lambda: _repeated(
+        cfg, subject.observer, know, subject.x_test[:cfg.resolved("n_repeat")], subject.mu, subject.kind,  # type: ignore
+        runs.budgets.get("rmle", {}).get("lambda"), runs.recs["class_prior"][:cfg.resolved("n_repeat")], progress)) \
+        if "repeated" in cfg.attacks and subject.linear else None
+    policy_cost = _timed(timing, "policy_cost_s", lambda: _policy_cost(
+        cfg, subject.device, subject.server, know, subject.x_test, subject.y_test, subject.mu, subject.kind,  # type: ignore
+        progress)) if cfg.policy_thresholds and subject.linear else None
+    timing["total_s"] = time.perf_counter() - t_start
+    earlier_s = runs.earlier_s + (curve.pop("resumed_seconds", 0.0) if curve is not None else 0.0)
+    timing["compute_s"] = timing["total_s"] + earlier_s  # incl. attacks finished by earlier processes
+    report = assemble_report(subject, cfg, obs, cert_summary, runs, scores, curve, warnings, repeated, policy_cost,
+                             timing)
+    m = min(cfg.n_examples, len(subject.x_test))
+    x = subject.x_test[:m]
+    examples = {"x": x, "h": obs.h[:m], "y": subject.y_test[:m], "pred": obs.pred[:m],
+                "recs": {k: v[:m].reshape(x.shape) for k, v in runs.recs.items()},
+                "cert": cert_arr, "output_shape": tuple(subject.device.output_shape), "kind": subject.kind}
+    return AuditResult(report, examples)
+
+
+def _timed(timing: dict[str, float], key: str, stage: Callable[[], Any]) -> Any:
+    t0 = time.perf_counter()
+    out = stage()
+    timing[key] = time.perf_counter() - t0
+    return out
+
+
+def prepare_subject(bundle: str | Path, cfg: AuditConfig, dataset: Dataset | None) -> AuditSubject:
+    """Load and cross-check the bundle and the data; draw the seeded public (training) and audited (test) splits."""
     device, server = load_pair(bundle)
     ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_root)
     check_dataset(device, server, ds)
-    kind = ds.kind
-    metric = primary_metric(kind)
-    preset = cfg.preset
-    n_test = cfg.resolved("n_test")
-    public_size = cfg.resolved("public_size")
     rng = np.random.default_rng(cfg.seed)
-    test_idx = rng.permutation(len(ds.x_test))[:n_test]
-    pub_idx = rng.permutation(len(ds.x_train))[: public_size or len(ds.x_train)]
-    x_test, y_test = ds.x_test[test_idx], ds.y_test[test_idx]
+    test_idx = rng.permutation(len(ds.x_test))[:cfg.resolved("n_test")]
+    pub_idx = rng.permutation(len(ds.x_train))[: cfg.resolved("public_size") or len(ds.x_train)]
     x_pub, y_pub = ds.x_train[pub_idx], ds.y_train[pub_idx]
     n = int(np.prod(device.input_shape))
     mu = x_pub.reshape(len(x_pub), -1).mean(0).astype(np.float64)
     class_means = np.stack([x_pub[y_pub == c].reshape(-1, n).mean(0) if (y_pub == c).any() else mu
                             for c in range(ds.n_classes)])
     policy = resolve_policy(device, cfg)
-    obs = Observer(device, server, policy, mu)
-    tdev = cfg.device()
-    dec_budget = cfg.decoder_budget()
-    linear = bool(getattr(device, "is_linear", True))
-    if not preset.claim:
-        log(f"[yellow]{NOT_A_CLAIM}[/]")
+    return AuditSubject(Path(bundle), device, server, ds, ds.x_test[test_idx], ds.y_test[test_idx], test_idx, x_pub,
+                        y_pub, pub_idx, mu, class_means, policy, Observer(device, server, policy, mu))
 
-    # -- what the server receives for the audited requests ---------------------------------------
-    t0 = time.perf_counter()
-    data, policy_certs = obs.payloads(x_test, RandomMasks(cfg.seed + 1))
-    h_test, parsed = obs.received(data)
-    probs = obs.predict(parsed)
-    pred = probs.argmax(1)
-    accuracy = float((pred == y_test).mean())
-    timing["payloads_and_predictions_s"] = time.perf_counter() - t0
-    log(f"audit {device.model_id} ({device.version}) on {ds.name}, budget {cfg.budget}: {len(x_test)} test "
-        f"requests, accuracy {accuracy:.4f}, surviving outputs {np.mean([p.nnz for p in parsed]):.1f} of "
-        f"{device.n_outputs}; attackers on {tdev}")
 
-    # -- certificates ---------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    cert_summary: dict[str, Any] = {}
-    cert_arr: dict[str, np.ndarray] = {}
-    if linear:
-        dev_mu = device.public_mean.reshape(-1)
-        certs = [certify(device.system, x, h, dev_mu) for x, h in zip(x_test, h_test, strict=True)]
-        cert_arr = {key: np.array([getattr(c, key) for c in certs], dtype=np.float64)
-                    for key in ("k", "rank", "identifiable", "revealed_energy", "max_leverage")}
-        cert_arr["revealed_energy_public_mu"] = np.array(
-            [certify(device.system, x, h, mu).revealed_energy for x, h in zip(x_test, h_test, strict=True)])
-        cert_summary = {key: _dist(v) for key, v in cert_arr.items()}
-        cert_summary["device_mu"] = ("bundle public_mean" if "public_mean" in device.extras else
-                                     "per-channel normalization mean (the bundle has no public_mean)")
-        cert_summary["rank_fraction"] = _dist(cert_arr["rank"] / n)
-        cert_summary["requests_with_identifiable"] = int((cert_arr["identifiable"] > 0).sum())
-        patches = [c.worst_patch for c in certs if c.worst_patch is not None]
-        if certs and len(patches) == len(certs):
-            cert_summary["worst_patch_revealed_energy"] = _dist([w["revealed_energy"] for w in patches])
-            cert_summary["worst_patch_rank_fraction"] = _dist([w["rank"] / w["patch_dim"] for w in patches])
-        if policy_certs is not None:
-            cert_summary["dropped_by_policy"] = _dist([c.dropped_by_policy for c in policy_certs])
-            cert_summary["policy_ok_all"] = bool(all(c.policy_ok for c in policy_certs))
-    else:
-        cert_summary["note"] = "non-linear device block: covered by the audit only (no algebraic certificate)"
-    timing["certificates_s"] = time.perf_counter() - t0
+def observe(subject: AuditSubject, cfg: AuditConfig) -> Observation:
+    """The audited requests through the real device runtime, the wire and the server's parser and network."""
+    data, policy_certs = subject.observer.payloads(subject.x_test, RandomMasks(cfg.seed + 1))
+    h, parsed = subject.observer.received(data)
+    pred = subject.observer.predict(parsed).argmax(1)
+    return Observation(h, parsed, policy_certs, pred, float((pred == subject.y_test).mean()))
 
-    # -- the server's knowledge, public data and the attacks ---------------------------------------
-    know = atk.ServerKnowledge.from_device(device, kind, device.activations(x_pub[:2000])) if linear else None
-    recs: dict[str, np.ndarray] = {
-        "data_mean": np.broadcast_to(mu, (len(x_test), n)).astype(np.float32),
-        "class_prior": class_means[pred].astype(np.float32),
-    }
-    budgets: dict[str, Any] = {}
 
-    def score(x: np.ndarray, r: np.ndarray) -> float:
-        return float(evaluate(kind, x, r.reshape(x.shape))[metric].mean())
+def certificates(subject: AuditSubject, obs: Observation) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The per-request algebraic certificate of every audited request (linear first layers only)."""
+    if not subject.linear:
+        return {"note": "non-linear device block: covered by the audit only (no algebraic certificate)"}, {}
+    device, n = subject.device, subject.n
+    pairs = list(zip(subject.x_test, obs.h, strict=True))
+    certs = [certify(device.system, x, h, device.public_mean.reshape(-1)) for x, h in pairs]
+    arr = {key: np.array([getattr(c, key) for c in certs], dtype=np.float64)
+           for key in ("k", "rank", "identifiable", "revealed_energy", "max_leverage")}
+    arr["revealed_energy_public_mu"] = np.array([certify(device.system, x, h, subject.mu).revealed_energy
+                                                 for x, h in pairs])
+    summary: dict[str, Any] = {key: _dist(v) for key, v in arr.items()}
+    summary["device_mu"] = ("bundle public_mean" if "public_mean" in device.extras else
+                            "per-channel normalization mean (the bundle has no public_mean)")
+    summary["rank_fraction"] = _dist(arr["rank"] / n)
+    summary["requests_with_identifiable"] = int((arr["identifiable"] > 0).sum())
+    patches = [c.worst_patch for c in certs if c.worst_patch is not None]
+    if certs and len(patches) == len(certs):
+        summary["worst_patch_revealed_energy"] = _dist([w["revealed_energy"] for w in patches])
+        summary["worst_patch_rank_fraction"] = _dist([w["rank"] / w["patch_dim"] for w in patches])
+    if obs.policy_certs is not None:
+        summary["dropped_by_policy"] = _dist([c.dropped_by_policy for c in obs.policy_certs])
+        summary["policy_ok_all"] = bool(all(c.policy_ok for c in obs.policy_certs))
+    return summary, arr
 
+
+def attack_context(subject: AuditSubject, obs: Observation, know: atk.ServerKnowledge | None, cfg: AuditConfig,
+                   progress: bool, log: Callable[[str], None]) -> AttackContext:
+    """What the curious server holds, with its training material built on first use (one pipeline for all
+    decoder families: the device activations of the public data are computed once)."""
+    device, x_pub, tdev = subject.device, subject.x_pub, cfg.device()
     pairs_cache: list[PublicPairs] = []
 
     def pairs() -> PublicPairs:
         if not pairs_cache:
-            pairs_cache.append(build_pairs(device, server, obs, policy, x_pub, dec_budget, seed=cfg.seed,
-                                           policy_pools=cfg.policy_pools, torch_device=tdev))
+            pairs_cache.append(build_pairs(device, subject.server, subject.observer, subject.policy, x_pub,
+                                           cfg.decoder_budget(), seed=cfg.seed, policy_pools=cfg.policy_pools,
+                                           torch_device=tdev))
         return pairs_cache[0]
 
     rmle_cache: list[tuple[np.ndarray, np.ndarray]] = []
-    tune_n = min(cfg.resolved("rmle_tune_size"), len(x_pub))
 
     def rmle_material() -> tuple[np.ndarray, np.ndarray]:
         if not rmle_cache:
-            x_val = x_pub[:tune_n]
-            h_val, parsed_val = obs.received(obs.payloads(x_val, RandomMasks(cfg.seed + 2))[0])  # encoded once
-            ctx.cache["class_prior_val"] = class_means[obs.predict(parsed_val).argmax(1)]
+            x_val = x_pub[:min(cfg.resolved("rmle_tune_size"), len(x_pub))]
+            sent = subject.observer.payloads(x_val, RandomMasks(cfg.seed + 2))[0]  # encoded once
+            h_val, parsed_val = subject.observer.received(sent)
+            ctx.cache["class_prior_val"] = subject.class_means[subject.observer.predict(parsed_val).argmax(1)]
             rmle_cache.append((h_val, x_val))
         return rmle_cache[0]
 
+    def score(x: np.ndarray, r: np.ndarray) -> float:
+        return float(evaluate(subject.kind, x, r.reshape(x.shape))[subject.metric].mean())
+
     box = tuple(device.value_range) if device.value_range is not None else None
-    ctx = AttackContext(kind=kind, metric=metric, input_shape=tuple(device.input_shape), box=box,  # type: ignore
-                        know=know, mu=mu, class_means=class_means, x_test=x_test, h_test=h_test, pred=pred,
-                        pairs=pairs, rmle_material=rmle_material, decoder_budget=dec_budget,
-                        rmle_steps=cfg.resolved("rmle_steps"), score=score, torch_device=tdev, seed=cfg.seed,
-                        progress=progress, log=log)
-    store = None
-    if cfg.checkpoint_dir:
-        store = AttackCheckpoints(cfg.checkpoint_dir, audit_fingerprint(
-            version=device.version, dataset=ds.name, config=asdict(cfg), test_idx=test_idx, pub_idx=pub_idx),
-            default=json_default)
-        ctx.partial_path = store.partial
-    skipped: dict[str, str] = {}
-    resumed: list[str] = []
-    earlier_s = 0.0  # compute of attacks (and curve points) reused from checkpoints
-    names = [ALIASES.get(a, a) for a in cfg.attacks if a != "repeated"]
-    for name in dict.fromkeys(names):
+    ctx = AttackContext(kind=subject.kind, metric=subject.metric, input_shape=tuple(device.input_shape),
+                        box=box, know=know, mu=subject.mu, class_means=subject.class_means,  # type: ignore[arg-type]
+                        x_test=subject.x_test, h_test=obs.h, pred=obs.pred, pairs=pairs, rmle_material=rmle_material,
+                        decoder_budget=cfg.decoder_budget(), rmle_steps=cfg.resolved("rmle_steps"), score=score,
+                        torch_device=tdev, seed=cfg.seed, progress=progress, log=log)
+    return ctx
+
+
+def _checkpoints(subject: AuditSubject, cfg: AuditConfig) -> AttackCheckpoints | None:
+    if not cfg.checkpoint_dir:
+        return None
+    return AttackCheckpoints(cfg.checkpoint_dir, audit_fingerprint(
+        version=subject.device.version, dataset=subject.dataset.name, config=asdict(cfg), test_idx=subject.test_idx,
+        pub_idx=subject.pub_idx), default=json_default)
+
+
+def run_attacks(ctx: AttackContext, subject: AuditSubject, cfg: AuditConfig, store: AttackCheckpoints | None,
+                timing: dict[str, float], log: Callable[[str], None]) -> AttackRuns:
+    """Every single-query attack and baseline, each trained from scratch here (or reused from a checkpoint of
+    this exact audit)."""
+    n, n_test = subject.n, len(subject.x_test)
+    runs = AttackRuns(recs={"data_mean": np.broadcast_to(subject.mu, (n_test, n)).astype(np.float32),
+                            "class_prior": subject.class_means[ctx.pred].astype(np.float32)}, budgets={})
+    for name in dict.fromkeys(ALIASES.get(a, a) for a in cfg.attacks if a != "repeated"):
         spec = create_attack(name)
-        if spec.needs_equations and not linear:
-            skipped[name] = "needs the first layer's equations; the device runs a non-linear block"
+        if spec.needs_equations and not subject.linear:
+            runs.skipped[name] = "needs the first layer's equations; the device runs a non-linear block"
             continue
         t0 = time.perf_counter()
         hit = store.load(name) if store is not None else None
-        if hit is not None and hit[0].shape == (len(x_test), n):
-            recs[name], budgets[name] = hit
-            resumed.append(name)
-            earlier_s += float(budgets[name].get("seconds") or 0.0)  # spent by the process that ran it
+        if hit is not None and hit[0].shape == (n_test, n):
+            runs.recs[name], runs.budgets[name] = hit
+            runs.resumed.append(name)
+            runs.earlier_s += float(runs.budgets[name].get("seconds") or 0.0)  # spent by the process that ran it
             log(f"  {name}: finished earlier, reused from {store.dir}")  # type: ignore[union-attr]
             continue
         outcome = spec.run(ctx)
-        recs[name] = outcome.rec.reshape(len(x_test), n)
-        budgets[name] = outcome.budget
+        runs.recs[name] = outcome.rec.reshape(n_test, n)
+        runs.budgets[name] = outcome.budget
         if spec.learned:
-            budgets[name].update(cpu=platform.processor() or platform.machine(),
-                                 torch_threads=torch.get_num_threads())
+            runs.budgets[name].update(cpu=platform.processor() or platform.machine(),
+                                      torch_threads=torch.get_num_threads())
         timing[f"{name}_s"] = time.perf_counter() - t0
-        earlier_s += float(budgets[name].get("resumed_seconds") or 0.0)  # a decoder resumed mid-training
+        runs.earlier_s += float(runs.budgets[name].get("resumed_seconds") or 0.0)  # a decoder resumed mid-training
         if store is not None:
-            store.save(name, recs[name], budgets[name])
+            store.save(name, runs.recs[name], runs.budgets[name])
+    return runs
 
-    # -- metrics -------------------------------------------------------------------------------
-    per_sample = {name: evaluate(kind, x_test, r.reshape(x_test.shape)) for name, r in recs.items()}
-    results: dict[str, dict[str, Any]] = {name: {"label": ATTACK_LABELS[name],
+
+def score_attacks(subject: AuditSubject, runs: AttackRuns) -> Scores:
+    """Per-request metrics, each paired with the class prior; the best attack (baselines excluded) and the
+    leakage yardstick: the best attack minus the label-only decoder."""
+    x, metric = subject.x_test, subject.metric
+    per_sample = {name: evaluate(subject.kind, x, r.reshape(x.shape)) for name, r in runs.recs.items()}
+    results = {name: {"label": ATTACK_LABELS[name],
                       "metrics": summarize(v, None if name == "class_prior" else per_sample["class_prior"])}
                for name, v in per_sample.items()}
-    baselines = {"data_mean", "class_prior"} | {a for a in recs if a in ATTACK_LABELS and a not in ("data_mean",
-                                                "class_prior") and create_attack(a).baseline}
-    attack_names = [a for a in recs if a not in baselines]
-    best = max(attack_names, key=lambda a: results[a]["metrics"][metric]["mean"]) if attack_names else None
-    pred_only = results["decoder_prediction"]["metrics"][metric]["mean"] if "decoder_prediction" in results else None
-    label_only = results["decoder_label"]["metrics"][metric]["mean"] if "decoder_label" in results else None
+    attacks = [a for a in runs.recs if a not in ("data_mean", "class_prior") and not create_attack(a).baseline]
+    best = max(attacks, key=lambda a: results[a]["metrics"][metric]["mean"]) if attacks else None
+
+    def mean(name: str) -> float | None:
+        return results[name]["metrics"][metric]["mean"] if name in results else None
+
+    label_only = mean("decoder_label")
     leakage = _leakage(per_sample, best, metric) if best is not None and label_only is not None else None
+    return Scores(per_sample, results, best, mean("decoder_prediction"), label_only, leakage)
 
-    # -- saturation: the attacker-budget curve ---------------------------------------------------
-    warnings: list[str] = []
-    learned = {k: v for k, v in budgets.items() if k.startswith("decoder_")}
-    for k, v in learned.items():
-        if not v.get("converged", False):
-            warnings.append(f"{k} hit its epoch cap ({v['max_epochs']}) while still improving: its number is a "
-                            "lower bound on leakage")
-    curve = None
-    fits = {k.removeprefix("decoder_"): v for k, v in learned.items()
-            if k not in ("decoder_prediction", "decoder_label")}  # attackers only: baselines are no attack
-    if cfg.budget_curve and fits:
-        t0 = time.perf_counter()
-        strongest = max(fits, key=lambda f: fits[f]["best_val"])
-        family = strongest if cfg.curve_family == "auto" else cfg.curve_family
-        curve = _budget_curve(ctx, family, fits, recs,
-                              preset.curve_sizes if cfg.curve_sizes is None else cfg.curve_sizes,
-                              x_test, score, progress, store, add_half=cfg.curve_sizes is None)
-        if family != strongest:
-            warnings.append(f"the budget curve retrains decoder_{family} (--curve-family), not the strongest family "
-                            f"on held-out data, decoder_{strongest} ({fits[strongest]['best_val']:.3f} vs "
-                            f"{fits[family]['best_val']:.3f} {metric}): its saturation is checked on a weaker "
-                            "attacker")
-        timing["budget_curve_s"] = time.perf_counter() - t0
-        if curve["last_doubling_gain"] is not None and curve["last_doubling_gain"] > 0.01:
-            a, b = (p["public_train"] for p in curve["points"][-2:])
-            warnings.append(f"the last step of public data ({a} -> {b}) still gained "
-                            f"{curve['last_doubling_gain']:+.3f} "
-                            f"{metric} for decoder_{curve['family']}: more public data would likely leak more "
-                            "(a lower bound)")
-    elif preset.claim and fits and not cfg.budget_curve:
-        warnings.append("the budget curve was not run (--no-budget-curve): whether more public data would leak "
-                        "more is unchecked")
-    if not preset.claim:
-        warnings.insert(0, NOT_A_CLAIM)
-    for w in warnings:
-        log(f"[yellow]warning:[/] {w}")
 
-    # -- repeated queries ----------------------------------------------------------------------
-    repeated = None
-    lam = {k: budgets[k]["lambda"] for k in ("rmle",) if k in budgets}
-    if "repeated" in cfg.attacks and linear:
-        t0 = time.perf_counter()
-        nrep = cfg.resolved("n_repeat")
-        repeated = _repeated(cfg, obs, know, x_test[:nrep], mu, kind, lam.get("rmle"),  # type: ignore[arg-type]
-                             recs["class_prior"][:nrep], progress)
-        timing["repeated_s"] = time.perf_counter() - t0
+def saturation(ctx: AttackContext, subject: AuditSubject, runs: AttackRuns, cfg: AuditConfig,
+               store: AttackCheckpoints | None, progress: bool, timing: dict[str, float],
+               warnings: list[str]) -> dict[str, Any] | None:
+    """The attacker-budget curve: would more public data leak more? Appends what it finds to ``warnings``."""
+    fits = {k.removeprefix("decoder_"): v for k, v in runs.budgets.items() if k.startswith("decoder_")
+            and k not in ("decoder_prediction", "decoder_label")}  # attackers only: baselines are no attack
+    if not fits or not cfg.budget_curve:
+        if cfg.preset.claim and fits:
+            warnings.append("the budget curve was not run (--no-budget-curve): whether more public data would leak "
+                            "more is unchecked")
+        return None
+    t0 = time.perf_counter()
+    strongest = max(fits, key=lambda f: fits[f]["best_val"])
+    family = strongest if cfg.curve_family == "auto" else cfg.curve_family
+    curve = _budget_curve(ctx, family, fits, runs.recs,
+                          cfg.preset.curve_sizes if cfg.curve_sizes is None else cfg.curve_sizes,
+                          subject.x_test, ctx.score, progress, store, add_half=cfg.curve_sizes is None)
+    timing["budget_curve_s"] = time.perf_counter() - t0
+    if family != strongest:
+        warnings.append(f"the budget curve retrains decoder_{family} (--curve-family), not the strongest family on "
+                        f"held-out data, decoder_{strongest} ({fits[strongest]['best_val']:.3f} vs "
+                        f"{fits[family]['best_val']:.3f} {subject.metric}): its saturation is checked on a weaker "
+                        "attacker")
+    if curve["last_doubling_gain"] is not None and curve["last_doubling_gain"] > 0.01:
+        a, b = (p["public_train"] for p in curve["points"][-2:])
+        warnings.append(f"the last step of public data ({a} -> {b}) still gained {curve['last_doubling_gain']:+.3f} "
+                        f"{subject.metric} for decoder_{curve['family']}: more public data would likely leak more "
+                        "(a lower bound)")
+    return curve
 
-    # -- policy cost ---------------------------------------------------------------------------
-    policy_cost = None
-    if cfg.policy_thresholds and linear:
-        t0 = time.perf_counter()
-        policy_cost = _policy_cost(cfg, device, server, know, x_test, y_test, mu, kind, progress)  # type: ignore
-        timing["policy_cost_s"] = time.perf_counter() - t0
 
-    timing["total_s"] = time.perf_counter() - t_start
-    if curve is not None:
-        earlier_s += curve.pop("resumed_seconds", 0.0)
-    # what the whole audit cost, including attacks finished by earlier processes (total_s is this run only)
-    timing["compute_s"] = timing["total_s"] + earlier_s
-    best_mean = results[best]["metrics"][metric]["mean"] if best else None
-    report = {
-        "bundle": {"path": str(bundle), "model_id": device.model_id, "version": device.version,
+def assemble_report(subject: AuditSubject, cfg: AuditConfig, obs: Observation, cert_summary: dict[str, Any],
+                    runs: AttackRuns, scores: Scores, curve: dict[str, Any] | None, warnings: list[str],
+                    repeated: dict[str, Any] | None, policy_cost: list[dict[str, Any]] | None,
+                    timing: dict[str, float]) -> AuditReport:
+    """The typed report, validated exactly as a reader of ``audit.json`` validates it."""
+    device, metric, best = subject.device, subject.metric, scores.best
+    best_mean = scores.results[best]["metrics"][metric]["mean"] if best else None
+    raw = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "bundle": {"path": str(subject.bundle), "model_id": device.model_id, "version": device.version,
                    "kind": device.kind, "input_shape": list(device.input_shape), "n_outputs": device.n_outputs,
                    "kernel": list(device.kernel), "stride": list(device.stride), "drop_rate": device.drop_rate,
-                   "value_dtype": device.value_dtype, "privacy_manifest": _privacy_manifest(device),
-                   "linear_first_layer": linear, **_arch(server)},
-        "dataset": ds.name, "data_kind": kind, "metric": metric,
-        "n_test": int(len(x_test)), "n_public": int(len(x_pub)),
+                   "value_dtype": device.value_dtype, "privacy_manifest": device.policy.to_dict(),
+                   "linear_first_layer": subject.linear, "arch": subject.server.manifest.arch.name,
+                   "arch_kwargs": subject.server.manifest.arch.kwargs},
+        "dataset": subject.dataset.name, "data_kind": subject.kind, "metric": metric,
+        "n_test": int(len(subject.x_test)), "n_public": int(len(subject.x_pub)),
         "split": "public = seeded subset of the training set (a held-out part of it early-stops the decoders); "
                  "audited requests = seeded subset of the test set",
-        "budget": {"name": cfg.budget, "claim": preset.claim, "note": None if preset.claim else NOT_A_CLAIM,
-                   "decoder": asdict(dec_budget), "torch_device": str(tdev)},
-        "policy": policy.to_dict() if policy is not None else None,
-        "accuracy": accuracy,
-        "surviving": _dist([p.nnz for p in parsed]),
-        "certificate": cert_summary,
-        "attacks": results,
-        "skipped_attacks": skipped,
-        "resumed_attacks": resumed,
-        "best_attack": best,
-        "best": best_mean,
-        "best_advantage": results[best]["metrics"][metric].get("advantage") if best else None,
-        "class_prior": results["class_prior"]["metrics"][metric]["mean"],
-        "prediction_only": pred_only,
-        "advantage_over_prediction": (best_mean - pred_only) if best_mean is not None and pred_only is not None
-        else None,
-        "label_only": label_only,
-        "leakage": leakage,
-        "data_mean": results["data_mean"]["metrics"][metric]["mean"],
-        "all_converged": all(v.get("converged", False) for v in learned.values()),
-        "budget_curve": curve,
-        "warnings": warnings,
-        "repeated": repeated,
-        "policy_cost": policy_cost,
-        "budgets": budgets,
-        "config": asdict(cfg),
-        "timing_s": {k: round(v, 2) for k, v in timing.items()},
+        "budget": {"name": cfg.budget, "claim": cfg.preset.claim, "note": None if cfg.preset.claim else NOT_A_CLAIM,
+                   "decoder": asdict(cfg.decoder_budget()), "torch_device": str(cfg.device())},
+        "policy": subject.policy.to_dict() if subject.policy is not None else None,
+        "accuracy": obs.accuracy, "surviving": _dist([p.nnz for p in obs.parsed]), "certificate": cert_summary,
+        "attacks": scores.results, "skipped_attacks": runs.skipped, "resumed_attacks": runs.resumed,
+        "best_attack": best, "best": best_mean,
+        "best_advantage": scores.results[best]["metrics"][metric].get("advantage") if best else None,
+        "class_prior": scores.results["class_prior"]["metrics"][metric]["mean"],
+        "prediction_only": scores.prediction_only,
+        "advantage_over_prediction": (best_mean - scores.prediction_only)
+        if best_mean is not None and scores.prediction_only is not None else None,
+        "label_only": scores.label_only, "leakage": scores.leakage,
+        "data_mean": scores.results["data_mean"]["metrics"][metric]["mean"],
+        "all_converged": all(v.get("converged", False) for k, v in runs.budgets.items() if k.startswith("decoder_")),
+        "budget_curve": curve, "warnings": warnings, "repeated": repeated, "policy_cost": policy_cost,
+        "budgets": runs.budgets, "config": asdict(cfg), "timing_s": {k: round(v, 2) for k, v in timing.items()},
         "torch_threads": torch.get_num_threads(),
     }
-    m = min(cfg.n_examples, len(x_test))
-    examples = {"x": x_test[:m], "h": h_test[:m], "y": y_test[:m], "pred": pred[:m],
-                "recs": {k: v[:m].reshape(x_test[:m].shape) for k, v in recs.items()},
-                "cert": cert_arr, "output_shape": tuple(device.output_shape), "kind": kind}
-    return AuditResult(report, examples)
+    return AuditReport.parse(json.loads(json.dumps(raw, default=json_default)), "the audit's report")
 
 
 def _leakage(per_sample: dict[str, dict[str, np.ndarray]], best: str, metric: str) -> dict[str, Any]:
@@ -584,14 +556,6 @@ def _leakage(per_sample: dict[str, dict[str, np.ndarray]], best: str, metric: st
     error: :func:`summarize` against that floor). The server must learn the class; leakage is what it learns beyond."""
     paired = summarize(per_sample[best], per_sample["decoder_label"])[metric]
     return {"mean": paired["advantage"], "se": paired["advantage_se"], "attack": best, "floor": "decoder_label"}
-
-
-def _privacy_manifest(device: DeviceModel) -> Any:
-    return device.policy.to_dict()  # the manifest's privacy block, every field spelled out
-
-
-def _arch(server: ServerModel) -> dict[str, Any]:
-    return {"arch": server.manifest.arch.name, "arch_kwargs": server.manifest.arch.kwargs}
 
 
 def _budget_curve(ctx: AttackContext, family: str, fits: dict[str, dict[str, Any]], recs: dict[str, np.ndarray],
@@ -687,8 +651,7 @@ def write_report(result: AuditResult, out: str | Path) -> tuple[Path, Path]:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    js = out / "audit.json"
-    js.write_text(json.dumps(result.report, indent=2, default=json_default) + "\n")
+    js = result.report.write(out / "audit.json")
     html = out / "report.html"
     html.write_text(render_audit_html(result.report, result.examples))
     if result.examples:

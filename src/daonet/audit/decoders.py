@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..audit_config import PRECISIONS, DecoderBudget  # noqa: F401  (re-exported: the audit's budget types)
 from ..train import make_progress
 from .checkpoints import atomic_write
 
@@ -52,34 +53,6 @@ FAMILY_LABELS = {
 }
 
 
-@dataclass(frozen=True)
-class DecoderBudget:
-    """How hard a learned attacker tries; recorded in every report."""
-
-    max_epochs: int = 300  # hard cap
-    patience: int = 12  # epochs without a held-out gain of ``min_delta`` before stopping
-    hidden: int = 2048
-    batch: int = 512
-    lr: float = 1e-3
-    val_size: int = 5000  # held-out public examples (at most 10 % of the public set)
-    loss: str = "mse+metric"  # or "mse"
-    min_delta: float = 5e-4  # a gain smaller than this over ``patience`` epochs counts as converged
-    precision: str = "auto"  # auto: TF32 on CUDA, bf16 autocast on CPUs with native bf16; fp32; bf16
-
-    def validate(self) -> None:
-        from ..errors import InputError
-
-        if self.max_epochs < 1 or self.patience < 1:
-            raise InputError(f"decoder epochs and patience must be >= 1, got {self.max_epochs}, {self.patience}")
-        if self.hidden < 8 or self.batch < 2:
-            raise InputError(f"decoder hidden width must be >= 8 and batch >= 2, got {self.hidden}, {self.batch}")
-        if self.loss not in ("mse", "mse+metric"):
-            raise InputError(f"decoder loss must be 'mse' or 'mse+metric', got {self.loss!r}")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"decoder precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def cpu_has_native_bf16() -> bool:

@@ -1,4 +1,4 @@
-"""Self-contained HTML reports (figures embedded as base64 PNG) for one audit and for a frontier."""
+"""The self-contained HTML report of one audit (figures embedded as base64 PNG)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from ..audit_report import AuditReport  # noqa: E402
 
 ORDER = ("data_mean", "class_prior", "decoder_label", "decoder_prediction", "min_norm", "rmle", "rmle_prior",
          "rmle_naive", "decoder_mlp", "decoder_conv", "decoder_adaptive", "decoder")
@@ -47,13 +49,13 @@ def _esc(v: Any) -> str:
     return html.escape(str(v))
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
+def _fmt(v: Any, digits: int = 3, signed: bool = False) -> str:
     if v is None:
         return "–"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float | np.floating):
-        return f"{v:.{digits}f}"
+        return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
     return _esc(v)
 
 
@@ -137,130 +139,134 @@ def certificate_figure(cert: dict[str, np.ndarray], n: int) -> str:
     return _png(fig)
 
 
-def render_audit_html(rep: dict[str, Any], ex: dict[str, Any] | None = None) -> str:
-    metric = rep["metric"]
+def render_audit_html(rep: AuditReport, ex: dict[str, Any] | None = None) -> str:
+    """One audit as a self-contained page: the verdict first, then every attack, the budget, the certificate."""
+    metric = rep.metric
     other = "psnr" if metric == "ssim" else "nmse"
-    b = rep["bundle"]
-    parts = [f"<h1>daonet privacy audit — {_esc(b['model_id'])} on {_esc(rep['dataset'])}</h1>",
-             f"<p class=note>bundle {_esc(b['path'])}, version {_esc(b['version'])}; first layer {_esc(b['kind'])} "
-             f"{_esc(b['input_shape'])} → {b['n_outputs']} outputs, drop rate p = {b['drop_rate']}; "
-             f"device policy: {_esc(rep['policy'] or 'none (plain dropping)')}</p>"]
-    bud = rep.get("budget") or {}
-    if bud and not bud.get("claim"):
-        parts.append(f"<p class=bad><b>NOT A PRIVACY CLAIM</b>: {_esc(bud.get('note'))}</p>")
-    for w in rep.get("warnings", []):
-        if bud.get("claim") or w != bud.get("note"):
+    b = rep.bundle
+    parts = [f"<h1>daonet privacy audit — {_esc(b.model_id)} on {_esc(rep.dataset)}</h1>",
+             f"<p class=note>bundle {_esc(b.path)}, version {_esc(b.version)}; first layer {_esc(b.kind)} "
+             f"{_esc(list(b.input_shape))} → {b.n_outputs} outputs, drop rate p = {b.drop_rate}; "
+             f"device policy: {_esc(rep.policy or 'none (plain dropping)')}</p>"]
+    if not rep.budget.claim:
+        parts.append(f"<p class=bad><b>NOT A PRIVACY CLAIM</b>: {_esc(rep.budget.note)}</p>")
+    for w in rep.warnings:
+        if rep.budget.claim or w != rep.budget.note:
             parts.append(f"<p class=bad>warning: {_esc(w)}</p>")
-    best, cp = rep.get("best_attack"), rep["class_prior"]
-    adv = rep.get("best_advantage")
-    verdict = ""
-    if best:
-        cls = "bad" if adv is not None and adv > 0.05 else "good"
-        verdict = (f"The strongest attack is <b>{_esc(SHORT.get(best, best))}</b> with mean {metric.upper()} "
-                   f"<b>{rep['best']:.3f}</b>, against <b>{cp:.3f}</b> for the class-conditional mean of the "
-                   f"predicted class (what the prediction alone reveals): an advantage of "
-                   f"<b class={cls}>{adv:+.3f}</b>.")
-    po = rep.get("prediction_only")
-    if best and po is not None:
-        verdict += (f" A decoder that sees only the server's class probabilities reaches {po:.3f}: the activations "
-                    f"leak <b>{rep['best'] - po:+.3f}</b> beyond what the prediction itself reveals.")
-    lo, leak = rep.get("label_only"), rep.get("leakage")
-    if best and lo is not None and leak:
-        verdict = (f"<b>Leakage beyond the label: <span class=bad>{leak['mean']:+.3f} ± {leak['se']:.3f}</span> "
-                   f"{metric.upper()}</b> (the best attack minus a label-only decoder, {lo:.3f}, which sees only the "
-                   "predicted class: what the server must learn for the task). " + verdict)
-    parts.append(f"<p>Accuracy on the {rep['n_test']} audited test requests (server predictions from the payload "
-                 f"bytes): <b>{rep['accuracy']:.4f}</b>. Surviving outputs per request: mean "
-                 f"{rep['surviving']['mean']:.1f} (min {rep['surviving']['min']:.0f}, max "
-                 f"{rep['surviving']['max']:.0f}) of {b['n_outputs']}. {verdict}</p>")
+    parts.append(_verdict(rep))
     parts.append("<h2>Attacks</h2>")
     rows = []
-    for name in ORDER:
-        if name not in rep["attacks"]:
-            continue
-        mm = rep["attacks"][name]["metrics"]
-        a = mm[metric].get("advantage")
-        rows.append([rep["attacks"][name]["label"], f"{mm[metric]['mean']:.3f} ± {mm[metric]['std']:.3f}",
-                     f"{mm[other]['mean']:.3f}", "–" if a is None else f"{a:+.3f} ± {mm[metric]['advantage_se']:.3f}"])
-    for name in rep["attacks"]:
-        if name not in ORDER:
-            mm = rep["attacks"][name]["metrics"]
-            a = mm[metric].get("advantage")
-            rows.append([rep["attacks"][name]["label"], f"{mm[metric]['mean']:.3f} ± {mm[metric]['std']:.3f}",
-                         f"{mm[other]['mean']:.3f}", "–" if a is None else f"{a:+.3f}"])
+    for name in [n for n in ORDER if n in rep.attacks] + [n for n in rep.attacks if n not in ORDER]:
+        mm = rep.attacks[name].metrics
+        a, se = mm[metric].advantage, mm[metric].advantage_se
+        rows.append([rep.attacks[name].label, f"{mm[metric].mean:.3f} ± {mm[metric].std:.3f}",
+                     f"{mm[other].mean:.3f}" if other in mm else "–",
+                     "–" if a is None else f"{a:+.3f}" + ("" if se is None else f" ± {se:.3f}")])
     parts.append(_table(["attack", f"{metric} (mean ± sd)", other, f"advantage over class prior ({metric})"], rows))
-    for name, why in (rep.get("skipped_attacks") or {}).items():
+    for name, why in rep.skipped_attacks.items():
         parts.append(f"<p class=note>{_esc(name)} not run: {_esc(why)}</p>")
-    if rep.get("budget_curve"):
-        parts.append("<h2>Attacker budget: has the attack saturated?</h2>")
-        parts.append(budget_figure(rep["budget_curve"], metric))
-        cv = rep["budget_curve"]
-        g = cv.get("last_doubling_gain")
-        parts.append(f"<p class=note>Left: held-out {metric} per training epoch of each decoder family (early "
-                     f"stopping on a validation split of the public data). Right: decoder_{_esc(cv['family'])} (the "
-                     f"strongest family on held-out data) retrained from scratch on smaller public sets, scored on "
-                     f"the audited test requests. Last step of public data "
-                     f"({' → '.join(str(p['public_train']) for p in cv['points'][-2:])}): "
-                     f"{'–' if g is None else f'{g:+.3f}'} {metric} "
-                     f"({'saturated' if g is not None and g <= 0.01 else 'NOT saturated: a lower bound'}).</p>")
-    elif any(k.startswith("decoder_") for k in rep.get("budgets", {})):
-        parts.append("<h2>Attacker budget: decoders vs training epochs</h2>")
-        epochs = {k.removeprefix("decoder_"): b["val_metric_per_epoch"] for k, b in rep["budgets"].items()
-                  if k.startswith("decoder_") and b.get("val_metric_per_epoch")}
-        parts.append(budget_figure({"epochs": epochs, "points": []}, metric))
-        parts.append("<p class=note>Held-out score per training epoch of each decoder family. The public-data "
-                     "half of the budget curve was not run (<code>--no-budget-curve</code>): whether more public "
-                     "data would leak more is unchecked.</p>")
-    parts.append(f"<p class=note>{rep['split']}; public examples: {rep['n_public']}. Advantage: paired mean "
+    parts += _budget_section(rep)
+    parts.append(f"<p class=note>{_esc(rep.split)}; public examples: {rep.n_public}. Advantage: paired mean "
                  "difference over the same requests ± its standard error.</p>")
     if ex:
         parts.append("<h2>Examples</h2>")
         parts.append(example_grid(ex))
-    c = rep["certificate"]
-    parts.append("<h2>Per-request certificate (what the equations alone reveal)</h2>")
-    if "k" not in c:
-        c = {"k": None}
-        parts.append(f"<p>{_esc(rep['certificate'].get('note'))}</p>")
-    crow = [] if c.get("k") is None else [[k, c[k]["mean"], c[k]["p5"], c[k]["median"], c[k]["p95"], c[k]["max"]]
-            for k in ("k", "rank", "rank_fraction", "identifiable", "revealed_energy", "revealed_energy_public_mu",
-                      "max_leverage", "worst_patch_revealed_energy", "worst_patch_rank_fraction",
-                      "dropped_by_policy") if k in c]
-    if c.get("k") is not None:
-        parts.append(_table(["quantity", "mean", "p5", "median", "p95", "max"], crow))
-    if c.get("k") is not None:
-        parts.append(f"<p class=note>Requests with at least one identifiable input coordinate: "
-                 f"{c['requests_with_identifiable']} of {rep['n_test']}. revealed_energy is ρ(x) as the device "
-                 f"computes it, with its μ = {_esc(c.get('device_mu'))}; revealed_energy_public_mu uses the "
-                 "attacker's per-coordinate mean of the public split.</p>")
-    if ex and ex.get("cert") and len(ex["cert"].get("k", [])):
-        parts.append(certificate_figure(ex["cert"], int(np.prod(b["input_shape"]))))
-    if rep.get("repeated"):
-        r = rep["repeated"]
-        parts.append(f"<h2>Repeated and near-duplicate queries ({r['n_inputs']} inputs)</h2>")
-        rows = [[row["captures"], row["masks"], row["k"], f"{row['surviving_union']:.1f}",
-                 f"{row['identical']:.2f}", _fmt(row["min_norm"]), _fmt(row.get("rmle")),
-                 "–" if row.get("rmle_advantage") is None else f"{row['rmle_advantage']:+.3f}"] for row in r["rows"]]
-        parts.append(_table(["captures", "masks", "K sends", "distinct equations", "identical payloads",
-                             f"min-norm {metric}", f"rMLE {metric}", "rMLE − class prior"], rows))
-        sq = ", ".join(f"{k} {v:.3f}" for k, v in r["single_query"].items())
-        parts.append(f"<p class=note>The server pools the K payloads it receives for one input. Single query of "
-                     f"the clean input: {sq}; {r['baseline_name']}: {r['baseline']:.3f}. Fresh masks let "
-                     "equations accumulate; keyed masks resend identical bytes for identical inputs only; "
-                     "similarity-keyed masks give near-duplicates the same mask.</p>")
-    if rep.get("policy_cost"):
+    parts += _certificate_section(rep, ex)
+    parts += _repeated_section(rep)
+    if rep.policy_cost:
         parts.append("<h2>Cost of the device policy</h2>")
         key = f"min_norm_{metric}"
         rows = [[_fmt(p["max_revealed_energy"]), p["accuracy"], p["surviving"], p["dropped_by_policy"],
-                 p["revealed_energy"], p[key], _fmt(p["policy_ok_all"])] for p in rep["policy_cost"]]
+                 p["revealed_energy"], p[key], _fmt(p["policy_ok_all"])] for p in rep.policy_cost]
         parts.append(_table(["max ρ", "accuracy", "surviving", "dropped by policy", "mean ρ", f"min-norm {metric}",
                              "policy held on all"], rows))
     parts.append("<h2>Attack budgets</h2>")
-    for name, bud in rep.get("budgets", {}).items():
-        parts.append(f"<p><b>{_esc(SHORT.get(name, name))}</b>: {_esc(_budget_line(name, bud))}</p>")
+    for name, bud in rep.budgets.items():
+        parts.append(f"<p><b>{_esc(SHORT.get(name, name))}</b>: {_esc(_budget_line(name, bud.to_json()))}</p>")
     parts.append("<h2>Configuration and timing</h2><pre>" + _esc(json.dumps(
-        {"config": rep["config"], "timing_s": rep["timing_s"], "torch_threads": rep.get("torch_threads")},
-        indent=1)) + "</pre>")
-    return _page(f"daonet audit {b['model_id']}", parts)
+        {"config": rep.config, "timing_s": rep.timing_s, "torch_threads": rep.torch_threads}, indent=1)) + "</pre>")
+    return _page(f"daonet audit {b.model_id}", parts)
+
+
+def _verdict(rep: AuditReport) -> str:
+    metric, best, adv = rep.metric, rep.best_attack, rep.best_advantage
+    verdict = ""
+    if best and rep.best is not None:
+        cls = "bad" if adv is not None and adv > 0.05 else "good"
+        verdict = (f"The strongest attack is <b>{_esc(SHORT.get(best, best))}</b> with mean {metric.upper()} "
+                   f"<b>{rep.best:.3f}</b>, against <b>{rep.class_prior:.3f}</b> for the class-conditional mean of "
+                   f"the predicted class: an advantage of <b class={cls}>{_fmt(adv, signed=True)}</b>.")
+        if rep.prediction_only is not None:
+            verdict += (f" A decoder that sees only the server's class probabilities reaches "
+                        f"{rep.prediction_only:.3f}: the activations leak <b>{rep.best - rep.prediction_only:+.3f}"
+                        "</b> beyond what the prediction itself reveals.")
+        if rep.label_only is not None and rep.leakage is not None:
+            bound = "at least " if rep.is_lower_bound else ""
+            verdict = (f"<b>Leakage beyond the label: <span class=bad>{bound}{rep.leakage.mean:+.3f} ± "
+                       f"{rep.leakage.se:.3f}</span> {metric.upper()}</b> (the best attack minus a label-only "
+                       f"decoder, {rep.label_only:.3f}, which sees only the predicted class: what the server must "
+                       "learn for the task). " + verdict)
+    s = rep.surviving
+    return (f"<p>Accuracy on the {rep.n_test} audited test requests (server predictions from the payload bytes): "
+            f"<b>{rep.accuracy:.4f}</b>. Surviving outputs per request: mean {s.mean:.1f} (min {s.min:.0f}, max "
+            f"{s.max:.0f}) of {rep.bundle.n_outputs}. {verdict}</p>")
+
+
+def _budget_section(rep: AuditReport) -> list[str]:
+    metric, cv = rep.metric, rep.budget_curve
+    if cv is not None:
+        g = cv.last_doubling_gain
+        return ["<h2>Attacker budget: has the attack saturated?</h2>", budget_figure(cv.to_json(), metric),
+                f"<p class=note>Left: held-out {metric} per training epoch of each decoder family (early stopping on "
+                f"a validation split of the public data). Right: decoder_{_esc(cv.family)} retrained from scratch on "
+                f"smaller public sets, scored on the audited test requests. Last step of public data "
+                f"({' → '.join(str(p.public_train) for p in cv.points[-2:])}): {_fmt(g, signed=True)} {metric} "
+                f"({'saturated' if g is not None and g <= 0.01 else 'NOT saturated: a lower bound'}).</p>"]
+    epochs = {k.removeprefix("decoder_"): list(b.val_metric_per_epoch) for k, b in rep.budgets.items()
+              if k.startswith("decoder_") and b.val_metric_per_epoch}
+    if not epochs:
+        return []
+    return ["<h2>Attacker budget: decoders vs training epochs</h2>",
+            budget_figure({"epochs": epochs, "points": []}, metric),
+            "<p class=note>Held-out score per training epoch of each decoder family. The public-data half of the "
+            "budget curve was not run (<code>--no-budget-curve</code>): whether more public data would leak more "
+            "is unchecked.</p>"]
+
+
+def _certificate_section(rep: AuditReport, ex: dict[str, Any] | None) -> list[str]:
+    c = rep.certificate
+    parts = ["<h2>Per-request certificate (what the equations alone reveal)</h2>"]
+    if "k" not in c:
+        return [*parts, f"<p>{_esc(c.get('note'))}</p>"]
+    crow = [[k, c[k]["mean"], c[k]["p5"], c[k]["median"], c[k]["p95"], c[k]["max"]]
+            for k in ("k", "rank", "rank_fraction", "identifiable", "revealed_energy", "revealed_energy_public_mu",
+                      "max_leverage", "worst_patch_revealed_energy", "worst_patch_rank_fraction",
+                      "dropped_by_policy") if k in c]
+    parts.append(_table(["quantity", "mean", "p5", "median", "p95", "max"], crow))
+    parts.append(f"<p class=note>Requests with at least one identifiable input coordinate: "
+                 f"{c['requests_with_identifiable']} of {rep.n_test}. revealed_energy is ρ(x) as the device "
+                 f"computes it, with its μ = {_esc(c.get('device_mu'))}; revealed_energy_public_mu uses the "
+                 "attacker's per-coordinate mean of the public split.</p>")
+    if ex and ex.get("cert") and len(ex["cert"].get("k", [])):
+        parts.append(certificate_figure(ex["cert"], int(np.prod(rep.bundle.input_shape))))
+    return parts
+
+
+def _repeated_section(rep: AuditReport) -> list[str]:
+    r, metric = rep.repeated, rep.metric
+    if not r:
+        return []
+    rows = [[row["captures"], row["masks"], row["k"], f"{row['surviving_union']:.1f}", f"{row['identical']:.2f}",
+             _fmt(row["min_norm"]), _fmt(row.get("rmle")), _fmt(row.get("rmle_advantage"), signed=True)]
+            for row in r["rows"]]
+    sq = ", ".join(f"{k} {v:.3f}" for k, v in r["single_query"].items())
+    return [f"<h2>Repeated and near-duplicate queries ({r['n_inputs']} inputs)</h2>",
+            _table(["captures", "masks", "K sends", "distinct equations", "identical payloads", f"min-norm {metric}",
+                    f"rMLE {metric}", "rMLE − class prior"], rows),
+            f"<p class=note>The server pools the K payloads it receives for one input. Single query of the clean "
+            f"input: {sq}; {r['baseline_name']}: {r['baseline']:.3f}. Fresh masks let equations accumulate; keyed "
+            "masks resend identical bytes for identical inputs only; similarity-keyed masks give near-duplicates "
+            "the same mask.</p>"]
 
 
 def budget_figure(curve: dict[str, Any], metric: str) -> str:
@@ -313,73 +319,3 @@ def _budget_line(name: str, bud: dict[str, Any]) -> str:
 def _page(title: str, parts: list[str]) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{CSS}</style>"
             f"</head><body>{''.join(parts)}</body></html>\n")
-
-
-# -- frontier --------------------------------------------------------------------------------------
-def frontier_figure(rows: list[dict[str, Any]], metric: str, title: str) -> str:
-    rows = sorted(rows, key=lambda r: r["drop_rate"])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    acc = [r["accuracy"] for r in rows]
-    ax = axes[0]
-    for name in ("decoder", "rmle", "rmle_naive", "min_norm"):
-        ys = [r["attacks"].get(name) for r in rows]
-        if any(y is not None for y in ys):
-            pts = [(a, y) for a, y in zip(acc, ys, strict=True) if y is not None]
-            ax.plot(*zip(*pts, strict=True), "o-", color=COLORS[name], label=SHORT[name], lw=1, ms=4)
-    ax.plot(acc, [r["best"] for r in rows], "s", mfc="none", mec="k", ms=10, label="best attack")
-    ax.plot(acc, [r["class_prior"] for r in rows], "--", color=COLORS["class_prior"], label="class prior")
-    ax.plot(acc, [r["data_mean"] for r in rows], ":", color=COLORS["data_mean"], label="data mean")
-    for r in rows:
-        ax.annotate(f"p={r['drop_rate']:g}", (r["accuracy"], r["best"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("test accuracy (with dropping)")
-    ax.set_ylabel(f"reconstruction {metric} (higher = more leaked)")
-    ax.set_title(f"{title}: accuracy vs privacy")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=.3)
-    ax = axes[1]
-    ks = [r["surviving"] for r in rows]
-    ax.plot(ks, [r["best"] for r in rows], "s-", color="k", label="best attack")
-    ax.plot(ks, [r["class_prior"] for r in rows], "--", color=COLORS["class_prior"], label="class prior")
-    ax.set_xscale("symlog", linthresh=10)
-    ax.set_xlabel("surviving outputs per request (mean)")
-    ax.set_ylabel(metric)
-    ax.set_title("leakage vs surviving outputs")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=.3)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def frontier_markdown(rows: list[dict[str, Any]], metric: str) -> str:
-    head = (f"| drop p | accuracy | surviving outputs | min-norm {metric} | rMLE {metric} | rMLE naive {metric} | "
-            f"inverse-net {metric} | class-prior {metric} | best − class prior | mean ρ (public μ) "
-            "| train s | audit s |")
-    lines = [head, "|" + "---|" * 12]
-    for r in sorted(rows, key=lambda r: r["drop_rate"]):
-        a = r["attacks"]
-        lines.append(
-            f"| {r['drop_rate']:g} | {r['accuracy']:.4f} | {r['surviving']:.1f} / {r['n_outputs']} | "
-            f"{_fmt(a.get('min_norm'))} | {_fmt(a.get('rmle'))} | {_fmt(a.get('rmle_naive'))} | "
-            f"{_fmt(a.get('decoder'))} | {r['class_prior']:.3f} | {r['best'] - r['class_prior']:+.3f} | "
-            f"{r['revealed_energy']:.3f} | {_fmt(r.get('train_s'), 0)} | {_fmt(r.get('audit_s'), 0)} |")
-    return "\n".join(lines) + "\n"
-
-
-def render_frontier_html(rows: list[dict[str, Any]], metric: str, title: str, commands: list[str],
-                         grids: list[tuple[str, str]]) -> str:
-    parts = [f"<h1>daonet privacy frontier — {_esc(title)}</h1>",
-             "<p>Each point is one model trained with plain dropping at drop rate p, exported, and audited: the "
-             "attackers are retrained from scratch against that exact bundle. The class prior (what the "
-             "prediction alone reveals) is the floor any useful model must concede.</p>",
-             frontier_figure(rows, metric, title), "<h2>Table</h2>"]
-    md = frontier_markdown(rows, metric)
-    lines = [ln for ln in md.strip().splitlines() if not ln.startswith("|---")]
-    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
-    parts.append(_table(cells[0], cells[1:]))
-    parts.append("<p class=note>accuracy: full test set with dropping, mean over mask draws (from training "
-                 "metrics); other columns: the audited requests.</p>")
-    parts.append("<h2>Commands</h2><pre>" + _esc("\n".join(commands)) + "</pre>")
-    for label, grid in grids:
-        parts.append(f"<h2>Examples at {_esc(label)}</h2>{grid}")
-    return _page(f"daonet frontier {title}", parts)

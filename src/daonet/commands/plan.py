@@ -41,6 +41,13 @@ def plan(
     block_widths: Annotated[str, typer.Option(help="block widths to try (depth >= 2)")] = "8,16,32,64",
     drop_rates: Annotated[str, typer.Option(help="drop-rate range LOW,HIGH")] = "0,0.97",
     adversary_weights: Annotated[str, typer.Option(help="min-max training weights to try")] = "0,2",
+    grid: Annotated[list[str] | None, typer.Option(help="instead of a search, every combination of NAME=V1,V2,... "
+                                                        "(repeatable; NAME: device_layers, block_width, drop_rate, "
+                                                        "adversary_weight, noise_std, quantize_levels, nopeek_weight, "
+                                                        "max_revealed_energy (none = off)); --trials is ignored")]
+    = None,
+    torch_device: Annotated[str, typer.Option(help="where the attackers train: auto (cuda when present), cpu, "
+                                                   "cuda[:N]")] = "auto",
     epochs: Annotated[int | None, typer.Option(min=1, help="training epochs (default: the recipe's)")] = None,
     n_train: Annotated[int | None, typer.Option(min=2, help="training subset (quick plans)")] = None,
     n_test: Annotated[int | None, typer.Option(min=2, help="test subset")] = None,
@@ -57,7 +64,7 @@ def plan(
 ) -> None:
     """Train, export and audit candidate device heads; keep every trial in a study database; write the Pareto set
     (accuracy vs leakage beyond the label) and export the least-leaking feasible bundle to OUT/chosen."""
-    from ..studies.plan import PlanConfig, PlanSpace, run_plan
+    from ..studies.plan import PlanConfig, PlanSpace, parse_grid, run_plan
 
     try:
         lo_hi = _floats(drop_rates, "--drop-rates")
@@ -72,7 +79,8 @@ def plan(
                          max_device_us=max_device_us, epochs=epochs, n_train=n_train, n_test=n_test,
                          audit_n_test=audit_n_test, attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
                          storage=storage, workers=workers, ray_address=ray_address,
-                         seed=seed, data_root=str(data_root) if data_root else None, space=space)
+                         seed=seed, data_root=str(data_root) if data_root else None, space=space,
+                         grid=parse_grid(grid) if grid else None, torch_device=torch_device)
         result = run_plan(cfg, log=lambda s: console.print(s, highlight=False, markup=False))
     except DaonetError as exc:
         fail(str(exc))

@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..bundle import bundle_is_current
 from ..data import load_dataset
 from ..defaults import PROJECT_PUBLIC_KEY, default_bundle
 from ..device import Client, DeviceModel, RandomMasks
-from ..exporting import export_run
 from ..server.config import ServerConfig
 from ..server.launch import ServerProcess
-from ..train import recommended_config, save_run, train
+from ..train import recommended_config
 from ..verify import verify_bundle
 
 DEFAULT_CACHE = Path(".daonet-cache/demo")
@@ -81,26 +79,19 @@ class DemoReport:
         return json.dumps(self.__dict__, indent=2)
 
 
-def _cached_config(run_dir: Path) -> dict | None:
-    """The training config of a cached run (a cache made with other settings is retrained)."""
-    try:
-        return json.loads((run_dir / "config.json").read_text()).get("train")
-    except (OSError, ValueError):
-        return None
-
-
 def ensure_bundles(cache: Path, retrain: bool = False, progress: bool = True) -> tuple[Path, bool]:
-    """Train and export the demo recipe into ``cache`` unless a cached bundle of it exists.
-    Returns (bundle dir, trained now?)."""
-    run_dir, bundle = cache / "run", cache / "bundle"
-    trained = False
-    if retrain or not (run_dir / "model.safetensors").exists() or _cached_config(run_dir) != asdict(DEMO_CONFIG):
-        result = train(DEMO_CONFIG, progress=progress)
-        save_run(result, run_dir)
-        trained = True
-    if trained or not bundle_is_current(bundle):
-        export_run(run_dir, bundle, model_id="mnist-mlp")
-    return bundle, trained
+    """The demo recipe trained and exported through the study pipeline (a row under ``cache``, reused when its
+    settings are unchanged). Returns (bundle dir, trained now?)."""
+    import shutil
+
+    from .pipeline import ExportOptions, Row, run_row
+
+    row = Row(DEMO_CONFIG, ExportOptions(model_id="mnist-mlp"))
+    where = Path(cache) / row.key()
+    if retrain and where.exists():
+        shutil.rmtree(where)
+    trained = not (where / "run" / "metrics.json").exists()
+    return run_row(row, cache, progress=progress).bundle, trained
 
 
 def run_demo(n: int = 1000, cache: Path = DEFAULT_CACHE, retrain: bool = False, seed: int = 0,

@@ -7,13 +7,17 @@ attack minus the label-only decoder; minimise), the constraints the accuracy flo
 device budget (FLOPs, bytes and encode µs per request). The search itself is Optuna's multi-objective NSGA-II
 with its RDB storage: every trial lands in a study database (SQLite by default, any SQLAlchemy URL for a shared
 one), a killed plan resumes where it stopped, and trials run in parallel on Ray when asked (``workers > 1`` or a
-``ray_address``), each worker loading the same study. Candidates with identical settings share one folder
-(``OUT/candidates/<key>``), so a retried trial reuses a finished training run or audit.
+``ray_address``), each worker loading the same study. Every candidate is a row of the study pipeline
+(:mod:`daonet.studies.pipeline`): candidates with identical settings share one folder (``OUT/candidates/<key>``),
+so a retried trial reuses a finished training run or audit.
+
+A *grid* (``PlanConfig.grid``, ``daonet plan --grid drop_rate=0,0.5,0.9``) replaces the search by every
+combination of the listed settings (Optuna's grid sampler, same study database, same Pareto set): that is how a
+frontier over drop rates or defences is measured.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -25,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from ..audit_summary import AuditSummary, read_summary
 from ..errors import InputError
 
-__all__ = ["PlanSpace", "PlanConfig", "Candidate", "PlanPoint", "PlanResult", "run_plan", "device_cost"]
+__all__ = ["PlanSpace", "PlanConfig", "Candidate", "PlanPoint", "PlanResult", "run_plan", "device_cost",
+           "GRID_SETTINGS", "parse_grid"]
 
 PLAN_ATTACKS = ("min_norm", "rmle_prior", "decoder_mlp", "decoder_conv", "decoder_adaptive", "decoder_prediction",
                 "decoder_label")  # the audit's single-query attacks and baselines (repeated queries: masks, not heads)
@@ -53,6 +57,26 @@ class PlanSpace:
             raise InputError(f"the drop-rate range must satisfy 0 <= low <= high < 1, got {lo}, {hi}")
         if not self.adversary_weights or any(not (a >= 0 and math.isfinite(a)) for a in self.adversary_weights):
             raise InputError(f"adversary weights must be finite numbers >= 0, got {list(self.adversary_weights)}")
+
+
+GRID_SETTINGS = ("device_layers", "block_width", "drop_rate", "adversary_weight", "noise_std", "quantize_levels",
+                 "nopeek_weight", "max_revealed_energy")  # the candidate settings a grid may list
+
+
+def parse_grid(items: list[str]) -> dict[str, tuple[Any, ...]]:
+    """``["drop_rate=0,0.5", "max_revealed_energy=none,0.2"]`` -> ``{"drop_rate": (0.0, 0.5), ...}``."""
+    grid: dict[str, tuple[Any, ...]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not values.strip():
+            raise InputError(f"--grid takes NAME=V1,V2,..., got {item!r}")
+        try:
+            vals = tuple(None if v.strip().lower() == "none" else json.loads(v) for v in values.split(","))
+        except ValueError:
+            raise InputError(f"--grid {name}: values must be numbers (or none), got {values!r}") from None
+        grid[name] = vals
+    return grid
 
 
 @dataclass(frozen=True)
@@ -81,9 +105,12 @@ class PlanConfig:
     ray_address: str | None = None  # a Ray cluster ("auto" or host:port): trials run there
     data_root: str | None = None
     space: PlanSpace = field(default_factory=PlanSpace)
+    grid: dict[str, tuple[Any, ...]] | None = None  # every combination of these settings instead of a search
+    torch_device: str = "auto"  # where the audit's attackers train (auto: cuda when available)
 
     def validate(self) -> None:
-        from ..audit.core import ATTACKS, BUDGETS
+        from ..audit.core import ATTACKS
+        from ..audit_config import BUDGETS
 
         if self.trials < 1:
             raise InputError(f"--trials must be at least 1, got {self.trials}")
@@ -108,6 +135,30 @@ class PlanConfig:
             if v is not None and v < (2 if name != "epochs" else 1):
                 raise InputError(f"--{name.replace('_', '-')} is too small: {v}")
         self.space.validate()
+        self._validate_grid()
+
+    def _validate_grid(self) -> None:
+        if self.grid is None:
+            return
+        unknown = [k for k in self.grid if k not in GRID_SETTINGS]
+        if unknown or not self.grid:
+            raise InputError(f"--grid setting(s) {', '.join(unknown) or '(none)'} unknown; a grid lists "
+                             f"{', '.join(GRID_SETTINGS)}")
+        for name, values in self.grid.items():
+            if not values or len(set(values)) != len(values):
+                raise InputError(f"--grid {name}: give distinct values, got {list(values)}")
+            for v in values:
+                if v is None and name != "max_revealed_energy":
+                    raise InputError(f"--grid {name}: none is allowed for max_revealed_energy only")
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
+                    raise InputError(f"--grid {name}: {v!r} is not a finite number")
+        for cand in grid_candidates(self):
+            cand.validate()
+
+    @property
+    def n_trials(self) -> int:
+        """Trials in all: the grid's size, or ``trials`` for a search."""
+        return len(grid_candidates(self)) if self.grid is not None else self.trials
 
     @property
     def storage_url(self) -> str:
@@ -116,25 +167,67 @@ class PlanConfig:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One point of the search space, as trained."""
+    """One point of the search space (or of a grid), as trained and exported."""
 
     device_layers: int
     block_width: int | None
     drop_rate: float
     adversary_weight: float
+    noise_std: float = 0.0
+    quantize_levels: int = 0
+    nopeek_weight: float = 0.0
+    max_revealed_energy: float | None = None  # the device policy (an export option)
 
-    def key(self, cfg: PlanConfig) -> str:
-        """Content address of a candidate and everything that determines its numbers (one 'same settings' rule)."""
-        what = {"candidate": asdict(self), "dataset": cfg.dataset, "model": cfg.model, "budget": cfg.budget,
-                "epochs": cfg.epochs, "n_train": cfg.n_train, "n_test": cfg.n_test, "audit_n_test": cfg.audit_n_test,
-                "attacks": sorted(cfg.attacks), "seed": cfg.seed}
-        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+    def validate(self) -> None:
+        if self.device_layers not in (1, 2, 3):
+            raise InputError(f"device_layers must be 1, 2 or 3, got {self.device_layers}")
+        if not 0 <= self.drop_rate < 1:
+            raise InputError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
+        for name in ("adversary_weight", "noise_std", "nopeek_weight", "quantize_levels"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.block_width is not None and self.block_width < 2:
+            raise InputError(f"block_width must be at least 2, got {self.block_width}")
+        if self.device_layers > 1 and not self.block_width:
+            raise InputError("a device block (device_layers >= 2) needs a block width")
+        if self.max_revealed_energy is not None and (self.device_layers > 1 or not 0 <= self.max_revealed_energy <= 1):
+            raise InputError(f"max_revealed_energy {self.max_revealed_energy}: in [0, 1], and only for the "
+                             "single first layer (a block has no certificate)")
 
     def describe(self) -> str:
         head = ("first layer" if self.device_layers == 1 else
                 f"{self.device_layers}-layer block, width {self.block_width}")
-        adv = f", adversary {self.adversary_weight:g}" if self.adversary_weight else ""
-        return f"{head}, p={self.drop_rate:.2f}{adv}"
+        more = [f"adversary {self.adversary_weight:g}" if self.adversary_weight else "",
+                f"noise {self.noise_std:g}" if self.noise_std else "",
+                f"{self.quantize_levels} levels" if self.quantize_levels else "",
+                f"NoPeek {self.nopeek_weight:g}" if self.nopeek_weight else "",
+                f"max ρ {self.max_revealed_energy:g}" if self.max_revealed_energy is not None else ""]
+        return ", ".join([f"{head}, p={self.drop_rate:.2f}", *[m for m in more if m]])
+
+
+def grid_candidates(cfg: PlanConfig) -> list[Candidate]:
+    """Every combination of the grid's values; settings the grid does not list take the task's recipe values."""
+    import itertools
+
+    from ..train import recommended_config
+
+    base = recommended_config(cfg.dataset, cfg.model)
+    defaults = {"device_layers": base.device_layers, "block_width": base.model_kwargs.get("block_width", 16),
+                "drop_rate": base.drop_rate, "adversary_weight": base.adversary_weight, "noise_std": base.noise_std,
+                "quantize_levels": base.quantize_levels, "nopeek_weight": base.nopeek_weight,
+                "max_revealed_energy": None}
+    grid = cfg.grid or {}
+    out = []
+    for combo in itertools.product(*grid.values()):
+        values = {**defaults, **dict(zip(grid, combo, strict=True))}
+        if values["device_layers"] == 1:
+            values["block_width"] = None
+        out.append(Candidate(int(values["device_layers"]), None if values["block_width"] is None else
+                             int(values["block_width"]), float(values["drop_rate"]), float(values["adversary_weight"]),
+                             float(values["noise_std"]), int(values["quantize_levels"]),
+                             float(values["nopeek_weight"]), None if values["max_revealed_energy"] is None else
+                             float(values["max_revealed_energy"])))
+    return list(dict.fromkeys(out))  # a depth-1 row ignores the width: duplicates collapse
 
 
 @dataclass(frozen=True)
@@ -199,66 +292,50 @@ def device_cost(device: Any, x: np.ndarray, repeats: int = 3) -> tuple[int, floa
     return flops, float(np.mean(sizes)), float(np.median(times))
 
 
-def _train_config(cfg: PlanConfig, cand: Candidate) -> Any:
+def candidate_row(cfg: PlanConfig, cand: Candidate) -> Any:
+    """The study-pipeline row of a candidate: the task's recipe with the candidate's settings, its export
+    options and the plan's audit."""
+    from ..audit_config import AuditConfig
     from ..train import recommended_config
+    from .pipeline import ExportOptions, Row
 
     over: dict[str, Any] = {"drop_rate": cand.drop_rate, "adversary_weight": cand.adversary_weight,
-                            "device_layers": cand.device_layers, "seed": cfg.seed, "data_root": cfg.data_root}
+                            "device_layers": cand.device_layers, "noise_std": cand.noise_std,
+                            "quantize_levels": cand.quantize_levels, "nopeek_weight": cand.nopeek_weight,
+                            "seed": cfg.seed, "data_root": cfg.data_root, "n_train": cfg.n_train,
+                            "n_test": cfg.n_test}
     if cfg.epochs is not None:
         over["epochs"] = cfg.epochs
     tc = recommended_config(cfg.dataset, cfg.model, **over)
     if cand.device_layers > 1:
         tc = replace(tc, model_kwargs={**tc.model_kwargs, "block_width": cand.block_width})
-    return tc
+    audit = AuditConfig(dataset=cfg.dataset, budget=cfg.budget, n_test=cfg.audit_n_test, attacks=tuple(cfg.attacks),
+                        budget_curve=cfg.budget == "full", data_root=cfg.data_root, torch_device=cfg.torch_device)
+    return Row(tc, ExportOptions(model_id=f"plan-{cfg.dataset.replace(':', '-')}-{cfg.model}",
+                                 max_revealed_energy=cand.max_revealed_energy), audit)
 
 
 def evaluate_candidate(cfg: PlanConfig, cand: Candidate, trial: int, log: Callable[[str], None] = print) -> PlanPoint:
-    """Train, export and audit one candidate (each stage reused when its folder already holds it)."""
-    from filelock import FileLock
-
-    t0 = time.perf_counter()
-    where = Path(cfg.out) / "candidates" / cand.key(cfg)
-    where.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(where) + ".lock"):  # parallel trials that sampled the same candidate: one builds it
-        return _build_candidate(cfg, cand, trial, where, t0, log)
-
-
-def _build_candidate(cfg: PlanConfig, cand: Candidate, trial: int, where: Path, t0: float,
-                     log: Callable[[str], None]) -> PlanPoint:
-    from ..audit.core import AuditConfig, run_audit, write_report
-    from ..data import load_dataset
+    """Train, export and audit one candidate through the study pipeline (each stage reused when already there)."""
     from ..device import DeviceModel
-    from ..export import export_run
-    from ..train import save_run, train
+    from .pipeline import run_row
 
-    run_dir, bundle, audit_dir = where / "run", where / "bundle", where / "audit"
-    tc = _train_config(cfg, cand)
-    ds = load_dataset(cfg.dataset, cfg.data_root)
-    if cfg.n_train or cfg.n_test:
-        ds = ds.subset(cfg.n_train, cfg.n_test, seed=cfg.seed)
-    if not (run_dir / "metrics.json").exists():
-        save_run(train(tc, ds=ds, progress=False), run_dir)
-    if not (bundle / "device" / "manifest.json").exists():
-        export_run(run_dir, bundle, model_id=f"plan-{cand.key(cfg)}")
-    report = audit_dir / "audit.json"
-    if not report.exists():
-        ac = AuditConfig(dataset=ds.name, budget=cfg.budget, n_test=cfg.audit_n_test, attacks=tuple(cfg.attacks),
-                         checkpoint_dir=str(audit_dir / "checkpoints"), budget_curve=cfg.budget == "full")
-        write_report(run_audit(bundle, ac, dataset=ds, progress=False, log=lambda _: None), audit_dir)
-    summary: AuditSummary = read_summary(report)
-    if summary.leakage is None:
-        raise InputError(f"{report} has no leakage (no label-only decoder or no attack ran)")
-    device = DeviceModel.load(bundle / "device")
-    flops, nbytes, us = device_cost(device, ds.x_test[:64])
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    accuracy = float(metrics["test_accuracy"]["mean"])
-    point = PlanPoint(trial=trial, candidate=cand, accuracy=accuracy, leakage=float(summary.leakage),
+    res = run_row(candidate_row(cfg, cand), Path(cfg.out) / "candidates", log=lambda _: None)
+    summary = res.report
+    if summary is None or summary.leakage is None:
+        raise InputError(f"{res.report_path} has no leakage (no label-only decoder or no attack ran)")
+    from ..data import load_dataset
+
+    x = load_dataset(cfg.dataset, cfg.data_root).x_test[:64]
+    device = DeviceModel.load(res.bundle / "device")
+    flops, nbytes, us = device_cost(device, x)
+    point = PlanPoint(trial=trial, candidate=cand, accuracy=res.run.accuracy, leakage=float(summary.leakage.mean),
                       leakage_lower_bound=summary.is_lower_bound, best_attack=summary.best_attack,
                       label_only=summary.label_only, flops=flops, bytes_per_request=nbytes, device_us=us,
-                      surviving=summary.surviving, feasible=False, bundle=str(bundle), report=str(report),
-                      seconds=round(time.perf_counter() - t0, 2))
+                      surviving=summary.surviving.mean, feasible=False, bundle=str(res.bundle),
+                      report=str(res.report_path), seconds=res.seconds)
     point = replace(point, feasible=all(c <= 0 for c in constraint_values(cfg, point)))
-    log(f"trial {trial}: {cand.describe()}: accuracy {accuracy:.3f}, leakage {point.leakage:+.3f} "
+    log(f"trial {trial}: {cand.describe()}: accuracy {point.accuracy:.3f}, leakage {point.leakage:+.3f} "
         f"{summary.metric}, {flops:,} FLOPs, {nbytes:.0f} B, {us:.0f} µs{'' if point.feasible else ' (infeasible)'}")
     return point
 
@@ -273,7 +350,13 @@ def constraint_values(cfg: PlanConfig, p: PlanPoint) -> list[float]:
     return out
 
 
-def _sample(trial: Any, space: PlanSpace) -> Candidate:
+def _sample(trial: Any, cfg: PlanConfig) -> Candidate:
+    if cfg.grid is not None:  # the grid sampler hands out the grid's combinations
+        picked = {name: trial.suggest_categorical(name, list(values)) for name, values in cfg.grid.items()}
+        return next(c for c in grid_candidates(cfg)
+                    if all(_same(getattr(c, k), v) or (k == "block_width" and c.device_layers == 1)
+                           for k, v in picked.items()))
+    space = cfg.space
     layers = trial.suggest_categorical("device_layers", list(space.device_layers))
     width = trial.suggest_categorical("block_width", list(space.block_widths)) if layers > 1 else None
     lo, hi = space.drop_rate
@@ -295,14 +378,16 @@ def _study(cfg: PlanConfig) -> Any:
         storage = optuna.storages.RDBStorage(
             cfg.storage_url, heartbeat_interval=60, grace_period=180,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
-    sampler = optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=max(4, min(20, cfg.trials)))
+    sampler = (optuna.samplers.GridSampler({k: list(v) for k, v in cfg.grid.items()}, seed=cfg.seed)
+               if cfg.grid is not None else
+               optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=max(4, min(20, cfg.trials))))
     return optuna.create_study(study_name=cfg.study_name, storage=storage, sampler=sampler, load_if_exists=True,
                                directions=["maximize", "minimize"])
 
 
 def _objective(cfg: PlanConfig, log: Callable[[str], None]) -> Callable[[Any], tuple[float, float]]:
     def objective(trial: Any) -> tuple[float, float]:
-        cand = _sample(trial, cfg.space)
+        cand = _sample(trial, cfg)
         point = evaluate_candidate(cfg, cand, trial.number, log)
         for i, value in enumerate(constraint_values(cfg, point)):
             trial.set_constraint(f"c{i}", value)
@@ -330,7 +415,7 @@ def run_plan(cfg: PlanConfig, log: Callable[[str], None] = print) -> PlanResult:
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     study = _study(cfg)
-    todo = _remaining(study, cfg.trials)
+    todo = _remaining(study, cfg.n_trials)
     if todo and (cfg.workers > 1 or cfg.ray_address):
         _optimize_on_ray(cfg, todo, log)
     elif todo:
@@ -366,6 +451,10 @@ def _optimize_on_ray(cfg: PlanConfig, todo: int, log: Callable[[str], None]) -> 
             ray.shutdown()
 
 
+def _same(a: Any, b: Any) -> bool:
+    return a == b or (a is not None and b is not None and math.isclose(float(a), float(b)))
+
+
 def pareto_front(points: list[PlanPoint]) -> list[PlanPoint]:
     """Feasible points no other feasible point beats on both accuracy (higher) and leakage (lower)."""
     feas = [p for p in points if p.feasible]
@@ -377,7 +466,7 @@ def pareto_front(points: list[PlanPoint]) -> list[PlanPoint]:
 def _collect(cfg: PlanConfig, study: Any) -> PlanResult:
     import optuna
 
-    from ..audit.core import BUDGETS
+    from ..audit_config import BUDGETS
 
     points = [PlanPoint.from_json(t.user_attrs["point"]) for t in study.trials
               if t.state == optuna.trial.TrialState.COMPLETE and "point" in t.user_attrs]
