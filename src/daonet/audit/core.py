@@ -30,7 +30,7 @@ from ..data import Dataset, load_dataset
 from ..device.certificate import PrivacyPolicy, certify
 from ..device.masks import KeyedMasks, MaskSource, RandomMasks, SimilarityKeyedMasks
 from ..device.runtime import DeviceModel
-from ..errors import BundleError, DatasetError
+from ..errors import BundleError, DatasetError, InputError
 from ..server.model import ServerModel
 from ..train import make_progress
 from . import attacks as atk
@@ -278,6 +278,7 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
     unless logging is configured); ``progress`` shows progress bars with time estimates."""
     say: Callable[[str], None] = log if log is not None else logger.info
     cfg.validate()
+    check_attacks(cfg)
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
     subject = prepare_subject(bundle, cfg, dataset)
@@ -322,6 +323,14 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
                 "recs": {k: v[:m].reshape(x.shape) for k, v in runs.recs.items()},
                 "cert": cert_arr, "output_shape": tuple(subject.device.output_shape), "kind": subject.kind}
     return AuditResult(report, examples)
+
+
+def check_attacks(cfg: AuditConfig) -> None:
+    """Every attack name of ``cfg`` is registered (attacks register at import, so this lives beside the registry)."""
+    known = set(ATTACKS) | set(ALIASES)
+    unknown = [a for a in cfg.attacks if a not in known]
+    if unknown:
+        raise InputError(f"unknown attack(s) {', '.join(unknown)}; choose from {', '.join(ATTACKS)} (or all)")
 
 
 def _timed(timing: dict[str, float], key: str, stage: Callable[[], Any]) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..audit_config import ALIASES
 from ..errors import InputError
 from ..train import make_progress
 from . import attacks as atk
@@ -72,7 +73,6 @@ class AttackSpec:
 
 
 _REGISTRY: dict[str, AttackSpec] = {}
-ALIASES = {"decoder": "decoder_mlp"}
 
 
 def register_attack(name: str, label: str, *, needs_equations: bool = False, learned: bool = False,

@@ -28,6 +28,7 @@ def audit(target: Path, *, out: Path = Path("reports/audit"), threads: int | Non
     import torch
 
     from ..audit import run_audit, write_report
+    from ..audit.core import check_attacks
     from ..errors import DaonetError
 
     if threads:
@@ -38,6 +39,7 @@ def audit(target: Path, *, out: Path = Path("reports/audit"), threads: int | Non
     try:
         cfg = from_cli(AuditConfig, settings, checkpoint_dir=str(out / "checkpoints") if resume else None)
         cfg.validate()
+        check_attacks(cfg)
     except DaonetError as exc:
         fail(str(exc))
     if not Path(target).exists():
