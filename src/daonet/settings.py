@@ -86,7 +86,7 @@ def cli_parameters(cls: Any, *, skip: Iterable[str] = ()) -> list[inspect.Parame
         help_text = s.help + (f" (one of {', '.join(map(str, s.choices))})" if s.choices and
                               typing.get_origin(tp) is not tuple else "")
         if typing.get_origin(tp) is tuple:  # comma-separated on the command line
-            default = None if f.default is None else ",".join(str(v) for v in f.default)
+            default = None if f.default is None else ",".join(str(v) for v in f.default)  # type: ignore[union-attr]
             ann: Any = Annotated[str | None, typer.Option(help=help_text + " (comma-separated)")]
         else:
             bounds = {k: v for k, v in (("min", s.min), ("max", s.max)) if v is not None and tp in (int, float)}
