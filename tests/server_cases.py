@@ -8,6 +8,7 @@ every case with the same status and error code.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 
 import httpx
@@ -17,6 +18,20 @@ PREDICT = "/v1/models/digits-mlp/predict"
 OCTET = {"Content-Type": "application/octet-stream"}
 
 V = "VERSION"  # replaced by the served version
+
+
+def read_until_closed(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Read until the server closes; (closed within ``seconds``, what it sent)."""
+    sock.settimeout(seconds)
+    got = b""
+    try:
+        while chunk := sock.recv(4096):
+            got += chunk
+        return True, got
+    except TimeoutError:
+        return False, got
+    except ConnectionResetError:
+        return True, got
 
 
 def bin_case(status, message, *args, **kwargs):

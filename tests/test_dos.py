@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+from server_cases import read_until_closed
 from typer.testing import CliRunner
 
 from daonet.cli import app as cli_app
@@ -32,20 +33,6 @@ def limited(start_server, serve_digits_bundle):
                           max_connections_per_client=6, auth_failures_per_minute=5)
     server = start_server(config)
     return server.host, server.port, server.url
-
-
-def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
-    """Read until the server closes; (closed in time, what it sent)."""
-    sock.settimeout(seconds)
-    got = b""
-    try:
-        while chunk := sock.recv(4096):
-            got += chunk
-        return True, got
-    except TimeoutError:
-        return False, got
-    except ConnectionResetError:
-        return True, got
 
 
 def _post(host, port, body: bytes, key: str = KEY) -> bytes:
@@ -88,7 +75,7 @@ def test_wrong_keys_are_rate_limited_per_client_but_the_right_key_still_works(li
 def test_idle_connection_is_closed_after_the_header_timeout(limited):
     host, port, _ = limited
     with socket.create_connection((host, port)) as sock:
-        closed, got = _closed_within(sock, 5)
+        closed, got = read_until_closed(sock, 5)
     assert closed and b"408" in got
 
 
@@ -103,7 +90,7 @@ def test_slow_headers_do_not_extend_the_header_timeout(limited):
                 time.sleep(0.1)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        closed, _ = _closed_within(sock, 2)
+        closed, _ = read_until_closed(sock, 2)
     assert closed and time.monotonic() - t0 < 4.0
 
 
@@ -111,7 +98,7 @@ def test_stalled_body_gets_408_and_the_connection_closes(limited, good):
     host, port, url = limited
     with socket.create_connection((host, port)) as sock:
         sock.sendall(_post(host, port, good)[:-10])  # all but the last 10 bytes, then nothing
-        closed, got = _closed_within(sock, 5)
+        closed, got = read_until_closed(sock, 5)
     assert closed and got.startswith(b"HTTP/1.1 408"), got[:200]
     assert b"did not arrive" in got
 
@@ -120,7 +107,7 @@ def test_keep_alive_connection_is_closed_when_idle(limited, good):
     host, port, _ = limited
     with socket.create_connection((host, port)) as sock:
         sock.sendall(_post(host, port, good))
-        closed, got = _closed_within(sock, 5)
+        closed, got = read_until_closed(sock, 5)
     assert closed and got.startswith(b"HTTP/1.1 200")
 
 
@@ -130,7 +117,7 @@ def test_connections_beyond_the_per_client_cap_get_503_and_others_keep_working(l
     try:
         with socket.create_connection((host, port)) as extra:
             extra.sendall(b"GET /v1/health HTTP/1.1\r\nHost: t\r\n\r\n")
-            closed, got = _closed_within(extra, 5)
+            closed, got = read_until_closed(extra, 5)
             assert closed and got.startswith(b"HTTP/1.1 503") and b"retry-after" in got.lower(), got[:200]
     finally:
         for s in idle:

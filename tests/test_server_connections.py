@@ -10,6 +10,7 @@ import time
 
 import httpx
 import pytest
+from server_cases import read_until_closed
 
 from daonet.device import DeviceModel, RandomMasks
 from daonet.server.config import ServerConfig, generate_api_key, hash_api_key
@@ -28,20 +29,6 @@ def good(serve_digits_bundle, serve_digits_run) -> bytes:
 def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
     return sock
-
-
-def _read_until_closed(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
-    """Read until the server closes; (closed within ``seconds``, what it sent)."""
-    sock.settimeout(seconds)
-    got = b""
-    try:
-        while chunk := sock.recv(4096):
-            got += chunk
-        return True, got
-    except TimeoutError:
-        return False, got
-    except ConnectionResetError:
-        return True, got
 
 
 def _head(length: int, key: str = KEY, path: str = PREDICT) -> bytes:
@@ -141,13 +128,13 @@ def test_a_connection_over_the_cap_gets_503_with_retry_after(start_server, serve
         time.sleep(0.2)
         with _connect(server.port, "127.0.0.6") as extra:
             extra.sendall(b"GET /v1/health HTTP/1.1\r\nHost: t\r\n\r\n")
-            closed, got = _read_until_closed(extra, 5)
+            closed, got = read_until_closed(extra, 5)
         assert closed and got.startswith(b"HTTP/1.1 503"), got[:200]
         head, _, body = got.partition(b"\r\n\r\n")
         assert b"retry-after: 2" in head.lower() and b"connection: close" in head.lower()
         assert b'"too_many_connections"' in body and b"retry" in body
         with _connect(server.port, "127.0.0.6") as silent:  # sends nothing: dropped, holds nothing for long
-            closed, got = _read_until_closed(silent, 5)
+            closed, got = read_until_closed(silent, 5)
         assert closed and got == b""
     finally:
         for s in idle:
@@ -180,7 +167,7 @@ def test_an_address_that_keeps_earning_413s_is_throttled_at_accept_and_others_ar
         try:
             with _connect(server.port, source) as sock:
                 sock.sendall(_head(10_000_000))
-                return _read_until_closed(sock, 3)[1]
+                return read_until_closed(sock, 3)[1]
         except (ConnectionResetError, BrokenPipeError):
             return b""
 

@@ -85,13 +85,14 @@ def cli_parameters(cls: Any, *, skip: Iterable[str] = ()) -> list[inspect.Parame
         tp, optional = _unwrap(hints[f.name])
         help_text = s.help + (f" (one of {', '.join(map(str, s.choices))})" if s.choices and
                               typing.get_origin(tp) is not tuple else "")
+        default: Any = f.default
         if typing.get_origin(tp) is tuple:  # comma-separated on the command line
-            default = None if f.default is None else ",".join(str(v) for v in f.default)  # type: ignore[union-attr]
+            default = None if default is None else ",".join(str(v) for v in default)
             ann: Any = Annotated[str | None, typer.Option(help=help_text + " (comma-separated)")]
         else:
-            bounds = {k: v for k, v in (("min", s.min), ("max", s.max)) if v is not None and tp in (int, float)}
-            default = f.default
-            ann = Annotated[tp | None if optional else tp, typer.Option(help=help_text, **bounds)]
+            numeric = tp in (int, float)
+            option = typer.Option(help=help_text, min=s.min if numeric else None, max=s.max if numeric else None)
+            ann = Annotated[tp | None if optional else tp, option]
         out.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann))
     return out
 

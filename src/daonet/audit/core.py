@@ -475,7 +475,7 @@ def score_attacks(subject: AuditSubject, runs: AttackRuns) -> Scores:
     leakage yardstick: the best attack minus the label-only decoder."""
     x, metric = subject.x_test, subject.metric
     per_sample = {name: evaluate(subject.kind, x, r.reshape(x.shape)) for name, r in runs.recs.items()}
-    results = {name: {"label": ATTACK_LABELS[name],
+    results: dict[str, dict[str, Any]] = {name: {"label": ATTACK_LABELS[name],
                       "metrics": summarize(v, None if name == "class_prior" else per_sample["class_prior"])}
                for name, v in per_sample.items()}
     attacks = [a for a in runs.recs if a not in ("data_mean", "class_prior") and not create_attack(a).baseline]

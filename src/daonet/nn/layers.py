@@ -142,9 +142,9 @@ class LocalizedFirstLayer(nn.Module):
         self.per_feature = per_feature
         bshape = self.in_shape if per_feature else (channels,) + (1,) * (len(self.in_shape) - 1)
         old = getattr(self, "mean", None)
-        kwargs = {"dtype": torch.float32, "device": old.device if isinstance(old, torch.Tensor) else None}
-        self.register_buffer("mean", torch.tensor(mean, **kwargs).reshape(bshape))
-        self.register_buffer("std", torch.tensor(std, **kwargs).reshape(bshape))
+        where = old.device if isinstance(old, torch.Tensor) else None
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32, device=where).reshape(bshape))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32, device=where).reshape(bshape))
 
     @property
     def has_normalization(self) -> bool:
