@@ -346,3 +346,26 @@ def test_stacked_min_norm_merges_repeated_rows_into_the_same_least_squares_solut
         r = np.concatenate([hs[k, i, rows[k]] for k in range(hs.shape[0])]) - know.c[s]
         stacked.append(np.linalg.lstsq(know.a[s], r, rcond=None)[0])
     np.testing.assert_allclose(min_norm(know, hs, np.zeros(n), clip=False), np.array(stacked), atol=1e-9)
+
+
+def test_pooled_attacks_reuse_the_one_payload_solution_only_where_all_k_payloads_are_identical():
+    """Inputs whose K payloads are identical are solved once (the same problem as one payload); the others on the
+    stacked equations: both must match solving every input on its stacked equations."""
+    from daonet.audit.attacks import ServerKnowledge, min_norm, regularized
+    from daonet.audit.repeated import _FirstPayloadAttacks
+
+    rng = np.random.default_rng(1)
+    m, n = 200, 40
+    know = ServerKnowledge(rng.standard_normal((m, n)), rng.standard_normal(m), (1, n), None, "signal", 1.0)
+    pre = rng.standard_normal((6, n)) @ know.a.T + know.c
+    first = np.where((rng.random(pre.shape) > 0.8) & (pre > 0), pre, 0.0)
+    hs = np.stack([first] + [np.where((rng.random(pre.shape) > 0.8) & (pre > 0), pre, 0.0) for _ in range(3)])
+    hs[:, :3] = first[:3]  # inputs 0-2 sent the same payload 4 times (keyed masks, exact replays)
+    same = np.all(hs == hs[:1], axis=(0, 2))
+    assert same[:3].all() and not same[3:].any()
+    mu = np.zeros(n)
+    mn, rec = _FirstPayloadAttacks(know, hs[0], mu, 0.01, 30).pooled(hs, same)
+    direct = min_norm(know, hs, mu)
+    np.testing.assert_allclose(mn, direct, atol=1e-8)
+    np.testing.assert_allclose(rec, regularized(know, hs, mu, 0.01, steps=30, init=direct), atol=2e-4)
+    assert not np.allclose(mn[3:], min_norm(know, hs[0], mu)[3:])  # the differing inputs did use all K payloads

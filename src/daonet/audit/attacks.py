@@ -17,8 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+import scipy.linalg
+import scipy.sparse
 import torch
 
 from ..device.certificate import FirstLayerSystem
@@ -51,19 +54,30 @@ class ServerKnowledge:
     def n(self) -> int:
         return self.a.shape[1]
 
+    @cached_property
+    def a_sparse(self) -> scipy.sparse.csr_matrix | None:
+        """``A`` as sparse rows when most of it is zero (convolutions: each output sees one patch), for Gram
+        products that cost the non-zeros, not ``k x n²``; None for dense layers."""
+        return scipy.sparse.csr_matrix(self.a) if np.count_nonzero(self.a) < 0.1 * self.a.size else None
+
     def clip(self, x: np.ndarray) -> np.ndarray:
         return np.clip(x, *self.box) if self.box is not None else x
 
 
 # -- 1. mask-aware minimum-norm least squares ------------------------------------------------------
-def min_norm(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, clip: bool = True) -> np.ndarray:
+def min_norm(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, clip: bool = True,
+             only: np.ndarray | None = None) -> np.ndarray:
     """``μ + A_S⁺(h_S − c_S − A_S μ)`` per request; ``h`` is ``(N, m)`` (or ``(K, N, m)``: K observations of
     each input, whose equations are stacked; repeated rows with different values are solved in the
-    least-squares sense)."""
+    least-squares sense). ``only`` (a boolean ``(N,)``) solves those requests alone; the others are ``μ``.
+
+    The solver is the SVD (LAPACK ``gelsd``): dropping makes rank-deficient systems common (a sample no kept
+    output covers), where a pivoted QR (``gelsy``, twice as fast) can keep a singular direction and return a
+    wild solution (measured on a FordA conv1d: mean correlation 0.990 instead of 0.9995)."""
     hk = h[None] if h.ndim == 2 else h
     mu = np.asarray(mu, np.float64).reshape(-1)
-    out = np.empty((hk.shape[1], know.n))
-    for i in range(hk.shape[1]):
+    out = np.broadcast_to(mu, (hk.shape[1], know.n)).copy()
+    for i in range(hk.shape[1]) if only is None else np.flatnonzero(only):
         rows, vals = [], []
         for k in range(hk.shape[0]):
             s = np.flatnonzero(hk[k, i])
@@ -71,7 +85,6 @@ def min_norm(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, clip: bool = 
             vals.append(hk[k, i, s])
         s = np.concatenate(rows)
         if s.size == 0:
-            out[i] = mu
             continue
         v = np.concatenate(vals).astype(np.float64)
         if hk.shape[0] > 1:  # an output seen c times: one row, weight sqrt(c), mean value (the same LS problem)
@@ -82,10 +95,45 @@ def min_norm(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, clip: bool = 
             w = None
         a = know.a[s]
         r = v - know.c[s] - a @ mu
+        big = len(s) * know.n * min(len(s), know.n) > 1e7  # sparse indexing costs more than a small dense Gram
+        rows_sparse = know.a_sparse[s] if big and know.a_sparse is not None else None
         if w is not None:
             a, r = a * w[:, None], r * w
-        out[i] = mu + np.linalg.lstsq(a, r, rcond=None)[0]
+            if rows_sparse is not None:
+                rows_sparse = scipy.sparse.csr_matrix(rows_sparse.multiply(w[:, None]))
+        out[i] = mu + _min_norm_solve(a, r, rows_sparse)
     return know.clip(out) if clip else out
+
+
+_RCOND_FLOOR = 1e-4  # Cholesky of the Gram only when cond(A) <~ 1e4: its error (cond(A)² x eps) stays near 1e-8
+
+
+def _min_norm_solve(a: np.ndarray, r: np.ndarray, a_sparse: scipy.sparse.csr_matrix | None = None) -> np.ndarray:
+    """``A⁺ r`` (the minimum-norm least-squares solution), through the Cholesky factor of the smaller Gram matrix
+    when ``A`` is well conditioned (one product and an n x n or k x k factorisation: four to five times faster
+    than the SVD), and the SVD otherwise. Columns no kept output touches are zero in the solution either way; they
+    are set aside first so that the tall systems of pooled payloads keep a full-rank Gram. ``a_sparse``, the same
+    rows as a sparse matrix, makes the Gram cost its non-zeros."""
+    k, n = a.shape
+    tall = k >= n
+    cols = np.flatnonzero(np.any(a != 0, axis=0)) if tall else np.arange(n)
+    if a_sparse is not None:
+        g = (a_sparse.T @ a_sparse if tall else a_sparse @ a_sparse.T).toarray()
+        if tall and len(cols) < n:
+            g = g[np.ix_(cols, cols)]
+    else:
+        ac = a[:, cols] if len(cols) < n else a
+        g = ac.T @ ac if tall else ac @ ac.T
+    chol, info = scipy.linalg.lapack.dpotrf(g, lower=1)
+    if info == 0:
+        rcond, info = scipy.linalg.lapack.dtrcon(chol, norm="1", uplo="L")
+        if info == 0 and rcond > _RCOND_FLOOR:
+            if not tall:
+                return a.T @ scipy.linalg.cho_solve((chol, True), r, check_finite=False)
+            x = np.zeros(n)
+            x[cols] = scipy.linalg.cho_solve((chol, True), a[:, cols].T @ r, check_finite=False)
+            return x
+    return np.linalg.lstsq(a, r, rcond=None)[0]
 
 
 def union(hs: np.ndarray) -> np.ndarray:
