@@ -348,24 +348,56 @@ def test_stacked_min_norm_merges_repeated_rows_into_the_same_least_squares_solut
     np.testing.assert_allclose(min_norm(know, hs, np.zeros(n), clip=False), np.array(stacked), atol=1e-9)
 
 
-def test_pooled_attacks_reuse_the_one_payload_solution_only_where_all_k_payloads_are_identical():
-    """Inputs whose K payloads are identical are solved once (the same problem as one payload); the others on the
-    stacked equations: both must match solving every input on its stacked equations."""
+def test_repeated_rows_match_direct_solves_of_their_stacked_equations():
+    """The repeated-query measurement solves identical K payloads once and every rMLE problem in one batch: each
+    row must still equal solving its K stacked payloads directly (min-norm and rMLE)."""
     from daonet.audit.attacks import ServerKnowledge, min_norm, regularized
-    from daonet.audit.repeated import _FirstPayloadAttacks
+    from daonet.audit.metrics import pearson
+    from daonet.audit.repeated import Captures, repeated_queries
 
     rng = np.random.default_rng(1)
-    m, n = 200, 40
+    m, n = 120, 24
     know = ServerKnowledge(rng.standard_normal((m, n)), rng.standard_normal(m), (1, n), None, "signal", 1.0)
-    pre = rng.standard_normal((6, n)) @ know.a.T + know.c
-    first = np.where((rng.random(pre.shape) > 0.8) & (pre > 0), pre, 0.0)
-    hs = np.stack([first] + [np.where((rng.random(pre.shape) > 0.8) & (pre > 0), pre, 0.0) for _ in range(3)])
-    hs[:, :3] = first[:3]  # inputs 0-2 sent the same payload 4 times (keyed masks, exact replays)
-    same = np.all(hs == hs[:1], axis=(0, 2))
-    assert same[:3].all() and not same[3:].any()
+    x = rng.standard_normal((6, 1, n)).astype(np.float32)
+
+    def observe(xb: np.ndarray, source) -> np.ndarray:
+        pre = xb.reshape(len(xb), -1) @ know.a.T + know.c
+        keep = np.stack([source.mask(xi.tobytes(), m) for xi in xb]) if hasattr(source, "mask") else None
+        keep = keep if keep is not None else source.rng.random(pre.shape) > 0.7
+        return np.where(keep & (pre > 0), pre, 0.0)
+
+    class Fresh:
+        def __init__(self) -> None:
+            self.rng = np.random.default_rng(3)
+
+    class Keyed:
+        def mask(self, key: bytes, size: int) -> np.ndarray:
+            return np.random.default_rng(list(key[:16])).random(size) > 0.7
+
+    class Mixed(Keyed):  # keyed for inputs 0-2, fresh for the others: identical payloads for some inputs only
+        def __init__(self) -> None:
+            self.rng = np.random.default_rng(5)
+
+        def mask(self, key: bytes, size: int) -> np.ndarray:
+            fresh = self.rng.random(size) > 0.7
+            return super().mask(key, size) if np.frombuffer(key, np.float32)[0] in x[:3, 0, 0] else fresh
+
+    captures = [Captures("exact", lambda xx, k, r: np.broadcast_to(xx, (k, *xx.shape)).copy())]
     mu = np.zeros(n)
-    mn, rec = _FirstPayloadAttacks(know, hs[0], mu, 0.01, 30).pooled(hs, same)
-    direct = min_norm(know, hs, mu)
-    np.testing.assert_allclose(mn, direct, atol=1e-8)
-    np.testing.assert_allclose(rec, regularized(know, hs, mu, 0.01, steps=30, init=direct), atol=2e-4)
-    assert not np.allclose(mn[3:], min_norm(know, hs[0], mu)[3:])  # the differing inputs did use all K payloads
+    res = repeated_queries(observe, know, x, mu, "signal", masks={"fresh": Fresh, "keyed": Keyed, "mixed": Mixed},
+                           captures=captures, ks=(1, 4), baseline=np.zeros_like(x), rmle_lambda=0.01,
+                           rmle_steps=30)
+    for label, factory in (("fresh", Fresh), ("keyed", Keyed), ("mixed", Mixed)):
+        source = factory()
+        hs = np.stack([observe(x, source) for _ in range(4)])
+        for k in (1, 4):
+            row = next(r for r in res.rows if r.masks == label and r.k == k)
+            mn = min_norm(know, hs[:k] if k > 1 else hs[0], mu)
+            rec = regularized(know, hs[:k] if k > 1 else hs[0], mu, 0.01, steps=30, init=mn)
+            assert row.min_norm == pytest.approx(pearson(x, mn.reshape(x.shape)).mean(), abs=1e-6)
+            assert row.rmle == pytest.approx(pearson(x, rec.reshape(x.shape)).mean(), abs=1e-3)
+    keyed4 = next(r for r in res.rows if r.masks == "keyed" and r.k == 4)
+    fresh4 = next(r for r in res.rows if r.masks == "fresh" and r.k == 4)
+    mixed4 = next(r for r in res.rows if r.masks == "mixed" and r.k == 4)
+    assert keyed4.identical == 1.0 and fresh4.identical == 0.0 and mixed4.identical == pytest.approx(0.5)
+    assert fresh4.min_norm > next(r for r in res.rows if r.masks == "fresh" and r.k == 1).min_norm

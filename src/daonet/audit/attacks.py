@@ -93,47 +93,48 @@ def min_norm(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, clip: bool = 
             w = np.sqrt(counts)
         else:
             w = None
-        a = know.a[s]
-        r = v - know.c[s] - a @ mu
         big = len(s) * know.n * min(len(s), know.n) > 1e7  # sparse indexing costs more than a small dense Gram
-        rows_sparse = know.a_sparse[s] if big and know.a_sparse is not None else None
+        a: np.ndarray | scipy.sparse.csr_matrix = know.a_sparse[s] if big and know.a_sparse is not None \
+            else know.a[s]
+        r = v - know.c[s] - a @ mu
         if w is not None:
-            a, r = a * w[:, None], r * w
-            if rows_sparse is not None:
-                rows_sparse = scipy.sparse.csr_matrix(rows_sparse.multiply(w[:, None]))
-        out[i] = mu + _min_norm_solve(a, r, rows_sparse)
+            a = scipy.sparse.csr_matrix(a.multiply(w[:, None])) if scipy.sparse.issparse(a) else a * w[:, None]
+            r = r * w
+        out[i] = mu + _min_norm_solve(a, r)
     return know.clip(out) if clip else out
 
 
 _RCOND_FLOOR = 1e-4  # Cholesky of the Gram only when cond(A) <~ 1e4: its error (cond(A)² x eps) stays near 1e-8
 
 
-def _min_norm_solve(a: np.ndarray, r: np.ndarray, a_sparse: scipy.sparse.csr_matrix | None = None) -> np.ndarray:
+def _min_norm_solve(a: np.ndarray | scipy.sparse.csr_matrix, r: np.ndarray) -> np.ndarray:
     """``A⁺ r`` (the minimum-norm least-squares solution), through the Cholesky factor of the smaller Gram matrix
     when ``A`` is well conditioned (one product and an n x n or k x k factorisation: four to five times faster
     than the SVD), and the SVD otherwise. Columns no kept output touches are zero in the solution either way; they
-    are set aside first so that the tall systems of pooled payloads keep a full-rank Gram. ``a_sparse``, the same
-    rows as a sparse matrix, makes the Gram cost its non-zeros."""
+    are set aside first so that the tall systems of pooled payloads keep a full-rank Gram. A sparse ``A`` (rows of
+    a convolution) makes the products cost its non-zeros."""
+    sparse = scipy.sparse.issparse(a)
     k, n = a.shape
     tall = k >= n
-    cols = np.flatnonzero(np.any(a != 0, axis=0)) if tall else np.arange(n)
-    if a_sparse is not None:
-        g = (a_sparse.T @ a_sparse if tall else a_sparse @ a_sparse.T).toarray()
-        if tall and len(cols) < n:
+    if tall:
+        cols = np.unique(a.indices) if sparse else np.flatnonzero(np.any(a != 0, axis=0))
+        g = a.T @ a
+        g = g.toarray() if sparse else g
+        if len(cols) < n:
             g = g[np.ix_(cols, cols)]
     else:
-        ac = a[:, cols] if len(cols) < n else a
-        g = ac.T @ ac if tall else ac @ ac.T
+        g = a @ a.T
+        g = g.toarray() if sparse else g
     chol, info = scipy.linalg.lapack.dpotrf(g, lower=1)
     if info == 0:
         rcond, info = scipy.linalg.lapack.dtrcon(chol, norm="1", uplo="L")
         if info == 0 and rcond > _RCOND_FLOOR:
             if not tall:
-                return a.T @ scipy.linalg.cho_solve((chol, True), r, check_finite=False)
+                return np.asarray(a.T @ scipy.linalg.cho_solve((chol, True), r, check_finite=False))
             x = np.zeros(n)
-            x[cols] = scipy.linalg.cho_solve((chol, True), a[:, cols].T @ r, check_finite=False)
+            x[cols] = scipy.linalg.cho_solve((chol, True), np.asarray(a.T @ r)[cols], check_finite=False)
             return x
-    return np.linalg.lstsq(a, r, rcond=None)[0]
+    return np.linalg.lstsq(a.toarray() if sparse else a, r, rcond=None)[0]
 
 
 def union(hs: np.ndarray) -> np.ndarray:
@@ -157,6 +158,35 @@ def _smooth(x: torch.Tensor) -> torch.Tensor:
     return (d2**2).flatten(1).mean(1)
 
 
+@dataclass(frozen=True)
+class PooledSums:
+    """K payloads of each input as per-output sums: ``Σ_k mask (a_i·x + c_i − h_k)² = cnt·pre² − 2·pre·S + Q``.
+
+    One ``(N, m)`` term whatever K is, so pooled problems with different K (the repeated-query rows) are
+    concatenated and solved in one batch."""
+
+    cnt: np.ndarray  # (N, m) how many of the K payloads kept output i
+    s1: np.ndarray  # (N, m) the sum of its kept values
+    s2: np.ndarray  # (N, m) the sum of their squares
+
+    @classmethod
+    def of(cls, h: np.ndarray) -> PooledSums:
+        """From ``(K, N, m)`` (or ``(N, m)``) received vectors."""
+        hk = (h[None] if h.ndim == 2 else h).astype(np.float32)
+        mask = (hk > 0).astype(np.float32)
+        return cls(mask.sum(0), (mask * hk).sum(0), (mask * hk * hk).sum(0))
+
+    def __len__(self) -> int:
+        return len(self.cnt)
+
+    def take(self, idx: np.ndarray) -> PooledSums:
+        return PooledSums(self.cnt[idx], self.s1[idx], self.s2[idx])
+
+    @classmethod
+    def concat(cls, parts: list[PooledSums]) -> PooledSums:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("cnt", "s1", "s2")))
+
+
 def regularized(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, lam: float, *, naive: bool = False,
                 steps: int = 400, init: np.ndarray | None = None, batch: int = 512, seed: int = 0,
                 progress: Callable[[int], None] | None = None, device: str | torch.device = "cpu") -> np.ndarray:
@@ -164,45 +194,69 @@ def regularized(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, lam: float
 
     Mask-aware: ``data = mean over the non-zero outputs of (a_i·x + c_i − h_i)²`` (exact equations).
     Naive (the literature's setting): ``data = mean over *all* outputs of (relu(a_i·x + c_i) − h_i)²``.
-    ``h`` is ``(N, m)`` or ``(K, N, m)`` (K observations per input; all their equations are used).
+    ``h`` is ``(N, m)`` or ``(K, N, m)`` (K observations per input; all their equations are used, pooled as
+    :class:`PooledSums`).
     """
-    torch.manual_seed(seed)
     hk = h[None] if h.ndim == 2 else h
+    if not naive and hk.shape[0] > 1:
+        return regularized_pooled(know, PooledSums.of(hk), mu, lam, steps=steps, init=init, batch=batch, seed=seed,
+                                  progress=progress, device=device)
     dev = torch.device(device)
-    a = torch.from_numpy(know.a.astype(np.float32)).to(dev)
-    c = torch.from_numpy(know.c.astype(np.float32)).to(dev)
+
+    def data_term(sl: slice) -> Callable[[torch.Tensor], torch.Tensor]:
+        hb = torch.from_numpy(np.ascontiguousarray(hk[:, sl], dtype=np.float32)).to(dev)  # K, B, m
+        mask = (hb > 0).float()
+        if naive:
+            return lambda pre: ((torch.relu(pre)[None] - hb) ** 2).mean((0, 2))
+        count = mask.sum((0, 2)).clamp_min(1.0)
+        return lambda pre: ((pre[None] - hb) ** 2 * mask).sum((0, 2)) / count
+
+    return _descend(know, data_term, hk.shape[1], mu, lam, steps=steps, init=init, batch=batch, seed=seed,
+                    progress=progress, device=dev)
+
+
+def regularized_pooled(know: ServerKnowledge, sums: PooledSums, mu: np.ndarray, lam: float, *, steps: int = 400,
+                       init: np.ndarray | None = None, batch: int = 512, seed: int = 0,
+                       progress: Callable[[int], None] | None = None,
+                       device: str | torch.device = "cpu") -> np.ndarray:
+    """The mask-aware rMLE of :func:`regularized` on pooled equations (mean over every kept equation)."""
+    dev = torch.device(device)
+
+    def data_term(sl: slice) -> Callable[[torch.Tensor], torch.Tensor]:
+        cnt, s1, s2 = (torch.from_numpy(np.ascontiguousarray(v[sl])).to(dev) for v in (sums.cnt, sums.s1, sums.s2))
+        n_eq = cnt.sum(1).clamp_min(1.0)
+        return lambda pre: (cnt * pre * pre - 2 * pre * s1 + s2).sum(1) / n_eq
+
+    return _descend(know, data_term, len(sums), mu, lam, steps=steps, init=init, batch=batch, seed=seed,
+                    progress=progress, device=dev)
+
+
+def _descend(know: ServerKnowledge, data_term: Callable[[slice], Callable[[torch.Tensor], torch.Tensor]],
+             n_items: int, mu: np.ndarray, lam: float, *, steps: int, init: np.ndarray | None, batch: int, seed: int,
+             progress: Callable[[int], None] | None, device: torch.device) -> np.ndarray:
+    """Projected Adam with a cosine schedule on ``data(pre) / scale² + lam · prior(x)``, per batch of items
+    (items are independent: the batch size changes speed, not results)."""
+    torch.manual_seed(seed)
+    a = torch.from_numpy(know.a.astype(np.float32)).to(device)
+    c = torch.from_numpy(know.c.astype(np.float32)).to(device)
     scale2 = know.value_scale**2
     prior = _tv if know.kind == "image" and len(know.input_shape) == 3 else _smooth
-    n_items = hk.shape[1]
     out = np.empty((n_items, know.n), dtype=np.float32)
-    mu_t = torch.from_numpy(np.asarray(mu, np.float32).reshape(1, -1)).to(dev)
+    mu_t = torch.from_numpy(np.asarray(mu, np.float32).reshape(1, -1)).to(device)
     lo, hi = know.box if know.box is not None else (None, None)
     lr = 0.02 if know.box is not None else 0.05
     for start in range(0, n_items, batch):
         sl = slice(start, min(start + batch, n_items))
-        hb = torch.from_numpy(np.ascontiguousarray(hk[:, sl], dtype=np.float32)).to(dev)  # K, B, m
-        mask = (hb > 0).float()
-        pooled = not naive and hb.shape[0] > 1
-        if pooled:  # sum_k mask (pre - h_k)^2 = cnt pre^2 - 2 pre S + Q: one (B, m) term however many K
-            cnt, s1, s2 = mask.sum(0), (mask * hb).sum(0), (mask * hb * hb).sum(0)
-            n_eq = cnt.sum(1).clamp_min(1.0)
+        data = data_term(sl)
         n_b = sl.stop - sl.start
-        x0 = torch.from_numpy(init[sl].reshape(n_b, -1).astype(np.float32)).to(dev) if init is not None \
+        x0 = torch.from_numpy(init[sl].reshape(n_b, -1).astype(np.float32)).to(device) if init is not None \
             else mu_t.expand(n_b, -1).clone()
         x = x0.clone().requires_grad_(True)
         opt = torch.optim.Adam([x], lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         for _ in range(steps):
             pre = x @ a.T + c  # B, m
-            if naive:
-                res = (torch.relu(pre)[None] - hb) ** 2
-                data = res.mean((0, 2))
-            elif pooled:
-                data = (cnt * pre * pre - 2 * pre * s1 + s2).sum(1) / n_eq
-            else:
-                res = (pre[None] - hb) ** 2 * mask
-                data = res.sum((0, 2)) / mask.sum((0, 2)).clamp_min(1.0)
-            loss = (data / scale2 + lam * prior(x.view(-1, *know.input_shape))).sum()
+            loss = (data(pre) / scale2 + lam * prior(x.view(-1, *know.input_shape))).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -211,7 +265,7 @@ def regularized(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, lam: float
                 with torch.no_grad():
                     x.clamp_(lo, hi)
             if progress is not None:
-                progress(sl.stop - sl.start)
+                progress(n_b)
         out[sl] = x.detach().cpu().numpy()
     return out
 

@@ -125,47 +125,6 @@ class RepeatedResult:
                 f"input: {refs}; {self.baseline_name}: {self.baseline:.3f}.\n")
 
 
-# -- the pooled attacks ------------------------------------------------------------------------------
-class _FirstPayloadAttacks:
-    """The attacks on K pooled payloads, reusing the one-payload solution where all K payloads are identical.
-
-    K identical payloads pose exactly the one-payload problem (every equation repeated K times: the same
-    least-squares solution, the same mean data term), so those inputs are solved once per mask source and
-    capture model instead of once per K; only inputs whose payloads differ are solved on the stacked equations.
-    """
-
-    def __init__(self, know: atk.ServerKnowledge, h1: np.ndarray, mu: np.ndarray, lam: float | None,
-                 steps: int) -> None:
-        self.know, self.h1, self.mu, self.lam, self.steps = know, h1, mu, lam, steps
-        self._single: tuple[np.ndarray, np.ndarray | None] | None = None
-
-    def single(self) -> tuple[np.ndarray, np.ndarray | None]:
-        if self._single is None:
-            mn = atk.min_norm(self.know, self.h1, self.mu)
-            rec = None if self.lam is None else \
-                atk.regularized(self.know, self.h1, self.mu, self.lam, steps=self.steps, init=mn)
-            self._single = (mn, rec)
-        return self._single
-
-    def pooled(self, hk: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Min-norm and rMLE (None when off) on the pooled equations of ``hk`` (K, N, m)."""
-        if len(hk) == 1 or same.all():
-            return self.single()
-        mn = atk.min_norm(self.know, hk, self.mu, only=~same)
-        rec = None
-        if self.lam is not None:
-            differ = np.flatnonzero(~same)
-            rec = np.empty((hk.shape[1], self.know.n), np.float32)
-            rec[differ] = atk.regularized(self.know, hk[:, differ], self.mu, self.lam, steps=self.steps,
-                                          init=mn[differ])
-        if same.any():
-            mn1, rec1 = self.single()
-            mn[same] = mn1[same]
-            if rec is not None and rec1 is not None:
-                rec[same] = rec1[same]
-        return mn, rec
-
-
 # -- the measurement ---------------------------------------------------------------------------------
 def _score(kind: str, metric: str, x: np.ndarray, rec: np.ndarray) -> np.ndarray:
     return evaluate(kind, x, rec.reshape(x.shape))[metric]
@@ -203,30 +162,69 @@ def repeated_queries(observe: Observe, know: atk.ServerKnowledge, x: np.ndarray,
     result = RepeatedResult(kind, metric, len(x), baseline_name, float(base.mean()), single,
                             settings={"ks": list(ks), "rmle_lambda": rmle_lambda, "rmle_steps": rmle_steps,
                                       "seed": seed})
+    jobs = _RmleBatch()
+    pending: list[tuple[dict[str, Any], np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]] = []
     with make_progress(enabled=progress) as bar:
-        task = bar.add_task("repeated queries", total=len(captures) * len(masks), status="")
+        task = bar.add_task("repeated queries: payloads and min-norm", total=len(captures) * len(masks), status="")
         for ci, cap in enumerate(captures):
             xs = cap.draw(x, kmax, np.random.default_rng([seed, ci]))
             for label, factory in masks.items():
                 source = factory()
                 hs = np.stack([observe(xs[j], source) for j in range(kmax)])  # K, N, m
-                first_only = _FirstPayloadAttacks(know, hs[0], mu, rmle_lambda, rmle_steps)
+                everyone = np.arange(len(x))
+                mn1 = atk.min_norm(know, hs[0], mu)
+                job1 = jobs.add(atk.PooledSums.of(hs[0]), mn1)
                 for k in ks:
                     hk = hs[:k]
                     same = np.all(hk == hk[:1], axis=(0, 2))
-                    mn, rec = first_only.pooled(hk, same)
-                    s_mn = _score(kind, metric, x, mn)
-                    rm = adv = None
-                    if rec is not None:
-                        s_rm = _score(kind, metric, x, rec)
-                        rm, adv = float(s_rm.mean()), float((s_rm - base).mean())
-                    result.rows.append(RepeatedRow(
-                        masks=label, captures=cap.name, k=int(k), surviving=float((hk > 0).sum(2).mean()),
-                        surviving_union=float((hk > 0).any(0).sum(1).mean()), identical=float(same.mean()),
-                        min_norm=float(s_mn.mean()), min_norm_advantage=float((s_mn - base).mean()),
-                        rmle=rm, rmle_advantage=adv))
+                    parts = [(job1, everyone, everyone)]  # (job, inputs, their rows in the job)
+                    mn = mn1
+                    if k > 1 and not same.all():  # K identical payloads pose the one-payload problem: solved once
+                        differ = np.flatnonzero(~same)
+                        mn = atk.min_norm(know, hk, mu, only=~same)
+                        mn[same] = mn1[same]
+                        same_idx = np.flatnonzero(same)
+                        job = jobs.add(atk.PooledSums.of(hk).take(differ), mn[differ])
+                        parts = [(job1, same_idx, same_idx), (job, differ, np.arange(len(differ)))]
+                    fields = dict(masks=label, captures=cap.name, k=int(k), surviving=float((hk > 0).sum(2).mean()),
+                                  surviving_union=float((hk > 0).any(0).sum(1).mean()), identical=float(same.mean()))
+                    pending.append((fields, mn, parts))
                 bar.update(task, advance=1, status=f"{cap.name}, {label}")
+        recs = jobs.solve(know, mu, rmle_lambda, rmle_steps, bar) if rmle_lambda is not None else None
+    for fields, mn, parts in pending:
+        s_mn = _score(kind, metric, x, mn)
+        rm = adv = None
+        if recs is not None:
+            rec = np.empty((len(x), know.n), np.float32)
+            for job, idx, local in parts:
+                rec[idx] = recs[job][local]
+            s_rm = _score(kind, metric, x, rec)
+            rm, adv = float(s_rm.mean()), float((s_rm - base).mean())
+        result.rows.append(RepeatedRow(**fields, min_norm=float(s_mn.mean()),
+                                       min_norm_advantage=float((s_mn - base).mean()), rmle=rm, rmle_advantage=adv))
     return result
+
+
+class _RmleBatch:
+    """The rMLE problems of every repeated-query row, solved in one batched call (pooled sums make problems with
+    different K the same shape; items are independent, so batching changes speed, not results)."""
+
+    def __init__(self) -> None:
+        self.sums: list[atk.PooledSums] = []
+        self.inits: list[np.ndarray] = []
+
+    def add(self, sums: atk.PooledSums, init: np.ndarray) -> int:
+        self.sums.append(sums)
+        self.inits.append(np.asarray(init, np.float32).reshape(len(sums), -1))
+        return len(self.sums) - 1
+
+    def solve(self, know: atk.ServerKnowledge, mu: np.ndarray, lam: float, steps: int, bar: Any) -> list[np.ndarray]:
+        sizes = [len(p) for p in self.sums]
+        task = bar.add_task("repeated queries: rMLE", total=sum(sizes) * steps, status=f"{sum(sizes)} problems")
+        out = atk.regularized_pooled(know, atk.PooledSums.concat(self.sums), mu, lam, steps=steps,
+                                     init=np.concatenate(self.inits), batch=1024,
+                                     progress=lambda n: bar.update(task, advance=n))
+        return np.split(out, np.cumsum(sizes)[:-1])
 
 
 # -- the hash's own behaviour ------------------------------------------------------------------------
