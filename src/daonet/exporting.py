@@ -125,6 +125,11 @@ def export_model(
         raise DaonetError("--max-revealed-energy needs the paper's single linear first layer: this model runs a "
                           "non-linear device block, which the revealed energy does not describe (it is covered "
                           "by the audit only); export without it")
+    noise = first.noise_spec() if (first.noise_std or first.ldp is not None) else None
+    wire_version = 2 if first.ldp is not None else 1  # the Gaussian mechanism sends signed values
+    if first.ldp is not None and (value_dtype == "float16" or privacy.max_revealed_energy is not None):
+        raise DaonetError("a model with the Gaussian mechanism (ldp_*) exports with float32 values and without "
+                          "--max-revealed-energy (an input-dependent drop would void its (epsilon, delta) bound)")
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
     try:
         dev_dir, srv_dir = staging / "device", staging / "server"
@@ -155,12 +160,13 @@ def export_model(
             normalization=Normalization(mean=None if mean is None else tuple(mean),
                                         std=None if std is None else tuple(std),
                                         per=_normalization_per(mean, tuple(first.in_shape))),
-            layer=layer, drop=drop, wire=WireSpec(value_dtype="float16" if value_dtype == "float16" else "float32"),
-            privacy=privacy, noise=NoiseSpec.from_json(first.noise_spec(), "noise") if first.noise_std else None,
+            layer=layer, drop=drop, wire=WireSpec(version=wire_version,
+                                                  value_dtype="float16" if value_dtype == "float16" else "float32"),
+            privacy=privacy, noise=NoiseSpec.from_json(noise, "noise") if noise else None,
         ).validated())
         write_manifest(srv_dir, ServerManifest(
             **common, files={srv_name: srv_hash}, arch=ArchSpec.from_json(arch, "arch"),
-            first_layer=layer, drop=drop, device_input=input_spec, wire=WireSpec(),
+            first_layer=layer, drop=drop, device_input=input_spec, wire=WireSpec(version=wire_version),
         ).validated())
         seal_bundle(staging, sign_key)  # version from both halves' content (+ signature)
         out.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from .errors import BundleError
 __all__ = [
     "MANIFEST", "FORMAT_VERSION", "DEVICE_FORMAT", "SERVER_FORMAT", "LAYER_KINDS",
     "ManifestError", "InputSpec", "Normalization", "QuantizeSpec", "BlockStep", "LayerSpec", "DropSpec", "WireSpec",
-    "PrivacySpec", "NoiseSpec", "ArchSpec", "IntegritySpec", "DeviceManifest", "ServerManifest",
+    "PrivacySpec", "NoiseSpec", "ArchSpec", "check_ldp_wire", "IntegritySpec", "DeviceManifest", "ServerManifest",
     "read_manifest_json", "optional",
 ]
 
@@ -459,7 +459,7 @@ class DropSpec(Spec):
 class WireSpec(Spec):
     """The wire format payloads use (see :mod:`daonet.wire`)."""
 
-    version: Literal[1] = 1
+    version: Literal[1, 2] = 1  # 2: values may be negative (gaussian_ldp bundles only)
     value_dtype: Literal["float32", "float16"] | None = optional()
 
 
@@ -480,23 +480,85 @@ class PrivacySpec(Spec):
             _fail(f"{where}.identifiable_tol", f"must be in (0, 1), got {self.identifiable_tol}")
 
 
+LDP_MAX_NOISE_STEPS = 256  # the discrete Gaussian's integer arithmetic stays below 2^53 (daonet.ldp)
+LDP_MAX_CLIP_STEPS = 2**16
+
+
 @dataclass(frozen=True, kw_only=True)
 class NoiseSpec(Spec):
-    """Noise on surviving values: they become ``max(h + std * e, floor)``, ``e`` ~ N(0, 1).
+    """Noise on what is sent; two kinds.
 
+    ``gaussian`` (``applies_to: surviving``): surviving values become ``max(h + std * e, floor)``, ``e`` ~ N(0, 1);
     ``std`` is absolute (activation units), fixed at training as ``relative_std`` x the RMS of the non-zero
-    activations on public data; ``floor`` > 0 keeps sent values non-zero.
+    activations on public data; ``floor`` > 0 keeps sent values non-zero. No formal guarantee.
+
+    ``gaussian_ldp`` (``applies_to: kept``): the Gaussian mechanism with a per-request (epsilon, delta) bound
+    (docs/privacy-ldp.md): every kept output, ReLU zeros included, is put on the power-of-two ``grid``, the kept
+    vector clipped to L2 norm ``clip_steps`` grid steps (``clip`` = clip_steps x grid), and discrete Gaussian
+    noise of ``noise_steps`` steps (``std`` = noise_steps x grid) added; values may be negative (wire version
+    2). ``epsilon`` is the accountant's value for ``std / sensitivity`` at ``delta`` (``sensitivity`` = sqrt(2)
+    x clip: the vectors are non-negative), for one request.
     """
 
     std: float
-    floor: float
+    floor: float | None = optional()
     relative_std: float = 0.0
-    kind: Literal["gaussian"] = "gaussian"
-    applies_to: Literal["surviving"] = "surviving"
+    kind: Literal["gaussian", "gaussian_ldp"] = "gaussian"
+    applies_to: Literal["surviving", "kept"] = "surviving"
+    mechanism: Literal["discrete_gaussian"] | None = optional()
+    clip: float | None = optional()
+    grid: float | None = optional()
+    clip_steps: int | None = optional()
+    noise_steps: int | None = optional()
+    sensitivity: float | None = optional()
+    delta: float | None = optional()
+    epsilon: float | None = optional()
+    accountant: str | None = optional()
+    accountant_version: str | None = optional()
+    target_epsilon: float | None = optional()
+    clip_quantile: float | None = optional()
+
+    LDP_FIELDS: ClassVar[tuple[str, ...]] = ("mechanism", "clip", "grid", "clip_steps", "noise_steps", "sensitivity",
+                                             "delta", "epsilon", "accountant", "accountant_version")
+
+    @property
+    def ldp(self) -> bool:
+        return self.kind == "gaussian_ldp"
 
     def _check(self, where: str) -> None:
-        if self.std < 0 or self.floor <= 0:
-            _fail(where, f"noise std {self.std} / floor {self.floor} are invalid (std >= 0, floor > 0)")
+        if not self.ldp:
+            if self.floor is None:
+                _fail(where, "the field 'floor' is missing (the manifest is malformed: corrupt, or not written by "
+                      "daonet)")
+            if self.applies_to != "surviving":
+                _fail(f"{where}.applies_to", f"is {self.applies_to!r}; noise of kind 'gaussian' applies to "
+                      "'surviving' values")
+            if self.std < 0 or self.floor <= 0:
+                _fail(where, f"noise std {self.std} / floor {self.floor} are invalid (std >= 0, floor > 0)")
+            return
+        for name in self.LDP_FIELDS:
+            if getattr(self, name) is None:
+                _fail(f"{where}.{name}", "is missing: noise of kind 'gaussian_ldp' needs it")
+        if self.applies_to != "kept":
+            _fail(f"{where}.applies_to", f"is {self.applies_to!r}; noise of kind 'gaussian_ldp' applies to every "
+                  "'kept' output")
+        grid, b, s = float(self.grid or 0), int(self.clip_steps or 0), int(self.noise_steps or 0)
+        if not (grid > 0 and math.frexp(grid)[0] == 0.5):
+            _fail(f"{where}.grid", f"must be a positive power of two, got {grid}")
+        if not 1 <= s <= LDP_MAX_NOISE_STEPS:
+            _fail(f"{where}.noise_steps", f"must be in [1, {LDP_MAX_NOISE_STEPS}], got {s}")
+        if not 1 <= b <= LDP_MAX_CLIP_STEPS:
+            _fail(f"{where}.clip_steps", f"must be in [1, {LDP_MAX_CLIP_STEPS}], got {b}")
+        if self.clip != b * grid or self.std != s * grid:
+            _fail(where, f"clip {self.clip} / std {self.std} are not clip_steps x grid / noise_steps x grid "
+                  f"({b * grid} / {s * grid})")
+        if self.sensitivity != math.sqrt(2.0) * (b * grid):
+            _fail(f"{where}.sensitivity", f"is {self.sensitivity}, the replace-one sensitivity of clipped "
+                  f"non-negative vectors is sqrt(2) x clip = {math.sqrt(2.0) * (b * grid)}")
+        if not 0.0 < float(self.delta or 0) < 1.0:
+            _fail(f"{where}.delta", f"must be in (0, 1), got {self.delta}")
+        if not float(self.epsilon or 0) > 0:
+            _fail(f"{where}.epsilon", f"must be > 0, got {self.epsilon}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -610,6 +672,7 @@ class DeviceManifest(_Identity):
                   "re-export without --max-revealed-energy (a block is covered by the audit)")
         if self.noise is not None and self.layer.quantize is not None:
             _fail(f"{where}.noise", "is set together with layer.quantize: noise would undo the rounding", _FIX)
+        check_ldp_wire(self.noise, self.wire, self.privacy, self.layer.n_outputs, where)
 
     @property
     def value_dtype(self) -> str:
@@ -645,6 +708,30 @@ class ServerManifest(_Identity):
     @classmethod
     def load(cls, directory: str | Path) -> ServerManifest:
         return cls.from_json(read_manifest_json(directory, SERVER_FORMAT), str(Path(directory) / MANIFEST))
+
+
+def check_ldp_wire(noise: NoiseSpec | None, wire: WireSpec, privacy: PrivacySpec | None, n_outputs: int,
+                   where: str) -> None:
+    """Wire version 2 (signed values) goes with ``gaussian_ldp`` noise and nothing else; that mode sends float32
+    values and runs no revealed-energy policy (an input-dependent drop would void the bound)."""
+    ldp = noise is not None and noise.ldp
+    if wire.version == 2 and not ldp:
+        _fail(f"{where}.wire.version", "2 is not supported without noise of kind 'gaussian_ldp' (signed values)")
+    if not ldp:
+        return
+    assert noise is not None
+    if wire.version != 2:
+        _fail(f"{where}.wire.version", f"is {wire.version}; noise of kind 'gaussian_ldp' sends signed values: wire "
+              "version 2")
+    if wire.value_dtype not in (None, "float32"):
+        _fail(f"{where}.wire.value_dtype", f"is {wire.value_dtype!r}; noise of kind 'gaussian_ldp' sends float32 "
+              "values")
+    if privacy is not None and privacy.max_revealed_energy is not None:
+        _fail(f"{where}.privacy.max_revealed_energy", "is set with noise of kind 'gaussian_ldp': an input-dependent "
+              "drop would void the (epsilon, delta) bound", "re-export without --max-revealed-energy")
+    if n_outputs * int(noise.clip_steps or 0) ** 2 >= 2**53:
+        _fail(f"{where}.noise.clip_steps", f"{noise.clip_steps} with {n_outputs} outputs overflows exact integer "
+              "arithmetic (n_outputs x clip_steps^2 must stay below 2^53)")
 
 
 def read_manifest_json(directory: str | Path, expected_format: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The sparse payload: the only bytes that ever leave the device (wire format v1, numpy only).
+"""The sparse payload: the only bytes that ever leave the device (wire formats v1 and v2, numpy only).
 
 Layout, all integers little-endian (simple enough for a few lines of JavaScript ``DataView``)::
 
@@ -16,6 +16,11 @@ Layout, all integers little-endian (simple enough for a few lines of JavaScript 
 
 Nothing else is sent: no raw input, no mask, no device key. Dropped outputs and ReLU zeros are
 both simply absent, so the server cannot tell them apart.
+
+**Version 2** has the same layout; its values are finite and non-zero but may be negative (float32 only): the
+``gaussian_ldp`` mode adds noise to every kept output, ReLU zeros included (docs/privacy-ldp.md). A model
+speaks one version (``wire.version`` of its manifests) and refuses the other: a v1 reader refuses v2 with
+"wire format version 2 is not supported", a v2 model refuses a v1 payload (it would carry no noise).
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ from .errors import InvalidPayloadError, MalformedPayloadError, PayloadError
 
 MAGIC = b"DAO1"
 WIRE_VERSION = 1
+SIGNED_WIRE_VERSION = 2  # values may be negative (gaussian_ldp)
+WIRE_VERSIONS = (WIRE_VERSION, SIGNED_WIRE_VERSION)
 HEADER = struct.Struct("<4sBBBBII")
 _INDEX_DTYPES: dict[int, np.dtype[Any]] = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 _VALUE_DTYPES: dict[int, np.dtype[Any]] = {2: np.dtype("<f2"), 4: np.dtype("<f4")}
 VALUE_DTYPE_NAMES = {"float16": 2, "float32": 4}
 
-__all__ = ["SparsePayload", "Frame", "encode", "decode", "read_frame", "MAGIC", "WIRE_VERSION"]
+__all__ = ["SparsePayload", "Frame", "encode", "decode", "read_frame", "MAGIC", "WIRE_VERSION", "SIGNED_WIRE_VERSION"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,8 @@ class SparsePayload:
     model_version: str
     n_outputs: int
     indices: np.ndarray  # int64, strictly increasing
-    values: np.ndarray  # float32, > 0
+    values: np.ndarray  # float32, > 0 (v1) or non-zero (v2)
+    wire_version: int = WIRE_VERSION
 
     @property
     def nnz(self) -> int:
@@ -59,7 +67,7 @@ class SparsePayload:
     def to_json(self) -> dict:
         """The JSON form of the same payload (for debugging with curl)."""
         return {
-            "wire_version": WIRE_VERSION,
+            "wire_version": self.wire_version,
             "model_version": self.model_version,
             "n_outputs": self.n_outputs,
             "indices": self.indices.tolist(),
@@ -67,14 +75,20 @@ class SparsePayload:
         }
 
 
-def encode(activations: np.ndarray, model_version: str, value_dtype: str = "float32") -> bytes:
-    """Sparse-encode one request's dropped activation vector (any shape; flattened C-order)."""
+def encode(activations: np.ndarray, model_version: str, value_dtype: str = "float32",
+           wire_version: int = WIRE_VERSION) -> bytes:
+    """Sparse-encode one request's dropped activation vector (any shape; flattened C-order). ``wire_version`` 2
+    carries signed values (float32 only); zeros are left out in both versions."""
     flat = np.asarray(activations).reshape(-1)
     if value_dtype not in VALUE_DTYPE_NAMES:
         raise PayloadError(f"value dtype {value_dtype!r} is not supported; use 'float32' or 'float16'")
+    if wire_version not in WIRE_VERSIONS:
+        raise PayloadError(f"wire format version {wire_version} is not supported; use 1 or 2")
+    if wire_version == SIGNED_WIRE_VERSION and value_dtype != "float32":
+        raise PayloadError("wire format version 2 (signed values) carries float32 values only")
     if not np.isfinite(flat).all():
         raise PayloadError("activations contain NaN/inf; check the input and the first layer's weights")
-    if (flat < 0).any():
+    if wire_version == WIRE_VERSION and (flat < 0).any():
         raise PayloadError("activations are negative; the payload carries ReLU outputs, which are >= 0")
     vbytes = VALUE_DTYPE_NAMES[value_dtype]
     indices = np.flatnonzero(flat)
@@ -87,7 +101,7 @@ def encode(activations: np.ndarray, model_version: str, value_dtype: str = "floa
         raise PayloadError("model version is longer than 255 characters")
     n = flat.size
     ibytes = 2 if n <= 0xFFFF else 4
-    header = HEADER.pack(MAGIC, WIRE_VERSION, ibytes, vbytes, len(version), n, indices.size)
+    header = HEADER.pack(MAGIC, wire_version, ibytes, vbytes, len(version), n, indices.size)
     return b"".join([header, version, indices.astype(_INDEX_DTYPES[ibytes]).tobytes(), values.tobytes()])
 
 
@@ -101,6 +115,7 @@ class Frame:
     n_outputs: int
     nnz: int
     offset: int  # where the indices start
+    wire_version: int = WIRE_VERSION
 
 
 def read_frame(data: bytes) -> Frame:
@@ -114,8 +129,8 @@ def read_frame(data: bytes) -> Frame:
     if magic != MAGIC:
         raise MalformedPayloadError(f"payload does not start with the magic bytes {MAGIC!r}; is it a daonet "
                                     "payload? (raw inputs are never accepted)")
-    if ver != WIRE_VERSION:
-        raise MalformedPayloadError(f"wire format version {ver} is not supported; this server speaks {WIRE_VERSION}")
+    if ver not in WIRE_VERSIONS:
+        raise MalformedPayloadError(f"wire format version {ver} is not supported; this server speaks 1 and 2")
     if ibytes not in _INDEX_DTYPES:
         raise MalformedPayloadError(f"index width {ibytes} is invalid; it must be 2 or 4 bytes")
     if vbytes not in _VALUE_DTYPES:
@@ -128,14 +143,19 @@ def read_frame(data: bytes) -> Frame:
         version = data[HEADER.size:HEADER.size + vlen].decode("ascii")
     except UnicodeDecodeError as exc:
         raise MalformedPayloadError("model version in the payload is not ASCII") from exc
-    return Frame(version, ibytes, vbytes, n, nnz, HEADER.size + vlen)
+    return Frame(version, ibytes, vbytes, n, nnz, HEADER.size + vlen, ver)
 
 
 def decode(data: bytes, *, expected_outputs: int | None = None, max_nnz: int | None = None,
-           frame: Frame | None = None) -> SparsePayload:
+           frame: Frame | None = None, wire_version: int = WIRE_VERSION) -> SparsePayload:
     """Parse and validate a payload: :class:`MalformedPayloadError` for framing, :class:`InvalidPayloadError`
-    for content. Pass ``frame`` when :func:`read_frame` already ran (the server checks the version between)."""
+    for content. Pass ``frame`` when :func:`read_frame` already ran (the server checks the version between).
+    ``wire_version``: the one version the model speaks (its manifest's ``wire.version``); the other is refused."""
     f = frame or read_frame(data)
+    if f.wire_version != wire_version:
+        what = "signed values: a gaussian_ldp device" if f.wire_version == SIGNED_WIRE_VERSION else "no LDP noise"
+        raise MalformedPayloadError(f"wire format version {f.wire_version} ({what}) is not supported by this model, "
+                                    f"which speaks version {wire_version}; use the model's device bundle")
     n, nnz = f.n_outputs, f.nnz
     if expected_outputs is not None and n != expected_outputs:
         raise InvalidPayloadError(f"payload says the first layer has {n} outputs; this model's has {expected_outputs}")
@@ -146,11 +166,11 @@ def decode(data: bytes, *, expected_outputs: int | None = None, max_nnz: int | N
     indices = np.frombuffer(data, _INDEX_DTYPES[f.index_width], count=nnz, offset=f.offset).astype(np.int64)
     values = np.frombuffer(data, _VALUE_DTYPES[f.value_width], count=nnz,
                            offset=f.offset + nnz * f.index_width).astype(np.float32)
-    return validate_sparse(f.model_version, n, indices, values)
+    return validate_sparse(f.model_version, n, indices, values, signed=wire_version == SIGNED_WIRE_VERSION)
 
 
-def validate_sparse(model_version: str, n_outputs: int, indices, values) -> SparsePayload:
-    """Check indices/values (shared by the binary and the JSON form)."""
+def validate_sparse(model_version: str, n_outputs: int, indices, values, *, signed: bool = False) -> SparsePayload:
+    """Check indices/values (shared by the binary and the JSON form); ``signed``: wire version 2."""
     try:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused below
@@ -175,10 +195,11 @@ def validate_sparse(model_version: str, n_outputs: int, indices, values) -> Spar
     if not np.isfinite(val).all():
         raise InvalidPayloadError("values contain NaN or inf (or numbers beyond float32's range); ReLU outputs "
                                   "are finite")
-    if (val < 0).any():
+    if not signed and (val < 0).any():
         raise InvalidPayloadError("values contain negative numbers; ReLU outputs cannot be negative "
                                   "(every sent value must be > 0)")
     if (val == 0).any():  # also -0.0
-        raise InvalidPayloadError("values contain 0; every sent value must be > 0 (a zero output is left out: "
-                                  "absent means zero)")
-    return SparsePayload(model_version, int(n_outputs), idx, val)
+        raise InvalidPayloadError(f"values contain 0; every sent value must be {'non-zero' if signed else '> 0'} (a "
+                                  "zero output is left out: absent means zero)")
+    return SparsePayload(model_version, int(n_outputs), idx, val,
+                         SIGNED_WIRE_VERSION if signed else WIRE_VERSION)

@@ -6,6 +6,9 @@
   runs them.
 * **Noise on surviving values**: ``max(h + std * e, floor)`` on every non-zero value that is sent
   (:class:`NoiseSpec`, the manifest's ``noise`` object; :func:`add_noise`).
+* **The Gaussian mechanism** (``noise.kind: gaussian_ldp``): every kept output clipped on an integer grid and
+  given exact discrete Gaussian noise (:func:`ldp_clip_steps`, :func:`ldp_release`), with a per-request
+  (epsilon, delta) bound (docs/privacy-ldp.md); :class:`LdpCertificate` reports it.
 
 Neither keeps the first-layer equations exact, so :class:`BlockCertificate` replaces the algebraic
 certificate for a block, and a noisy single layer's certificate says that its numbers are an upper bound.
@@ -14,21 +17,24 @@ The manifest fields are documented in docs/device-block-and-noise.md.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..errors import BundleError
+from ..errors import BundleError, PayloadError
 from ..manifest import BlockStep, NoiseSpec  # the manifest's typed ``layer.block`` steps and ``noise``
 
-__all__ = ["BLOCK_NOTE", "NOISE_NOTE", "BlockCertificate", "BlockStep", "NoiseSpec", "add_noise", "check_tensors",
-           "run_block"]
+__all__ = ["BLOCK_NOTE", "LDP_NOTE", "NOISE_NOTE", "BlockCertificate", "BlockStep", "LdpCertificate", "NoiseSpec",
+           "add_noise", "check_tensors", "ldp_clip_steps", "ldp_release", "run_block"]
 
 BLOCK_NOTE = "non-linear block: covered by the audit only"
 NOISE_NOTE = ("noise on surviving values: the equations are not exact; rank and revealed energy are an upper "
               "bound on what they pin down")
+LDP_NOTE = ("Gaussian mechanism: the guarantee is (epsilon, delta) per request; rank and revealed-energy figures "
+            "are not the guarantee here")
 CONV_OPS = ("conv1d", "conv2d")
 
 
@@ -100,6 +106,65 @@ def add_noise(h: np.ndarray, standard: np.ndarray, spec: NoiseSpec) -> np.ndarra
     (so another runtime with IEEE doubles gets the same bytes from the same ``e``)."""
     noisy = np.maximum(h.astype(np.float64) + spec.std * standard, spec.floor)
     return np.where(h > 0, noisy, 0.0).astype(np.float32)
+
+
+def ldp_clip_steps(h: np.ndarray, keep: np.ndarray, spec: NoiseSpec) -> np.ndarray:
+    """The kept activations on the grid, clipped: int64 ``(N, n_outputs)``, zero where not kept, every row of L2
+    norm <= ``clip_steps``.
+
+    ``q = rint(h / grid)`` (float64, ties to even), clamped to ``[0, B]``; a row with ``sum q^2 > B^2`` becomes
+    ``floor(q B / R)`` with ``R = ceil(sqrt(sum q^2))`` (exact integers), so ``||r|| <= B ||q|| / R <= B``.
+    """
+    grid, b = float(spec.grid or 0), int(spec.clip_steps or 0)
+    h = np.asarray(h, dtype=np.float32)
+    if not np.isfinite(h).all():
+        raise PayloadError("activations contain NaN/inf; check the input and the first layer's weights")
+    v = h.astype(np.float64) / grid
+    q = np.where(keep, np.where(v > b, float(b), np.maximum(np.rint(v), 0.0)), 0.0).astype(np.int64)
+    n2 = (q * q).sum(1)
+    for r in np.flatnonzero(n2 > b * b):
+        root = math.isqrt(int(n2[r]))
+        root += root * root < int(n2[r])
+        q[r] = (q[r] * b) // root
+    return q
+
+
+def ldp_release(h: np.ndarray, keep: np.ndarray, noise: np.ndarray, spec: NoiseSpec) -> np.ndarray:
+    """What a ``gaussian_ldp`` device sends: ``float32((r + Y) * grid)`` at kept positions (exact: the grid is a
+    power of two and ``|r + Y| < 2^24``), 0 elsewhere; a kept value that lands on 0 is absent on the wire, which
+    is a function of the released vector and the input-independent mask (post-processing)."""
+    q = ldp_clip_steps(h, keep, spec)
+    out = np.where(keep, q + np.asarray(noise, dtype=np.int64), 0)
+    return (out.astype(np.float64) * float(spec.grid or 0)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class LdpCertificate:
+    """What a ``gaussian_ldp`` device says about a request: its (epsilon, delta), which holds for any input and
+    against any attacker; the algebra of the equations is not the guarantee (their values carry noise)."""
+
+    k: int  # non-zero values sent
+    n: int
+    n_outputs: int
+    epsilon: float
+    delta: float
+    clip: float
+    std: float
+    note: str = LDP_NOTE
+    exact: bool = False
+    applies: bool = False  # the algebraic certificate is not the guarantee
+    policy_ok: bool = True  # no input-dependent drop: it would void the bound
+    k_before_policy: int = 0
+    dropped_by_policy: int = 0
+    policy: dict[str, Any] | None = None
+
+    def to_dict(self, per_patch: bool = False) -> dict[str, Any]:
+        return {"k": self.k, "n": self.n, "n_outputs": self.n_outputs, "applies": False, "note": self.note,
+                "epsilon": self.epsilon, "delta": self.delta, "clip": self.clip, "std": self.std}
+
+    def summary(self) -> str:
+        return (f"{self.k} outputs sent; (epsilon = {self.epsilon:.3g}, delta = {self.delta:.3g}) per request: "
+                f"{self.note}")
 
 
 @dataclass(frozen=True)

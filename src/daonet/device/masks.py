@@ -15,6 +15,7 @@ import math
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -26,6 +27,8 @@ KEY_BYTES = 32
 DEFAULT_KEY_PATH = Path("~/.daonet/device_key")
 MASK_CONTEXT = b"daonet-mask-v1"
 NOISE_CONTEXT = b"daonet-noise-v1"
+LDP_NOISE_CONTEXT = b"daonet-ldp-noise-v1"
+LDP_Y_CAP = 64  # a discrete-Laplace proposal |Y| > 64 (s + 1) is rejected without a draw (its acceptance is < e^-1900)
 
 
 class MaskSource(Protocol):
@@ -54,6 +57,15 @@ class RandomMasks:
         """Standard Gaussian noise at ``where`` (fresh for every request)."""
         out = np.zeros(where.shape, dtype=np.float64)
         out[where] = self.rng.standard_normal(int(where.sum()))
+        return out
+
+    def ldp_noise(self, x: np.ndarray, where: np.ndarray, n_outputs: int, drop_rate: float,
+                  noise_steps: int) -> np.ndarray:
+        """Fresh exact discrete Gaussian noise N_Z(0, noise_steps^2) at ``where`` (int64, zero elsewhere), drawn
+        with the same algorithm as the keyed sources, from this generator's unbiased bounded integers."""
+        out = np.zeros(where.shape, dtype=np.int64)
+        n = int(where.sum())
+        out[where] = discrete_gaussian(np.arange(n), noise_steps, lambda c, d: self.rng.integers(0, d))
         return out
 
 
@@ -203,6 +215,18 @@ class KeyedMasks:
         return out
 
 
+    def ldp_noise(self, x: np.ndarray, where: np.ndarray, n_outputs: int, drop_rate: float,
+                  noise_steps: int) -> np.ndarray:
+        """Replay-safe discrete Gaussian noise (``gaussian_ldp``): output ``i`` of an input with mask PRK ``prk``
+        gets :func:`index_discrete_gaussian` ``(prk, i)``; an exact replay sends the same bytes."""
+        out = np.zeros(where.shape, dtype=np.int64)
+        for r, (xi, row) in enumerate(zip(x, where, strict=True)):
+            idx = np.flatnonzero(row)
+            if idx.size:
+                out[r, idx] = index_discrete_gaussian(self.seed(xi, n_outputs, drop_rate), idx, noise_steps)
+        return out
+
+
 def index_noise(prk: bytes, indices: np.ndarray) -> np.ndarray:
     """Standard noise for outputs ``indices``, derived from a mask PRK (replay-safe, reproducible in JS).
 
@@ -214,6 +238,135 @@ def index_noise(prk: bytes, indices: np.ndarray) -> np.ndarray:
     raw = b"".join(hmac.new(nprk, int(i).to_bytes(4, "little"), hashlib.sha256).digest()[:24] for i in indices)
     u = np.frombuffer(raw, dtype="<u2").reshape(len(indices), 12).astype(np.float64)
     return ((u + 0.5) / 65536.0).sum(1) - 6.0
+
+
+# -- exact discrete Gaussian noise (gaussian_ldp; docs/privacy-ldp.md "Noise derivation") -------------------------
+Uniform = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (coordinates, ranges d >= 1) -> one draw in [0, d) each
+
+
+def _bern_exp_le1(c: np.ndarray, num: np.ndarray, den: np.ndarray, uniform: Uniform) -> np.ndarray:
+    """Bernoulli(exp(-num/den)) for num <= den (Canonne-Kamath-Steinke Alg. 1): K = 1; while
+    Bernoulli(num / (den K)) (a draw in [0, den K) below num): K += 1; true iff K is odd."""
+    k = np.ones(c.size, dtype=np.int64)
+    live = np.arange(c.size)
+    while live.size:
+        hit = uniform(c[live], den[live] * k[live]) < num[live]
+        live = live[hit]
+        k[live] += 1
+    return (k & 1) == 1
+
+
+def _bern_exp(c: np.ndarray, num: np.ndarray, den: np.ndarray, uniform: Uniform) -> np.ndarray:
+    """Bernoulli(exp(-num/den)) for any num >= 0: while num > den, Bernoulli(exp(-1)) must succeed (else false)
+    and num -= den; then :func:`_bern_exp_le1`."""
+    out = np.ones(c.size, dtype=bool)
+    num = num.copy()
+    big = np.flatnonzero(num > den)
+    while big.size:
+        one = np.ones(big.size, dtype=np.int64)
+        ok = _bern_exp_le1(c[big], one, one, uniform)
+        out[big[~ok]] = False
+        big = big[ok]
+        num[big] -= den[big]
+        big = big[num[big] > den[big]]
+    live = np.flatnonzero(out)
+    out[live] = _bern_exp_le1(c[live], num[live], den[live], uniform)
+    return out
+
+
+def _discrete_laplace(c: np.ndarray, t: int, uniform: Uniform) -> np.ndarray:
+    """Discrete Laplace with scale ``t`` (CKS Alg. 2): U in [0, t) accepted with exp(-U/t); V counts successes of
+    Bernoulli(exp(-1)); X = U + t V; a sign draw; a negative zero is rejected."""
+    out = np.zeros(c.size, dtype=np.int64)
+    todo = np.arange(c.size)
+    while todo.size:
+        tt = np.full(todo.size, t, dtype=np.int64)
+        u = uniform(c[todo], tt)
+        ok = _bern_exp(c[todo], u, tt, uniform)
+        sel, u = todo[ok], u[ok]
+        v = np.zeros(sel.size, dtype=np.int64)
+        live = np.arange(sel.size)
+        while live.size:
+            one = np.ones(live.size, dtype=np.int64)
+            b = _bern_exp(c[sel[live]], one, one, uniform)
+            live = live[b]
+            v[live] += 1
+        x = u + t * v
+        sign = uniform(c[sel], np.full(sel.size, 2, dtype=np.int64))
+        good = ~((sign == 1) & (x == 0))
+        out[sel[good]] = np.where(sign[good] == 1, -x[good], x[good])
+        done = np.zeros(c.size, dtype=bool)
+        done[sel[good]] = True
+        todo = todo[~done[todo]]
+    return out
+
+
+def discrete_gaussian(c: np.ndarray, s: int, uniform: Uniform) -> np.ndarray:
+    """Exact N_Z(0, s^2) for every coordinate of ``c`` (CKS Alg. 3): a discrete Laplace proposal Y of scale
+    t = s + 1, accepted with probability exp(-(|Y| t - s^2)^2 / (2 s^2 t^2)). Integers only (every value below
+    2^53 for s <= 256), and each coordinate draws from its own stream in a fixed order, so one coordinate's
+    draws do not depend on the others: the JavaScript runtime runs the same steps one coordinate at a time."""
+    c = np.asarray(c, dtype=np.int64)
+    s = int(s)
+    t = s + 1
+    out = np.zeros(c.size, dtype=np.int64)
+    todo = np.arange(c.size)
+    while todo.size:
+        y = _discrete_laplace(c[todo], t, uniform)
+        a = np.abs(y)
+        acc = np.zeros(todo.size, dtype=bool)
+        cand = np.flatnonzero(a <= LDP_Y_CAP * t)
+        num = (a[cand] * t - s * s) ** 2
+        acc[cand] = _bern_exp(c[todo][cand], num, np.full(cand.size, 2 * s * s * t * t, dtype=np.int64), uniform)
+        out[todo[acc]] = y[acc]
+        todo = todo[~acc]
+    return out
+
+
+class _ByteStreams:
+    """One HMAC byte stream per output index: block ``j`` of output ``i`` is HMAC(NPRK, u32(i) || u32(j)),
+    ``NPRK = HMAC(prk, "daonet-ldp-noise-v1")``; a draw in [0, d) takes ceil(L/8) bytes (L = bit length of
+    d - 1), reads them little-endian, keeps the low L bits and retries while the value is >= d."""
+
+    def __init__(self, prk: bytes, indices: np.ndarray) -> None:
+        self.base = hmac.new(hmac.new(prk, LDP_NOISE_CONTEXT, hashlib.sha256).digest(), digestmod=hashlib.sha256)
+        self.indices = [int(i) for i in indices]
+        self.buf = [b""] * len(self.indices)
+        self.pos = [0] * len(self.indices)
+        self.block = [0] * len(self.indices)
+
+    def _take(self, c: int, n: int) -> bytes:
+        while len(self.buf[c]) - self.pos[c] < n:
+            h = self.base.copy()
+            h.update(_u32(self.indices[c]) + _u32(self.block[c]))
+            self.buf[c] = self.buf[c][self.pos[c]:] + h.digest()
+            self.pos[c] = 0
+            self.block[c] += 1
+        out = self.buf[c][self.pos[c]:self.pos[c] + n]
+        self.pos[c] += n
+        return out
+
+    def _one(self, c: int, d: int) -> int:
+        if d == 1:
+            return 0
+        bits = (d - 1).bit_length()
+        nbytes, mask = (bits + 7) // 8, (1 << bits) - 1
+        while True:
+            r = int.from_bytes(self._take(c, nbytes), "little") & mask
+            if r < d:
+                return r
+
+    def uniform(self, coords: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+        return np.array([self._one(c, d) for c, d in zip(coords.tolist(), ranges.tolist(), strict=True)],
+                        dtype=np.int64)
+
+
+def index_discrete_gaussian(prk: bytes, indices: np.ndarray, noise_steps: int) -> np.ndarray:
+    """Replay-safe exact N_Z(0, noise_steps^2) for outputs ``indices`` from a mask PRK (reproduced bit for bit by
+    ``indexDiscreteGaussian`` in daonet-device.mjs)."""
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    streams = _ByteStreams(prk, indices)
+    return discrete_gaussian(np.arange(indices.size), noise_steps, streams.uniform)
 
 
 # -- similarity-keyed masks ---------------------------------------------------------------------------
@@ -371,6 +524,16 @@ class SimilarityKeyedMasks:
         return out
 
 
+    def ldp_noise(self, x: np.ndarray, where: np.ndarray, n_outputs: int, drop_rate: float,
+                  noise_steps: int) -> np.ndarray:
+        """Refused: noise shared by near-duplicates would reveal their exact difference, which the per-request
+        (epsilon, delta) bound does not cover."""
+        raise InputError(LDP_SIMILARITY_REFUSAL)
+
+
+LDP_SIMILARITY_REFUSAL = ("similarity-keyed masks cannot draw gaussian_ldp noise: near-duplicates would share "
+                          "noise, and the difference of two such payloads is noiseless; use KeyedMasks (exact "
+                          "replays cost nothing) or RandomMasks")
 MASK_SOURCES = ("random", "keyed", "similarity")
 
 

@@ -21,12 +21,22 @@ from ..bundle import DEVICE_FORMAT, ManifestIdentity, load_bundle
 from ..errors import BundleError, InputError
 from ..manifest import DeviceManifest, NoiseSpec
 from ..wire import encode, read_frame
-from .block import NOISE_NOTE, BlockCertificate, BlockStep, add_noise, check_tensors, run_block
+from .block import (
+    NOISE_NOTE,
+    BlockCertificate,
+    BlockStep,
+    LdpCertificate,
+    add_noise,
+    check_tensors,
+    ldp_release,
+    run_block,
+)
 from .certificate import Certificate, FirstLayerSystem, PrivacyPolicy, apply_policy, certify
 from .masks import MaskSource, RandomMasks
 
 RANGE_TOLERANCE = 1e-6
-AnyCertificate = Certificate | BlockCertificate  # a block gets the plain "covered by the audit only" form
+# a block gets the plain "covered by the audit only" form; the Gaussian mechanism its (epsilon, delta)
+AnyCertificate = Certificate | BlockCertificate | LdpCertificate
 BLOCK_NOTE_REFUSAL = ("non-linear block: covered by the audit only (the first-layer equations, their certificate "
                       "and the white-box attacks on W apply to a single linear layer)")
 
@@ -226,9 +236,35 @@ class DeviceModel(ManifestIdentity[DeviceManifest]):
         return self._drop(self.validate(x), masks, mask)
 
     def _drop(self, xb: np.ndarray, masks: MaskSource | None, mask: np.ndarray | None) -> np.ndarray:
+        if self.ldp is not None:
+            return self._drop_ldp(xb, masks, mask)
         if self.fast_step and xb.shape[0] == 1 and self.kind == "dense" and not self.block:
             return self._drop_one_dense(xb, masks, mask)
         return self._drop_reference(xb, masks, mask)
+
+    @property
+    def ldp(self) -> NoiseSpec | None:
+        """The manifest's ``gaussian_ldp`` noise (the Gaussian mechanism with a per-request bound), or None."""
+        return self.noise if self.noise is not None and self.noise.ldp else None
+
+    def _drop_ldp(self, xb: np.ndarray, masks: MaskSource | None, mask: np.ndarray | None) -> np.ndarray:
+        """The Gaussian mechanism: the input-independent mask, then every kept output clipped on the grid and
+        given exact discrete Gaussian noise (:func:`~daonet.device.block.ldp_release`)."""
+        spec = self.ldp
+        assert spec is not None
+        h = self._activations(xb)
+        source = masks or RandomMasks()
+        if mask is not None:
+            keep = np.asarray(mask, dtype=bool).reshape(h.shape)
+        elif self.drop_rate > 0:
+            keep = np.asarray(source.masks(xb, self.n_outputs, self.drop_rate), dtype=bool).reshape(h.shape)
+        else:
+            keep = np.ones(h.shape, dtype=bool)
+        if not hasattr(source, "ldp_noise"):
+            raise InputError(f"this bundle runs the Gaussian mechanism (gaussian_ldp) but the mask source "
+                             f"{type(source).__name__} cannot draw its noise; use RandomMasks or KeyedMasks")
+        noise = source.ldp_noise(xb, keep, self.n_outputs, self.drop_rate, int(spec.noise_steps or 0))
+        return ldp_release(h, keep, noise, spec)
 
     def _drop_reference(self, xb: np.ndarray, masks: MaskSource | None, mask: np.ndarray | None) -> np.ndarray:
         """The reference device step: every output in float64, then the mask (batches, convolutions, blocks)."""
@@ -329,7 +365,7 @@ class DeviceModel(ManifestIdentity[DeviceManifest]):
         return [self._payload(row) for row in dropped]
 
     def _payload(self, row: np.ndarray, certificate: AnyCertificate | None = None) -> DevicePayload:
-        data = encode(row, self.version, self.value_dtype)
+        data = encode(row, self.version, self.value_dtype, self.manifest.wire.version)
         # count what is sent (float16 may underflow tiny values to zero; those are not sent)
         return DevicePayload(data, read_frame(data).nnz, self.n_outputs, row, certificate)
 
@@ -384,6 +420,8 @@ class DeviceModel(ManifestIdentity[DeviceManifest]):
         if xb.shape[0] != 1:
             raise InputError(f"certify takes one input; got a batch of {xb.shape[0]}")
         row = self._as_sent(np.asarray(sent, np.float32).reshape(-1))
+        if self.ldp is not None:
+            return self._ldp_certificate(row)
         if not self.is_linear:
             return self._block_certificate(row)
         return self._mark_noise(certify(self.system, xb[0], row, self.public_mean))
@@ -392,6 +430,14 @@ class DeviceModel(ManifestIdentity[DeviceManifest]):
         k = int(np.count_nonzero(row))
         return BlockCertificate(k=k, n=int(np.prod(self.input_shape)), n_outputs=self.n_outputs,
                                 block=self.describe_block(), k_before_policy=k if k_before is None else k_before)
+
+    def _ldp_certificate(self, row: np.ndarray) -> LdpCertificate:
+        spec = self.ldp
+        assert spec is not None
+        k = int(np.count_nonzero(row))
+        return LdpCertificate(k=k, n=int(np.prod(self.input_shape)), n_outputs=self.n_outputs,
+                              epsilon=float(spec.epsilon or 0), delta=float(spec.delta or 0),
+                              clip=float(spec.clip or 0), std=spec.std, k_before_policy=k)
 
     def _mark_noise(self, cert: Certificate) -> Certificate:
         return replace(cert, exact=False, note=NOISE_NOTE) if self.noise is not None else cert
@@ -424,6 +470,14 @@ class DeviceModel(ManifestIdentity[DeviceManifest]):
         policy = policy if policy is not None else self.policy
         dropped = self._drop(xb, masks, mask)
         out: list[tuple[DevicePayload, AnyCertificate]] = []
+        if self.ldp is not None:  # no input-dependent drop: it would void the (epsilon, delta) bound
+            if policy.max_revealed_energy is not None:
+                raise InputError("a revealed-energy policy cannot be enforced with the Gaussian mechanism "
+                                 "(gaussian_ldp): an input-dependent drop would void the (epsilon, delta) bound")
+            for row in dropped:
+                ldp_cert = self._ldp_certificate(row)
+                out.append((self._payload(row, ldp_cert), ldp_cert))
+            return out
         if not self.is_linear:
             if policy.max_revealed_energy is not None:
                 raise InputError(f"a revealed-energy policy cannot be enforced for this device block: "

@@ -16,6 +16,11 @@ Two options go beyond the paper's single layer (both off by default):
   non-zero activations (per batch while training); after training the absolute ``sigma`` is fixed from
   the public training data (:meth:`LocalizedFirstLayer.calibrate_noise`) and exported in the manifest.
   The floor keeps values positive, because on the wire zero means "absent".
+* **the Gaussian mechanism** (``ldp_epsilon`` or ``ldp_noise_multiplier``; :meth:`LocalizedFirstLayer.set_ldp`):
+  the kept vector (ReLU zeros included) is clipped to L2 norm ``C`` and every kept output gets N(0, sigma^2),
+  ``sigma = z sqrt(2) C`` with ``z`` from the accountant (:mod:`daonet.ldp`): a per-request (epsilon, delta)
+  bound. While training ``C`` is a quantile of the batch's kept-vector norms (or the fixed ``ldp_clip``); after
+  training it is fixed from the public training data and put on the device's integer grid (docs/privacy-ldp.md).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ KINDS = ("dense", "conv1d", "conv2d")
 MAX_DEVICE_LAYERS = 3
 NOISE_FLOOR_FRACTION = 0.01  # floor = max(0.01 * sigma, NOISE_MIN_FLOOR): surviving values stay non-zero
 NOISE_MIN_FLOOR = 1e-4  # above float16's smallest normal (6.1e-5), so a float16 wire never drops a survivor
+LDP_OPTIONS = ("ldp_epsilon", "ldp_delta", "ldp_clip", "ldp_clip_quantile", "ldp_noise_multiplier")
+LDP_DEFAULT_QUANTILE = 0.5  # C = the median kept-vector norm on public data (as adaptive clipping in DP-SGD aims)
 
 
 def _as_tuple(v: int | tuple[int, ...] | list[int], n: int) -> tuple[int, ...]:
@@ -65,6 +72,9 @@ class LocalizedFirstLayer(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
     noise_sigma: torch.Tensor
+    ldp_grid: torch.Tensor
+    ldp_clip_steps: torch.Tensor
+    ldp_noise_steps: torch.Tensor
     quant_clip: nn.Parameter
     op: nn.Conv1d | nn.Conv2d | nn.Linear
 
@@ -122,6 +132,8 @@ class LocalizedFirstLayer(nn.Module):
         self.generator: torch.Generator | None = None
         self.quantize_levels = 0
         self.noise_std = 0.0  # relative to the RMS of non-zero activations; 0 = off
+        self.ldp: dict[str, Any] | None = None  # the Gaussian mechanism's options (set_ldp); None = off
+        self._ldp_z: float | None = None
 
     def set_normalization(self, mean: list[float] | None, std: list[float] | None) -> None:
         """``(x - mean) / std`` before the layer: one value per input channel, or per input value (a table's
@@ -198,6 +210,8 @@ class LocalizedFirstLayer(nn.Module):
         if noise_std and self.quantize_levels:
             raise InputError("noise on surviving values and quantization cannot be combined: noise would undo "
                              "the rounding; pick one")
+        if noise_std and self.ldp is not None:
+            raise InputError("noise on surviving values and the Gaussian mechanism (ldp_*) cannot be combined")
         self.noise_std = float(noise_std)
         if noise_std and not hasattr(self, "noise_sigma"):
             self.register_buffer("noise_sigma", torch.tensor(0.0))
@@ -205,6 +219,8 @@ class LocalizedFirstLayer(nn.Module):
     @torch.no_grad()
     def calibrate_noise(self, x: torch.Tensor, batch: int = 1000) -> float:
         """Fix the absolute noise scale from public data: ``noise_std`` x RMS of the non-zero activations."""
+        if self.ldp is not None:
+            return self._calibrate_ldp(x, batch)
         if not self.noise_std:
             return 0.0
         sq, count = 0.0, 0
@@ -217,6 +233,109 @@ class LocalizedFirstLayer(nn.Module):
         self.noise_sigma.fill_(self.noise_std * rms)
         return float(self.noise_sigma)
 
+    def set_ldp(self, ldp_epsilon: float | None = None, ldp_delta: float = 1e-5, ldp_clip: float | None = None,
+                ldp_clip_quantile: float = LDP_DEFAULT_QUANTILE, ldp_noise_multiplier: float | None = None) -> None:
+        """Run the Gaussian mechanism on the kept outputs: a per-request (epsilon, delta) bound.
+
+        Give ``ldp_epsilon`` (sigma is calibrated by the accountant at ``ldp_delta``) or ``ldp_noise_multiplier``
+        (``z = sigma / sensitivity``). ``ldp_clip``: a fixed absolute clip ``C``; default: the
+        ``ldp_clip_quantile`` quantile of the kept-vector norms (per batch while training, on public data after).
+        The accountant (dp-accounting) runs on first use, so a server rebuilding the network needs none.
+        """
+        if (ldp_epsilon is None) == (ldp_noise_multiplier is None):
+            raise InputError("the Gaussian mechanism needs exactly one of ldp_epsilon (the accountant finds sigma) or "
+                             "ldp_noise_multiplier (sigma / sensitivity)")
+        for name, v in (("ldp_epsilon", ldp_epsilon), ("ldp_noise_multiplier", ldp_noise_multiplier),
+                        ("ldp_clip", ldp_clip)):
+            if v is not None and not (isinstance(v, int | float) and 0 < float(v) < float("inf")):
+                raise InputError(f"{name} must be a positive number, got {v!r}")
+        if not 0 < float(ldp_delta) < 1:
+            raise InputError(f"ldp_delta must be in (0, 1), got {ldp_delta!r}")
+        if not 0 < float(ldp_clip_quantile) <= 1:
+            raise InputError(f"ldp_clip_quantile must be in (0, 1], got {ldp_clip_quantile!r}")
+        if self.noise_std or self.quantize_levels:
+            raise InputError("the Gaussian mechanism (ldp_*) cannot be combined with --noise-std or --quantize-levels: "
+                             "it adds its own noise to every kept output")
+        self.ldp = {"epsilon": None if ldp_epsilon is None else float(ldp_epsilon), "delta": float(ldp_delta),
+                    "clip": None if ldp_clip is None else float(ldp_clip), "clip_quantile": float(ldp_clip_quantile),
+                    "noise_multiplier": None if ldp_noise_multiplier is None else float(ldp_noise_multiplier)}
+        self._ldp_z = self.ldp["noise_multiplier"]
+        for name in ("ldp_grid", "ldp_clip_steps", "ldp_noise_steps"):
+            if not hasattr(self, name):
+                self.register_buffer(name, torch.tensor(0.0, dtype=torch.float64))
+
+    @property
+    def ldp_noise_multiplier(self) -> float:
+        """``z = sigma / sensitivity`` (calibrated from epsilon by the accountant, once)."""
+        assert self.ldp is not None
+        if self._ldp_z is None:
+            from ..ldp import noise_multiplier_for
+
+            self._ldp_z = noise_multiplier_for(self.ldp["epsilon"], self.ldp["delta"])
+        return self._ldp_z
+
+    @property
+    def ldp_calibrated(self) -> bool:
+        return self.ldp is not None and float(self.ldp_grid) > 0
+
+    def ldp_params(self) -> Any:
+        """The device's integer mechanism (:class:`daonet.ldp.LdpParams`) fixed by :meth:`calibrate_noise`."""
+        from ..ldp import LdpParams
+
+        if not self.ldp_calibrated:
+            raise InputError("the Gaussian mechanism's clip is not fixed yet: call calibrate_noise(public_x) after "
+                             "training (daonet train does)")
+        return LdpParams(float(self.ldp_grid), int(self.ldp_noise_steps), int(self.ldp_clip_steps))
+
+    def _kept_norms(self, h: torch.Tensor) -> torch.Tensor:
+        return h.flatten(1).norm(dim=1)
+
+    @torch.no_grad()
+    def _calibrate_ldp(self, x: torch.Tensor, batch: int) -> float:
+        """Fix ``C`` (the quantile of kept-vector norms over public data, masks from a seeded generator, or the
+        given ``ldp_clip``) and ``sigma = z sqrt(2) C``, both on the device's power-of-two grid."""
+        from ..ldp import grid_params
+
+        assert self.ldp is not None
+        clip = self.ldp["clip"]
+        if clip is None:
+            gen = torch.Generator(device=x.device).manual_seed(0)
+            norms = []
+            for i in range(0, len(x), batch):
+                h = self.activations(x[i:i + batch])
+                if self.drop_rate > 0:
+                    h = h * (torch.rand(h.shape, generator=gen, device=h.device) >= self.drop_rate).to(h.dtype)
+                norms.append(self._kept_norms(h).double())
+            clip = float(torch.quantile(torch.cat(norms), self.ldp["clip_quantile"]))
+            if not clip > 0:
+                raise InputError("every kept activation vector of the public data is 0: no clip can be fixed")
+        params = grid_params(self.ldp_noise_multiplier * math.sqrt(2.0) * clip, clip)
+        self.ldp_grid.fill_(params.grid)
+        self.ldp_clip_steps.fill_(params.clip_steps)
+        self.ldp_noise_steps.fill_(params.noise_steps)
+        return params.std
+
+    def ldp_forward(self, h: torch.Tensor, keep: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Clip the kept vector (``h`` already masked) to norm ``C``, add N(0, sigma^2) at every kept position.
+
+        Training: ``C`` = the batch's quantile of kept norms (detached; or ``ldp_clip``). Evaluation: the
+        calibrated grid values (the device adds the exact discrete Gaussian of the same sigma on that grid).
+        """
+        if self.training or not self.ldp_calibrated:
+            assert self.ldp is not None
+            clip = self.ldp["clip"]
+            if clip is None:
+                clip = float(torch.quantile(self._kept_norms(h.detach()).double(), self.ldp["clip_quantile"]))
+            sigma = self.ldp_noise_multiplier * math.sqrt(2.0) * clip
+        else:
+            params = self.ldp_params()
+            clip, sigma = params.clip, params.std
+        norms = self._kept_norms(h).clamp_min(1e-12)
+        scale = torch.clamp(clip / norms, max=1.0).reshape((-1,) + (1,) * (h.dim() - 1))
+        if noise is None:
+            noise = torch.randn(h.shape, generator=self.generator, device=h.device, dtype=h.dtype)
+        return h * scale.to(h.dtype) + sigma * noise.reshape(h.shape).to(h.dtype) * keep.to(h.dtype)
+
     @property
     def noise_floor(self) -> float:
         return max(NOISE_FLOOR_FRACTION * float(self.noise_sigma), NOISE_MIN_FLOOR) if self.noise_std else 0.0
@@ -227,7 +346,7 @@ class LocalizedFirstLayer(nn.Module):
         outputs fired. The device applies the same rounding (manifest ``layer.quantize``)."""
         if levels < 0:
             raise InputError(f"quantization levels must be >= 0, got {levels}")
-        if levels and self.noise_std:
+        if levels and (self.noise_std or self.ldp is not None):
             raise InputError("quantization and noise on surviving values cannot be combined; pick one")
         self.quantize_levels = int(levels)
         if levels and not hasattr(self, "quant_clip"):
@@ -296,6 +415,11 @@ class LocalizedFirstLayer(nn.Module):
 
     def noise_spec(self) -> dict[str, Any] | None:
         """The manifest's ``noise`` object (absolute scale, fixed by :meth:`calibrate_noise`), or None."""
+        if self.ldp is not None:
+            from ..ldp import noise_spec
+
+            return noise_spec(self.ldp_params(), self.ldp["delta"], target_epsilon=self.ldp["epsilon"],
+                              clip_quantile=None if self.ldp["clip"] is not None else self.ldp["clip_quantile"])
         if not self.noise_std:
             return None
         return {"kind": "gaussian", "std": float(self.noise_sigma), "relative_std": self.noise_std,
@@ -342,6 +466,14 @@ class LocalizedFirstLayer(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 noise: torch.Tensor | None = None) -> torch.Tensor:
         h = self.activations(x)
+        if self.ldp is not None:  # the mask first (input-independent), then clip + noise on every kept output
+            if mask is not None:
+                keep = mask.reshape(h.shape).bool()
+            elif self.drop_rate > 0:
+                keep = self.sample_mask(h.shape, h.device)
+            else:
+                keep = torch.ones(h.shape, dtype=torch.bool, device=h.device)
+            return self.ldp_forward(h * keep.to(h.dtype), keep, noise)
         if mask is not None:
             h = h * mask.reshape(h.shape).to(h.dtype)
         elif self.drop_rate > 0:

@@ -4,7 +4,9 @@
 Every zoo model takes ``device_layers`` (1: the paper's single localized layer; 2-3: a localized
 block on the device), ``block_width`` (width of the block's later layers; default: the first
 layer's) and, for the convolutional ones, ``device_pool`` (max pooling at the block's output). The
-server part starts from whatever the block outputs.
+server part starts from whatever the block outputs. ``ldp_epsilon`` / ``ldp_noise_multiplier`` (with
+``ldp_delta``, ``ldp_clip``, ``ldp_clip_quantile``) turn on the Gaussian mechanism for any of them
+(:meth:`LocalizedFirstLayer.set_ldp`; ``daonet train --model-opt ldp_epsilon=4``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import InputError
-from .layers import LocalizedFirstLayer, SplitModel
+from .layers import LDP_OPTIONS, LocalizedFirstLayer, SplitModel
 
 Builder = Callable[..., tuple[LocalizedFirstLayer, nn.Module]]
 ARCHS: dict[str, Builder] = {}
@@ -83,10 +85,13 @@ def build_model(arch: dict[str, Any]) -> SplitModel:
     name = arch.get("name")
     if name not in ARCHS:
         raise InputError(f"unknown model {name!r}; choose one of: {', '.join(sorted(ARCHS))}")
+    kwargs = dict(arch.get("kwargs", {}))
+    # the Gaussian mechanism's options (``--model-opt ldp_epsilon=4``, or top-level keys): not the builder's
+    ldp = {k: arch[k] for k in LDP_OPTIONS if k in arch} | {k: kwargs.pop(k) for k in LDP_OPTIONS if k in kwargs}
     try:
         first, rest = ARCHS[name](
             tuple(arch["in_shape"]), int(arch["n_classes"]), float(arch["drop_rate"]),
-            arch.get("mean"), arch.get("std"), **arch.get("kwargs", {}),
+            arch.get("mean"), arch.get("std"), **kwargs,
         )
     except TypeError as exc:
         raise InputError(f"bad options for model {name!r}: {exc}") from exc
@@ -94,4 +99,6 @@ def build_model(arch: dict[str, Any]) -> SplitModel:
         first.set_quantization(int(arch["quantize_levels"]))
     if arch.get("noise_std"):
         first.set_noise(float(arch["noise_std"]))
+    if ldp:
+        first.set_ldp(**ldp)
     return SplitModel(first, rest, dict(arch))

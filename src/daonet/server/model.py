@@ -101,7 +101,7 @@ class ServerModel(ManifestIdentity[ServerManifest]):
         """
         frame = read_frame(data)
         self.check_version(frame.model_version)
-        return decode(data, expected_outputs=self.n_outputs, frame=frame)
+        return decode(data, expected_outputs=self.n_outputs, frame=frame, wire_version=self.manifest.wire.version)
 
     def parse_json(self, obj: Any) -> SparsePayload:
         """The JSON debugging form ``{"model_version", "indices", "values"}``; same checks as binary."""
@@ -126,7 +126,8 @@ class ServerModel(ManifestIdentity[ServerManifest]):
             raise InvalidPayloadError("'indices' must be a list of integers")
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in obj["values"]):
             raise InvalidPayloadError("'values' must be a list of numbers")
-        return validate_sparse(version, self.n_outputs, obj["indices"], obj["values"])
+        return validate_sparse(version, self.n_outputs, obj["indices"], obj["values"],
+                               signed=self.manifest.wire.version == 2)
 
     def check_version(self, version: str) -> None:
         if version != self.version:

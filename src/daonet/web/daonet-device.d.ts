@@ -1,15 +1,19 @@
 // Type declarations for daonet-device.mjs, the daonet device runtime (docs/js-device.md).
 
 export declare const WIRE_VERSION: 1;
+/** Wire version of the Gaussian mechanism (noise kind gaussian_ldp): values may be negative. */
+export declare const SIGNED_WIRE_VERSION: 2;
 export declare const DEVICE_FORMAT: "daonet-device-bundle";
 export declare const FORMAT_VERSION: 1;
 export declare const MASK_CONTEXT: string;
 export declare const NOISE_CONTEXT: string;
+export declare const LDP_NOISE_CONTEXT: string;
 export declare const BUNDLE_CONTEXT: string;
 export declare const IDENTIFIABLE_TOL: number;
 export declare const RANGE_TOLERANCE: number;
 export declare const BLOCK_NOTE: string;
 export declare const NOISE_NOTE: string;
+export declare const LDP_NOTE: string;
 
 // -- errors (the Python classes of the same names) ----------------------------------------------------------
 export declare class DaonetError extends Error {}
@@ -43,6 +47,8 @@ export type KeepMask = ArrayLike<number | boolean>;
 export interface MaskSource {
   masks(x: Float32Array, nOutputs: number, dropRate: number, shape?: number[]): Promise<Uint8Array>;
   noise?(x: Float32Array, where: Uint8Array, nOutputs: number, dropRate: number, shape?: number[]): Promise<Float64Array>;
+  /** Integer discrete Gaussian noise at ``where`` (gaussian_ldp), as float64. */
+  ldpNoise?(x: Float32Array, where: Uint8Array, nOutputs: number, dropRate: number, noiseSteps: number, shape?: number[]): Promise<Float64Array>;
 }
 
 export interface Certificate {
@@ -114,7 +120,12 @@ export interface BlockStep {
   inShape: number[];
   outShape: number[];
 }
-export interface NoiseSpec { std: number; floor: number; relativeStd: number }
+export interface NoiseSpec { kind: "gaussian"; std: number; floor: number; relativeStd: number }
+/** The Gaussian mechanism (``noise.kind: gaussian_ldp``): per-request (epsilon, delta). */
+export interface LdpSpec {
+  kind: "gaussian_ldp"; std: number; clip: number; grid: number; clipSteps: number; noiseSteps: number;
+  epsilon: number; delta: number; sensitivity: number; accountant: string; accountantVersion: string;
+}
 export interface Tensor { shape: number[]; data: Float32Array }
 export type Manifest = Record<string, any>;
 
@@ -129,7 +140,7 @@ export declare function parseManifestText(text: string, where?: string): {
 };
 export declare function checkSchema(manifest: Manifest, where?: string, floats?: Set<string>): Record<string, any>;
 export declare function checkManifest(manifest: Manifest, where?: string, floats?: Set<string>): {
-  steps: BlockStep[]; noise: NoiseSpec | null;
+  steps: BlockStep[]; noise: NoiseSpec | LdpSpec | null;
 };
 export declare function parseSafetensors(buffer: ArrayBuffer | Uint8Array, name?: string): Record<string, Tensor>;
 
@@ -144,6 +155,8 @@ export declare class DeviceModel {
   readonly nOutputs: number;
   readonly block: BlockStep[];
   readonly noise: NoiseSpec | null;
+  readonly ldp: LdpSpec | null;
+  readonly wireVersion: 1 | 2;
   readonly dropRate: number;
   readonly valueDtype: "float32" | "float16";
   readonly policy: PrivacyPolicy;
@@ -206,11 +219,13 @@ export declare class SimilarityKeyedMasks implements MaskSource {
   noise(x: Float32Array, where: Uint8Array, nOutputs: number, dropRate: number): Promise<Float64Array>;
 }
 export declare function indexNoise(prk: Uint8Array, indices: ArrayLike<number>): Float64Array;
+/** Replay-safe exact discrete Gaussian N_Z(0, noiseSteps^2) for outputs ``indices`` (``index_discrete_gaussian``). */
+export declare function indexDiscreteGaussian(prk: Uint8Array, indices: ArrayLike<number>, noiseSteps: number): Float64Array;
 
 // -- the wire format and the network client -----------------------------------------------------------------
-export declare function encodeWire(activations: ArrayLike<number>, modelVersion: string, valueDtype?: "float32" | "float16"): Uint8Array;
+export declare function encodeWire(activations: ArrayLike<number>, modelVersion: string, valueDtype?: "float32" | "float16", wireVersion?: 1 | 2): Uint8Array;
 export declare function readFrame(data: Uint8Array): {
-  modelVersion: string; indexWidth: number; valueWidth: number; nOutputs: number; nnz: number; offset: number;
+  modelVersion: string; indexWidth: number; valueWidth: number; nOutputs: number; nnz: number; offset: number; wireVersion: 1 | 2;
 };
 export interface Prediction {
   label: string;

@@ -12,6 +12,7 @@
 // the same payload bytes for the same input and mask.
 
 export const WIRE_VERSION = 1;
+export const SIGNED_WIRE_VERSION = 2;  // values may be negative: the Gaussian mechanism (noise kind gaussian_ldp)
 export const DEVICE_FORMAT = "daonet-device-bundle";
 export const FORMAT_VERSION = 1;
 export const MASK_CONTEXT = "daonet-mask-v1";
@@ -24,7 +25,16 @@ const KEY_BYTES = 32;
 const KNOWN_LAYER_KEYS = new Set(["kind", "in_shape", "out_channels", "kernel", "stride", "output_shape",
   "n_outputs", "activation", "quantize", "first_output_shape", "block"]);
 const KNOWN_STEP_KEYS = new Set(["op", "n_in", "n_out", "kernel", "stride", "padding", "activation", "weight", "bias", "size"]);
-const KNOWN_NOISE_KEYS = new Set(["std", "floor", "relative_std", "kind", "applies_to"]);
+const KNOWN_NOISE_KEYS = new Set(["std", "floor", "relative_std", "kind", "applies_to", "mechanism", "clip", "grid",
+  "clip_steps", "noise_steps", "sensitivity", "delta", "epsilon", "accountant", "accountant_version", "target_epsilon",
+  "clip_quantile"]);
+const LDP_FIELDS = ["mechanism", "clip", "grid", "clip_steps", "noise_steps", "sensitivity", "delta", "epsilon", "accountant", "accountant_version"];
+const LDP_MAX_NOISE_STEPS = 256;
+const LDP_MAX_CLIP_STEPS = 2 ** 16;
+const LDP_Y_CAP = 64;
+export const LDP_NOISE_CONTEXT = "daonet-ldp-noise-v1";
+export const LDP_NOTE = "Gaussian mechanism: the guarantee is (epsilon, delta) per request; rank and revealed-energy figures are not the guarantee here";
+const LDP_SIMILARITY_REFUSAL = "similarity-keyed masks cannot draw gaussian_ldp noise: near-duplicates would share noise, and the difference of two such payloads is noiseless; use KeyedMasks (exact replays cost nothing) or RandomMasks";
 const LAYER_KINDS = ["dense", "conv1d", "conv2d"];
 export const BLOCK_NOTE = "non-linear block: covered by the audit only";
 export const NOISE_NOTE = "noise on surviving values: the equations are not exact; rank and revealed energy are an upper bound on what they pin down";
@@ -504,7 +514,7 @@ export function checkManifest(manifest, where = "bundle", floats = new Set()) {
   if (drop.policy !== undefined && drop.policy !== "bernoulli") unsupported.push(`drop policy ${drop.policy}`);
   if (drop.rescale) unsupported.push("rescaled dropping");
   const wire = manifest.wire || {};
-  if (wire.version !== undefined && wire.version !== WIRE_VERSION) unsupported.push(`wire version ${wire.version}`);
+  if (wire.version !== undefined && wire.version !== WIRE_VERSION && wire.version !== SIGNED_WIRE_VERSION) unsupported.push(`wire version ${wire.version}`);
   if (!LAYER_KINDS.includes(layer.kind)) unsupported.push(`first-layer kind ${JSON.stringify(layer.kind)}`);
   if (unsupported.length) {
     throw new BundleError(`${where}: this bundle uses ${unsupported.join(", ")}, which the JavaScript device runtime does not support; use the Python runtime (daonet.device) or export without it`);
@@ -589,7 +599,57 @@ const DROP_SPEC = {
     if (!(s.rate >= 0 && s.rate < 1)) fail(`${at}.rate`, `must be in [0, 1), got ${pyFloatRepr(s.rate)}`, "train and export with --drop-rate in [0, 1)");
   },
 };
-const WIRE_SPEC = { fields: [["version", { lit: [1] }], ["value_dtype", { opt: { lit: ["float32", "float16"] } }]], check() {} };
+const WIRE_SPEC = { fields: [["version", { lit: [1, 2] }], ["value_dtype", { opt: { lit: ["float32", "float16"] } }]], check() {} };
+/** ``NoiseSpec``: kind ``gaussian`` (noise on surviving values) or ``gaussian_ldp`` (the Gaussian mechanism). */
+const NOISE_SPEC = {
+  fields: [["std", "float", true], ["floor", { opt: "float" }], ["relative_std", "float"], ["kind", { lit: ["gaussian", "gaussian_ldp"] }],
+    ["applies_to", { lit: ["surviving", "kept"] }], ["mechanism", { opt: { lit: ["discrete_gaussian"] } }], ["clip", { opt: "float" }],
+    ["grid", { opt: "float" }], ["clip_steps", { opt: "int" }], ["noise_steps", { opt: "int" }], ["sensitivity", { opt: "float" }],
+    ["delta", { opt: "float" }], ["epsilon", { opt: "float" }], ["accountant", { opt: "str" }], ["accountant_version", { opt: "str" }],
+    ["target_epsilon", { opt: "float" }], ["clip_quantile", { opt: "float" }]],
+  check(s, at, fail) {
+    const kind = s.kind ?? "gaussian";
+    const appliesTo = s.applies_to ?? "surviving";
+    if (kind !== "gaussian_ldp") {
+      if (s.floor == null) fail(at, "the field 'floor' is missing (the manifest is malformed: corrupt, or not written by daonet)");
+      if (appliesTo !== "surviving") fail(`${at}.applies_to`, `is '${appliesTo}'; noise of kind 'gaussian' applies to 'surviving' values`);
+      if (s.std < 0 || s.floor <= 0) fail(at, `noise std ${pyFloatRepr(s.std)} / floor ${pyFloatRepr(s.floor)} are invalid (std >= 0, floor > 0)`);
+      return;
+    }
+    for (const name of LDP_FIELDS) if (s[name] == null) fail(`${at}.${name}`, "is missing: noise of kind 'gaussian_ldp' needs it");
+    if (appliesTo !== "kept") fail(`${at}.applies_to`, `is '${appliesTo}'; noise of kind 'gaussian_ldp' applies to every 'kept' output`);
+    const [grid, b, st] = [s.grid, s.clip_steps, s.noise_steps];
+    if (!(grid > 0 && isPowerOfTwo(grid))) fail(`${at}.grid`, `must be a positive power of two, got ${pyFloatRepr(grid)}`);
+    if (!(st >= 1 && st <= LDP_MAX_NOISE_STEPS)) fail(`${at}.noise_steps`, `must be in [1, ${LDP_MAX_NOISE_STEPS}], got ${st}`);
+    if (!(b >= 1 && b <= LDP_MAX_CLIP_STEPS)) fail(`${at}.clip_steps`, `must be in [1, ${LDP_MAX_CLIP_STEPS}], got ${b}`);
+    if (s.clip !== b * grid || s.std !== st * grid) {
+      fail(at, `clip ${pyFloatRepr(s.clip)} / std ${pyFloatRepr(s.std)} are not clip_steps x grid / noise_steps x grid (${pyFloatRepr(b * grid)} / ${pyFloatRepr(st * grid)})`);
+    }
+    if (s.sensitivity !== Math.sqrt(2) * (b * grid)) {
+      fail(`${at}.sensitivity`, `is ${pyFloatRepr(s.sensitivity)}, the replace-one sensitivity of clipped non-negative vectors is sqrt(2) x clip = ${pyFloatRepr(Math.sqrt(2) * (b * grid))}`);
+    }
+    if (!(s.delta > 0 && s.delta < 1)) fail(`${at}.delta`, `must be in (0, 1), got ${pyFloatRepr(s.delta)}`);
+    if (!(s.epsilon > 0)) fail(`${at}.epsilon`, `must be > 0, got ${pyFloatRepr(s.epsilon)}`);
+  },
+};
+const isPowerOfTwo = (v) => { let m = v; while (m >= 2) m /= 2; while (m < 1) m *= 2; return m === 1; };
+
+/** ``check_ldp_wire``: wire version 2 goes with gaussian_ldp noise only; that mode sends float32 and runs no policy. */
+function checkLdpWire(noise, wire, privacy, nOutputs, at, fail) {
+  const ldp = !!noise && noise.kind === "gaussian_ldp";
+  const version = (wire && wire.version) ?? 1;
+  if (version === 2 && !ldp) fail(`${at}.wire.version`, "2 is not supported without noise of kind 'gaussian_ldp' (signed values)");
+  if (!ldp) return;
+  if (version !== 2) fail(`${at}.wire.version`, `is ${version}; noise of kind 'gaussian_ldp' sends signed values: wire version 2`);
+  const vd = wire && wire.value_dtype;
+  if (vd != null && vd !== "float32") fail(`${at}.wire.value_dtype`, `is '${vd}'; noise of kind 'gaussian_ldp' sends float32 values`);
+  if (privacy && privacy.max_revealed_energy != null) {
+    fail(`${at}.privacy.max_revealed_energy`, "is set with noise of kind 'gaussian_ldp': an input-dependent drop would void the (epsilon, delta) bound", "re-export without --max-revealed-energy");
+  }
+  if (nOutputs * noise.clip_steps ** 2 >= 2 ** 53) {
+    fail(`${at}.noise.clip_steps`, `${noise.clip_steps} with ${nOutputs} outputs overflows exact integer arithmetic (n_outputs x clip_steps^2 must stay below 2^53)`);
+  }
+}
 const PRIVACY_SPEC = {
   fields: [["max_revealed_energy", { opt: "float" }], ["forbid_identifiable", "bool"], ["identifiable_tol", "float"]],
   check(s, at, fail) {
@@ -609,7 +669,7 @@ const DEVICE_SPEC = {
   fields: [["model_id", "str", true], ["version", "str", true], ["files", { dict: "str" }, true], ["classes", { list: "str" }],
     ["format_version", "int"], ["integrity", { opt: { spec: INTEGRITY_SPEC } }], ["input", { spec: INPUT_SPEC }, true],
     ["layer", { spec: LAYER_SPEC }, true], ["drop", { spec: DROP_SPEC }, true], ["normalization", { spec: NORMALIZATION_SPEC }],
-    ["wire", { spec: WIRE_SPEC }], ["privacy", { spec: PRIVACY_SPEC }], ["noise", { opt: "any" }], ["format", { lit: [DEVICE_FORMAT] }]],
+    ["wire", { spec: WIRE_SPEC }], ["privacy", { spec: PRIVACY_SPEC }], ["noise", { opt: { spec: NOISE_SPEC } }], ["format", { lit: [DEVICE_FORMAT] }]],
   check(s, at, fail) {
     if (s.format_version !== undefined && s.format_version !== FORMAT_VERSION) {
       fail(`${at}.format_version`, `is ${s.format_version}, this daonet reads version ${FORMAT_VERSION}`, "upgrade daonet or re-export the bundle");
@@ -632,6 +692,9 @@ const DEVICE_SPEC = {
       if (norm[name] != null && norm[name].length !== count) fail(`${at}.normalization.${name}`, `has ${norm[name].length} values for ${count} ${what}`);
     }
     if (perFeature && layer.kind !== "dense") fail(`${at}.normalization.per`, `is 'feature', but the first layer is ${layer.kind}: per-feature normalization needs a dense first layer`, "export per-channel statistics for a convolution, or use a dense model");
+    if (s.layer.block && s.layer.block.length && s.privacy && s.privacy.max_revealed_energy != null) return;  // checkManifest says why
+    if (s.noise && s.layer.quantize) return;  // checkManifest says why
+    checkLdpWire(s.noise, s.wire, s.privacy, s.layer.n_outputs, at, fail);
   },
 };
 
@@ -801,26 +864,13 @@ function blockPlan(layer, where) {
 
 /** The manifest's ``noise`` parsed and checked like ``NoiseSpec.from_json`` (``null`` when off). */
 function noiseSpec(raw, where) {
-  const fail = manifestFailure(where);
   if (raw === undefined || raw === null) return null;
-  if (typeof raw !== "object" || Array.isArray(raw)) fail("noise", `expected an object, got ${pyJson(raw)}`);
-  const num = (name, required) => {
-    if (!(name in raw)) {
-      if (required) throw new ManifestError(`${where}: noise: the field '${name}' is missing (the manifest is malformed: corrupt, or not written by daonet); ${FIX}`);
-      return 0;
-    }
-    const v = raw[name];
-    if (!required && v === null) return 0;
-    if (typeof v !== "number" || !Number.isFinite(v)) fail(`noise.${name}`, `expected a finite number, got ${pyJson(v)}`);
-    return v;
-  };
-  const spec = { std: num("std", true), floor: num("floor", true), relativeStd: num("relative_std", false) };
-  for (const [name, allowed] of [["kind", "gaussian"], ["applies_to", "surviving"]]) {
-    const v = raw[name] ?? allowed;
-    if (v !== allowed) fail(`noise.${name}`, `${pyJson(v)} is not supported (this daonet reads '${allowed}')`, UPGRADE);
+  const s = parseSpec(NOISE_SPEC, raw, "noise", "noise", { floats: new Set(), fail: manifestFailure(where) });
+  if (s.kind === "gaussian_ldp") {
+    return { kind: "gaussian_ldp", std: s.std, clip: s.clip, grid: s.grid, clipSteps: s.clip_steps, noiseSteps: s.noise_steps,
+      epsilon: s.epsilon, delta: s.delta, sensitivity: s.sensitivity, accountant: s.accountant, accountantVersion: s.accountant_version };
   }
-  if (spec.std < 0 || spec.floor <= 0) fail("noise", `noise std ${pyFloatRepr(spec.std)} / floor ${pyFloatRepr(spec.floor)} are invalid (std >= 0, floor > 0)`);
-  return spec;
+  return { kind: "gaussian", std: s.std, floor: s.floor, relativeStd: s.relative_std ?? 0 };
 }
 
 // -- the privacy policy and certificate (daonet.device.certificate) -----------------------------------------
@@ -1337,6 +1387,131 @@ export class RandomMasks {
     }
     return out;
   }
+
+  /** Fresh exact discrete Gaussian noise (gaussian_ldp): the keyed derivation under a fresh random PRK. */
+  async ldpNoise(x, where, nOutputs, dropRate, noiseSteps) {
+    return ldpNoiseAt(where, nOutputs, crypto_().getRandomValues(new Uint8Array(32)), noiseSteps);
+  }
+}
+
+/**
+ * One HMAC byte stream per output (``_ByteStreams`` in daonet.device.masks): block j of output i is
+ * HMAC(NPRK, u32(i) || u32(j)), NPRK = HMAC(prk, "daonet-ldp-noise-v1"); a draw in [0, d) takes ceil(L/8) bytes
+ * (L = bit length of d - 1), little-endian, keeps the low L bits and retries while >= d.
+ */
+class LdpStream {
+  constructor(states, i) { this.states = states; this.i = i; this.block = 0; this.buf = new Uint8Array(0); this.pos = 0; }
+
+  take(n) {
+    while (this.buf.length - this.pos < n) {
+      const [inner, outer] = this.states;
+      const b = sha256Finish(outer, sha256Finish(inner, u32le(this.i, this.block++)));
+      this.buf = concatBytes(this.buf.subarray(this.pos), b);
+      this.pos = 0;
+    }
+    const out = this.buf.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return out;
+  }
+
+  uniform(d) {
+    if (d === 1) return 0;
+    let bits = 0;
+    for (let v = d - 1; v >= 1; v = Math.floor(v / 2)) bits++;
+    const nbytes = Math.ceil(bits / 8);
+    const top = (1 << (bits - 8 * (nbytes - 1))) - 1;
+    for (;;) {
+      const b = this.take(nbytes);
+      let r = b[nbytes - 1] & top;
+      for (let k = nbytes - 2; k >= 0; k--) r = r * 256 + b[k];
+      if (r < d) return r;
+    }
+  }
+}
+
+// The exact discrete Gaussian (Canonne, Kamath, Steinke 2020), one coordinate at a time; the numpy runtime runs
+// the same steps in lockstep over coordinates. Every integer stays below 2^53 for noise_steps <= 256.
+function bernExpLe1(rs, num, den) {  // Bernoulli(exp(-num/den)), num <= den
+  let k = 1;
+  while (rs.uniform(den * k) < num) k++;
+  return k % 2 === 1;
+}
+function bernExp(rs, num, den) {  // Bernoulli(exp(-num/den)), num >= 0
+  while (num > den) {
+    if (!bernExpLe1(rs, 1, 1)) return false;
+    num -= den;
+  }
+  return bernExpLe1(rs, num, den);
+}
+function discreteLaplace(rs, t) {
+  for (;;) {
+    const u = rs.uniform(t);
+    if (!bernExp(rs, u, t)) continue;
+    let v = 0;
+    while (bernExp(rs, 1, 1)) v++;
+    const x = u + t * v;
+    const sign = rs.uniform(2);
+    if (sign === 1 && x === 0) continue;
+    return sign === 1 ? -x : x;
+  }
+}
+function discreteGaussian(rs, s) {
+  const t = s + 1;
+  for (;;) {
+    const y = discreteLaplace(rs, t);
+    const a = Math.abs(y);
+    if (a > LDP_Y_CAP * t) continue;
+    if (bernExp(rs, (a * t - s * s) ** 2, 2 * s * s * t * t)) return y;
+  }
+}
+
+/** Replay-safe exact N_Z(0, noiseSteps^2) for outputs ``indices`` from a mask PRK (``index_discrete_gaussian``). */
+export function indexDiscreteGaussian(prk, indices, noiseSteps) {
+  const states = hmacStates(hmacSha256(prk, new TextEncoder().encode(LDP_NOISE_CONTEXT)));
+  return Float64Array.from(indices, (i) => discreteGaussian(new LdpStream(states, i), noiseSteps));
+}
+
+/** ``(nOutputs,)`` integer noise (as float64), zero where ``where`` is 0. */
+function ldpNoiseAt(where, nOutputs, prk, noiseSteps) {
+  const idx = [];
+  where.forEach((w, i) => { if (w) idx.push(i); });
+  const out = new Float64Array(nOutputs);
+  indexDiscreteGaussian(prk, idx, noiseSteps).forEach((e, t) => { out[idx[t]] = e; });
+  return out;
+}
+
+/**
+ * The Gaussian mechanism's release (``ldp_release``): kept values on the grid (rint, clamped to [0, B]), the row
+ * scaled down to L2 norm <= B by ``floor(q B / R)``, ``R = ceil(sqrt(sum q^2))`` (exact integers), then
+ * ``(r + Y) * grid`` as float32 (exact: the grid is a power of two).
+ */
+function ldpRelease(h, keep, noise, spec) {
+  const { grid, clipSteps: B } = spec;
+  const n = h.length;
+  const q = new Float64Array(n);
+  let n2 = 0;
+  for (let i = 0; i < n; i++) {
+    if (!Number.isFinite(h[i])) throw new PayloadError("activations contain NaN/inf; check the input and the first layer's weights");
+    if (!keep[i]) continue;
+    const v = h[i] / grid;
+    q[i] = v > B ? B : Math.max(roundHalfEven(v), 0);
+    n2 += q[i] * q[i];
+  }
+  if (n2 > B * B) {
+    let root = Math.floor(Math.sqrt(n2));
+    while (root * root > n2) root--;
+    while ((root + 1) * (root + 1) <= n2) root++;
+    if (root * root < n2) root++;
+    for (let i = 0; i < n; i++) {
+      const a = q[i] * B;
+      let c = Math.floor(a / root);
+      if (c * root > a) c--; else if ((c + 1) * root <= a) c++;
+      q[i] = c;
+    }
+  }
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) if (keep[i]) out[i] = (q[i] + noise[i]) * grid;
+  return out;
 }
 
 /**
@@ -1447,6 +1622,11 @@ export class KeyedMasks {
   async noise(x, where, nOutputs, dropRate, shape = [x.length]) {
     const prk = await this.seed(x, shape, nOutputs, dropRate);
     return noiseAt(where, nOutputs, () => prk);
+  }
+
+  /** Replay-safe discrete Gaussian noise (``KeyedMasks.ldp_noise``): output ``i`` from ``indexDiscreteGaussian(seed, i)``. */
+  async ldpNoise(x, where, nOutputs, dropRate, noiseSteps, shape = [x.length]) {
+    return ldpNoiseAt(where, nOutputs, await this.seed(x, shape, nOutputs, dropRate), noiseSteps);
   }
 }
 
@@ -1679,18 +1859,23 @@ export class SimilarityKeyedMasks {
     const prks = await this.groupSeeds(x, nOutputs, dropRate);
     return noiseAt(where, nOutputs, (i) => prks[i % this.groups]);
   }
+
+  /** Refused (``SimilarityKeyedMasks.ldp_noise``): near-duplicates would share noise, so their difference is noiseless. */
+  async ldpNoise() { throw new InputError(LDP_SIMILARITY_REFUSAL); }
 }
 
 // -- the wire format v1 (daonet.wire) ---------------------------------------------------------------------------
 /** Sparse-encode one dropped activation vector (``daonet.wire.encode``). */
-export function encodeWire(activations, modelVersion, valueDtype = "float32") {
+export function encodeWire(activations, modelVersion, valueDtype = "float32", wireVersion = WIRE_VERSION) {
   if (valueDtype !== "float32" && valueDtype !== "float16") throw new PayloadError(`value dtype '${valueDtype}' is not supported; use 'float32' or 'float16'`);
+  if (wireVersion !== WIRE_VERSION && wireVersion !== SIGNED_WIRE_VERSION) throw new PayloadError(`wire format version ${wireVersion} is not supported; use 1 or 2`);
+  if (wireVersion === SIGNED_WIRE_VERSION && valueDtype !== "float32") throw new PayloadError("wire format version 2 (signed values) carries float32 values only");
   const idx = [];
   const vals = [];
   for (let i = 0; i < activations.length; i++) {
     const v = activations[i];
     if (!Number.isFinite(v)) throw new PayloadError("activations contain NaN/inf; check the input and the first layer's weights");
-    if (v < 0) throw new PayloadError("activations are negative; the payload carries ReLU outputs, which are >= 0");
+    if (v < 0 && wireVersion === WIRE_VERSION) throw new PayloadError("activations are negative; the payload carries ReLU outputs, which are >= 0");
     if (v === 0) continue;
     if (valueDtype === "float16") {
       const h = f32ToF16Bits(v);
@@ -1709,7 +1894,7 @@ export function encodeWire(activations, modelVersion, valueDtype = "float32") {
   const nnz = idx.length;
   const out = new Uint8Array(16 + version.length + nnz * (ib + vb));
   const dv = new DataView(out.buffer);
-  out.set([0x44, 0x41, 0x4f, 0x31, WIRE_VERSION, ib, vb, version.length]);
+  out.set([0x44, 0x41, 0x4f, 0x31, wireVersion, ib, vb, version.length]);
   dv.setUint32(8, n, true);
   dv.setUint32(12, nnz, true);
   out.set(version, 16);
@@ -1726,11 +1911,11 @@ export function readFrame(data) {
   const magic = String.fromCharCode(...data.subarray(0, 4));
   if (magic !== "DAO1") throw new PayloadError("payload does not start with the magic bytes DAO1");
   const [ver, ib, vb, vlen] = [data[4], data[5], data[6], data[7]];
-  if (ver !== WIRE_VERSION || ![2, 4].includes(ib) || ![2, 4].includes(vb)) throw new PayloadError("payload header is invalid");
+  if (![WIRE_VERSION, SIGNED_WIRE_VERSION].includes(ver) || ![2, 4].includes(ib) || ![2, 4].includes(vb)) throw new PayloadError("payload header is invalid");
   const nOutputs = dv.getUint32(8, true);
   const nnz = dv.getUint32(12, true);
   if (data.length !== 16 + vlen + nnz * (ib + vb)) throw new PayloadError("payload length does not match its header");
-  return { modelVersion: new TextDecoder().decode(data.subarray(16, 16 + vlen)), indexWidth: ib, valueWidth: vb, nOutputs, nnz, offset: 16 + vlen };
+  return { modelVersion: new TextDecoder().decode(data.subarray(16, 16 + vlen)), indexWidth: ib, valueWidth: vb, nOutputs, nnz, offset: 16 + vlen, wireVersion: ver };
 }
 
 // -- the device model (daonet.device.runtime.DeviceModel) -------------------------------------------------------
@@ -1793,7 +1978,9 @@ export class DeviceModel {
     this.nOutputs = Number(layer.n_outputs);
     this.firstOutputShape = (steps.length ? layer.first_output_shape : layer.output_shape).map(Number);
     this.block = steps;  // the localized block after the first layer (``layer.block``), [] for the paper's form
-    this.noise = noise;  // {std, floor, relativeStd} (``manifest.noise``) or null
+    this.noise = noise && noise.kind === "gaussian" ? noise : null;  // {std, floor, relativeStd} (``manifest.noise``) or null
+    this.ldp = noise && noise.kind === "gaussian_ldp" ? noise : null;  // the Gaussian mechanism: {clip, std, grid, clipSteps, noiseSteps, epsilon, delta, ...}
+    this.wireVersion = this.ldp ? SIGNED_WIRE_VERSION : WIRE_VERSION;
     this.outChannels = this.firstOutputShape[0];
     this.kernel = (layer.kernel || []).map(Number);
     this.stride = (layer.stride || []).map(Number);
@@ -1854,6 +2041,15 @@ export class DeviceModel {
   }
 
   _markNoise(cert) { return this.noise ? { ...cert, exact: false, note: NOISE_NOTE } : cert; }
+
+  /** ``LdpCertificate.to_dict()`` (plus the policy fields every certificate has): the request's (epsilon, delta). */
+  _ldpCertificate(sent) {
+    let k = 0;
+    for (const v of sent) if (v !== 0) k++;
+    const { epsilon, delta, clip, std } = this.ldp;
+    return { k, n: prod(this.inputShape), n_outputs: this.nOutputs, applies: false, note: LDP_NOTE, epsilon, delta, clip, std,
+      exact: false, k_before_policy: k, dropped_by_policy: 0, policy_ok: true, policy: null };
+  }
 
   /** Check and batch an input (``DeviceModel.validate``): ``{n, data: Float32Array(n * size)}``. */
   validate(x) {
@@ -2027,6 +2223,7 @@ export class DeviceModel {
     const xv = this._one(x, "certify");
     const s = this._asSent(Float32Array.from(sent));
     if (s.length !== this.nOutputs) throw new InputError(`activation vector has ${s.length} values; the first layer has ${this.nOutputs}`);
+    if (this.ldp) return this._ldpCertificate(s);
     if (!this.isLinear) return this._blockCertificate(s);
     const indices = [];
     s.forEach((v, i) => { if (v !== 0) indices.push(i); });
@@ -2100,6 +2297,7 @@ export class DeviceModel {
     if (keepMask === null && this.dropRate !== 0) keepMask = await (masks || new RandomMasks()).masks(xv, this.nOutputs, this.dropRate, this.inputShape);
     if (keepMask !== null && keepMask.length !== this.nOutputs) throw new InputError(`mask has ${keepMask.length} values; the first layer has ${this.nOutputs}`);
     const h = this._activations(xv, keepMask);
+    if (this.ldp) return this._encodeLdp(xv, h, keepMask, { masks, certify, policy });
     let row = h;
     if (keepMask !== null) row = h.map((v, i) => (keepMask[i] ? v : 0));
     if (this.noise) row = await this._addNoise(xv, row, masks || new RandomMasks());
@@ -2115,6 +2313,26 @@ export class DeviceModel {
       }
     }
     const data = encodeWire(row, this.version, this.valueDtype);
+    return { data, nnz: readFrame(data).nnz, nOutputs: this.nOutputs, activations: row, certificate };
+  }
+
+  /** The Gaussian mechanism (``DeviceModel._drop_ldp``): every kept output clipped on the grid, exact discrete Gaussian noise. */
+  async _encodeLdp(xv, h, keepMask, { masks, certify, policy }) {
+    const keep = keepMask !== null ? keepMask : new Uint8Array(this.nOutputs).fill(1);
+    const source = masks || new RandomMasks();
+    if (typeof source.ldpNoise !== "function") {
+      throw new InputError(`this bundle runs the Gaussian mechanism (gaussian_ldp) but the mask source ${source.constructor.name} cannot draw its noise; use RandomMasks or KeyedMasks`);
+    }
+    const noise = await source.ldpNoise(xv, keep, this.nOutputs, this.dropRate, this.ldp.noiseSteps, this.inputShape);
+    const row = ldpRelease(h, keep, noise, this.ldp);
+    let certificate = null;
+    if (certify) {
+      if ((policy || this.policy).maxRevealedEnergy !== null) {
+        throw new InputError("a revealed-energy policy cannot be enforced with the Gaussian mechanism (gaussian_ldp): an input-dependent drop would void the (epsilon, delta) bound");
+      }
+      certificate = this._ldpCertificate(row);
+    }
+    const data = encodeWire(row, this.version, "float32", SIGNED_WIRE_VERSION);
     return { data, nnz: readFrame(data).nnz, nOutputs: this.nOutputs, activations: row, certificate };
   }
 
