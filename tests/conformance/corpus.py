@@ -236,8 +236,46 @@ def build_corpus(out: str | Path) -> list[Case]:
     case("invalid-utf8", "refuse", files=_invalid_utf8, error="BundleError", message="is not valid JSON")
     case("utf8-bom", "refuse", files=lambda d: (d / "manifest.json").write_bytes(
         b"\xef\xbb\xbf" + (d / "manifest.json").read_bytes()), error="BundleError", message="is not valid JSON")
+    # -- the Gaussian mechanism (noise kind gaussian_ldp, wire version 2): same bytes, same refusals ----------
+    def ldp(*edits: tuple[str, Any]) -> Callable[[dict], None]:
+        def apply(m: dict) -> None:
+            m["noise"], m["wire"] = _ldp_noise(), {"version": 2, "value_dtype": "float32"}
+            for path, value in edits:
+                setter(path, value)(m)
+        return apply
+
+    case("ldp-accept", "accept", edit=ldp(), seal="unsigned")
+    case("ldp-drop-0-accept", "accept", edit=ldp(("drop.rate", 0.0)), seal="unsigned")
+    for name, edits, error, words in [
+        ("ldp-wire-version-1", [("wire.version", 1)], "ManifestError", "sends signed values: wire version 2"),
+        ("ldp-float16", [("wire.value_dtype", "float16")], "ManifestError", "sends float32 values"),
+        ("ldp-energy-policy", [("privacy.max_revealed_energy", 0.5)], "ManifestError",
+         "would void the (epsilon, delta) bound"),
+        ("ldp-grid-not-power-of-two", [("noise.grid", 0.03)], "ManifestError", "must be a positive power of two"),
+        ("ldp-epsilon-missing", [("noise.epsilon", _DELETE)], "ManifestError",
+         "is missing: noise of kind 'gaussian_ldp' needs it"),
+        ("ldp-clip-not-on-grid", [("noise.clip", 3.0)], "ManifestError", "are not clip_steps x grid"),
+        ("ldp-sensitivity-2c", [("noise.sensitivity", 6.25)], "ManifestError", "replace-one sensitivity"),
+        ("ldp-applies-to-surviving", [("noise.applies_to", "surviving")], "ManifestError",
+         "applies to every 'kept' output"),
+        ("ldp-noise-steps-512", [("noise.noise_steps", 512), ("noise.std", 16.0)], "ManifestError",
+         "must be in [1, 256]"),
+        ("ldp-clip-steps-float", [("noise.clip_steps", 100.0)], "ManifestError", "expected an integer"),
+        ("ldp-unknown-mechanism", [("noise.mechanism", "laplace")], "ManifestError", "is not supported"),
+        ("ldp-unknown-kind", [("noise.kind", "laplace_ldp")], "ManifestError", "is not supported"),
+        ("ldp-delta-1", [("noise.delta", 1.0)], "ManifestError", "must be in (0, 1)"),
+    ]:
+        case(name, "refuse", edit=ldp(*edits), seal="unsigned", error=error, message=words)
     (out / "cases.json").write_text(json.dumps([asdict(c) for c in cases], indent=1))
     return cases
+
+
+def _ldp_noise() -> dict[str, Any]:
+    """A valid ``gaussian_ldp`` noise object for the ECG default (grid 1/32, clip 100 steps, sigma 200 steps),
+    epsilon from the accountant as export writes it."""
+    from daonet.ldp import LdpParams, noise_spec
+
+    return noise_spec(LdpParams(grid=2.0**-5, noise_steps=200, clip_steps=100), 1e-5)
 
 
 class _Delete:

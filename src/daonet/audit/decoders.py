@@ -16,7 +16,7 @@ Families (each a separate network, trained separately):
 ``mlp``         the dropped vector (scaled by its RMS) -> MLP -> input
 ``conv``        the dropped vector -> dense -> transposed-convolution upsampling (2-D images, 1-D signals)
 ``adaptive``    features that undo scale tricks and expose what the server knows anyway: ``h/rms``,
-                ``log1p(h/rms)``, the support pattern ``1[h > 0]`` and the server's class probabilities
+                ``sign log1p(|h/rms|)``, the support pattern ``1[h != 0]`` and the server's class probabilities
 ``prediction``  the server's class probabilities only: what the probabilities reveal. NOT a floor: they are
                 computed from what the device sent, so a device head can push the input's style into them
 ``label``       the predicted class alone (one-hot): what the server must learn for the task. The floor that
@@ -203,7 +203,9 @@ def features(family: str, pairs: PublicPairs, h: torch.Tensor) -> torch.Tensor:
         return probs
     if family == "label":
         return F.one_hot(probs.argmax(1), probs.shape[1]).float()
-    return torch.cat([hs, torch.log1p(hs), (h > 0).float(), probs], 1)
+    # sign-preserving log and support 1[h != 0]: the same as log1p / 1[h > 0] for ReLU values, finite for the
+    # signed values of a gaussian_ldp device
+    return torch.cat([hs, torch.sign(hs) * torch.log1p(hs.abs()), (h != 0).float(), probs], 1)
 
 
 def _build(family: str, m: int, input_shape: tuple[int, ...], hidden: int,
