@@ -58,6 +58,19 @@ def test_npz_infers_layout_dtype_and_classes(tmp_path):
     assert ds.name == "digits" and dataset_label(f"npz:{path}") == "digits"
 
 
+def test_npz_uint8_grey_images_without_a_channel_axis_are_images(tmp_path):
+    """(N, H, W) uint8 pixels (how MNIST-like arrays are usually saved) are one-channel images, not signals;
+    the same shape in floats stays a multi-channel signal unless the file says kind=image."""
+    xtr, ytr, xte, yte, _ = _digits_arrays()
+    path = tmp_path / "grey.npz"
+    np.savez(path, x_train=xtr[..., 0], y_train=ytr, x_test=xte[..., 0], y_test=yte)
+    ds = load_npz(path)
+    assert ds.kind == "image" and ds.input_shape == (1, 8, 8) and ds.info["raw_dtype"] == "uint8"
+    np.savez(path, x_train=xtr[..., 0] / 255.0, y_train=ytr, x_test=xte[..., 0] / 255.0, y_test=yte)
+    assert load_npz(path).kind == "signal" and load_npz(path).input_shape == (8, 8)
+    assert load_npz(path, kind="image").input_shape == (1, 8, 8)
+
+
 def test_npz_float_signals_and_arbitrary_labels(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(30, 50)).astype(np.float64)

@@ -335,15 +335,16 @@ def _labels(y_train: np.ndarray, y_test: np.ndarray, classes: list[str] | None,
             np.array([lookup[v] for v in y_test.tolist()], np.int64), names)
 
 
-def _infer_layout(x: np.ndarray, kind: str | None, where: str) -> tuple[np.ndarray, str]:
-    """``(N, F)`` -> one-channel signals ``(N, 1, F)``; ``(N, C, L)`` signals (or ``(N, H, W)`` uint8 images
-    -> ``(N, 1, H, W)``); ``(N, C, H, W)`` images (channels-last ``(N, H, W, 1|3)`` is transposed)."""
+def _infer_layout(x: np.ndarray, kind: str | None, where: str, raw: str = "float32") -> tuple[np.ndarray, str]:
+    """``(N, F)`` -> one-channel signals ``(N, 1, F)``; ``(N, C, L)`` signals (or ``(N, H, W)`` images when stored
+    as uint8 pixels, ``raw``, -> ``(N, 1, H, W)``); ``(N, C, H, W)`` images (channels-last ``(N, H, W, 1|3)`` is
+    transposed)."""
     if x.ndim == 2:
         if kind == "image":
             raise DatasetError(f"{where}: images need arrays shaped (N, H, W) or (N, C, H, W), got {x.shape}")
         return x[:, None, :], "signal"
     if x.ndim == 3:
-        if kind == "image" or (kind is None and x.dtype == np.uint8):
+        if kind == "image" or (kind is None and raw == "uint8"):
             return x[:, None], "image"
         return x, "signal"
     if x.ndim == 4:
@@ -392,8 +393,8 @@ def _from_arrays(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np
         raise DatasetError(f"{where}: x_train is {x_train.dtype} but x_test is {x_test.dtype}; store both as "
                            "uint8 pixels or both as floats")
     (xtr, raw), (xte, _) = _inputs(x_train, "x_train", where), _inputs(x_test, "x_test", where)
-    xtr, kind = _infer_layout(xtr, kind, where)
-    xte, _ = _infer_layout(xte, kind, where)
+    xtr, kind = _infer_layout(xtr, kind, where, raw)
+    xte, _ = _infer_layout(xte, kind, where, raw)
     ytr, yte, names = _labels(y_train, y_test, classes, where)
     if len(names) < 2:
         raise DatasetError(f"{where}: the training labels hold a single class ({names}); a classifier needs two "
