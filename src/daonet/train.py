@@ -11,7 +11,7 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from .data import Dataset, load_dataset
 from .errors import DaonetError, InputError
 from .measure import make_progress  # noqa: F401  (re-exported: training and the audit share one bar)
 from .nn import SplitModel, build_model
-from .nn.defences import ADVERSARIES, InverseAdversary, distance_correlation
+from .nn.defences import InverseAdversary, distance_correlation
+from .train_config import NORMALIZE_MODES, TrainConfig  # noqa: F401  (declared torch-free, for the CLI)
 
 # The architecture options every run records in its config (so the model version pins them). They must equal the
 # builders' own defaults in daonet.nn.zoo (a test checks): a model built without options is the same model.
@@ -35,79 +36,7 @@ DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
 }
 
 
-NORMALIZE_MODES = ("auto", "channel", "feature")
 OWN_DATA_SOURCES = ("csv:", "npz:", "arrays")  # Dataset.info["source"] of data the user brings
-
-
-@dataclass
-class TrainConfig:
-    """Everything that determines a training run (saved verbatim in ``config.json``)."""
-
-    dataset: str = "mnist"
-    model: str = "mlp"
-    drop_rate: float = 0.9
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    n_train: int | None = None  # subset sizes, for quick runs and tests
-    n_test: int | None = None
-    data_root: str | None = None
-    eval_draws: int = 5
-    augment: bool = False  # random +-2 pixel shifts for images
-    # defences beyond plain dropping (they push the privacy-accuracy frontier)
-    quantize_levels: int = 0  # 0: off; L: surviving values on L steps (1: near-binary)
-    nopeek_weight: float = 0.0  # weight of distance correlation(x, transmitted h) in the loss
-    adversary_weight: float = 0.0  # weight of the (negated) inverse-network loss: min-max training
-    # beyond the paper's single localized layer (docs/device-block-and-noise.md)
-    device_layers: int = 1  # layers run on the device before dropping (1: the paper; 2-3: a localized block)
-    device_pool: int = 0  # max-pooling window at the device block's output (conv models); 0 = off
-    noise_std: float = 0.0  # Gaussian noise on surviving values, x RMS of the non-zero activations; 0 = off
-    adversary: str = "mlp"  # mlp: sees h; adaptive: also log h, the support pattern and the class probabilities
-    adversary_steps: int = 1  # attacker updates per model update (a better-trained adversary)
-    adversary_hidden: int = 512
-    # input statistics: "channel" (one mean/std per channel), "feature" (per input value, fitted on the training
-    # split: a table's columns; dense first layers), "auto" (feature for your own csv:/npz: data with a dense
-    # first layer, channel otherwise). See docs/preprocessing.md.
-    normalize: str = "auto"
-
-    def validate(self) -> None:
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise InputError(f"--drop-rate must be in [0, 1), got {self.drop_rate}")
-        if self.epochs < 1:
-            raise InputError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not (self.lr > 0 and np.isfinite(self.lr)):
-            raise InputError(f"--lr must be a positive number, got {self.lr}")
-        if self.eval_draws < 1:
-            raise InputError("eval_draws must be at least 1")
-        if self.normalize not in NORMALIZE_MODES:
-            raise InputError(f"--normalize must be one of {', '.join(NORMALIZE_MODES)}, got {self.normalize!r}")
-        if self.quantize_levels < 0:
-            raise InputError(f"--quantize-levels must be >= 0, got {self.quantize_levels}")
-        if self.adversary not in ADVERSARIES:
-            raise InputError(f"--adversary must be one of {', '.join(ADVERSARIES)}, got {self.adversary!r}")
-        if self.adversary_steps < 1 or self.adversary_hidden < 8:
-            raise InputError(f"--adversary-steps must be >= 1 and --adversary-hidden >= 8, got "
-                             f"{self.adversary_steps}, {self.adversary_hidden}")
-        if not 1 <= self.device_layers <= 3:
-            raise InputError(f"--device-layers must be 1 (the paper's single layer), 2 or 3, got {self.device_layers}")
-        if self.device_pool < 0 or self.device_pool == 1:
-            raise InputError(f"--device-pool must be 0 (off) or a window of at least 2, got {self.device_pool}")
-        if self.noise_std and self.quantize_levels:
-            raise InputError("--noise-std and --quantize-levels cannot be combined (noise undoes the rounding)")
-        for key, off in (("device_layers", 1), ("device_pool", 0)):
-            given = self.model_kwargs.get(key)
-            if given is not None and getattr(self, key) not in (off, given):
-                raise InputError(f"--{key.replace('_', '-')} {getattr(self, key)} disagrees with --model-opt "
-                                 f"{key}={given}; give it once")
-        for name in ("nopeek_weight", "adversary_weight", "noise_std"):
-            value = getattr(self, name)
-            if not (value >= 0 and np.isfinite(value)):
-                raise InputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
 
 
 # Training settings per known (dataset, model) task: what the drop-rate sweep and the audit frontier train.

@@ -1,79 +1,70 @@
-"""``daonet train``: train a split model with dropped activation outputs."""
+"""``daonet train``: train a split model with dropped activation outputs.
+
+Every training option comes from its declaration on :class:`daonet.train_config.TrainConfig` (default, help,
+bounds, choices; :func:`daonet.settings.cli_parameters`); only what is not a config field is written here: the
+run folder, the free-form architecture options and the recommended operating point.
+"""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from .common import console, parse_kwargs
+from ..errors import DaonetError
+from ..settings import cli_parameters, from_cli
+from ..train_config import TrainConfig
+from .common import console, fail, parse_kwargs
 
 
-def train(
-    dataset: Annotated[str, typer.Option(help="digits, mnist, fashion-mnist, ecg5000, cifar10, or "
-                                                    "your own: npz:PATH, csv:DIR[,label=COLUMN], ucr:NAME")] = "mnist",
-    model: Annotated[str, typer.Option(help="mlp, cnn or cnn1d (or a registered architecture)")] = "mlp",
-    drop_rate: Annotated[float, typer.Option(help="probability of dropping each first-layer output")] = 0.9,
-    epochs: Annotated[int, typer.Option(min=1)] = 10,
-    batch_size: Annotated[int, typer.Option(min=1)] = 128,
-    lr: float = 2e-3,
-    seed: int = 0,
-    model_opt: Annotated[list[str] | None, typer.Option(help="architecture option KEY=VALUE, repeatable")] = None,
-    n_train: Annotated[int | None, typer.Option(help="train on a random subset of this size")] = None,
-    n_test: Annotated[int | None, typer.Option(help="evaluate on a random subset of this size")] = None,
-    augment: Annotated[bool, typer.Option(help="random +-2 pixel shifts (images)")] = False,
-    data_root: Annotated[Path | None, typer.Option(help="local folder with the data set's files")] = None,
-    quantize_levels: Annotated[int, typer.Option(min=0, help="defence: send surviving values on N levels "
-                                                 "(1 = near-binary); 0 = off")] = 0,
-    nopeek_weight: Annotated[float, typer.Option(min=0, help="defence: distance-correlation penalty "
-                                                 "between input and transmitted activations")] = 0.0,
-    adversary_weight: Annotated[float, typer.Option(min=0, help="defence: min-max training against a jointly "
-                                                    "trained inverse network")] = 0.0,
-    device_layers: Annotated[int, typer.Option(min=1, max=3, help="layers run on the device before dropping: 1 = "
-                                               "the paper's single layer; 2-3 = a localized block (dense layers "
-                                               "for mlp, 3-wide convolutions for cnn/cnn1d)")] = 1,
-    device_pool: Annotated[int, typer.Option(min=0, help="max-pooling window at the device block's output "
-                                             "(cnn/cnn1d); 0 = off")] = 0,
-    noise_std: Annotated[float, typer.Option(min=0, help="defence: Gaussian noise on surviving values, as a "
-                                             "fraction of their RMS on the training data; 0 = off")] = 0.0,
-    adversary: Annotated[str, typer.Option(help="the min-max adversary: mlp (sees h) or adaptive (also log h, the "
-                                                "support pattern and the class probabilities: stronger)")] = "mlp",
-    adversary_steps: Annotated[int, typer.Option(min=1, help="adversary updates per model update")] = 1,
-    normalize: Annotated[str, typer.Option(help="input statistics: channel (one mean/std per channel), feature "
-                                           "(per column, fitted on the training split; dense models) or auto "
-                                           "(feature for csv:/npz: data with --model mlp)")] = "auto",
-    recommended: Annotated[bool, typer.Option(help="use the measured default operating point for this "
-                                              "dataset/model (drop rate, defences, epochs; see README)")] = False,
-    out: Annotated[Path, typer.Option(help="run directory to write")] = Path("runs/mnist-mlp"),
-) -> None:
+def train(*, model_opt: list[str] | None = None, recommended: bool = False, out: Path = Path("runs/mnist-mlp"),
+          **settings: Any) -> None:
     """Train a split model with dropped activation outputs; writes model, config and metrics.json."""
     from dataclasses import replace
 
-    from ..train import TrainConfig, recommended_config, save_run
+    from ..train import recommended_config, save_run
     from ..train import train as run_training
 
-    cfg = TrainConfig(dataset=dataset, model=model, drop_rate=drop_rate, epochs=epochs, batch_size=batch_size,
-                      lr=lr, seed=seed, model_kwargs=parse_kwargs(model_opt), n_train=n_train, n_test=n_test,
-                      data_root=str(data_root) if data_root else None, augment=augment,
-                      quantize_levels=quantize_levels, nopeek_weight=nopeek_weight, adversary_weight=adversary_weight,
-                      device_layers=device_layers, device_pool=device_pool, noise_std=noise_std,
-                      adversary=adversary, adversary_steps=adversary_steps, normalize=normalize)
-    if recommended:
-        rec = recommended_config(dataset, model)
-        cfg = replace(cfg, drop_rate=rec.drop_rate, epochs=rec.epochs, batch_size=rec.batch_size,
-                      adversary_weight=rec.adversary_weight, nopeek_weight=rec.nopeek_weight,
-                      quantize_levels=rec.quantize_levels, adversary=rec.adversary,
-                      adversary_steps=rec.adversary_steps)
-        drop_rate = cfg.drop_rate
-        console.print(f"recommended operating point: p={cfg.drop_rate}, adversary weight {cfg.adversary_weight}, "
-                      f"{cfg.epochs} epochs")
+    try:
+        cfg = from_cli(TrainConfig, settings, model_kwargs=parse_kwargs(model_opt))
+        if recommended:
+            rec = recommended_config(cfg.dataset, cfg.model)
+            cfg = replace(cfg, drop_rate=rec.drop_rate, epochs=rec.epochs, batch_size=rec.batch_size,
+                          adversary_weight=rec.adversary_weight, nopeek_weight=rec.nopeek_weight,
+                          quantize_levels=rec.quantize_levels, adversary=rec.adversary,
+                          adversary_steps=rec.adversary_steps)
+            console.print(f"recommended operating point: p={cfg.drop_rate}, adversary weight "
+                          f"{cfg.adversary_weight}, {cfg.epochs} epochs")
+        cfg.validate()
+    except DaonetError as exc:
+        fail(str(exc))
     result = run_training(cfg, progress=True)
     save_run(result, out)
     m = result.metrics
     acc = m["test_accuracy"]
     console.print(
-        f"[green]done[/] test accuracy {acc['mean']:.4f} ± {acc['std']:.4f} (dropping p={drop_rate}), "
+        f"[green]done[/] test accuracy {acc['mean']:.4f} ± {acc['std']:.4f} (dropping p={cfg.drop_rate}), "
         f"surviving outputs {m['surviving_outputs']['mean']:.1f} of {m['n_outputs']}, "
         f"{m['train_time_s']:.1f} s -> {out / 'metrics.json'}"
     )
+
+
+def _signature() -> inspect.Signature:
+    """``daonet train``'s options: every declared :class:`TrainConfig` setting, then the ones that are not fields."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    return inspect.Signature([
+        *cli_parameters(TrainConfig),
+        inspect.Parameter("model_opt", kw, default=None, annotation=Annotated[list[str] | None, typer.Option(
+            help="architecture option KEY=VALUE, repeatable")]),
+        inspect.Parameter("recommended", kw, default=False, annotation=Annotated[bool, typer.Option(
+            help="use the measured default operating point for this dataset/model (drop rate, defences, epochs; "
+                 "see README)")]),
+        inspect.Parameter("out", kw, default=Path("runs/mnist-mlp"),
+                          annotation=Annotated[Path, typer.Option(help="run directory to write")]),
+    ], return_annotation=None)
+
+
+train.__signature__ = _signature()  # type: ignore[attr-defined]
+train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}  # type: ignore

@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from ..audit_config import BUDGET_NAMES
 from ..errors import InputError
+from ..settings import Setting, check_settings, setting
 
 __all__ = ["PlanSpace", "PlanConfig", "Candidate", "PlanPoint", "PlanResult", "run_plan", "device_cost",
            "GRID_SETTINGS", "parse_grid"]
@@ -40,23 +42,29 @@ PLAN_ATTACKS = ("min_norm", "rmle_prior", "decoder_mlp", "decoder_conv", "decode
 
 @dataclass(frozen=True)
 class PlanSpace:
-    """What the search varies, each with its bounds (validated once)."""
+    """What the search varies, each with its bounds (validated once). ``daonet plan``'s ``--device-layers``,
+    ``--block-widths``, ``--drop-rates`` and ``--adversary-weights`` are generated from these declarations."""
 
-    device_layers: tuple[int, ...] = (1, 2)  # 1: the paper's first layer (with its certificate); 2-3: a block
-    block_widths: tuple[int, ...] = (8, 16, 32, 64)  # the block's output width (device_layers >= 2)
-    drop_rate: tuple[float, float] = (0.0, 0.97)
-    adversary_weights: tuple[float, ...] = (0.0, 2.0)  # min-max training against an inverse network
+    device_layers: tuple[int, ...] = setting((1, 2), "device depths to try, each 1-3 (1: the paper's first layer, "
+                                                     "with its certificate; 2-3: a localized block)", min=1, max=3)
+    block_widths: tuple[int, ...] = setting((8, 16, 32, 64), "block widths to try, each >= 2 (depth >= 2)", min=2)
+    drop_rate: tuple[float, float] = setting((0.0, 0.97), "drop-rate range LOW,HIGH (0 <= LOW <= HIGH < 1)",
+                                             min=0, max=1)
+    adversary_weights: tuple[float, ...] = setting((0.0, 2.0), "min-max training weights to try, each >= 0", min=0)
 
     def validate(self) -> None:
         if not self.device_layers or any(d not in (1, 2, 3) for d in self.device_layers):
             raise InputError(f"device layers must be among 1, 2, 3, got {list(self.device_layers)}")
         if any(w < 2 for w in self.block_widths) or not self.block_widths:
             raise InputError(f"block widths must be at least 2, got {list(self.block_widths)}")
+        if len(self.drop_rate) != 2:
+            raise InputError(f"--drop-rates takes LOW,HIGH, got {','.join(map(str, self.drop_rate))!r}")
         lo, hi = self.drop_rate
         if not 0 <= lo <= hi < 1:
             raise InputError(f"the drop-rate range must satisfy 0 <= low <= high < 1, got {lo}, {hi}")
         if not self.adversary_weights or any(not (a >= 0 and math.isfinite(a)) for a in self.adversary_weights):
             raise InputError(f"adversary weights must be finite numbers >= 0, got {list(self.adversary_weights)}")
+        check_settings(self)  # the declared bounds (the checks above name the plan's options better)
 
 
 GRID_SETTINGS = ("device_layers", "block_width", "drop_rate", "adversary_weight", "noise_std", "quantize_levels",
@@ -81,59 +89,56 @@ def parse_grid(items: list[str]) -> dict[str, tuple[Any, ...]]:
 
 @dataclass(frozen=True)
 class PlanConfig:
-    """One plan: the task, the search, the constraints, where trials are kept and how they run."""
+    """One plan: the task, the search, the constraints, where trials are kept and how they run.
 
-    dataset: str
-    model: str = "mlp"
-    out: str = "reports/plan"
-    trials: int = 20
-    budget: str = "full"  # the audit budget of every candidate (quick: a smoke test, NOT a privacy claim)
-    epochs: int | None = None  # training epochs (default: the recipe's)
-    n_train: int | None = None  # training/test subsets, for quick plans and tests
-    n_test: int | None = None
-    audit_n_test: int | None = None  # audited requests per candidate (default: the budget's)
-    attacks: tuple[str, ...] = PLAN_ATTACKS
-    min_accuracy: float = 0.0
-    max_leakage: float | None = None
-    max_flops: float | None = None  # device FLOPs per request
-    max_bytes: float | None = None  # payload bytes per request (mean)
-    max_device_us: float | None = None  # device encode µs per request (median, measured here)
-    storage: str | None = None  # SQLAlchemy URL; default: sqlite:///OUT/plan.db
-    study_name: str = "daonet-plan"
-    seed: int = 0
-    workers: int = 1  # > 1: trials in parallel on a local Ray
-    ray_address: str | None = None  # a Ray cluster ("auto" or host:port): trials run there
-    data_root: str | None = None
+    Every setting is declared once (:func:`daonet.settings.setting`): ``daonet plan``'s options are generated
+    from these declarations, and :meth:`validate` checks the same bounds for a plan built in Python."""
+
+    dataset: str = field(metadata={"setting": Setting(
+        "the task's data set (mnist, ecg5000, digits, ucr:NAME, npz:PATH, ...)")})
+    model: str = setting("mlp", "architecture from the zoo (mlp, cnn, cnn1d); your own torch module: daonet.plan")
+    out: str = setting("reports/plan", "writes plan.db (the study), pareto.json, pareto.png, chosen/")
+    trials: int = setting(20, "candidates to train and audit in all (a resumed plan counts the finished ones)", min=1)
+    budget: str = setting("full", "audit budget per candidate: full (converged attackers: privacy claims) or quick "
+                                  "(a smoke test, NOT a privacy claim)", choices=BUDGET_NAMES)
+    epochs: int | None = setting(None, "training epochs (default: the recipe's)", min=1)
+    batch_size: int | None = setting(None, "training batch size (default: the recipe's)", min=1)
+    lr: float | None = setting(None, "peak learning rate (default: the recipe's)", min=0)
+    n_train: int | None = setting(None, "training subset (quick plans)", min=2)
+    n_test: int | None = setting(None, "test subset", min=2)
+    audit_n_test: int | None = setting(None, "audited requests per candidate (default: the budget's)", min=2)
+    attacks: tuple[str, ...] = setting(PLAN_ATTACKS, "attacks per candidate (must include decoder_label, the floor)")
+    min_accuracy: float = setting(0.0, "accuracy floor (test accuracy with dropping)", min=0, max=1)
+    max_leakage: float | None = setting(None, "leakage cap: best attack minus the label-only decoder")
+    max_flops: float | None = setting(None, "device budget: FLOPs per request", min=0)
+    max_bytes: float | None = setting(None, "device budget: payload bytes per request (mean)", min=0)
+    max_device_us: float | None = setting(None, "device budget: encode µs per request (median, measured here)",
+                                          min=0)
+    storage: str | None = setting(None, "study database, any SQLAlchemy URL (default: sqlite:///OUT/plan.db)")
+    study_name: str = setting("daonet-plan", "the study's name in its database")
+    seed: int = setting(0, "search and training seed")
+    workers: int = setting(1, "trials in parallel on a local Ray (> 1)", min=1)
+    ray_address: str | None = setting(None, "run trials on this Ray cluster ('auto' or host:port)")
+    data_root: str | None = setting(None, "local folder with the data set's files")
     space: PlanSpace = field(default_factory=PlanSpace)
     grid: dict[str, tuple[Any, ...]] | None = None  # every combination of these settings instead of a search
-    torch_device: str = "auto"  # where the audit's attackers train (auto: cuda when available)
+    torch_device: str = setting("auto", "where the attackers train: auto (cuda when present), cpu, cuda[:N]")
 
     def validate(self) -> None:
         from ..audit.core import ATTACKS
-        from ..audit_config import BUDGETS
 
-        if self.trials < 1:
-            raise InputError(f"--trials must be at least 1, got {self.trials}")
-        if self.budget not in BUDGETS:
-            raise InputError(f"--budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
+        check_settings(self)
         if "decoder_label" not in self.attacks:
             raise InputError("the attacks must include decoder_label: leakage is measured from the label-only floor")
         unknown = [a for a in self.attacks if a not in ATTACKS]
         if unknown:
             raise InputError(f"unknown attack(s) {', '.join(unknown)}; choose from {', '.join(ATTACKS)}")
-        if not 0 <= self.min_accuracy <= 1:
-            raise InputError(f"--min-accuracy must be in [0, 1], got {self.min_accuracy}")
-        for name in ("max_leakage", "max_flops", "max_bytes", "max_device_us"):
+        for name in ("min_accuracy", "max_leakage", "max_flops", "max_bytes", "max_device_us", "lr"):
             v = getattr(self, name)
-            if v is not None and not (math.isfinite(v) and (v >= 0 or name == "max_leakage")):
-                raise InputError(f"--{name.replace('_', '-')} must be a finite number"
-                                 f"{'' if name == 'max_leakage' else ' >= 0'}, got {v}")
-        if self.workers < 1:
-            raise InputError(f"--workers must be at least 1, got {self.workers}")
-        for name in ("epochs", "n_train", "n_test", "audit_n_test"):
-            v = getattr(self, name)
-            if v is not None and v < (2 if name != "epochs" else 1):
-                raise InputError(f"--{name.replace('_', '-')} is too small: {v}")
+            if v is not None and not math.isfinite(v):
+                raise InputError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
+        if self.lr is not None and self.lr <= 0:
+            raise InputError(f"--lr must be a positive number, got {self.lr}")
         self.space.validate()
         self._validate_grid()
 
@@ -304,8 +309,7 @@ def candidate_row(cfg: PlanConfig, cand: Candidate) -> Any:
                             "quantize_levels": cand.quantize_levels, "nopeek_weight": cand.nopeek_weight,
                             "seed": cfg.seed, "data_root": cfg.data_root, "n_train": cfg.n_train,
                             "n_test": cfg.n_test}
-    if cfg.epochs is not None:
-        over["epochs"] = cfg.epochs
+    over.update({k: getattr(cfg, k) for k in ("epochs", "batch_size", "lr") if getattr(cfg, k) is not None})
     tc = recommended_config(cfg.dataset, cfg.model, **over)
     if cand.device_layers > 1:
         tc = replace(tc, model_kwargs={**tc.model_kwargs, "block_width": cand.block_width})
