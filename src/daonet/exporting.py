@@ -126,7 +126,7 @@ def export_model(
                           "non-linear device block, which the revealed energy does not describe (it is covered "
                           "by the audit only); export without it")
     noise = first.noise_spec() if (first.noise_std or first.ldp is not None) else None
-    wire_version = 2 if first.ldp is not None else 1  # the Gaussian mechanism sends signed values
+    wire_version: Literal[1, 2] = 2 if first.ldp is not None else 1  # the Gaussian mechanism sends signed values
     if first.ldp is not None and (value_dtype == "float16" or privacy.max_revealed_energy is not None):
         raise DaonetError("a model with the Gaussian mechanism (ldp_*) exports with float32 values and without "
                           "--max-revealed-energy (an input-dependent drop would void its (epsilon, delta) bound)")

@@ -104,7 +104,7 @@ def run_block(h: np.ndarray, steps: tuple[BlockStep, ...], tensors: dict[str, np
 def add_noise(h: np.ndarray, standard: np.ndarray, spec: NoiseSpec) -> np.ndarray:
     """``max(h + std * e, floor)`` where ``h > 0``, zeros unchanged; float64 arithmetic, one float32 rounding
     (so another runtime with IEEE doubles gets the same bytes from the same ``e``)."""
-    noisy = np.maximum(h.astype(np.float64) + spec.std * standard, spec.floor)
+    noisy = np.maximum(h.astype(np.float64) + spec.std * standard, float(spec.floor or 0.0))
     return np.where(h > 0, noisy, 0.0).astype(np.float32)
 
 

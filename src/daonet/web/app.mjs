@@ -40,8 +40,10 @@ async function selectModel() {
     const device = await loadDevice($("model").value);
     state.device = device;
     const shape = device.inputShape;
+    const ldp = device.ldp ? `; Gaussian mechanism: (epsilon = ${device.ldp.epsilon.toPrecision(3)}, delta = ` +
+      `${device.ldp.delta}) per request` : "";
     $("bundle-status").textContent = `${device.modelId} ${device.version}: ${device.kind} first layer, input ` +
-      `${shape.join("x")}, ${device.nOutputs} outputs, drop rate ${device.dropRate}; weights verified (SHA-256)`;
+      `${shape.join("x")}, ${device.nOutputs} outputs, drop rate ${device.dropRate}${ldp}; weights verified (SHA-256)`;
     const image = shape.length === 3;
     $("image-input").hidden = !image;
     $("signal-input").hidden = image;
@@ -204,7 +206,12 @@ async function predict() {
       ["round trip", `${answer.latencyMs.toFixed(1)} ms`],
     ]);
     plotSent($("sent-plot"), answer.payload.activations);
-    facts($("certificate"), cert.applies === false ? [  // a device block: no first-layer equations to certify
+    facts($("certificate"), cert.epsilon !== undefined ? [  // the Gaussian mechanism: the bound is (epsilon, delta)
+      ["outputs sent k", String(cert.k)],
+      ["epsilon per request", `${cert.epsilon.toPrecision(3)} (delta ${cert.delta}): any two inputs are (epsilon, delta)-indistinguishable from this payload`],
+      ["clip / noise std", `${cert.clip} / ${cert.std}`],
+      ["note", cert.note],
+    ] : cert.applies === false ? [  // a device block: no first-layer equations to certify
       ["surviving outputs k", String(cert.k)],
       ["device block", cert.block],
       ["note", cert.note],
