@@ -716,7 +716,8 @@ def check_ldp_wire(noise: NoiseSpec | None, wire: WireSpec, privacy: PrivacySpec
     values and runs no revealed-energy policy (an input-dependent drop would void the bound)."""
     ldp = noise is not None and noise.ldp
     if wire.version == 2 and not ldp:
-        _fail(f"{where}.wire.version", "2 is not supported without noise of kind 'gaussian_ldp' (signed values)")
+        _fail(f"{where}.wire.version", "2 is not supported without noise of kind 'gaussian_ldp' (signed values)",
+              "upgrade daonet if the bundle is newer, or " + _FIX)
     if not ldp:
         return
     assert noise is not None

@@ -638,7 +638,7 @@ const isPowerOfTwo = (v) => { let m = v; while (m >= 2) m /= 2; while (m < 1) m 
 function checkLdpWire(noise, wire, privacy, nOutputs, at, fail) {
   const ldp = !!noise && noise.kind === "gaussian_ldp";
   const version = (wire && wire.version) ?? 1;
-  if (version === 2 && !ldp) fail(`${at}.wire.version`, "2 is not supported without noise of kind 'gaussian_ldp' (signed values)");
+  if (version === 2 && !ldp) fail(`${at}.wire.version`, "2 is not supported without noise of kind 'gaussian_ldp' (signed values)", UPGRADE);
   if (!ldp) return;
   if (version !== 2) fail(`${at}.wire.version`, `is ${version}; noise of kind 'gaussian_ldp' sends signed values: wire version 2`);
   const vd = wire && wire.value_dtype;
