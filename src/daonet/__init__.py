@@ -32,16 +32,18 @@ from .extras import missing_extra
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and documentation tools
     from . import audit
     from .convert import export, split
+    from .studies.plan import plan
 
 __version__ = "0.1.0"
-__all__ = ["split", "export", "audit", "__version__"]
+__all__ = ["split", "export", "audit", "plan", "__version__"]
 
 # name -> (module that defines it, attribute, or None for the module itself)
-_LAZY = {"split": (".convert", "split"), "export": (".convert", "export"), "audit": (".audit", None)}
+_LAZY = {"split": (".convert", "split"), "export": (".convert", "export"), "audit": (".audit", None),
+         "plan": (".studies.plan", "plan")}
 
 
 def __getattr__(name: str) -> Any:
-    """Load ``split``/``export``/``audit`` (torch) on first use, so ``import daonet`` stays torch-free."""
+    """Load ``split``/``export``/``audit``/``plan`` (torch) on first use, so ``import daonet`` stays torch-free."""
     if name not in _LAZY:
         raise AttributeError(f"module 'daonet' has no attribute {name!r}")
     module_name, attr = _LAZY[name]

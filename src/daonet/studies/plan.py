@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,7 +34,11 @@ from ..audit_config import BUDGET_NAMES
 from ..errors import InputError
 from ..settings import Setting, check_settings, setting
 
-__all__ = ["PlanSpace", "PlanConfig", "Candidate", "PlanPoint", "PlanResult", "run_plan", "device_cost",
+if TYPE_CHECKING:  # torch-side types, imported only when a plan runs
+    from ..data import Dataset
+    from .own_model import OwnModel
+
+__all__ = ["PlanSpace", "PlanConfig", "Candidate", "PlanPoint", "PlanResult", "run_plan", "plan", "device_cost",
            "GRID_SETTINGS", "parse_grid"]
 
 PLAN_ATTACKS = ("min_norm", "rmle_prior", "decoder_mlp", "decoder_conv", "decoder_adaptive", "decoder_prediction",
@@ -297,9 +302,10 @@ def device_cost(device: Any, x: np.ndarray, repeats: int = 3) -> tuple[int, floa
     return flops, float(np.mean(sizes)), float(np.median(times))
 
 
-def candidate_row(cfg: PlanConfig, cand: Candidate) -> Any:
+def candidate_row(cfg: PlanConfig, cand: Candidate, own: OwnModel | None = None) -> Any:
     """The study-pipeline row of a candidate: the task's recipe with the candidate's settings, its export
-    options and the plan's audit."""
+    options and the plan's audit. For a user's model (``own``) the row's training config names the model by its
+    fingerprint (and the user's data by theirs), so the content address of two different models never agrees."""
     from ..audit_config import AuditConfig
     from ..train import recommended_config
     from .pipeline import ExportOptions, Row
@@ -313,24 +319,33 @@ def candidate_row(cfg: PlanConfig, cand: Candidate) -> Any:
     tc = recommended_config(cfg.dataset, cfg.model, **over)
     if cand.device_layers > 1:
         tc = replace(tc, model_kwargs={**tc.model_kwargs, "block_width": cand.block_width})
+    if own is not None:
+        tc = replace(tc, model_kwargs={"module": own.fingerprint, "data": own.data_fingerprint})
     audit = AuditConfig(dataset=cfg.dataset, budget=cfg.budget, n_test=cfg.audit_n_test, attacks=tuple(cfg.attacks),
                         budget_curve=cfg.budget == "full", data_root=cfg.data_root, torch_device=cfg.torch_device)
-    return Row(tc, ExportOptions(model_id=f"plan-{cfg.dataset.replace(':', '-')}-{cfg.model}",
-                                 max_revealed_energy=cand.max_revealed_energy), audit)
+    model_id = re.sub(r"[^a-z0-9._-]+", "-", f"plan-{cfg.dataset}-{cfg.model}".lower()).strip("-.")
+    return Row(tc, ExportOptions(model_id=model_id, max_revealed_energy=cand.max_revealed_energy), audit)
 
 
-def evaluate_candidate(cfg: PlanConfig, cand: Candidate, trial: int, log: Callable[[str], None] = print) -> PlanPoint:
+def evaluate_candidate(cfg: PlanConfig, cand: Candidate, trial: int, log: Callable[[str], None] = print,
+                       own: OwnModel | None = None) -> PlanPoint:
     """Train, export and audit one candidate through the study pipeline (each stage reused when already there)."""
+    from ..data import load_dataset
     from ..device import DeviceModel
     from .pipeline import run_row
 
-    res = run_row(candidate_row(cfg, cand), Path(cfg.out) / "candidates", log=lambda _: None)
+    root = Path(cfg.out) / "candidates"
+    if own is None:
+        res = run_row(candidate_row(cfg, cand), root, log=lambda _: None)
+    else:
+        from .own_model import run_own_row
+
+        res = run_own_row(candidate_row(cfg, cand, own), own, root, log=lambda _: None)
     summary = res.report
     if summary is None or summary.leakage is None:
         raise InputError(f"{res.report_path} has no leakage (no label-only decoder or no attack ran)")
-    from ..data import load_dataset
-
-    x = load_dataset(cfg.dataset, cfg.data_root).x_test[:64]
+    ds = own.dataset if own is not None and own.dataset is not None else load_dataset(cfg.dataset, cfg.data_root)
+    x = ds.x_test[:64]
     device = DeviceModel.load(res.bundle / "device")
     flops, nbytes, us = device_cost(device, x)
     point = PlanPoint(trial=trial, candidate=cand, accuracy=res.run.accuracy, leakage=float(summary.leakage.mean),
@@ -389,10 +404,11 @@ def _study(cfg: PlanConfig) -> Any:
                                directions=["maximize", "minimize"])
 
 
-def _objective(cfg: PlanConfig, log: Callable[[str], None]) -> Callable[[Any], tuple[float, float]]:
+def _objective(cfg: PlanConfig, log: Callable[[str], None],
+               own: OwnModel | None = None) -> Callable[[Any], tuple[float, float]]:
     def objective(trial: Any) -> tuple[float, float]:
         cand = _sample(trial, cfg)
-        point = evaluate_candidate(cfg, cand, trial.number, log)
+        point = evaluate_candidate(cfg, cand, trial.number, log, own)
         for i, value in enumerate(constraint_values(cfg, point)):
             trial.set_constraint(f"c{i}", value)
         trial.set_user_attr("point", point.to_json())
@@ -408,26 +424,150 @@ def _remaining(study: Any, total: int) -> int:
     return max(0, total - len(done))
 
 
-def _optimize(cfg: PlanConfig, n: int, log: Callable[[str], None]) -> None:
-    _study(cfg).optimize(_objective(cfg, log), n_trials=n, catch=(InputError,))
+def _optimize(cfg: PlanConfig, n: int, log: Callable[[str], None], own: OwnModel | None = None) -> None:
+    _study(cfg).optimize(_objective(cfg, log, own), n_trials=n, catch=(InputError,))
 
 
-def run_plan(cfg: PlanConfig, log: Callable[[str], None] = print) -> PlanResult:
-    """Run (or resume) a plan; writes ``OUT/pareto.json``, ``OUT/pareto.png`` and the chosen bundle."""
+def run_plan(cfg: PlanConfig, log: Callable[[str], None] = print, *, model: Any = None, data: Dataset | None = None,
+             example_input: Any = None) -> PlanResult:
+    """Run (or resume) a plan; writes ``OUT/pareto.json``, ``OUT/pareto.png`` and the chosen bundle.
+
+    ``model``: the user's own ``torch.nn.Module`` (or a zero-argument function returning a fresh one) instead of
+    the zoo's ``cfg.model``; ``data``: the user's :class:`~daonet.data.Dataset` instead of ``cfg.dataset``'s
+    name; ``example_input``: inputs for ``daonet.split`` (default: the first training inputs). See :func:`plan`.
+    """
+    own = None
+    if model is not None:
+        from .own_model import own_model
+
+        _refuse_device_blocks(cfg)  # the plan's own settings first: no work on the model for a plan refused anyway
+        cfg.validate()
+        own = own_model(model, data if data is not None else cfg.dataset, seed=cfg.seed, data_root=cfg.data_root,
+                        example_input=example_input)
+        cfg = replace(cfg, model=f"own:{own.name}", dataset=data.name if data is not None else cfg.dataset)
+    elif data is not None or example_input is not None:
+        raise InputError("data= and example_input= go with model= (your own torch module); a zoo plan names its "
+                         "data set in PlanConfig.dataset")
     cfg.validate()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "plan.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    (out / "plan.json").write_text(json.dumps({**asdict(cfg), "own_model": None if own is None else {
+        "name": own.name, "fingerprint": own.fingerprint, "data": own.data_fingerprint}}, indent=2) + "\n")
     study = _study(cfg)
+    _check_subject(cfg, study, own)
     todo = _remaining(study, cfg.n_trials)
     if todo and (cfg.workers > 1 or cfg.ray_address):
-        _optimize_on_ray(cfg, todo, log)
+        _optimize_on_ray(cfg, todo, log, own)
     elif todo:
-        _optimize(cfg, todo, log)
+        _optimize(cfg, todo, log, own)
     return _collect(cfg, _study(cfg))
 
 
-def _optimize_on_ray(cfg: PlanConfig, todo: int, log: Callable[[str], None]) -> None:
+def plan(model: Any, dataset: str | Dataset, *, out: str | Path = "reports/plan",
+         grid: dict[str, Sequence[Any]] | list[str] | None = None, trials: int = 20,
+         drop_rates: tuple[float, float] = (0.0, 0.97), adversary_weights: Sequence[float] = (0.0, 2.0),
+         example_input: Any = None, log: Callable[[str], None] | None = print, **settings: Any) -> PlanResult:
+    """Plan *your own* model: which drop rate and defence reveal least beyond the label at your accuracy floor.
+
+    This is ``daonet.plan``. Every candidate is ``model`` put through :func:`daonet.split` with the candidate's
+    drop rate and defences, trained (the loop of ``daonet train``: AdamW, one-cycle schedule, dropping on),
+    exported with :func:`daonet.export` and audited, as a row of the study pipeline; the outputs are those of
+    ``daonet plan``: the study database ``OUT/plan.db``, ``OUT/pareto.json``, ``OUT/pareto.png`` and the chosen
+    bundle (with its audit) in ``OUT/chosen``.
+
+    Every candidate starts from the same initial weights: a copy of ``model`` as passed (fresh or pretrained), or
+    a fresh module from ``model()`` under the plan's seed when ``model`` is a factory; never from another
+    candidate's trained weights. Those weights and the architecture are hashed into each row's content address,
+    so two different models never share a cached row, and a study of one model refuses to resume with another.
+
+    What varies: the drop rate (a search over ``drop_rates``, or a grid), and on a grid the defences
+    ``adversary_weight`` and ``nopeek_weight`` (training), ``quantize_levels`` and ``noise_std`` (split's) and
+    ``max_revealed_energy`` (the device policy). **Not** the device depth: ``daonet.split`` moves only the
+    model's first layer (+ ReLU) onto the device, so ``device_layers`` >= 2 and ``block_width`` (device blocks of
+    the zoo architectures, ``daonet plan --model``) are refused.
+
+    Args:
+        model: a ``torch.nn.Module`` that ``daonet.split`` accepts (first op Linear/Conv1d/Conv2d + ReLU) and that
+            returns logits (N, n_classes), or a zero-argument function returning a fresh one.
+        dataset: a data set name or spec (``digits``, ``mnist``, ``npz:PATH``, ``csv:DIR``, ...) or your
+            :class:`~daonet.data.Dataset` (``Dataset.from_arrays(x_train, y_train, x_test, y_test)``).
+        out: where the study, the Pareto set, the candidates and the chosen bundle go.
+        grid: every combination of these settings instead of a search, e.g. ``{"drop_rate": [0.5, 0.9],
+            "noise_std": [0, 0.5]}`` (or ``daonet plan --grid`` strings such as ``["drop_rate=0.5,0.9"]``).
+        trials: candidates of a search (a grid runs all its combinations).
+        drop_rates: the searched drop-rate range ``(low, high)``.
+        adversary_weights: the searched min-max training weights.
+        example_input: a few training inputs for ``daonet.split`` (default: the first 8 of the data set).
+        log: one line per finished candidate (None: silent).
+        **settings: any other :class:`PlanConfig` field: ``budget`` (``full``; ``quick`` is a smoke test, NOT a
+            privacy claim), ``epochs``, ``batch_size``, ``lr``, ``min_accuracy``, ``max_leakage``, ``max_bytes``,
+            ``audit_n_test``, ``attacks``, ``n_train``, ``n_test``, ``seed``, ``workers``, ``storage``, ...
+
+    Returns:
+        The :class:`PlanResult` (every finished trial, the feasible Pareto front, the chosen point).
+
+    Raises:
+        InputError: the model, the data or a setting cannot be planned (the message says what to change).
+    """
+    from ..data import Dataset
+
+    fixed = {"dataset", "model", "out", "space", "grid", "trials"}
+    known = set(PlanConfig.__dataclass_fields__) - fixed
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise InputError(f"unknown plan setting(s) {', '.join(unknown)}; daonet.plan takes {', '.join(sorted(known))}")
+    if isinstance(dataset, Dataset):
+        name, data = dataset.name, dataset
+    elif isinstance(dataset, str):
+        name, data = dataset, None
+    else:
+        raise InputError(f"dataset must be a data set name or spec (digits, mnist, npz:PATH, ...) or a "
+                         f"daonet.data.Dataset, got {type(dataset).__name__}")
+    if isinstance(grid, list):
+        grid_values = parse_grid(grid)
+    elif isinstance(grid, dict):
+        grid_values = {k: tuple(v) if isinstance(v, list | tuple) else (v,) for k, v in grid.items()}
+    elif grid is None:
+        grid_values = None
+    else:
+        raise InputError(f"grid must be a dict of setting -> values or a list of 'NAME=V1,V2' strings, got "
+                         f"{type(grid).__name__}")
+    if "attacks" in settings:
+        settings["attacks"] = tuple(settings["attacks"])
+    space = PlanSpace(device_layers=(1,), drop_rate=tuple(drop_rates),  # type: ignore[arg-type]  # validated
+                      adversary_weights=tuple(adversary_weights))
+    cfg = PlanConfig(dataset=name, out=str(out), trials=trials, space=space, grid=grid_values, **settings)
+    return run_plan(cfg, log if log is not None else (lambda _: None), model=model, data=data,
+                    example_input=example_input)
+
+
+def _refuse_device_blocks(cfg: PlanConfig) -> None:
+    """A user's model has the device layers ``daonet.split`` gives it: its first layer, nothing deeper."""
+    from .own_model import BLOCK_REFUSED
+
+    if cfg.grid is not None:
+        if "block_width" in cfg.grid or any(v != 1 for v in cfg.grid.get("device_layers", (1,))):
+            raise InputError(f"grid {', '.join(f'{k}={list(v)}' for k, v in cfg.grid.items())}: {BLOCK_REFUSED}")
+    elif tuple(cfg.space.device_layers) != (1,):
+        raise InputError(f"PlanSpace(device_layers={tuple(cfg.space.device_layers)}): {BLOCK_REFUSED}; use "
+                         "PlanSpace(device_layers=(1,))")
+
+
+def _check_subject(cfg: PlanConfig, study: Any, own: OwnModel | None) -> None:
+    """One study, one model: resuming a plan of another model (or data set) would count its trials as done."""
+    subject = {"dataset": cfg.dataset, "model": cfg.model, "fingerprint": None if own is None else own.fingerprint,
+               "data": None if own is None else own.data_fingerprint}
+    held = study.user_attrs.get("subject")
+    if held is None:
+        study.set_user_attr("subject", subject)
+    elif held != subject:
+        what = held["model"] + (f" (fingerprint {held['fingerprint']})" if held.get("fingerprint") else "")
+        raise InputError(f"study {cfg.study_name!r} in {cfg.storage_url} is a plan of {what} on {held['dataset']}, "
+                         f"not of {cfg.model}" + (f" (fingerprint {own.fingerprint})" if own else "") +
+                         f" on {cfg.dataset}; give another out (or study_name) for this model")
+
+
+def _optimize_on_ray(cfg: PlanConfig, todo: int, log: Callable[[str], None], own: OwnModel | None = None) -> None:
     """Trials in parallel: each Ray task loads the same study (its storage must be reachable from the workers:
     a shared file system for SQLite, or a database URL) and runs its share of the trials."""
     import ray
@@ -438,17 +578,17 @@ def _optimize_on_ray(cfg: PlanConfig, todo: int, log: Callable[[str], None]) -> 
                  include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
         @ray.remote(num_cpus=1)
-        def worker(c: PlanConfig, n: int) -> int:
+        def worker(c: PlanConfig, n: int, o: OwnModel | None) -> int:
             import torch
             from threadpoolctl import threadpool_limits
 
             torch.set_num_threads(1)
             threadpool_limits(1)  # one core per worker, numpy's BLAS included
-            _optimize(c, n, lambda _: None)
+            _optimize(c, n, lambda _: None, o)
             return n
 
         shares = [todo // cfg.workers + (1 if i < todo % cfg.workers else 0) for i in range(cfg.workers)]
-        done = ray.get([worker.remote(cfg, n) for n in shares if n])
+        done = ray.get([worker.remote(cfg, n, own) for n in shares if n])
         log(f"{sum(done)} trials ran on Ray ({len([n for n in shares if n])} workers)")
     finally:
         if started:
