@@ -98,7 +98,8 @@ def min_norm(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, clip: bool = 
             else know.a[s]
         r = v - know.c[s] - a @ mu
         if w is not None:
-            a = scipy.sparse.csr_matrix(a.multiply(w[:, None])) if scipy.sparse.issparse(a) else a * w[:, None]
+            a = scipy.sparse.csr_matrix(a.multiply(w[:, None])) if isinstance(a, scipy.sparse.csr_matrix) \
+                else a * w[:, None]
             r = r * w
         out[i] = mu + _min_norm_solve(a, r)
     return know.clip(out) if clip else out
@@ -113,18 +114,18 @@ def _min_norm_solve(a: np.ndarray | scipy.sparse.csr_matrix, r: np.ndarray) -> n
     than the SVD), and the SVD otherwise. Columns no kept output touches are zero in the solution either way; they
     are set aside first so that the tall systems of pooled payloads keep a full-rank Gram. A sparse ``A`` (rows of
     a convolution) makes the products cost its non-zeros."""
-    sparse = scipy.sparse.issparse(a)
     k, n = a.shape
     tall = k >= n
-    if tall:
-        cols = np.unique(a.indices) if sparse else np.flatnonzero(np.any(a != 0, axis=0))
-        g = a.T @ a
-        g = g.toarray() if sparse else g
-        if len(cols) < n:
-            g = g[np.ix_(cols, cols)]
+    if isinstance(a, scipy.sparse.csr_matrix):
+        cols = np.unique(a.indices) if tall else np.arange(n)
+        g = (a.T @ a if tall else a @ a.T).toarray()
+        dense = a.toarray
     else:
-        g = a @ a.T
-        g = g.toarray() if sparse else g
+        cols = np.flatnonzero(np.any(a != 0, axis=0)) if tall else np.arange(n)
+        g = a.T @ a if tall else a @ a.T
+        dense = lambda: a  # noqa: E731
+    if tall and len(cols) < n:
+        g = g[np.ix_(cols, cols)]
     chol, info = scipy.linalg.lapack.dpotrf(g, lower=1)
     if info == 0:
         rcond, info = scipy.linalg.lapack.dtrcon(chol, norm="1", uplo="L")
@@ -134,7 +135,7 @@ def _min_norm_solve(a: np.ndarray | scipy.sparse.csr_matrix, r: np.ndarray) -> n
             x = np.zeros(n)
             x[cols] = scipy.linalg.cho_solve((chol, True), np.asarray(a.T @ r)[cols], check_finite=False)
             return x
-    return np.linalg.lstsq(a.toarray() if sparse else a, r, rcond=None)[0]
+    return np.linalg.lstsq(dense(), r, rcond=None)[0]
 
 
 def union(hs: np.ndarray) -> np.ndarray:
@@ -173,7 +174,7 @@ class PooledSums:
     def of(cls, h: np.ndarray) -> PooledSums:
         """From ``(K, N, m)`` (or ``(N, m)``) received vectors."""
         hk = (h[None] if h.ndim == 2 else h).astype(np.float32)
-        mask = (hk > 0).astype(np.float32)
+        mask = (hk != 0).astype(np.float32)
         return cls(mask.sum(0), (mask * hk).sum(0), (mask * hk * hk).sum(0))
 
     def __len__(self) -> int:
@@ -205,7 +206,7 @@ def regularized(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, lam: float
 
     def data_term(sl: slice) -> Callable[[torch.Tensor], torch.Tensor]:
         hb = torch.from_numpy(np.ascontiguousarray(hk[:, sl], dtype=np.float32)).to(dev)  # K, B, m
-        mask = (hb > 0).float()
+        mask = (hb != 0).float()
         if naive:
             return lambda pre: ((torch.relu(pre)[None] - hb) ** 2).mean((0, 2))
         count = mask.sum((0, 2)).clamp_min(1.0)

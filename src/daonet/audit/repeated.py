@@ -14,7 +14,7 @@ It is a library: the audit calls :func:`repeated_queries` with its observer and 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -163,7 +163,7 @@ def repeated_queries(observe: Observe, know: atk.ServerKnowledge, x: np.ndarray,
                             settings={"ks": list(ks), "rmle_lambda": rmle_lambda, "rmle_steps": rmle_steps,
                                       "seed": seed})
     jobs = _RmleBatch()
-    pending: list[tuple[dict[str, Any], np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]] = []
+    pending: list[tuple[RepeatedRow, np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]] = []
     with make_progress(enabled=progress) as bar:
         task = bar.add_task("repeated queries: payloads and min-norm", total=len(captures) * len(masks), status="")
         for ci, cap in enumerate(captures):
@@ -186,8 +186,10 @@ def repeated_queries(observe: Observe, know: atk.ServerKnowledge, x: np.ndarray,
                         same_idx = np.flatnonzero(same)
                         job = jobs.add(atk.PooledSums.of(hk).take(differ), mn[differ])
                         parts = [(job1, same_idx, same_idx), (job, differ, np.arange(len(differ)))]
-                    fields = dict(masks=label, captures=cap.name, k=int(k), surviving=float((hk > 0).sum(2).mean()),
-                                  surviving_union=float((hk > 0).any(0).sum(1).mean()), identical=float(same.mean()))
+                    fields = RepeatedRow(masks=label, captures=cap.name, k=int(k),
+                                         surviving=float((hk != 0).sum(2).mean()),
+                                         surviving_union=float((hk != 0).any(0).sum(1).mean()),
+                                         identical=float(same.mean()), min_norm=0.0, min_norm_advantage=0.0)
                     pending.append((fields, mn, parts))
                 bar.update(task, advance=1, status=f"{cap.name}, {label}")
         recs = jobs.solve(know, mu, rmle_lambda, rmle_steps, bar) if rmle_lambda is not None else None
@@ -200,8 +202,8 @@ def repeated_queries(observe: Observe, know: atk.ServerKnowledge, x: np.ndarray,
                 rec[idx] = recs[job][local]
             s_rm = _score(kind, metric, x, rec)
             rm, adv = float(s_rm.mean()), float((s_rm - base).mean())
-        result.rows.append(RepeatedRow(**fields, min_norm=float(s_mn.mean()),
-                                       min_norm_advantage=float((s_mn - base).mean()), rmle=rm, rmle_advantage=adv))
+        result.rows.append(replace(fields, min_norm=float(s_mn.mean()), min_norm_advantage=float((s_mn - base).mean()),
+                                   rmle=rm, rmle_advantage=adv))
     return result
 
 
