@@ -14,6 +14,10 @@ so a retried trial reuses a finished training run or audit.
 A *grid* (``PlanConfig.grid``, ``daonet plan --grid drop_rate=0,0.5,0.9``) replaces the search by every
 combination of the listed settings (Optuna's grid sampler, same study database, same Pareto set): that is how a
 frontier over drop rates or defences is measured.
+
+*Your own model*: :func:`plan` (``daonet.plan(model, dataset, ...)``) plans a user's ``torch.nn.Module`` instead
+of a zoo architecture; each candidate goes through ``daonet.split`` and ``daonet.export``
+(:mod:`daonet.studies.own_model`), as a row of the same pipeline whose content address names the model.
 """
 
 from __future__ import annotations
@@ -480,11 +484,13 @@ def plan(model: Any, dataset: str | Dataset, *, out: str | Path = "reports/plan"
     candidate's trained weights. Those weights and the architecture are hashed into each row's content address,
     so two different models never share a cached row, and a study of one model refuses to resume with another.
 
-    What varies: the drop rate (a search over ``drop_rates``, or a grid), and on a grid the defences
-    ``adversary_weight`` and ``nopeek_weight`` (training), ``quantize_levels`` and ``noise_std`` (split's) and
-    ``max_revealed_energy`` (the device policy). **Not** the device depth: ``daonet.split`` moves only the
-    model's first layer (+ ReLU) onto the device, so ``device_layers`` >= 2 and ``block_width`` (device blocks of
-    the zoo architectures, ``daonet plan --model``) are refused.
+    What varies: the drop rate and the min-max training weight (a search over ``drop_rates`` and
+    ``adversary_weights``), or on a grid any of ``drop_rate``, ``adversary_weight`` and ``nopeek_weight``
+    (training), ``quantize_levels`` and ``noise_std`` (split's) and ``max_revealed_energy`` (the device policy);
+    a setting the grid does not list keeps ``daonet train``'s default (drop rate 0.9, no defence). **Not** the
+    device depth: ``daonet.split`` moves only the model's first layer (+ ReLU) onto the device, so
+    ``device_layers`` >= 2 and ``block_width`` (device blocks of the zoo architectures, ``daonet plan --model``)
+    are refused.
 
     Args:
         model: a ``torch.nn.Module`` that ``daonet.split`` accepts (first op Linear/Conv1d/Conv2d + ReLU) and that
