@@ -19,7 +19,7 @@ from daonet.exporting import export_model
 from daonet.train import TrainConfig, train
 
 FAST = AuditConfig(dataset="digits", budget="quick", n_test=60, public_size=0, decoder_epochs=25, decoder_patience=3,
-                   rmle_steps=150, rmle_tune_size=32, n_repeat=30, n_examples=4, seed=0)
+                   rmle_steps=150, rmle_tune_size=32, n_repeat=30, n_examples=4, seed=0, budget_curve=True)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixtures in conftest.py

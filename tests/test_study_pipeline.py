@@ -139,3 +139,23 @@ def test_nopeek_and_adversary_change_training(digits):
     x = digits.x_test[:256]
     assert _dcor(nopeek, x) < _dcor(plain, x) - 0.02  # the penalty reduces the dependence it measures
     assert not torch.allclose(adv.first.weight, plain.first.weight)  # same seed: only the adversary differs
+
+
+def test_plan_grid_over_the_gaussian_mechanism(tmp_path, digits, one_torch_thread):
+    """A grid may list ldp_epsilon: the row trains with the mechanism, the exported manifest carries the epsilon
+    the accountant gives (at most the target), and the mechanism is refused beside the defences it replaces."""
+    with pytest.raises(InputError, match="ldp_epsilon"):
+        PlanConfig(dataset="digits", grid={"ldp_epsilon": (0.0,)}).validate()
+    with pytest.raises(InputError, match="replaces noise_std"):
+        PlanConfig(dataset="digits", grid={"ldp_epsilon": (8.0,), "noise_std": (0.5,)}).validate()
+    out = tmp_path / "ldp"
+    cfg = PlanConfig(dataset="digits", model="mlp", out=str(out), budget="quick", epochs=2, audit_n_test=20,
+                     attacks=("min_norm", "decoder_mlp", "decoder_label"), grid={"ldp_epsilon": (None, 8.0)})
+    result = run_plan(cfg, log=lambda _: None)
+    by_eps = {p.candidate.ldp_epsilon: p for p in result.points}
+    assert set(by_eps) == {None, 8.0} and "LDP ε=8" in by_eps[8.0].candidate.describe()
+    noisy, _ = load_pair(by_eps[8.0].bundle)
+    plain, _ = load_pair(by_eps[None].bundle)
+    assert plain.noise is None
+    assert noisy.noise is not None and noisy.noise.kind == "gaussian_ldp" and 0 < noisy.noise.epsilon <= 8.0
+    assert read_report(by_eps[8.0].report).accuracy < 1.0

@@ -64,14 +64,16 @@ class BudgetPreset:
     curve_sizes: tuple[int, ...]  # public-set sizes of the budget curve (plus half and all of it)
     n_repeat: int
     claim: bool
+    budget_curve: bool  # the saturation check: it backs a claim, so the smoke test skips it
 
 
 BUDGETS: dict[str, BudgetPreset] = {
     "quick": BudgetPreset(n_test=100, public_size=2000,
                           decoder=DecoderBudget(max_epochs=8, patience=2, hidden=256, batch=128, val_size=300),
-                          rmle_steps=60, rmle_tune_size=32, curve_sizes=(), n_repeat=12, claim=False),
+                          rmle_steps=60, rmle_tune_size=32, curve_sizes=(), n_repeat=12, claim=False,
+                          budget_curve=False),
     "full": BudgetPreset(n_test=1000, public_size=0, decoder=DecoderBudget(), rmle_steps=400, rmle_tune_size=128,
-                         curve_sizes=(2500, 10000), n_repeat=100, claim=True),
+                         curve_sizes=(2500, 10000), n_repeat=100, claim=True, budget_curve=True),
 }
 DEFAULT_ATTACKS = ("min_norm", "rmle", "rmle_prior", "rmle_naive", "decoder_mlp", "decoder_conv", "decoder_adaptive",
                    "decoder_prediction", "decoder_label", "repeated")
@@ -107,8 +109,9 @@ class AuditConfig:
                                                   "native bf16, TF32 on CUDA), fp32, bf16")
     rmle_steps: int | None = setting(None, "optimizer steps of the regularized inversions", min=10)
     rmle_tune_size: int | None = setting(None, "public examples the inversions tune their prior weight on", min=1)
-    budget_curve: bool = setting(True, "retrain the strongest decoder on smaller public sets (the saturation check "
-                                       "of a privacy claim)")
+    budget_curve: bool | None = setting(None, "retrain the strongest decoder on smaller public sets (the saturation "
+                                              "check of a privacy claim; default: the budget's, on for full, off "
+                                              "for quick)")
     curve_sizes: tuple[int, ...] | None = setting(None, "public-set sizes of the budget curve, e.g. 2500,10000 "
                                                         "(default: the budget's, plus half of the public data)",
                                                   min=20)
@@ -141,7 +144,7 @@ class AuditConfig:
             raise InputError(f"--public-size must be 0 (all) or at least 20, got {self.public_size}")
         if not self.repeats:
             raise InputError("--repeats needs at least one count")
-        if self.budget_curve and self.curve_family != "auto" and \
+        if self.resolved("budget_curve") and self.curve_family != "auto" and \
                 f"decoder_{self.curve_family}" not in {ALIASES.get(a, a) for a in self.attacks}:
             raise InputError(f"--curve-family {self.curve_family}: decoder_{self.curve_family} is not among the "
                              f"attacks; add it to --attacks or use --curve-family auto")

@@ -23,7 +23,7 @@ from torch import nn
 from .data import Dataset, load_dataset
 from .errors import DaonetError, InputError
 from .measure import make_progress  # noqa: F401  (re-exported: training and the audit share one bar)
-from .nn import SplitModel, build_model
+from .nn import LocalizedFirstLayer, SplitModel, build_model
 from .nn.defences import InverseAdversary, distance_correlation
 from .train_config import NORMALIZE_MODES, TrainConfig  # noqa: F401  (declared torch-free, for the CLI)
 
@@ -147,6 +147,44 @@ def evaluate(model: SplitModel, x: np.ndarray, y: np.ndarray, draws: int = 5, se
     }
 
 
+@dataclass
+class Defences:
+    """The training defences as loss terms, shared by every training loop: NoPeek's distance correlation between
+    input and sent vector, and min-max training against an inverse network (its own steps first, then the
+    model's step is rewarded for the attacker's error)."""
+
+    cfg: TrainConfig
+    first: LocalizedFirstLayer
+    adversary: InverseAdversary | None = None
+    adv_opt: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def for_training(cls, cfg: TrainConfig, first: LocalizedFirstLayer, ds: Dataset) -> Defences:
+        if cfg.adversary_weight <= 0:
+            return cls(cfg, first)
+        adversary = InverseAdversary(first.n_outputs, int(np.prod(ds.input_shape)), cfg.adversary_hidden,
+                                     cfg.adversary, ds.n_classes)
+        return cls(cfg, first, adversary, torch.optim.Adam(adversary.parameters(), lr=1e-3))
+
+    def loss(self, task_loss: torch.Tensor, xb: torch.Tensor, h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``task_loss`` plus the defences' terms for one batch (``h``: what the device would send for ``xb``)."""
+        cfg, loss = self.cfg, task_loss
+        if cfg.nopeek_weight > 0:
+            loss = loss + cfg.nopeek_weight * distance_correlation(xb, h)
+        if self.adversary is not None and self.adv_opt is not None:
+            target = ((xb - self.first.mean) / self.first.std).flatten(1)
+            probs = torch.softmax(logits.detach(), 1) if cfg.adversary == "adaptive" else None
+            for _ in range(cfg.adversary_steps):  # the attacker's steps
+                adv_loss = nn.functional.mse_loss(self.adversary(h.detach(), probs), target)
+                self.adv_opt.zero_grad(set_to_none=True)
+                adv_loss.backward()
+                self.adv_opt.step()
+            # the model's step: stay accurate while making the current attacker's job hard
+            loss = loss - cfg.adversary_weight * nn.functional.mse_loss(self.adversary(h, probs),
+                                                                        target).clamp_max(2.0)
+        return loss
+
+
 def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = False) -> TrainResult:
     """Train with dropping active (the paper's method) and evaluate with dropping active. Silent unless
     ``progress`` (the CLI shows a bar)."""
@@ -166,11 +204,7 @@ def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = False) -
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss()
-    adversary = adv_opt = None
-    if cfg.adversary_weight > 0:
-        adversary = InverseAdversary(model.first.n_outputs, int(np.prod(ds.input_shape)), cfg.adversary_hidden,
-                                     cfg.adversary, ds.n_classes)
-        adv_opt = torch.optim.Adam(adversary.parameters(), lr=1e-3)
+    defences = Defences.for_training(cfg, model.first, ds)
     t0 = time.perf_counter()
     with make_progress(enabled=progress) as bar:
         task = bar.add_task(f"train {cfg.model} on {ds.name} (p={cfg.drop_rate})",
@@ -188,20 +222,7 @@ def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = False) -
                     xb = _shift(xb, gen)
                 h = model.first(xb)
                 logits = model.rest(h)
-                loss = loss_fn(logits, y[idx])
-                if cfg.nopeek_weight > 0:
-                    loss = loss + cfg.nopeek_weight * distance_correlation(xb, h)
-                if adversary is not None and adv_opt is not None:
-                    target = ((xb - model.first.mean) / model.first.std).flatten(1)
-                    probs = torch.softmax(logits.detach(), 1) if cfg.adversary == "adaptive" else None
-                    for _ in range(cfg.adversary_steps):  # the attacker's steps
-                        adv_loss = nn.functional.mse_loss(adversary(h.detach(), probs), target)
-                        adv_opt.zero_grad(set_to_none=True)
-                        adv_loss.backward()
-                        adv_opt.step()
-                    # the model's step: stay accurate while making the current attacker's job hard
-                    loss = loss - cfg.adversary_weight * nn.functional.mse_loss(adversary(h, probs),
-                                                                                target).clamp_max(2.0)
+                loss = defences.loss(loss_fn(logits, y[idx]), xb, h, logits)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

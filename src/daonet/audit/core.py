@@ -495,7 +495,7 @@ def saturation(ctx: AttackContext, subject: AuditSubject, runs: AttackRuns, cfg:
     """The attacker-budget curve: would more public data leak more? Appends what it finds to ``warnings``."""
     fits = {k.removeprefix("decoder_"): v for k, v in runs.budgets.items() if k.startswith("decoder_")
             and k not in ("decoder_prediction", "decoder_label")}  # attackers only: baselines are no attack
-    if not fits or not cfg.budget_curve:
+    if not fits or not cfg.resolved("budget_curve"):
         if cfg.preset.claim and fits:
             warnings.append("the budget curve was not run (--no-budget-curve): whether more public data would leak "
                             "more is unchecked")

@@ -67,8 +67,8 @@ def _signature() -> inspect.Signature:
     params = [p.replace(default=inspect.Parameter.empty) if p.name == "dataset" else p for p in params]  # required
     grid = inspect.Parameter("grid", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
         list[str] | None, typer.Option(help=f"instead of a search, every combination of NAME=V1,V2,... (repeatable; "
-                                            f"NAME: {', '.join(GRID_SETTINGS)}; max_revealed_energy: none = off); "
-                                            "--trials is ignored")])
+                                            f"NAME: {', '.join(GRID_SETTINGS)}; max_revealed_energy and "
+                                            "ldp_epsilon: none = off); --trials is ignored")])
     return inspect.Signature([*params, *_space_parameters(), grid], return_annotation=None)
 
 

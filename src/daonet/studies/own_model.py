@@ -35,8 +35,7 @@ from ..convert import SplitError, export, first_layer, save_program, server_part
 from ..data import Dataset, load_dataset
 from ..errors import DaonetError, InputError
 from ..nn import LocalizedFirstLayer, SplitModel
-from ..nn.defences import InverseAdversary, distance_correlation
-from ..train import evaluate
+from ..train import Defences, evaluate
 from .pipeline import Row, RowResult, _audit_stage, _Data, read_train_run
 
 if TYPE_CHECKING:
@@ -205,11 +204,7 @@ def _train(tc: TrainConfig, own: OwnModel, ds: Dataset, run_dir: Path) -> None:
     steps = (len(x) + tc.batch_size - 1) // tc.batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.epochs * steps)
-    adversary = adv_opt = None
-    if tc.adversary_weight > 0:
-        adversary = InverseAdversary(first.n_outputs, int(np.prod(ds.input_shape)), tc.adversary_hidden,
-                                     tc.adversary, ds.n_classes)
-        adv_opt = torch.optim.Adam(adversary.parameters(), lr=1e-3)
+    defences = Defences.for_training(tc, first, ds)
     t0 = time.perf_counter()
     try:
         for _ in range(tc.epochs):
@@ -221,20 +216,7 @@ def _train(tc: TrainConfig, own: OwnModel, ds: Dataset, run_dir: Path) -> None:
                     continue
                 xb = x[idx]
                 logits = model(xb)
-                h = sent["h"]
-                loss = nn.functional.cross_entropy(logits, y[idx])
-                if tc.nopeek_weight > 0:
-                    loss = loss + tc.nopeek_weight * distance_correlation(xb, h)
-                if adversary is not None and adv_opt is not None:
-                    target = ((xb - first.mean) / first.std).flatten(1)
-                    probs = torch.softmax(logits.detach(), 1) if tc.adversary == "adaptive" else None
-                    for _ in range(tc.adversary_steps):
-                        adv_loss = nn.functional.mse_loss(adversary(h.detach(), probs), target)
-                        adv_opt.zero_grad(set_to_none=True)
-                        adv_loss.backward()
-                        adv_opt.step()
-                    loss = loss - tc.adversary_weight * nn.functional.mse_loss(adversary(h, probs),
-                                                                               target).clamp_max(2.0)
+                loss = defences.loss(nn.functional.cross_entropy(logits, y[idx]), xb, sent["h"], logits)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
