@@ -161,3 +161,35 @@ def test_batch_encode_gives_the_bytes_of_one_by_one(models, name):
     single = [device.encode_certified(xi, keyed) for xi in x]
     assert [p.data for p, _ in many] == [p.data for p, _ in single]
     assert [c.to_dict() for _, c in many] == [c.to_dict() for _, c in single]
+
+
+def test_fast_certificate_of_a_tall_system_with_inputs_no_output_touches(models):
+    """More kept outputs than inputs, but some input values covered by no kept output (their columns are zero):
+    the row space is the span of the covered inputs, so the fast path settles rank, identifiable inputs and
+    revealed energy without the SVD, and must agree with the reference."""
+    from daonet.device.certificate import _batched_stats_tall, certify
+
+    device, xs = models["conv1d-overlap"]
+    x = _inputs(device, xs, 6)
+    system = device.system
+    ch, pos = system.split(np.arange(device.n_outputs))
+    resolved = 0
+    for i, xi in enumerate(x):
+        sent = np.maximum(system.full_matrix()[0] @ xi.reshape(-1).astype(np.float64) + system.full_matrix()[1], 0)
+        sent[pos == i % system.n_positions] = 0.0  # one receptive field's outputs dropped: its inputs uncovered
+        sent[pos == (i + 3) % system.n_positions] = 0.0
+        idx = np.flatnonzero(sent)
+        if idx.size < system.n:
+            continue
+        ref, fast = _both(device, lambda xi=xi, sent=sent: [certify(system, xi, sent, device.public_mean)])
+        a, b = ref[0], fast[0]
+        assert (a.k, a.rank, a.identifiable) == (b.k, b.rank, b.identifiable)
+        assert a.revealed_energy == pytest.approx(b.revealed_energy, abs=1e-9)
+        assert a.max_leverage == pytest.approx(b.max_leverage, abs=1e-9)
+        d = xi.reshape(-1).astype(np.float64) - np.asarray(device.public_mean, np.float64).reshape(-1)
+        rank, ident, _, energy, done = _batched_stats_tall(system, idx, d)
+        if done[0]:  # settled without the SVD: rank-deficient, exactly the covered inputs
+            assert int(rank[0]) == a.rank < system.n and int(ident[0]) == a.identifiable
+            assert float(energy[0]) / float(d @ d) == pytest.approx(a.revealed_energy, abs=1e-9)
+            resolved += 1
+    assert resolved > 0

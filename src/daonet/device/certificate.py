@@ -302,10 +302,11 @@ def _row_space_basis(a: np.ndarray, gram: np.ndarray | None = None) -> np.ndarra
     is ill-conditioned we fall back to the SVD, which keeps the certificate exact.
     """
     eps = _EPS64
-    lam, u = np.linalg.eigh(a @ a.T if gram is None else gram)
-    lam_max = float(lam[-1]) if lam.size else 0.0
-    if lam_max > 0 and float(lam[0]) > lam_max * _WELL_CONDITIONED:  # well conditioned: every row is independent
-        return (u.T @ a) / np.sqrt(lam)[:, None]
+    if a.shape[0] <= a.shape[1]:  # more rows than columns: the k x k Gram is singular, straight to the SVD
+        lam, u = np.linalg.eigh(a @ a.T if gram is None else gram)
+        lam_max = float(lam[-1]) if lam.size else 0.0
+        if lam_max > 0 and float(lam[0]) > lam_max * _WELL_CONDITIONED:  # well conditioned: rows independent
+            return (u.T @ a) / np.sqrt(lam)[:, None]
     _, s, vt = np.linalg.svd(a, full_matrices=False)
     tol = s[0] * max(a.shape) * eps if s.size else 0.0
     return vt[: int((s > tol).sum())]
@@ -549,11 +550,19 @@ def _batched_stats_tall(system: FirstLayerSystem, idx: np.ndarray,
         coords = system._patch_coords
         flat = (coords[:, :, None] * n + coords[:, None, :]).reshape(-1)
         at_a = np.bincount(flat, weights=per_pos.reshape(-1), minlength=n * n).reshape(n, n)
-    inv = _inverses(at_a)
+    # inputs no surviving output touches (a zero column) are outside the row space; if the system on the others
+    # has full column rank, the row space is exactly the span of their unit vectors: P = diag(covered)
+    covered = np.flatnonzero(np.diagonal(at_a) > 0)
+    sub = at_a if covered.size == n else at_a[np.ix_(covered, covered)]
+    inv = _inverses(sub) if covered.size else None
     zero = np.zeros(1, dtype=np.int64)
-    if inv is None or not float(_condition_bound(at_a, inv)) * _FULL_RANK_MARGIN < 1.0:
+    if inv is None or not float(_condition_bound(sub, inv)) * _FULL_RANK_MARGIN < 1.0:
         return zero, zero, np.zeros((1, n)), np.zeros(1), np.zeros(1, dtype=bool)
-    return np.array([n]), np.array([n]), np.ones((1, n)), np.array([float(d @ d)]), np.ones(1, dtype=bool)
+    lev = np.zeros((1, n))
+    lev[0, covered] = 1.0
+    dc = d[covered]
+    return (np.array([covered.size]), np.array([covered.size]), lev, np.array([float(dc @ dc)]),
+            np.ones(1, dtype=bool))
 
 
 def _assemble(system: FirstLayerSystem, idx: np.ndarray, rank: int, ident: int, energy: float, max_lev: float,
