@@ -27,6 +27,7 @@ class DecoderBudget:
     max_epochs: int = 300  # hard cap
     patience: int = 12  # epochs without a held-out gain of ``min_delta`` before stopping
     hidden: int = 2048
+    conv_channels: int = 128  # the transposed-convolution decoder's widest feature map (the next ones halve it)
     batch: int = 512
     lr: float = 1e-3
     val_size: int = 5000  # held-out public examples (at most 10 % of the public set)
@@ -39,6 +40,8 @@ class DecoderBudget:
             raise InputError(f"decoder epochs and patience must be >= 1, got {self.max_epochs}, {self.patience}")
         if self.hidden < 8 or self.batch < 2:
             raise InputError(f"decoder hidden width must be >= 8 and batch >= 2, got {self.hidden}, {self.batch}")
+        if self.conv_channels < 8:
+            raise InputError(f"decoder conv channels must be >= 8, got {self.conv_channels}")
         if self.loss not in ("mse", "mse+metric"):
             raise InputError(f"decoder loss must be 'mse' or 'mse+metric', got {self.loss!r}")
         if self.precision not in PRECISIONS:
@@ -69,7 +72,8 @@ class BudgetPreset:
 
 BUDGETS: dict[str, BudgetPreset] = {
     "quick": BudgetPreset(n_test=100, public_size=2000,
-                          decoder=DecoderBudget(max_epochs=8, patience=2, hidden=256, batch=128, val_size=300),
+                          decoder=DecoderBudget(max_epochs=8, patience=2, hidden=256, conv_channels=32, batch=128,
+                                                val_size=300),
                           rmle_steps=60, rmle_tune_size=32, curve_sizes=(), n_repeat=12, claim=False,
                           budget_curve=False),
     "full": BudgetPreset(n_test=1000, public_size=0, decoder=DecoderBudget(), rmle_steps=400, rmle_tune_size=128,
@@ -103,6 +107,8 @@ class AuditConfig:
                                                "score stops improving)", min=1)
     decoder_patience: int | None = setting(None, "early-stopping patience in epochs", min=1)
     decoder_hidden: int | None = setting(None, "decoder hidden width", min=8)
+    decoder_conv_channels: int | None = setting(None, "the transposed-convolution decoder's widest feature map "
+                                                      "(default: the budget's, 128 for full, 32 for quick)", min=8)
     decoder_batch: int | None = setting(None, "decoder batch size", min=1)
     decoder_loss: str | None = setting(None, "decoder training loss (default: the budget's)")
     decoder_precision: str | None = setting(None, "decoder training precision: auto (bf16 autocast on CPUs with "
@@ -159,7 +165,8 @@ class AuditConfig:
     def decoder_budget(self) -> DecoderBudget:
         d = self.preset.decoder
         over: dict[str, Any] = {"max_epochs": self.decoder_epochs, "patience": self.decoder_patience,
-                                "hidden": self.decoder_hidden, "batch": self.decoder_batch, "loss": self.decoder_loss,
+                                "hidden": self.decoder_hidden, "conv_channels": self.decoder_conv_channels,
+                                "batch": self.decoder_batch, "loss": self.decoder_loss,
                                 "precision": self.decoder_precision}
         return replace(d, **{k: v for k, v in over.items() if v is not None})
 

@@ -145,20 +145,22 @@ class MLPDecoder(_Boxed):
 class ConvDecoder(_Boxed):
     """Features -> dense -> a coarse feature map -> two stride-2 transposed convolutions -> input shape."""
 
-    def __init__(self, m: int, input_shape: tuple[int, ...], hidden: int, box: tuple[float, float] | None) -> None:
+    def __init__(self, m: int, input_shape: tuple[int, ...], hidden: int, box: tuple[float, float] | None,
+                 channels: int = 128) -> None:
         super().__init__(box)
         self.input_shape = input_shape
         c = input_shape[0]
         two_d = len(input_shape) == 3
         self.coarse = tuple(math.ceil(s / 4) for s in input_shape[1:])
-        ch = 128
+        ch = channels
         self.ch = ch
         self.fc = nn.Sequential(nn.Linear(m, hidden), nn.ReLU(), nn.Linear(hidden, ch * int(np.prod(self.coarse))),
                                 nn.ReLU())
         conv_t, conv, bn = (nn.ConvTranspose2d, nn.Conv2d, nn.BatchNorm2d) if two_d else \
             (nn.ConvTranspose1d, nn.Conv1d, nn.BatchNorm1d)
-        self.up = nn.Sequential(conv_t(ch, 64, 4, 2, 1), bn(64), nn.ReLU(), conv_t(64, 32, 4, 2, 1), bn(32),
-                                nn.ReLU(), conv(32, c, 3, 1, 1))
+        c1, c2 = ch // 2, ch // 4
+        self.up = nn.Sequential(conv_t(ch, c1, 4, 2, 1), bn(c1), nn.ReLU(), conv_t(c1, c2, 4, 2, 1), bn(c2),
+                                nn.ReLU(), conv(c2, c, 3, 1, 1))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         z = self.fc(f).view(len(f), self.ch, *self.coarse)
@@ -209,10 +211,10 @@ def features(family: str, pairs: PublicPairs, h: torch.Tensor) -> torch.Tensor:
 
 
 def _build(family: str, m: int, input_shape: tuple[int, ...], hidden: int,
-           box: tuple[float, float] | None) -> nn.Module:
+           box: tuple[float, float] | None, conv_channels: int = 128) -> nn.Module:
     n = int(np.prod(input_shape))
     if family == "conv":
-        return ConvDecoder(m, input_shape, hidden, box)
+        return ConvDecoder(m, input_shape, hidden, box, conv_channels)
     return MLPDecoder(m, n, hidden if family not in BASELINE_FAMILIES else min(hidden, 512), box)
 
 
@@ -263,7 +265,7 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
     amp = autocast_dtype(budget.precision, dev)
     var = float(x_tr.var()) or 1.0
     f_val = features(family, pairs, pairs.h_val)
-    model = _build(family, f_val.shape[1], input_shape, budget.hidden, box).to(dev)
+    model = _build(family, f_val.shape[1], input_shape, budget.hidden, box, budget.conv_channels).to(dev)
     # the fused kernel is the same AdamW update in one pass (~4x faster than the per-tensor loop on a CPU)
     opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=1e-4, fused=True)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, threshold=budget.min_delta,
@@ -351,7 +353,8 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
         "epochs_run": len(val_hist), "best_epoch": best_epoch, "best_val": round(best, 5), "stopped": stopped,
         "converged": stopped.startswith("converged"), "val_metric_per_epoch": val_hist,
         "train_loss_per_epoch": loss_hist, "max_epochs": budget.max_epochs, "patience": budget.patience,
-        "hidden": budget.hidden, "batch": batch, "lr": budget.lr, "loss": budget.loss,
+        "hidden": budget.hidden, "conv_channels": budget.conv_channels, "batch": batch, "lr": budget.lr,
+        "loss": budget.loss,
         "precision": "bf16 autocast (float32 weights and scoring)" if amp is not None else
         ("TF32" if dev.type == "cuda" else "float32"),
         "parameters": int(sum(p.numel() for p in model.parameters())), "masks": pairs.how,
