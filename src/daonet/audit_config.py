@@ -81,7 +81,8 @@ BUDGETS: dict[str, BudgetPreset] = {
 }
 DEFAULT_ATTACKS = ("min_norm", "rmle", "rmle_prior", "rmle_naive", "decoder_mlp", "decoder_conv", "decoder_adaptive",
                    "decoder_prediction", "decoder_label", "repeated")
-NOT_A_CLAIM = "quick budget: attackers stopped early for speed; a lower bound on leakage, NOT a privacy claim"
+NOT_A_CLAIM = ("quick budget: attackers stopped early and made smaller for speed; a lower bound on leakage, NOT a "
+               "privacy claim")
 
 
 ALIASES = {"decoder": "decoder_mlp"}  # old attack names still accepted
