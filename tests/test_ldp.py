@@ -67,6 +67,9 @@ def test_manifest_records_the_mechanism(ldp_run):
     keep = RandomMasks(0).masks(h, device.n_outputs, device.drop_rate)
     median = float(np.median(np.linalg.norm(np.where(keep, h, 0), axis=1)))
     assert spec.clip == pytest.approx(median, rel=0.1)
+    # the training record (metrics.json) carries the same mechanism as the manifest
+    assert result.metrics["noise"]["kind"] == "gaussian_ldp"
+    assert result.metrics["noise"]["epsilon"] == pytest.approx(spec.epsilon)
 
 
 def test_epsilon_equals_dp_accountings_value_and_never_exceeds_the_target(ldp_run):

@@ -246,8 +246,9 @@ def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = False) -
         "torch_threads": torch.get_num_threads(),
         "device_layers": model.first.device_layers,
     }
-    if cfg.noise_std:
-        metrics["noise"] = model.first.noise_spec()
+    noise = model.first.noise_spec()  # noise on surviving values, or the Gaussian mechanism with its epsilon
+    if noise is not None:
+        metrics["noise"] = noise
     if cfg.drop_rate == 0:
         metrics["accuracy_without_dropping"] = ev["accuracy_mean"]
     return TrainResult(model, cfg, metrics, ds)
