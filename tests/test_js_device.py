@@ -194,6 +194,28 @@ def test_js_encode_many_equals_numpy_bytes(node, bundles, kind):
     assert batch["bad_mask"]["error"] == "InputError" and "one keep-mask per input" in batch["bad_mask"]["message"]
 
 
+@pytest.mark.parametrize("kind", ["dense", "conv2d-overlap-quantized-f16"])
+def test_js_wasm_simd_and_plain_js_give_the_same_bits(node, bundles, kind):
+    """The WebAssembly SIMD kernels of the dense certificate and the plain-JS path (``useWasmSimd(false)``, what an
+    engine without SIMD runs) send the same bytes with the same certificates, to the last bit, and numpy's bytes;
+    explicit masks make k vary (0, 1, 2 or 3 rows past a tile of 4; almost every output kept)."""
+    bundle, xs = bundles[kind]
+    device = DeviceModel.load(bundle)
+    rng = np.random.default_rng(5)
+    masks = [rng.random(device.n_outputs) >= rate for rate in (0.0, 0.3, 0.6, 0.9) for _ in range(2)]
+    inputs = [xs[i % len(xs)] for i in range(len(masks))]
+    cases = [case(x) for x in xs] + [case(x, mask=m.astype(int).tolist()) for x, m in zip(inputs, masks, strict=True)]
+    simd = run_js(node, bundle, cases)
+    plain = run_js(node, bundle, cases, extra={"no_simd": True})
+    assert simd["simd"] is True and plain["simd"] is False
+    assert all("error" not in r for r in simd["results"]), simd["results"]
+    assert simd["results"] == plain["results"]
+    keyed = KeyedMasks(KEY, model_version=device.version)
+    expected = [device.encode_certified(x, keyed)[0].data.hex() for x in xs]
+    expected += [device.encode_certified(x, mask=m)[0].data.hex() for x, m in zip(inputs, masks, strict=True)]
+    assert [r["payload"] for r in simd["results"]] == expected
+
+
 @pytest.mark.parametrize("kind", ["dense", "conv1d-patchify"])
 def test_js_similarity_keyed_masks_equal_python(node, bundles, kind):
     """Near-duplicate-safe masks: same cells, same HMAC stream, same bytes; a re-capture with sensor noise

@@ -5,6 +5,7 @@
 // Each result: {"payload": hex, "activations": [...], "sent": [...], "certificate": {...}} or {"error", "message"}.
 // Without a bundle: {"index_noise": {"prk": hex, "indices": [...]}} -> {"noise": [...]} (the keyed derivation);
 // {"fresh_noise": n} -> {"noise": [...]} (n standard normals from RandomMasks.noise, crypto.getRandomValues).
+// "no_simd": true -> plain JavaScript where the WebAssembly SIMD kernel would run ("simd": whether it ran).
 // "batch": true -> {"batch": {"list", "nested", "uncertified": [payload hex...], "bad_mask"}} (encodeMany).
 import { pathToFileURL } from "node:url";
 
@@ -12,7 +13,7 @@ const chunks = [];
 for await (const c of process.stdin) chunks.push(c);
 const job = JSON.parse(Buffer.concat(chunks).toString("utf8"));
 const dn = await import(pathToFileURL(job.module).href);
-const out = { results: [] };
+const out = { results: [], simd: dn.useWasmSimd(!job.no_simd) };  // "no_simd": true -> the plain-JS kernels
 const bytesOf = (h) => Uint8Array.from(h.match(/../g), (b) => parseInt(b, 16));
 if (job.index_noise) {
   out.noise = Array.from(dn.indexNoise(bytesOf(job.index_noise.prk), job.index_noise.indices));

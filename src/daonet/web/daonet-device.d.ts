@@ -142,6 +142,11 @@ export declare function checkSchema(manifest: Manifest, where?: string, floats?:
 export declare function checkManifest(manifest: Manifest, where?: string, floats?: Set<string>): {
   steps: BlockStep[]; noise: NoiseSpec | LdpSpec | null;
 };
+/**
+ * Use the WebAssembly SIMD kernels (dense first layer and certificate) where the engine has them (the default), or
+ * plain JavaScript (`false`): the same bits either way. Returns whether the kernels are in use.
+ */
+export declare function useWasmSimd(enabled?: boolean): boolean;
 export declare function parseSafetensors(buffer: ArrayBuffer | Uint8Array, name?: string): Record<string, Tensor>;
 
 // -- the device model ---------------------------------------------------------------------------------------

@@ -1087,19 +1087,147 @@ function jacobiColumns(M, rows, cols) {
   return V;
 }
 
-/** ``Li A`` for a lower-triangular ``Li`` (k x k) and sparse rows of ``A`` (their non-zero columns listed). */
-function lowerTimesSparse(Li, a, k, m, cols, colStart) {
-  const B = new Float64Array(k * m);
-  for (let i = 0; i < k; i++) {
-    const bi = i * m;
-    for (let j = 0; j <= i; j++) {
-      const l = Li[i * k + j];
-      if (l === 0) continue;
-      const aj = j * m;
-      for (let q = colStart[j]; q < colStart[j + 1]; q++) { const t = cols[q]; B[bi + t] += l * a[aj + t]; }
+// -- WebAssembly SIMD kernels -----------------------------------------------------------------------------------
+// A dense layer's time goes to the certificate's leverages, ``sum_i (L^-1 A)_it^2`` (k^2 m / 2 multiply-adds),
+// to its Cholesky factor and inverse (k^3 / 3), and to the first layer's sums and screen. Where the engine has
+// WebAssembly SIMD these run in a small module whose bytes are written below at load time (f64x2; ``lev`` holds a
+// 4 x 4 tile in registers, ``upd`` is a batch of row updates y -= alpha x, ``dots`` the four-accumulator sums of
+// the first layer); elsewhere (an engine without it, a page whose CSP forbids compiling WebAssembly, or after
+// ``useWasmSimd(false)``) the plain-JavaScript loops run. Both do the same IEEE operations in the same order
+// (one product and one sum per term, in the same term order per entry), so both give the same bits.
+const wUleb = (v) => { const o = []; do { let b = v & 0x7f; v >>>= 7; if (v) b |= 0x80; o.push(b); } while (v); return o; };
+const wSleb = (v) => { const o = []; for (;;) { const b = v & 0x7f; v >>= 7; if ((v === 0 && !(b & 0x40)) || (v === -1 && (b & 0x40))) { o.push(b); return o; } o.push(b | 0x80); } };
+const wVec = (items) => [...wUleb(items.length), ...items.flat()];
+const wSection = (id, bytes) => [id, ...wUleb(bytes.length), ...bytes];
+const wName = (s) => wVec([...s].map((c) => c.charCodeAt(0)));
+
+/**
+ * The module: memory ``mem`` and ``lev(Lp, A, lev, kp, mp)`` (byte offsets; kp, mp multiples of 4). ``Lp`` is a
+ * lower-triangular ``Li`` packed by tiles of 4 rows (tile q: for j < q + 4, the 4 values ``Li[q + r][j]``),
+ * ``A`` is kp x mp row-major; ``lev[t] = sum_i (sum_j Li[i][j] A[j][t])^2``, i ascending, for t < mp.
+ */
+function leverageModuleBytes() {
+  const get = (i) => [0x20, ...wUleb(i)]; const set = (i) => [0x21, ...wUleb(i)]; const tee = (i) => [0x22, ...wUleb(i)];
+  const i32 = (v) => [0x41, ...wSleb(v)];
+  const ADD = 0x6a; const LT_U = 0x49; const SHL = 0x74;
+  const simd = (op, ...imm) => [0xfd, ...wUleb(op), ...imm];
+  const load = (off) => simd(0x00, 4, ...wUleb(off)); const store = (off) => simd(0x0b, 4, ...wUleb(off));
+  const splat = (off) => simd(0x0a, 3, ...wUleb(off));  // v128.load64_splat
+  const FADD = simd(0xf0); const FMUL = simd(0xf2); const ZERO = simd(0x0c, ...new Array(16).fill(0));
+  const loop = (body) => [0x03, 0x40, ...body, 0x0b];
+  const again = (counter, step, limit) => [...get(counter), ...i32(step), ADD, ...tee(counter), ...get(limit), LT_U, 0x0d, 0];
+  // params 0 Lp, 1 A, 2 lev, 3 kp, 4 mp; i32 locals 5 t, 6 q, 7 j, 8 pa, 9 jEnd, 10 row bytes, 11 i0;
+  // v128 locals 12..19 the 4 x 2 accumulators, 20-21 two column pairs of A, 22-23 the leverages, 24 a splat of Li
+  const [A, LEV, KP, MP, T, Q, J, PA, JE, RB, I0, ACC, X, LV, L] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 20, 22, 24];
+  const inner = [...get(PA), ...load(0), ...set(X), ...get(PA), ...load(16), ...set(X + 1)];
+  for (let r = 0; r < 4; r++) {
+    inner.push(...get(Q), ...splat(8 * r), ...set(L));
+    for (let c = 0; c < 2; c++) inner.push(...get(ACC + 2 * r + c), ...get(L), ...get(X + c), ...FMUL, ...FADD, ...set(ACC + 2 * r + c));
+  }
+  inner.push(...get(PA), ...get(RB), ADD, ...set(PA), ...get(Q), ...i32(32), ADD, ...set(Q), ...again(J, 1, JE));
+  const tile = [];
+  for (let a = 0; a < 8; a++) tile.push(...ZERO, ...set(ACC + a));
+  tile.push(...get(I0), ...i32(4), ADD, ...set(JE), ...i32(0), ...set(J), ...get(A), ...get(T), ...i32(3), SHL, ADD, ...set(PA), ...loop(inner));
+  for (let r = 0; r < 4; r++) for (let c = 0; c < 2; c++) tile.push(...get(LV + c), ...get(ACC + 2 * r + c), ...get(ACC + 2 * r + c), ...FMUL, ...FADD, ...set(LV + c));
+  tile.push(...again(I0, 4, KP));
+  const col = [...ZERO, ...set(LV), ...ZERO, ...set(LV + 1), ...i32(0), ...set(I0), ...get(0), ...set(Q), ...loop(tile)];
+  for (let c = 0; c < 2; c++) col.push(...get(LEV), ...get(T), ...i32(3), SHL, ADD, ...get(LV + c), ...store(16 * c));
+  col.push(...again(T, 4, MP));
+  const body = [...wVec([[...wUleb(7), 0x7f], [...wUleb(13), 0x7b]]), ...get(MP), ...i32(3), SHL, ...set(RB), ...i32(0), ...set(T), ...loop(col), 0x0b];
+  // upd(y, yStride, x, xStride, alpha, n0, count): for u < count, with n = n0 + u and alpha_u the f64 at
+  // alpha + 8u: y_u[0..n) -= alpha_u * x_u[0..n), where y_u = y + u yStride, x_u = x + u xStride (bytes)
+  const [Y, YS, XP, XS, AP, N0, CNT, U, YP, XQ, NN] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+  const SA = 11; const AL = 12;  // f64 alpha, v128 its splat
+  const SUB = 0x6b; const GE_S = 0x4e; const EQZ = 0x45; const F64SUB = 0xa1; const F64MUL = 0xa2;
+  const f64load = [0x2b, 3, 0]; const f64store = [0x39, 3, 0];
+  const pair = [...get(YP), ...get(YP), ...load(0), ...get(AL), ...get(XQ), ...load(0), ...FMUL, ...simd(0xf1), ...store(0),
+    ...get(YP), ...i32(16), ADD, ...set(YP), ...get(XQ), ...i32(16), ADD, ...set(XQ),
+    ...get(NN), ...i32(2), SUB, ...tee(NN), ...i32(2), GE_S, 0x0d, 0];
+  const row = [...get(Y), ...get(U), ...get(YS), 0x6c, ADD, ...set(YP), ...get(XP), ...get(U), ...get(XS), 0x6c, ADD, ...set(XQ),
+    ...get(AP), ...get(U), ...i32(3), SHL, ADD, ...f64load, ...tee(SA), ...simd(0x14), ...set(AL),
+    ...get(N0), ...get(U), ADD, ...set(NN),
+    0x02, 0x40, ...get(NN), ...i32(2), 0x48, 0x0d, 0, ...loop(pair), 0x0b,  // block: if n < 2 skip the pairs
+    0x02, 0x40, ...get(NN), EQZ, 0x0d, 0, ...get(YP), ...get(YP), ...f64load, ...get(SA), ...get(XQ), ...f64load, F64MUL, F64SUB, ...f64store, 0x0b,
+    ...get(U), ...i32(1), ADD, ...tee(U), ...get(CNT), 0x48, 0x0d, 0];
+  const upd = [...wVec([[...wUleb(4), 0x7f], [...wUleb(1), 0x7c], [...wUleb(1), 0x7b]]),
+    0x02, 0x40, ...get(CNT), ...i32(1), 0x48, 0x0d, 0, ...i32(0), ...set(U), ...loop(row), 0x0b, 0x0b];
+  // dots(z, w, idx, out, n, count): for u < count, o = the i32 at idx + 4u: out[u] = ((a0 + a1) + (a2 + a3)) with
+  // a_r = sum over i = r mod 4 of z[i] w[o n + i] in i order, the tail (n mod 4) added to a0 (the JS first layer's sums)
+  let dots;
+  {
+    const [Z, W, IDX, OUT, N, CT] = [0, 1, 2, 3, 4, 5];
+    const [UU, WP, I, N4, NB] = [6, 7, 8, 9, 10]; const [A0, A1, A2, A3] = [11, 12, 13, 14]; const [V01, V23] = [15, 16];
+    const F64ADD = 0xa0; const F64MUL = 0xa2; const lane = (v, l) => [...get(v), ...simd(0x21, l)];
+    const quad = [...get(V01), ...get(Z), ...get(I), ADD, ...load(0), ...get(WP), ...get(I), ADD, ...load(0), ...FMUL, ...FADD, ...set(V01),
+      ...get(V23), ...get(Z), ...get(I), ADD, ...load(16), ...get(WP), ...get(I), ADD, ...load(16), ...FMUL, ...FADD, ...set(V23),
+      ...get(I), ...i32(32), ADD, ...tee(I), ...get(N4), LT_U, 0x0d, 0];
+    const tail = [...get(I), ...get(NB), 0x4f, 0x0d, 1,
+      ...get(A0), ...get(Z), ...get(I), ADD, 0x2b, 3, 0, ...get(WP), ...get(I), ADD, 0x2b, 3, 0, F64MUL, F64ADD, ...set(A0),
+      ...get(I), ...i32(8), ADD, ...set(I), 0x0c, 0];
+    const one = [...get(W), ...get(IDX), ...get(UU), ...i32(2), SHL, ADD, 0x28, 2, 0, ...get(NB), 0x6c, ADD, ...set(WP),
+      ...ZERO, ...set(V01), ...ZERO, ...set(V23), ...i32(0), ...set(I),
+      0x02, 0x40, ...get(N4), 0x45, 0x0d, 0, ...loop(quad), 0x0b,
+      ...lane(V01, 0), ...set(A0), ...lane(V01, 1), ...set(A1), ...lane(V23, 0), ...set(A2), ...lane(V23, 1), ...set(A3),
+      0x02, 0x40, ...loop(tail), 0x0b,
+      ...get(OUT), ...get(UU), ...i32(3), SHL, ADD, ...get(A0), ...get(A1), F64ADD, ...get(A2), ...get(A3), F64ADD, F64ADD, 0x39, 3, 0,
+      ...get(UU), ...i32(1), ADD, ...tee(UU), ...get(CT), 0x48, 0x0d, 0];
+    dots = [...wVec([[...wUleb(5), 0x7f], [...wUleb(4), 0x7c], [...wUleb(2), 0x7b]]),
+      ...get(N), ...i32(3), SHL, ...set(NB), ...get(N), ...i32(-4), 0x71, ...i32(3), SHL, ...set(N4),
+      0x02, 0x40, ...get(CT), ...i32(1), 0x48, 0x0d, 0, ...i32(0), ...set(UU), ...loop(one), 0x0b, 0x0b];
+  }
+  return new Uint8Array([0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0,
+    ...wSection(1, wVec([[0x60, ...wVec([0x7f, 0x7f, 0x7f, 0x7f, 0x7f]), 0], [0x60, ...wVec([0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f]), 0],
+      [0x60, ...wVec([0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f]), 0]])),
+    ...wSection(3, wVec([wUleb(0), wUleb(1), wUleb(2)])), ...wSection(5, wVec([[0, ...wUleb(1)]])),
+    ...wSection(7, wVec([[...wName("mem"), 2, 0], [...wName("lev"), 0, 0], [...wName("upd"), 0, 1], [...wName("dots"), 0, 2]])),
+    ...wSection(10, wVec([[...wUleb(body.length), ...body], [...wUleb(upd.length), ...upd], [...wUleb(dots.length), ...dots]]))]);
+}
+
+let simdModule;  // undefined: not tried yet; null: no WebAssembly SIMD here (or a CSP that forbids compiling it)
+let simdKernel = null;  // the instance the certificates share (a device's first layer has its own: its weights stay in it)
+let simdWanted = true;
+
+/** A new instance of the kernels, ``{mem, lev, upd, dots}``, or null (no SIMD here, or switched off). */
+function newKernel() {
+  if (!simdWanted) return null;
+  if (simdModule === undefined) {
+    simdModule = null;
+    try {
+      const bytes = leverageModuleBytes();
+      if (typeof WebAssembly === "object" && WebAssembly.validate(bytes)) simdModule = new WebAssembly.Module(bytes);
+    } catch {
+      simdModule = null;
     }
   }
-  return B;
+  if (simdModule === null) return null;
+  try {
+    const { exports } = new WebAssembly.Instance(simdModule, {});
+    return { mem: exports.mem, lev: exports.lev, upd: exports.upd, dots: exports.dots };
+  } catch {
+    return null;
+  }
+}
+
+/** The certificates' shared instance, or null. */
+function leverageKernel() {
+  if (!simdWanted) return null;
+  return simdKernel || (simdKernel = newKernel());
+}
+
+/** ``kernel`` with at least ``doubles`` float64 of memory, and a view of it. */
+function kernelMemory(kernel, doubles) {
+  const need = doubles * 8;
+  if (kernel.mem.buffer.byteLength < need) kernel.mem.grow(Math.ceil((need - kernel.mem.buffer.byteLength) / 65536));
+  return new Float64Array(kernel.mem.buffer);
+}
+
+/**
+ * Use the WebAssembly SIMD kernels (dense first layer and certificate) where the engine has them (the default),
+ * or not (``false``: plain JavaScript; the same bits, only slower). Returns whether the kernels are in use.
+ */
+export function useWasmSimd(enabled = true) {
+  simdWanted = Boolean(enabled);
+  return leverageKernel() !== null;
 }
 
 /** ``Li A`` for a lower-triangular ``Li`` (k x k) and dense ``A`` (k x m): 4 x 2 tiles held in registers. */
@@ -1131,29 +1259,111 @@ function lowerTimesDense(Li, a, k, m) {
 }
 
 /**
- * Orthonormal basis (rows) of the row space of ``a`` (k x m). Fast path: Cholesky of the k x k Gram
- * matrix (B = L^-1 A has orthonormal rows), O(k^2 m). When a pivot is small (ill-conditioned rows),
- * an exact one-sided Jacobi SVD with numpy's rank tolerance, so the rank agrees with the Python runtime.
+ * Leverages and ``||P d||^2`` of a system of sparse rows (overlapping convolutions: each row touches one
+ * receptive field) whose Gram matrix is well conditioned, without any k x k x k work: rows ordered by their
+ * first column, so ``G`` (and its Cholesky factor) lives in a narrow envelope; the entries of ``G^-1`` inside
+ * it by the Takahashi recurrence; ``lev[t] = a_t^T G^-1 a_t`` over the few rows that touch input t, and the
+ * energy ``||L^-1 A d||^2`` by one sparse forward substitution. Null when a pivot is small (then the SVD).
  */
-function rowSpaceBasis(a, k, m, gram = null) {
-  // the non-zero columns of each row (convolution rows touch one receptive field of the input)
-  const nnzCount = new Int32Array(k);
-  let nnzTotal = 0;
-  for (let i = 0; i < k; i++) {
-    let c = 0;
-    for (let t = i * m, e = t + m; t < e; t++) if (a[t] !== 0) c++;
-    nnzCount[i] = c; nnzTotal += c;
+function envelopeStats(a, k, m, d, cols, colStart) {
+  const first = new Int32Array(k);
+  for (let i = 0; i < k; i++) first[i] = colStart[i] < colStart[i + 1] ? cols[colStart[i]] : m;
+  const order = Array.from({ length: k }, (_, i) => i).sort((x, y) => first[x] - first[y] || x - y);
+  // the rows touching each input, in the new order
+  const cCount = new Int32Array(m + 1);
+  for (let q = 0; q < cols.length; q++) cCount[cols[q] + 1]++;
+  for (let t = 0; t < m; t++) cCount[t + 1] += cCount[t];
+  const cRow = new Int32Array(cols.length); const cVal = new Float64Array(cols.length);
+  const fill = cCount.slice(0, m);
+  for (let r = 0; r < k; r++) {
+    const i = order[r];
+    for (let q = colStart[i]; q < colStart[i + 1]; q++) { const t = cols[q]; cRow[fill[t]] = r; cVal[fill[t]++] = a[i * m + t]; }
   }
-  const sparse = nnzTotal * 4 < k * m;
-  let cols = null;
-  let colStart = null;
-  if (sparse) {
-    cols = new Int32Array(nnzTotal); colStart = new Int32Array(k + 1);
+  const G = new Float64Array(k * k);  // lower triangle, new order; sums in input order as the dense Gram
+  const env = Int32Array.from({ length: k }, (_, r) => r);  // first column of row r's envelope
+  for (let t = 0; t < m; t++) {
+    for (let p = cCount[t]; p < cCount[t + 1]; p++) {
+      const rp = cRow[p]; const vp = cVal[p];
+      for (let q = cCount[t]; q <= p; q++) { G[rp * k + cRow[q]] += vp * cVal[q]; if (cRow[q] < env[rp]) env[rp] = cRow[q]; }
+    }
+  }
+  let maxDiag = 0;
+  for (let r = 0; r < k; r++) maxDiag = Math.max(maxDiag, G[r * k + r]);
+  if (!(maxDiag > 0)) return null;
+  const L = new Float64Array(k * k);
+  for (let i = 0; i < k; i++) {
+    const fi = env[i]; const ri = i * k;
+    for (let j = fi; j <= i; j++) {
+      const rj = j * k;
+      let s = G[ri + j];
+      for (let t = Math.max(fi, env[j]); t < j; t++) s -= L[ri + t] * L[rj + t];
+      if (i === j) {
+        if (!(s > 1e-6 * maxDiag)) return null;
+        L[ri + i] = Math.sqrt(s);
+      } else {
+        L[ri + j] = s / L[rj + j];
+      }
+    }
+  }
+  // Z = G^-1 inside the envelope (Z[i][j], i >= j), columns from the last: L^T Z = L^-1 (upper part zero)
+  const Z = new Float64Array(k * k);
+  const below = new Int32Array(k);  // rows t > j with env[t] <= j: the structure of column j of L
+  for (let j = k - 1; j >= 0; j--) {
+    let nb = 0;
+    for (let t = j + 1; t < k; t++) if (env[t] <= j) below[nb++] = t;
+    const ljj = L[j * k + j];
+    for (let u = nb - 1; u >= 0; u--) {
+      const i = below[u];
+      let s = 0;
+      for (let v = 0; v < nb; v++) { const t = below[v]; s += L[t * k + j] * (t >= i ? Z[t * k + i] : Z[i * k + t]); }
+      Z[i * k + j] = -s / ljj;
+    }
+    let s = 0;
+    for (let v = 0; v < nb; v++) { const t = below[v]; s += L[t * k + j] * Z[t * k + j]; }
+    Z[j * k + j] = (1 / ljj - s) / ljj;
+  }
+  const lev = new Float64Array(m);
+  for (let t = 0; t < m; t++) {
+    let s = 0;
+    for (let p = cCount[t]; p < cCount[t + 1]; p++) {
+      const rp = cRow[p]; const vp = cVal[p];
+      let c = 0;
+      for (let q = cCount[t]; q < p; q++) c += cVal[q] * Z[rp * k + cRow[q]];
+      s += vp * (vp * Z[rp * k + rp] + 2 * c);
+    }
+    lev[t] = s;
+  }
+  let e = 0;
+  const y = new Float64Array(k);
+  for (let r = 0; r < k; r++) {
+    const i = order[r];
+    let ad = 0;
+    for (let q = colStart[i]; q < colStart[i + 1]; q++) ad += a[i * m + cols[q]] * d[cols[q]];
+    const rr = r * k;
+    for (let j = env[r]; j < r; j++) ad -= L[rr + j] * y[j];
+    y[r] = ad / L[rr + r];
+    e += y[r] * y[r];
+  }
+  return { lev, e };
+}
+
+/**
+ * Leverages and ``||P d||^2`` of ``a`` (k x m) when its rows are well conditioned (``{lev, e}``, rank k), else
+ * null. Cholesky of the k x k Gram matrix: ``L^-1 A`` has orthonormal rows, so ``lev[t] = ||L^-1 a_t||^2`` and
+ * ``||P d||^2 = ||L^-1 (A d)||^2``; sparse rows take the envelope route (``envelopeStats``).
+ */
+function choleskyStats(a, k, m, d, gram) {
+  if (k > m) return null;
+  let nnzTotal = 0;  // a dense layer (its Gram given) has dense rows; others may be sparse
+  if (gram === null) for (let t = 0; t < k * m; t++) if (a[t] !== 0) nnzTotal++;
+  if (gram === null && nnzTotal * 4 < k * m) {
+    const cols = new Int32Array(nnzTotal); const colStart = new Int32Array(k + 1);
     for (let i = 0, at = 0; i < k; i++) {
       colStart[i] = at;
       for (let t = 0; t < m; t++) if (a[i * m + t] !== 0) cols[at++] = t;
     }
     colStart[k] = nnzTotal;
+    return envelopeStats(a, k, m, d, cols, colStart);
   }
   let G = gram;
   if (G === null) {
@@ -1163,55 +1373,107 @@ function rowSpaceBasis(a, k, m, gram = null) {
       const ai = i * m;
       for (let j = 0; j <= i; j++) {
         const aj = j * m;
-        let s;
-        if (sparse) {
-          s = 0;
-          for (let q = colStart[i]; q < colStart[i + 1]; q++) { const t = cols[q]; s += a[ai + t] * a[aj + t]; }
-        } else {  // four accumulators: the dot products dominate
-          let s0 = 0; let s1 = 0; let s2 = 0; let s3 = 0;
-          for (let t = 0; t < m4; t += 4) {
-            s0 += a[ai + t] * a[aj + t]; s1 += a[ai + t + 1] * a[aj + t + 1];
-            s2 += a[ai + t + 2] * a[aj + t + 2]; s3 += a[ai + t + 3] * a[aj + t + 3];
-          }
-          for (let t = m4; t < m; t++) s0 += a[ai + t] * a[aj + t];
-          s = (s0 + s1) + (s2 + s3);
+        let s0 = 0; let s1 = 0; let s2 = 0; let s3 = 0;  // four accumulators: the dot products dominate
+        for (let t = 0; t < m4; t += 4) {
+          s0 += a[ai + t] * a[aj + t]; s1 += a[ai + t + 1] * a[aj + t + 1];
+          s2 += a[ai + t + 2] * a[aj + t + 2]; s3 += a[ai + t + 3] * a[aj + t + 3];
         }
+        for (let t = m4; t < m; t++) s0 += a[ai + t] * a[aj + t];
+        const s = (s0 + s1) + (s2 + s3);
         G[i * k + j] = s; G[j * k + i] = s;
       }
     }
   }
   let maxDiag = 0;
   for (let i = 0; i < k; i++) maxDiag = Math.max(maxDiag, G[i * k + i]);
-  let ok = k <= m && maxDiag > 0;
-  const L = new Float64Array(k * k);
-  for (let i = 0; ok && i < k; i++) {
-    for (let j = 0; j <= i; j++) {
-      let s = G[i * k + j];
-      for (let t = 0; t < j; t++) s -= L[i * k + t] * L[j * k + t];
-      if (i === j) {
-        if (!(s > 1e-6 * maxDiag)) { ok = false; break; }
-        L[i * k + i] = Math.sqrt(s);
-      } else {
-        L[i * k + j] = s / L[j * k + j];
-      }
+  if (!(maxDiag > 0)) return null;
+  // large systems: L, L^-1 and the leverages in the WebAssembly kernel's memory (the same operations either way)
+  const K = k >= 8 && k * k * m >= 65536 ? leverageKernel() : null;
+  const kp = (k + 3) & ~3; const mp = (m + 3) & ~3;
+  const oA = 2 * kp * (kp + 4); const oLev = oA + kp * mp; const oL = oLev + mp; const oLi = oL + k * k; const oC = oLi + k * k;
+  let f = null;
+  if (K !== null) f = kernelMemory(K, oC + k);
+  // Cholesky, right-looking: each entry gets G_ij - L_i0 L_j0 - L_i1 L_j1 - ... in that order (as the dot-product
+  // form), but the updates of a step are independent contiguous row updates instead of one dependent chain
+  const L = f ? f.subarray(oL, oL + k * k) : new Float64Array(k * k);  // its lower triangle becomes L
+  L.set(G);
+  const c = f ? f.subarray(oC, oC + k) : new Float64Array(k);
+  for (let j = 0; j < k; j++) {
+    const rj = j * k;
+    const s = L[rj + j];
+    if (!(s > 1e-6 * maxDiag)) return null;
+    const ljj = Math.sqrt(s);
+    L[rj + j] = ljj;
+    for (let i = j + 1; i < k; i++) c[i] = L[i * k + j] = L[i * k + j] / ljj;
+    if (K !== null) {
+      K.upd(8 * (oL + (j + 1) * k + j + 1), 8 * k, 8 * (oC + j + 1), 0, 8 * (oC + j + 1), 1, k - j - 1);
+      continue;
+    }
+    for (let i = j + 1; i < k; i++) {
+      const lij = c[i];
+      const ri = i * k;
+      for (let l = j + 1; l <= i; l++) L[ri + l] -= lij * c[l];
     }
   }
-  if (ok) {  // B = L^-1 A has orthonormal rows: L^-1 explicitly (k^3/6), then one product
-    const Li = new Float64Array(k * k);  // row i = -(sum_{t<i} L_it Li_t) / L_ii: contiguous row updates
-    for (let i = 0; i < k; i++) {
-      const ri = i * k;
+  // L^-1 explicitly (k^3/6): row i = -(sum_{t<i} L_it Li_t) / L_ii, contiguous row updates
+  const Li = f ? f.subarray(oLi, oLi + k * k).fill(0) : new Float64Array(k * k);
+  for (let i = 0; i < k; i++) {
+    const ri = i * k;
+    if (K !== null) {
+      K.upd(8 * (oLi + ri), 0, 8 * oLi, 8 * k, 8 * (oL + ri), 1, i);
+    } else {
       for (let t = 0; t < i; t++) {
         const l = L[ri + t];
-        if (l === 0) continue;
         const rt = t * k;
         for (let j = 0; j <= t; j++) Li[ri + j] -= l * Li[rt + j];
       }
-      const inv = 1 / L[ri + i];
-      for (let j = 0; j < i; j++) Li[ri + j] *= inv;
-      Li[ri + i] = inv;
     }
-    return { basis: sparse ? lowerTimesSparse(Li, a, k, m, cols, colStart) : lowerTimesDense(Li, a, k, m), r: k };
+    const inv = 1 / L[ri + i];
+    for (let j = 0; j < i; j++) Li[ri + j] *= inv;
+    Li[ri + i] = inv;
   }
+  const ad = new Float64Array(k);
+  const m4 = m - (m % 4);
+  for (let i = 0; i < k; i++) {
+    const ai = i * m;
+    let s0 = 0; let s1 = 0; let s2 = 0; let s3 = 0;
+    for (let t = 0; t < m4; t += 4) { s0 += a[ai + t] * d[t]; s1 += a[ai + t + 1] * d[t + 1]; s2 += a[ai + t + 2] * d[t + 2]; s3 += a[ai + t + 3] * d[t + 3]; }
+    for (let t = m4; t < m; t++) s0 += a[ai + t] * d[t];
+    ad[i] = (s0 + s1) + (s2 + s3);
+  }
+  let e = 0;  // ||P d||^2 = ||L^-1 (A d)||^2
+  for (let i = 0; i < k; i++) { let s = 0; for (let j = 0; j <= i; j++) s += Li[i * k + j] * ad[j]; e += s * s; }
+  // leverages: lev[t] = sum_i (Li A)_it^2, rows in order
+  if (K === null) {
+    const B = lowerTimesDense(Li, a, k, m);
+    const lev = new Float64Array(m);
+    for (let i = 0; i < k; i++) {
+      const bi = i * m;
+      for (let t = 0; t < m; t++) { const v = B[bi + t]; lev[t] += v * v; }
+    }
+    return { lev, e };
+  }
+  let at = 0;  // Li packed by tiles of 4 rows, zeros above the diagonal and past row k
+  for (let q = 0; q < kp; q += 4) {
+    for (let j = 0; j < q + 4; j++) {
+      for (let i = q; i < q + 4; i++) f[at++] = i < k && j <= i ? Li[i * k + j] : 0;
+    }
+  }
+  if (mp === m) {
+    f.set(a.subarray(0, k * m), oA);
+  } else {
+    for (let i = 0; i < k; i++) { f.set(a.subarray(i * m, (i + 1) * m), oA + i * mp); f.fill(0, oA + i * mp + m, oA + (i + 1) * mp); }
+  }
+  f.fill(0, oA + k * mp, oA + kp * mp);
+  K.lev(0, oA * 8, oLev * 8, kp, mp);
+  return { lev: f.slice(oLev, oLev + m), e };
+}
+
+/**
+ * Orthonormal basis (rows) of the row space of ``a`` (k x m) by an exact one-sided Jacobi SVD with numpy's
+ * rank tolerance, so the rank agrees with the Python runtime (ill-conditioned or tall systems).
+ */
+function rowSpaceBasis(a, k, m) {
   const tolScale = Math.max(k, m) * EPS64;
   if (k <= m) {  // columns of a^T = rows of a; after Jacobi they are U_j sigma_j
     const M = new Float64Array(m * k);
@@ -1237,14 +1499,20 @@ function rowSpaceBasis(a, k, m, gram = null) {
 /** (rank, identifiable, max leverage, ||P d||^2) of one system (``_system_stats``). */
 function systemStats(a, k, m, d, idTol, gram = null) {
   if (k === 0) return { r: 0, ident: 0, maxLev: 0, e: 0 };
-  const { basis, r } = rowSpaceBasis(a, k, m, gram);
-  const lev = new Float64Array(m);
-  let e = 0;
-  for (let i = 0; i < r; i++) {
-    let pr = 0;
-    const bi = i * m;
-    for (let t = 0; t < m; t++) { const v = basis[bi + t]; lev[t] += v * v; pr += v * d[t]; }
-    e += pr * pr;
+  let r = k;
+  let lev; let e;
+  const fast = choleskyStats(a, k, m, d, gram);
+  if (fast !== null) {
+    ({ lev, e } = fast);
+  } else {
+    const { basis, r: rank } = rowSpaceBasis(a, k, m);
+    r = rank; lev = new Float64Array(m); e = 0;
+    for (let i = 0; i < r; i++) {
+      let pr = 0;
+      const bi = i * m;
+      for (let t = 0; t < m; t++) { const v = basis[bi + t]; lev[t] += v * v; pr += v * d[t]; }
+      e += pr * pr;
+    }
   }
   let ident = 0;
   let maxLev = 0;
@@ -2114,7 +2382,16 @@ export class DeviceModel {
       const W64 = this._weight64 || (this._weight64 = Float64Array.from(W));  // no float32 -> float64 per use
       const n4 = n - (n % 4);
       const live = this._screenDense(x);  // outputs <= 0 are 0 after the ReLU, block or not
-      for (let o = 0; o < O; o++) {
+      const kern = this._denseKernel();
+      if (kern !== null) {  // the same sums in the WebAssembly SIMD kernel
+        const { f, idx } = kern;
+        f.set(z, kern.oZ);
+        let count = 0;
+        for (let o = 0; o < O; o++) if ((keep === null || keep[o]) && (live === null || live[o])) idx[count++] = o;
+        kern.K.dots(8 * kern.oZ, 8 * kern.oW, 8 * kern.oIdx, 8 * kern.oOut, n, count);
+        for (let u = 0; u < count; u++) out[idx[u]] = f[kern.oOut + u] + this.bias[idx[u]];
+      }
+      for (let o = 0; kern === null && o < O; o++) {
         if ((keep !== null && !keep[o]) || (live !== null && !live[o])) continue;
         const wo = o * n;
         let a0 = 0; let a1 = 0; let a2 = 0; let a3 = 0;  // four sums in flight; one float32 rounding at the end
@@ -2177,6 +2454,43 @@ export class DeviceModel {
   _screenDense(x) {
     const O = this.outChannels;
     const n = x.length;
+    const { at, c, l1, mMax } = this._screenTables();
+    const kern = this._denseKernel();
+    let approx;
+    let nz = 0; let xMax = 0;
+    if (kern !== null) {  // approx += v * a_j as approx -= (-v) * a_j in the kernel: the same bits
+      const { f } = kern;
+      approx = f.subarray(kern.oApprox, kern.oApprox + O);
+      approx.set(c);
+      for (let j = 0; j < n; j++) {
+        const v = x[j];
+        if (v === 0) continue;
+        nz++;
+        xMax = Math.max(xMax, Math.abs(v));
+        f[kern.oAlpha] = -v;
+        kern.K.upd(8 * kern.oApprox, 0, 8 * (kern.oAt + j * O), 0, 8 * kern.oAlpha, O, 1);
+      }
+    } else {
+      approx = Float64Array.from(c);
+      for (let j = 0; j < n; j++) {
+        const v = x[j];
+        if (v === 0) continue;
+        nz++;
+        xMax = Math.max(xMax, Math.abs(v));
+        const row = j * O;
+        for (let o = 0; o < O; o++) approx[o] += v * at[row + o];
+      }
+    }
+    const live = new Uint8Array(O);
+    const scale = (nz + 8) * 2 ** -23;
+    for (let o = 0; o < O; o++) live[o] = approx[o] > -(scale * (l1[o] * (xMax + mMax) + Math.abs(c[o])) + 1e-30) ? 1 : 0;
+    return live;
+  }
+
+  /** The dense screen's tables: ``a`` transposed (one row of O per input), ``c``, ``||a_o||_1``, ``max |mean|``. */
+  _screenTables() {
+    const O = this.outChannels;
+    const n = prod(this.inputShape);
     if (!this._screen) {
       const at = new Float64Array(n * O);  // a transposed: one row of O per input coordinate
       const c = new Float64Array(O); const l1 = new Float64Array(O);
@@ -2193,21 +2507,30 @@ export class DeviceModel {
       }
       this._screen = { at, c, l1, mMax };
     }
-    const { at, c, l1, mMax } = this._screen;
-    const approx = Float64Array.from(c);
-    let nz = 0; let xMax = 0;
-    for (let j = 0; j < n; j++) {
-      const v = x[j];
-      if (v === 0) continue;
-      nz++;
-      xMax = Math.max(xMax, Math.abs(v));
-      const row = j * O;
-      for (let o = 0; o < O; o++) approx[o] += v * at[row + o];
+    return this._screen;
+  }
+
+  /**
+   * A dense first layer's WebAssembly SIMD instance, its weights (float64) and screen table copied in once, or
+   * null (no SIMD here, or ``useWasmSimd(false)``): ``{K, f, idx, oW, oAt, oZ, oApprox, oOut, oAlpha, oIdx}``.
+   */
+  _denseKernel() {
+    if (!simdWanted || this.kind !== "dense") return null;
+    if (this._kernel === undefined) {
+      this._kernel = null;
+      const K = newKernel();
+      if (K !== null) {
+        const O = this.outChannels; const n = prod(this.inputShape);
+        const W64 = this._weight64 || (this._weight64 = Float64Array.from(this.weight));
+        const oW = 0; const oAt = O * n; const oZ = 2 * O * n; const oApprox = oZ + n; const oOut = oApprox + O;
+        const oAlpha = oOut + O; const oIdx = oAlpha + 1;
+        const f = kernelMemory(K, oIdx + Math.ceil(O / 2));
+        f.set(W64, oW);
+        f.set(this._screenTables().at, oAt);
+        this._kernel = { K, f, idx: new Int32Array(K.mem.buffer, oIdx * 8, O), oW, oAt, oZ, oApprox, oOut, oAlpha, oIdx };
+      }
     }
-    const live = new Uint8Array(O);
-    const scale = (nz + 8) * 2 ** -23;
-    for (let o = 0; o < O; o++) live[o] = approx[o] > -(scale * (l1[o] * (xMax + mMax) + Math.abs(c[o])) + 1e-30) ? 1 : 0;
-    return live;
+    return this._kernel;
   }
 
   /** What the wire will carry (float16 can underflow tiny values to zero: those are not sent). */
