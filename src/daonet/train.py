@@ -24,7 +24,14 @@ from .data import Dataset, load_dataset
 from .errors import DaonetError, InputError
 from .measure import make_progress  # noqa: F401  (re-exported: training and the audit share one bar)
 from .nn import LocalizedFirstLayer, SplitModel, build_model
-from .nn.defences import InverseAdversary, distance_correlation
+from .nn.defences import (
+    ClassReferences,
+    InverseAdversary,
+    conditional_information,
+    conditional_nats,
+    distance_correlation,
+)
+from .nn.layers import LdpRelease
 from .train_config import NORMALIZE_MODES, TrainConfig  # noqa: F401  (declared torch-free, for the CLI)
 
 # The architecture options every run records in its config (so the model version pins them). They must equal the
@@ -150,27 +157,50 @@ def evaluate(model: SplitModel, x: np.ndarray, y: np.ndarray, draws: int = 5, se
 @dataclass
 class Defences:
     """The training defences as loss terms, shared by every training loop: NoPeek's distance correlation between
-    input and sent vector, and min-max training against an inverse network (its own steps first, then the
-    model's step is rewarded for the attacker's error)."""
+    input and sent vector, min-max training against an inverse network (its own steps first, then the model's
+    step is rewarded for the attacker's error), and the conditional bottleneck (the nats a request carries
+    beyond its class under the Gaussian mechanism)."""
 
     cfg: TrainConfig
     first: LocalizedFirstLayer
     adversary: InverseAdversary | None = None
     adv_opt: torch.optim.Optimizer | None = None
+    references: ClassReferences | None = None
 
     @classmethod
     def for_training(cls, cfg: TrainConfig, first: LocalizedFirstLayer, ds: Dataset) -> Defences:
+        references = None
+        if cfg.bottleneck_weight > 0:
+            if first.ldp is None:
+                raise InputError("the conditional bottleneck needs the Gaussian mechanism: add --model-opt "
+                                 "ldp_epsilon=E")
+            references = ClassReferences(ds.n_classes, tuple(first.output_shape))
         if cfg.adversary_weight <= 0:
-            return cls(cfg, first)
+            return cls(cfg, first, references=references)
         adversary = InverseAdversary(first.n_outputs, int(np.prod(ds.input_shape)), cfg.adversary_hidden,
                                      cfg.adversary, ds.n_classes)
-        return cls(cfg, first, adversary, torch.optim.Adam(adversary.parameters(), lr=1e-3))
+        return cls(cfg, first, adversary, torch.optim.Adam(adversary.parameters(), lr=1e-3), references)
 
-    def loss(self, task_loss: torch.Tensor, xb: torch.Tensor, h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """``task_loss`` plus the defences' terms for one batch (``h``: what the device would send for ``xb``)."""
+    def send(self, xb: torch.Tensor) -> tuple[torch.Tensor, LdpRelease | None]:
+        """What the device sends for ``xb`` and, when the bottleneck needs them, the mechanism's parts."""
+        if self.references is None:
+            return self.first(xb), None
+        release = self.first.ldp_release(xb)
+        return release.sent, release
+
+    def loss(self, task_loss: torch.Tensor, xb: torch.Tensor, h: torch.Tensor, logits: torch.Tensor,
+             yb: torch.Tensor | None = None, release: LdpRelease | None = None) -> torch.Tensor:
+        """``task_loss`` plus the defences' terms for one batch (``h``: what the device would send for ``xb``;
+        ``yb`` and ``release`` (from :meth:`send`): the labels and the mechanism's parts, for the bottleneck)."""
         cfg, loss = self.cfg, task_loss
         if cfg.nopeek_weight > 0:
             loss = loss + cfg.nopeek_weight * distance_correlation(xb, h)
+        if self.references is not None:
+            if release is None or yb is None:
+                raise ValueError("the conditional bottleneck needs the labels and Defences.send's release")
+            self.references.update(release.mean.detach(), release.keep, yb)
+            nats = conditional_nats(release.mean, release.keep, release.sigma, self.references.refs[yb])
+            loss = loss + cfg.bottleneck_weight * nats.mean()
         if self.adversary is not None and self.adv_opt is not None:
             target = ((xb - self.first.mean) / self.first.std).flatten(1)
             probs = torch.softmax(logits.detach(), 1) if cfg.adversary == "adaptive" else None
@@ -220,9 +250,9 @@ def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = False) -
                 xb = x[idx]
                 if cfg.augment and ds.kind == "image":
                     xb = _shift(xb, gen)
-                h = model.first(xb)
+                h, release = defences.send(xb)
                 logits = model.rest(h)
-                loss = defences.loss(loss_fn(logits, y[idx]), xb, h, logits)
+                loss = defences.loss(loss_fn(logits, y[idx]), xb, h, logits, y[idx], release)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -249,6 +279,9 @@ def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = False) -
     noise = model.first.noise_spec()  # noise on surviving values, or the Gaussian mechanism with its epsilon
     if noise is not None:
         metrics["noise"] = noise
+    if model.first.ldp is not None:  # the bound on what a request carries beyond its class, on the test split
+        metrics["conditional_information"] = conditional_information(
+            model.first, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.n_classes, seed=cfg.seed + 2)
     if cfg.drop_rate == 0:
         metrics["accuracy_without_dropping"] = ev["accuracy_mean"]
     return TrainResult(model, cfg, metrics, ds)

@@ -46,6 +46,9 @@ class TrainConfig:
                                         "activations", min=0)
     adversary_weight: float = setting(0.0, "defence: min-max training against a jointly trained inverse network",
                                       min=0)
+    bottleneck_weight: float = setting(0.0, "defence: conditional information bottleneck: penalise the nats one "
+                                            "request carries about its input beyond its class (needs the Gaussian "
+                                            "mechanism: --model-opt ldp_epsilon=E); 0 = off", min=0)
     # beyond the paper's single localized layer (docs/device-block-and-noise.md)
     device_layers: int = setting(1, "layers run on the device before dropping: 1 = the paper's single layer; 2-3 = "
                                     "a localized block (dense layers for mlp, 3-wide convolutions for cnn/cnn1d)",
@@ -79,7 +82,10 @@ class TrainConfig:
             if given is not None and getattr(self, key) not in (off, given):
                 raise InputError(f"--{key.replace('_', '-')} {getattr(self, key)} disagrees with --model-opt "
                                  f"{key}={given}; give it once")
-        for name in ("nopeek_weight", "adversary_weight", "noise_std", "weight_decay"):
+        if self.bottleneck_weight and not any(k in self.model_kwargs for k in ("ldp_epsilon", "ldp_noise_multiplier")):
+            raise InputError("--bottleneck-weight bounds what a request carries beyond its class only under the "
+                             "Gaussian mechanism's noise: add --model-opt ldp_epsilon=E (e.g. 64)")
+        for name in ("nopeek_weight", "adversary_weight", "bottleneck_weight", "noise_std", "weight_decay"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise InputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")

@@ -26,6 +26,7 @@ Two options go beyond the paper's single layer (both off by default):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,17 @@ NOISE_FLOOR_FRACTION = 0.01  # floor = max(0.01 * sigma, NOISE_MIN_FLOOR): survi
 NOISE_MIN_FLOOR = 1e-4  # above float16's smallest normal (6.1e-5), so a float16 wire never drops a survivor
 LDP_OPTIONS = ("ldp_epsilon", "ldp_delta", "ldp_clip", "ldp_clip_quantile", "ldp_noise_multiplier")
 LDP_DEFAULT_QUANTILE = 0.5  # C = the median kept-vector norm on public data (as adaptive clipping in DP-SGD aims)
+
+
+@dataclass(frozen=True)
+class LdpRelease:
+    """One batch through the Gaussian mechanism: what is sent, the mechanism's mean (the clipped kept vector),
+    the keep-mask and sigma. The conditional bottleneck needs the mean and sigma, not only the noisy vector."""
+
+    sent: torch.Tensor
+    mean: torch.Tensor
+    keep: torch.Tensor
+    sigma: float
 
 
 def _as_tuple(v: int | tuple[int, ...] | list[int], n: int) -> tuple[int, ...]:
@@ -315,12 +327,22 @@ class LocalizedFirstLayer(nn.Module):
         self.ldp_noise_steps.fill_(params.noise_steps)
         return params.std
 
-    def ldp_forward(self, h: torch.Tensor, keep: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Clip the kept vector (``h`` already masked) to norm ``C``, add N(0, sigma^2) at every kept position.
+    def ldp_release(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                    noise: torch.Tensor | None = None) -> LdpRelease:
+        """The Gaussian mechanism on ``x``'s activations: the mask first (input-independent), then the kept vector
+        clipped to norm ``C`` (the mechanism's mean) and N(0, sigma^2) added at every kept output.
 
         Training: ``C`` = the batch's quantile of kept norms (detached; or ``ldp_clip``). Evaluation: the
         calibrated grid values (the device adds the exact discrete Gaussian of the same sigma on that grid).
         """
+        h = self.activations(x)
+        if mask is not None:
+            keep = mask.reshape(h.shape).bool()
+        elif self.drop_rate > 0:
+            keep = self.sample_mask(h.shape, h.device)
+        else:
+            keep = torch.ones(h.shape, dtype=torch.bool, device=h.device)
+        h = h * keep.to(h.dtype)
         if self.training or not self.ldp_calibrated:
             assert self.ldp is not None
             clip = self.ldp["clip"]
@@ -332,9 +354,11 @@ class LocalizedFirstLayer(nn.Module):
             clip, sigma = params.clip, params.std
         norms = self._kept_norms(h).clamp_min(1e-12)
         scale = torch.clamp(clip / norms, max=1.0).reshape((-1,) + (1,) * (h.dim() - 1))
+        mean = h * scale.to(h.dtype)
         if noise is None:
             noise = torch.randn(h.shape, generator=self.generator, device=h.device, dtype=h.dtype)
-        return h * scale.to(h.dtype) + sigma * noise.reshape(h.shape).to(h.dtype) * keep.to(h.dtype)
+        sent = mean + sigma * noise.reshape(h.shape).to(h.dtype) * keep.to(h.dtype)
+        return LdpRelease(sent, mean, keep, float(sigma))
 
     @property
     def noise_floor(self) -> float:
@@ -465,15 +489,9 @@ class LocalizedFirstLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 noise: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.activations(x)
         if self.ldp is not None:  # the mask first (input-independent), then clip + noise on every kept output
-            if mask is not None:
-                keep = mask.reshape(h.shape).bool()
-            elif self.drop_rate > 0:
-                keep = self.sample_mask(h.shape, h.device)
-            else:
-                keep = torch.ones(h.shape, dtype=torch.bool, device=h.device)
-            return self.ldp_forward(h * keep.to(h.dtype), keep, noise)
+            return self.ldp_release(x, mask, noise).sent
+        h = self.activations(x)
         if mask is not None:
             h = h * mask.reshape(h.shape).to(h.dtype)
         elif self.drop_rate > 0:

@@ -50,6 +50,19 @@ class SurvivingOutputs(Spec):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ConditionalInformation(Spec):
+    """The Gaussian mechanism's bound on what one request carries about its input beyond its class, in nats per
+    request on the test split (:func:`daonet.nn.defences.conditional_information`)."""
+
+    nats_mean: float
+    nats_median: float = 0.0
+    nats_p95: float = 0.0
+    nats_max: float = 0.0
+    label: str = "true class"
+    references: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainRun(Spec):
     """A training run's ``metrics.json``: what ``daonet train`` measured on the full test set."""
 
@@ -64,6 +77,7 @@ class TrainRun(Spec):
     train_time_s: float = 0.0
     epochs: int = 0
     device_layers: int = 1
+    conditional_information: ConditionalInformation | None = optional()  # models with the Gaussian mechanism
     command: str | None = optional()
     torch_threads: int | None = optional()
     extra: dict[str, Any] = field(default_factory=dict)

@@ -77,7 +77,8 @@ class PlanSpace:
 
 
 GRID_SETTINGS = ("device_layers", "block_width", "drop_rate", "adversary_weight", "noise_std", "quantize_levels",
-                 "nopeek_weight", "max_revealed_energy", "ldp_epsilon")  # the candidate settings a grid may list
+                 "nopeek_weight", "max_revealed_energy", "ldp_epsilon",
+                 "bottleneck_weight")  # the candidate settings a grid may list
 
 
 def parse_grid(items: list[str]) -> dict[str, tuple[Any, ...]]:
@@ -193,13 +194,14 @@ class Candidate:
     nopeek_weight: float = 0.0
     max_revealed_energy: float | None = None  # the device policy (an export option)
     ldp_epsilon: float | None = None  # the Gaussian mechanism's per-request epsilon (None: off)
+    bottleneck_weight: float = 0.0  # the conditional bottleneck (needs ldp_epsilon)
 
     def validate(self) -> None:
         if self.device_layers not in (1, 2, 3):
             raise InputError(f"device_layers must be 1, 2 or 3, got {self.device_layers}")
         if not 0 <= self.drop_rate < 1:
             raise InputError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
-        for name in ("adversary_weight", "noise_std", "nopeek_weight", "quantize_levels"):
+        for name in ("adversary_weight", "noise_std", "nopeek_weight", "quantize_levels", "bottleneck_weight"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.block_width is not None and self.block_width < 2:
@@ -215,6 +217,9 @@ class Candidate:
             if self.noise_std or self.quantize_levels or self.max_revealed_energy is not None:
                 raise InputError("ldp_epsilon (the Gaussian mechanism) replaces noise_std, quantize_levels and the "
                                  "revealed-energy policy: list it in a grid without them")
+        if self.bottleneck_weight and self.ldp_epsilon is None:
+            raise InputError(f"bottleneck_weight {self.bottleneck_weight:g} needs the Gaussian mechanism: list "
+                             "ldp_epsilon in the grid too (a bottleneck row with ldp_epsilon none bounds nothing)")
 
     def describe(self) -> str:
         head = ("first layer" if self.device_layers == 1 else
@@ -224,7 +229,8 @@ class Candidate:
                 f"{self.quantize_levels} levels" if self.quantize_levels else "",
                 f"NoPeek {self.nopeek_weight:g}" if self.nopeek_weight else "",
                 f"max ρ {self.max_revealed_energy:g}" if self.max_revealed_energy is not None else "",
-                f"LDP ε={self.ldp_epsilon:g}" if self.ldp_epsilon is not None else ""]
+                f"LDP ε={self.ldp_epsilon:g}" if self.ldp_epsilon is not None else "",
+                f"bottleneck {self.bottleneck_weight:g}" if self.bottleneck_weight else ""]
         return ", ".join([f"{head}, p={self.drop_rate:.2f}", *[m for m in more if m]])
 
 
@@ -238,7 +244,7 @@ def grid_candidates(cfg: PlanConfig) -> list[Candidate]:
     defaults = {"device_layers": base.device_layers, "block_width": base.model_kwargs.get("block_width", 16),
                 "drop_rate": base.drop_rate, "adversary_weight": base.adversary_weight, "noise_std": base.noise_std,
                 "quantize_levels": base.quantize_levels, "nopeek_weight": base.nopeek_weight,
-                "max_revealed_energy": None, "ldp_epsilon": None}
+                "max_revealed_energy": None, "ldp_epsilon": None, "bottleneck_weight": base.bottleneck_weight}
     grid = cfg.grid or {}
     out = []
     for combo in itertools.product(*grid.values()):
@@ -250,7 +256,8 @@ def grid_candidates(cfg: PlanConfig) -> list[Candidate]:
                              float(values["noise_std"]), int(values["quantize_levels"]),
                              float(values["nopeek_weight"]), None if values["max_revealed_energy"] is None else
                              float(values["max_revealed_energy"]),
-                             None if values["ldp_epsilon"] is None else float(values["ldp_epsilon"])))
+                             None if values["ldp_epsilon"] is None else float(values["ldp_epsilon"]),
+                             float(values["bottleneck_weight"])))
     return list(dict.fromkeys(out))  # a depth-1 row ignores the width: duplicates collapse
 
 
@@ -273,6 +280,7 @@ class PlanPoint:
     bundle: str
     report: str
     seconds: float
+    conditional_nats: float | None = None  # the Gaussian mechanism's mean bound beyond the class (None: no LDP)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "candidate": asdict(self.candidate), "describe": self.candidate.describe()}
@@ -327,7 +335,8 @@ def candidate_row(cfg: PlanConfig, cand: Candidate, own: OwnModel | None = None)
     over: dict[str, Any] = {"drop_rate": cand.drop_rate, "adversary_weight": cand.adversary_weight,
                             "device_layers": cand.device_layers, "noise_std": cand.noise_std,
                             "quantize_levels": cand.quantize_levels, "nopeek_weight": cand.nopeek_weight,
-                            "seed": cfg.seed, "data_root": cfg.data_root, "n_train": cfg.n_train,
+                            "bottleneck_weight": cand.bottleneck_weight, "seed": cfg.seed,
+                            "data_root": cfg.data_root, "n_train": cfg.n_train,
                             "n_test": cfg.n_test}
     over.update({k: getattr(cfg, k) for k in ("epochs", "batch_size", "lr") if getattr(cfg, k) is not None})
     tc = recommended_config(cfg.dataset, cfg.model, **over)
@@ -371,7 +380,9 @@ def evaluate_candidate(cfg: PlanConfig, cand: Candidate, trial: int, log: Callab
                       leakage_lower_bound=summary.is_lower_bound, best_attack=summary.best_attack,
                       label_only=summary.label_only, flops=flops, bytes_per_request=nbytes, device_us=us,
                       surviving=summary.surviving.mean, feasible=False, bundle=str(res.bundle),
-                      report=str(res.report_path), seconds=res.seconds)
+                      report=str(res.report_path), seconds=res.seconds,
+                      conditional_nats=None if res.run.conditional_information is None else
+                      res.run.conditional_information.nats_mean)
     point = replace(point, feasible=all(c <= 0 for c in constraint_values(cfg, point)))
     log(f"trial {trial}: {cand.describe()}: accuracy {point.accuracy:.3f}, leakage {point.leakage:+.3f} "
         f"{summary.metric}, {flops:,} FLOPs, {nbytes:.0f} B, {us:.0f} µs{'' if point.feasible else ' (infeasible)'}")
