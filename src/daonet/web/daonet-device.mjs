@@ -1582,25 +1582,28 @@ function greedyKeep(system, indices, d, policy) {
     return g;
   };
   const cur = state.map(gains);
+  const bMin = new Float64Array(cur.length); const bArg = new Int32Array(cur.length);  // each block's first smallest gain
+  const refresh = (b) => {
+    const g = cur[b];
+    let i = 0;
+    for (let j = 1; j < g.length; j++) if (g[j] < g[i]) i = j;
+    bMin[b] = g.length ? g[i] : Infinity; bArg[b] = i;
+  };
+  for (let b = 0; b < cur.length; b++) refresh(b);
   let energy = 0;
   for (;;) {
     let bestB = -1; let bestI = -1; let bestG = Infinity;
-    cur.forEach((g, b) => {
-      if (!g.length) return;
-      let i = 0;
-      for (let j = 1; j < g.length; j++) if (g[j] < g[i]) i = j;
-      if (g[i] < bestG) { bestB = b; bestI = i; bestG = g[i]; }
-    });
+    for (let b = 0; b < cur.length; b++) if (bMin[b] < bestG) { bestB = b; bestI = bArg[b]; bestG = bMin[b]; }
     if (bestB < 0) break;
     const st = state[bestB];
     st.alive[bestI] = 0;
     const r = st.res.subarray(bestI * st.m, (bestI + 1) * st.m);
     const rn = Math.sqrt(dot(r, r));
-    if (rn <= DEPENDENT_RTOL * st.norm[bestI]) { keep[st.members[bestI]] = 1; cur[bestB][bestI] = Infinity; continue; }
+    if (rn <= DEPENDENT_RTOL * st.norm[bestI]) { keep[st.members[bestI]] = 1; cur[bestB][bestI] = Infinity; refresh(bestB); continue; }
     let q = Float64Array.from(r, (v) => v / rn);
     for (const qb of st.basis) { const c = dot(qb, q); for (let t = 0; t < st.m; t++) q[t] -= c * qb[t]; }
     const qn = Math.sqrt(dot(q, q));
-    if (qn < 0.5) { keep[st.members[bestI]] = 1; cur[bestB][bestI] = Infinity; continue; }
+    if (qn < 0.5) { keep[st.members[bestI]] = 1; cur[bestB][bestI] = Infinity; refresh(bestB); continue; }
     q = q.map((v) => v / qn);
     const lev = Float64Array.from(st.lev, (v, t) => v + q[t] * q[t]);
     const gain = dot(q, st.d) ** 2;
@@ -1620,6 +1623,7 @@ function greedyKeep(system, indices, d, policy) {
     } else {
       cur[bestB][bestI] = Infinity;
     }
+    refresh(bestB);
   }
   return keep;
 }
@@ -2697,6 +2701,27 @@ function checkBlockTensors(steps, tensors) {
  * accumulate in float64 and round once to float32 before the ReLU (so the bits do not depend on a summation
  * order), exactly like the first layer; max pooling (window = stride = size, floor) compares float32 values.
  */
+const blockTables = new WeakMap();  // a block dense step's weights -> W transposed (float64), in the kernel or in JS
+
+/** A dense block step's ``W`` (O x n) transposed, float64: in a WebAssembly instance when SIMD is in use. */
+function blockDenseTables(W, O, n) {
+  const simd = simdWanted;
+  let t = blockTables.get(W);
+  if (!t || t.simd !== simd) {
+    const wt = new Float64Array(n * O);
+    for (let o = 0; o < O; o++) for (let i = 0; i < n; i++) wt[i * O + o] = W[o * n + i];
+    const kern = newKernel();
+    t = { simd, wt, kern: null, oY: n * O, oAlpha: n * O + O };
+    if (kern !== null) {
+      const f = kernelMemory(kern, n * O + O + 1);
+      f.set(wt, 0);
+      t.kern = { upd: kern.upd, f };
+    }
+    blockTables.set(W, t);
+  }
+  return t;
+}
+
 function runStep(h, step, tensors) {
   const inShape = step.inShape;
   const outShape = step.outShape;
@@ -2732,17 +2757,28 @@ function runStep(h, step, tensors) {
   const [O, C] = [step.n_out, step.n_in];
   if (step.op === "dense") {
     const n = h.length;
-    const nz = [];  // after a ReLU most inputs are 0, and adding 0 * w changes no sum
-    for (let i = 0; i < n; i++) if (h[i] !== 0) nz.push(i);
-    const idx = Int32Array.from(nz);
-    for (let o = 0; o < O; o++) {
-      let a0 = 0; let a1 = 0;
-      const wo = o * n;
-      let q = 0;
-      for (; q + 1 < idx.length; q += 2) { a0 += h[idx[q]] * W[wo + idx[q]]; a1 += h[idx[q + 1]] * W[wo + idx[q + 1]]; }
-      if (q < idx.length) a0 += h[idx[q]] * W[wo + idx[q]];
-      out[o] = (a0 + a1) + b[o];
+    // after a ReLU most inputs are 0: the sums run over the non-zero ones only, input by input (float64, in input
+    // order) along the rows of W transposed, in the WebAssembly kernel (y -= (-h_i) w_i: the same bits) or in JS
+    const t = blockDenseTables(W, O, n);
+    let acc;
+    if (t.kern !== null) {
+      const { f } = t.kern;
+      acc = f.subarray(t.oY, t.oY + O).fill(0);
+      for (let i = 0; i < n; i++) {
+        if (h[i] === 0) continue;
+        f[t.oAlpha] = -h[i];
+        t.kern.upd(8 * t.oY, 0, 8 * i * O, 0, 8 * t.oAlpha, O, 1);
+      }
+    } else {
+      acc = new Float64Array(O);
+      for (let i = 0; i < n; i++) {
+        const v = h[i];
+        if (v === 0) continue;
+        const wi = i * O;
+        for (let o = 0; o < O; o++) acc[o] += v * t.wt[wi + o];
+      }
     }
+    for (let o = 0; o < O; o++) out[o] = acc[o] + b[o];
   } else if (step.op === "conv1d") {
     const [L, Lo] = [inShape[1], outShape[1]];
     const [k] = step.kernel; const [s] = step.stride; const [p] = step.padding;
