@@ -988,7 +988,11 @@ class FirstLayerSystem {
       }
       return [{ members: Array.from({ length: k }, (_, i) => i), rows, m: this.n, coords: null, pos: 0 }];
     }
-    const order = Array.from({ length: k }, (_, i) => i).sort((a, b) => pos[a] - pos[b] || a - b);
+    const order = new Array(k);  // by position, then index (a counting sort)
+    const at = new Int32Array(this.nPositions + 1);
+    for (let i = 0; i < k; i++) at[pos[i] + 1]++;
+    for (let p = 0; p < this.nPositions; p++) at[p + 1] += at[p];
+    for (let i = 0; i < k; i++) order[at[pos[i]]++] = i;
     const out = [];
     for (let s = 0; s < k;) {
       let e = s;
@@ -1600,14 +1604,17 @@ function greedyKeep(system, indices, d, policy) {
     const r = st.res.subarray(bestI * st.m, (bestI + 1) * st.m);
     const rn = Math.sqrt(dot(r, r));
     if (rn <= DEPENDENT_RTOL * st.norm[bestI]) { keep[st.members[bestI]] = 1; cur[bestB][bestI] = Infinity; refresh(bestB); continue; }
-    let q = Float64Array.from(r, (v) => v / rn);
+    const q = new Float64Array(st.m);
+    for (let t = 0; t < st.m; t++) q[t] = r[t] / rn;
     for (const qb of st.basis) { const c = dot(qb, q); for (let t = 0; t < st.m; t++) q[t] -= c * qb[t]; }
     const qn = Math.sqrt(dot(q, q));
     if (qn < 0.5) { keep[st.members[bestI]] = 1; cur[bestB][bestI] = Infinity; refresh(bestB); continue; }
-    q = q.map((v) => v / qn);
-    const lev = Float64Array.from(st.lev, (v, t) => v + q[t] * q[t]);
+    for (let t = 0; t < st.m; t++) q[t] /= qn;
+    const lev = new Float64Array(st.m);
+    let identifiable = false;
+    for (let t = 0; t < st.m; t++) { lev[t] = st.lev[t] + q[t] * q[t]; if (lev[t] >= 1 - policy.identifiableTol) identifiable = true; }
     const gain = dot(q, st.d) ** 2;
-    let ok = !(policy.forbidIdentifiable && lev.some((v) => v >= 1 - policy.identifiableTol));
+    let ok = !(policy.forbidIdentifiable && identifiable);
     ok = ok && (budget === null || energy + gain <= budget);
     if (ok) {
       keep[st.members[bestI]] = 1;
