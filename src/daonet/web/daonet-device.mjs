@@ -1234,32 +1234,35 @@ export function useWasmSimd(enabled = true) {
   return leverageKernel() !== null;
 }
 
-/** ``Li A`` for a lower-triangular ``Li`` (k x k) and dense ``A`` (k x m): 4 x 2 tiles held in registers. */
-function lowerTimesDense(Li, a, k, m) {
-  const B = new Float64Array(k * m);
+/**
+ * ``lev[t] = sum_i (Li A)_it^2`` (rows added in order) for a lower-triangular ``Li`` (k x k) and dense ``A``
+ * (k x m), without storing ``Li A``: 4 x 2 tiles of it held in registers (the plain-JS twin of the ``lev`` kernel).
+ */
+function leveragesJs(Li, a, k, m) {
+  const lev = new Float64Array(m);
   const m2 = m - (m % 2);
   let i0 = 0;
   for (; i0 + 4 <= k; i0 += 4) {
     const r0 = i0 * k; const r1 = r0 + k; const r2 = r1 + k; const r3 = r2 + k;
     for (let t = 0; t < m2; t += 2) {
       let b00 = 0; let b01 = 0; let b10 = 0; let b11 = 0; let b20 = 0; let b21 = 0; let b30 = 0; let b31 = 0;
-      for (let j = 0; j <= i0 + 3; j++) {
-        const x0 = a[j * m + t]; const x1 = a[j * m + t + 1];
+      for (let j = 0, at = t; j <= i0 + 3; j++, at += m) {
+        const x0 = a[at]; const x1 = a[at + 1];
         const l0 = Li[r0 + j]; const l1 = Li[r1 + j]; const l2 = Li[r2 + j]; const l3 = Li[r3 + j];
         b00 += l0 * x0; b01 += l0 * x1; b10 += l1 * x0; b11 += l1 * x1;
         b20 += l2 * x0; b21 += l2 * x1; b30 += l3 * x0; b31 += l3 * x1;
       }
-      B[i0 * m + t] = b00; B[i0 * m + t + 1] = b01; B[(i0 + 1) * m + t] = b10; B[(i0 + 1) * m + t + 1] = b11;
-      B[(i0 + 2) * m + t] = b20; B[(i0 + 2) * m + t + 1] = b21; B[(i0 + 3) * m + t] = b30; B[(i0 + 3) * m + t + 1] = b31;
+      lev[t] = (((lev[t] + b00 * b00) + b10 * b10) + b20 * b20) + b30 * b30;
+      lev[t + 1] = (((lev[t + 1] + b01 * b01) + b11 * b11) + b21 * b21) + b31 * b31;
     }
     for (let t = m2; t < m; t++) {
-      for (let i = i0; i < i0 + 4; i++) { let s = 0; for (let j = 0; j <= i; j++) s += Li[i * k + j] * a[j * m + t]; B[i * m + t] = s; }
+      for (let i = i0; i < i0 + 4; i++) { let s = 0; for (let j = 0; j <= i; j++) s += Li[i * k + j] * a[j * m + t]; lev[t] += s * s; }
     }
   }
   for (let i = i0; i < k; i++) {
-    for (let t = 0; t < m; t++) { let s = 0; for (let j = 0; j <= i; j++) s += Li[i * k + j] * a[j * m + t]; B[i * m + t] = s; }
+    for (let t = 0; t < m; t++) { let s = 0; for (let j = 0; j <= i; j++) s += Li[i * k + j] * a[j * m + t]; lev[t] += s * s; }
   }
-  return B;
+  return lev;
 }
 
 /**
@@ -1448,15 +1451,7 @@ function choleskyStats(a, k, m, d, gram) {
   let e = 0;  // ||P d||^2 = ||L^-1 (A d)||^2
   for (let i = 0; i < k; i++) { let s = 0; for (let j = 0; j <= i; j++) s += Li[i * k + j] * ad[j]; e += s * s; }
   // leverages: lev[t] = sum_i (Li A)_it^2, rows in order
-  if (K === null) {
-    const B = lowerTimesDense(Li, a, k, m);
-    const lev = new Float64Array(m);
-    for (let i = 0; i < k; i++) {
-      const bi = i * m;
-      for (let t = 0; t < m; t++) { const v = B[bi + t]; lev[t] += v * v; }
-    }
-    return { lev, e };
-  }
+  if (K === null) return { lev: leveragesJs(Li, a, k, m), e };
   let at = 0;  // Li packed by tiles of 4 rows, zeros above the diagonal and past row k
   for (let q = 0; q < kp; q += 4) {
     for (let j = 0; j < q + 4; j++) {
