@@ -1187,6 +1187,9 @@ function leverageModuleBytes() {
     ...wSection(10, wVec([[...wUleb(body.length), ...body], [...wUleb(upd.length), ...upd], [...wUleb(dots.length), ...dots]]))]);
 }
 
+// Below this many multiply-adds per call (a layer's O x n, a certificate's k^2 m / 16) the plain loops are as fast
+// and no WebAssembly is compiled at all: a small model on a page whose CSP forbids it logs no violation.
+const SIMD_MIN_WORK = 65536;
 let simdModule;  // undefined: not tried yet; null: no WebAssembly SIMD here (or a CSP that forbids compiling it)
 let simdKernel = null;  // the instance the certificates share (a device's first layer has its own: its weights stay in it)
 let simdWanted = true;
@@ -1395,7 +1398,7 @@ function choleskyStats(a, k, m, d, gram) {
   for (let i = 0; i < k; i++) maxDiag = Math.max(maxDiag, G[i * k + i]);
   if (!(maxDiag > 0)) return null;
   // large systems: L, L^-1 and the leverages in the WebAssembly kernel's memory (the same operations either way)
-  const K = k >= 8 && k * k * m >= 65536 ? leverageKernel() : null;
+  const K = k >= 8 && k * k * m >= SIMD_MIN_WORK * 16 ? leverageKernel() : null;
   const kp = (k + 3) & ~3; const mp = (m + 3) & ~3;
   const oA = 2 * kp * (kp + 4); const oLev = oA + kp * mp; const oL = oLev + mp; const oLi = oL + k * k; const oC = oLi + k * k;
   let f = null;
@@ -2521,7 +2524,7 @@ export class DeviceModel {
    * null (no SIMD here, or ``useWasmSimd(false)``): ``{K, f, idx, oW, oAt, oZ, oApprox, oOut, oAlpha, oIdx}``.
    */
   _denseKernel() {
-    if (!simdWanted || this.kind !== "dense") return null;
+    if (!simdWanted || this.kind !== "dense" || this.outChannels * prod(this.inputShape) < SIMD_MIN_WORK) return null;
     if (this._kernel === undefined) {
       this._kernel = null;
       const K = newKernel();
@@ -2707,12 +2710,12 @@ const blockTables = new WeakMap();  // a block dense step's weights -> W transpo
 
 /** A dense block step's ``W`` (O x n) transposed, float64: in a WebAssembly instance when SIMD is in use. */
 function blockDenseTables(W, O, n) {
-  const simd = simdWanted;
+  const simd = simdWanted && O * n >= SIMD_MIN_WORK;
   let t = blockTables.get(W);
   if (!t || t.simd !== simd) {
     const wt = new Float64Array(n * O);
     for (let o = 0; o < O; o++) for (let i = 0; i < n; i++) wt[i * O + o] = W[o * n + i];
-    const kern = newKernel();
+    const kern = simd ? newKernel() : null;
     t = { simd, wt, kern: null, oY: n * O, oAlpha: n * O + O };
     if (kern !== null) {
       const f = kernelMemory(kern, n * O + O + 1);
