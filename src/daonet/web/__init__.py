@@ -44,8 +44,8 @@ STATIC_FILES = {
 }
 # 'wasm-unsafe-eval' lets the device runtime compile its own WebAssembly SIMD kernels (built byte by byte inside
 # daonet-device.mjs); it allows no JavaScript eval. Without it the runtime falls back to plain JS (same bytes).
-CSP = ("default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
-       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CSP = ("default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' data: blob:; "
+       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
