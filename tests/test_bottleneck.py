@@ -15,7 +15,7 @@ from daonet.errors import InputError
 from daonet.nn.defences import ClassReferences, conditional_information, conditional_nats
 from daonet.studies.pipeline import read_train_run
 from daonet.studies.plan import PlanConfig, run_plan
-from daonet.train import TrainConfig, save_run, train
+from daonet.train import TrainConfig, recommended_config, save_run, train
 
 SMALL = dict(dataset="digits", model="mlp", drop_rate=0.5, epochs=8, batch_size=64)
 ARCH = {"hidden": 64, "hidden2": 32, "ldp_epsilon": 8.0}
@@ -114,3 +114,19 @@ def test_plan_grid_over_the_bottleneck(tmp_path, digits):
         assert p.conditional_nats is not None and p.conditional_nats > 0
     saved = json.loads((out / "pareto.json").read_text())
     assert all(p["conditional_nats"] > 0 for p in saved["trials"])
+
+
+def test_the_least_leakage_recipe_and_its_refusals():
+    cfg = recommended_config("ecg5000", "cnn1d", "least-leakage", model_kwargs={"ldp_delta": 1e-6})
+    cfg.validate()  # a recipe that would be refused is no recipe
+    assert cfg.bottleneck_weight > 0 and cfg.model_kwargs["ldp_epsilon"] > 0 and cfg.model_kwargs["ldp_delta"] == 1e-6
+    assert recommended_config("ecg5000", "cnn1d").bottleneck_weight == 0  # the certificate default is unchanged
+    with pytest.raises(InputError, match="daonet plan --dataset mnist"):
+        recommended_config("mnist", "mlp", "least-leakage")
+    with pytest.raises(InputError, match="--goal must be one of"):
+        recommended_config("ecg5000", "cnn1d", "smallest")
+    runner = CliRunner()
+    for args, said in ((["--dataset", "digits", "--goal", "least-leakage"], "add --recommended"),
+                       (["--dataset", "mnist", "--recommended", "--goal", "least-leakage"], "no least-leakage recipe")):
+        result = runner.invoke(app, ["train", *args])
+        assert result.exit_code != 0 and said in result.output and "Traceback" not in result.output

@@ -66,12 +66,36 @@ RECOMMENDED: dict[tuple[str, str], dict[str, Any]] = {
     ("mnist", "mlp"): {"drop_rate": 0.5, "adversary_weight": 2.0, "epochs": 5},
     ("ecg5000", "cnn1d"): {"drop_rate": 0.9, "epochs": 40, "batch_size": 32},
 }
+# The least leakage measured at the certificate default's accuracy: the Gaussian mechanism (a per-request epsilon
+# instead of the algebraic certificate) with the conditional bottleneck (docs/privacy-ldp.md).
+LEAST_LEAKAGE: dict[tuple[str, str], dict[str, Any]] = {
+    ("ecg5000", "cnn1d"): {"drop_rate": 0.5, "epochs": 80, "batch_size": 32, "bottleneck_weight": 0.03,
+                           "model_kwargs": {"ldp_epsilon": 256.0}},
+}
+GOALS = {"certificate": RECOMMENDED, "least-leakage": LEAST_LEAKAGE}
 
 
-def recommended_config(dataset: str, model: str, **overrides: Any) -> TrainConfig:
-    """The zoo's default operating point for a (dataset, model) pair; plain p=0.9 where none was measured."""
-    settings = RECOMMENDED.get((dataset, model), {"drop_rate": 0.9})
-    return TrainConfig(dataset=dataset, model=model, **{**settings, **overrides})
+def recipe(dataset: str, model: str, goal: str = "certificate") -> dict[str, Any]:
+    """The settings of the zoo's operating point for a (dataset, model) pair and a goal: ``certificate`` (the
+    algebraic per-request certificate; plain p=0.9 where none was measured) or ``least-leakage`` (measured pairs
+    only)."""
+    if goal not in GOALS:
+        raise InputError(f"--goal must be one of {', '.join(GOALS)}, got {goal!r}")
+    settings = GOALS[goal].get((dataset, model))
+    if settings is None:
+        if goal != "certificate":
+            measured = ", ".join(f"{d}/{m}" for d, m in GOALS[goal]) or "none"
+            raise InputError(f"no {goal} recipe was measured for {dataset}/{model} (measured: {measured}); search "
+                             f"one with `daonet plan --dataset {dataset} --model {model}`")
+        settings = {"drop_rate": 0.9}
+    return {**settings, "model_kwargs": dict(settings.get("model_kwargs", {}))}
+
+
+def recommended_config(dataset: str, model: str, goal: str = "certificate", **overrides: Any) -> TrainConfig:
+    """:func:`recipe` as a :class:`TrainConfig`; ``overrides`` win (``model_kwargs`` are merged)."""
+    settings = recipe(dataset, model, goal)
+    kwargs = {**settings.pop("model_kwargs"), **overrides.pop("model_kwargs", {})}
+    return TrainConfig(dataset=dataset, model=model, **{**settings, **overrides, "model_kwargs": kwargs})
 
 
 @dataclass

@@ -19,24 +19,24 @@ from ..train_config import TrainConfig
 from .common import console, fail, parse_kwargs
 
 
-def train(*, model_opt: list[str] | None = None, recommended: bool = False, out: Path = Path("runs/mnist-mlp"),
-          **settings: Any) -> None:
+def train(*, model_opt: list[str] | None = None, recommended: bool = False, goal: str = "certificate",
+          out: Path = Path("runs/mnist-mlp"), **settings: Any) -> None:
     """Train a split model with dropped activation outputs; writes model, config and metrics.json."""
     from dataclasses import replace
 
-    from ..train import recommended_config, save_run
+    from ..train import recipe, save_run
     from ..train import train as run_training
 
     try:
         cfg = from_cli(TrainConfig, settings, model_kwargs=parse_kwargs(model_opt))
         if recommended:
-            rec = recommended_config(cfg.dataset, cfg.model)
-            cfg = replace(cfg, drop_rate=rec.drop_rate, epochs=rec.epochs, batch_size=rec.batch_size,
-                          adversary_weight=rec.adversary_weight, nopeek_weight=rec.nopeek_weight,
-                          quantize_levels=rec.quantize_levels, adversary=rec.adversary,
-                          adversary_steps=rec.adversary_steps)
-            console.print(f"recommended operating point: p={cfg.drop_rate}, adversary weight "
-                          f"{cfg.adversary_weight}, {cfg.epochs} epochs")
+            settings = recipe(cfg.dataset, cfg.model, goal)  # the recipe's settings replace the command line's
+            kwargs = {**cfg.model_kwargs, **settings.pop("model_kwargs")}
+            cfg = replace(cfg, **settings, model_kwargs=kwargs)
+            console.print(f"recommended operating point ({goal}): "
+                          + ", ".join(f"{k}={v}" for k, v in {**settings, **kwargs}.items()))
+        elif goal != "certificate":
+            raise DaonetError("--goal picks which recommended operating point --recommended uses: add --recommended")
         cfg.validate()
     except DaonetError as exc:
         fail(str(exc))
@@ -61,6 +61,9 @@ def _signature() -> inspect.Signature:
         inspect.Parameter("recommended", kw, default=False, annotation=Annotated[bool, typer.Option(
             help="use the measured default operating point for this dataset/model (drop rate, defences, epochs; "
                  "see README)")]),
+        inspect.Parameter("goal", kw, default="certificate", annotation=Annotated[str, typer.Option(
+            help="with --recommended: certificate (the algebraic per-request certificate; the shipped defaults) or "
+                 "least-leakage (the Gaussian mechanism with the conditional bottleneck; measured data sets only)")]),
         inspect.Parameter("out", kw, default=Path("runs/mnist-mlp"),
                           annotation=Annotated[Path, typer.Option(help="run directory to write")]),
     ], return_annotation=None)
