@@ -21,8 +21,9 @@ an attacker do better than ``P x`` (see ``daonet audit``). It never leaves the d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -37,6 +38,7 @@ _DEPENDENT_RTOL = 1e-9  # a row whose residual is below this (relative) adds not
 _ENERGY_EPS = 1e-12
 _EPS64 = float(np.finfo(np.float64).eps)
 _WELL_CONDITIONED = 1e-8  # the Gram matrix's λ_min / λ_max above which _row_space_basis trusts its eigenvectors
+_LOOKUP_MAX = 2048  # a convolution with up to this many outputs keeps every row and W Wᵀ (FirstLayerSystem.lookup)
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,12 @@ class PrivacyPolicy:
         return self.forbid_identifiable or self.max_revealed_energy is not None
 
     def allows(self, cert: Certificate) -> bool:
-        if self.forbid_identifiable and cert.identifiable > 0:
+        return self._allows(cert.identifiable, cert.revealed_energy)
+
+    def _allows(self, identifiable: int, revealed_energy: float) -> bool:
+        if self.forbid_identifiable and identifiable > 0:
             return False
-        return self.max_revealed_energy is None or cert.revealed_energy <= self.max_revealed_energy + 1e-9
+        return self.max_revealed_energy is None or revealed_energy <= self.max_revealed_energy + 1e-9
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,30 @@ class FirstLayerSystem:
         """``W Wᵀ`` of the dense layer's effective rows (n_outputs²), built on first use: a request's Gram
         matrix is then a lookup of its surviving rows instead of a k×k×n product."""
         return self.dense_rows @ self.dense_rows.T
+
+    @cached_property
+    def lookup(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every output's effective row (n_outputs × n) and their Gram matrix, built once (the weights are fixed):
+        a request's rows and Gram matrix are then lookups. Dense layers, and convolutions with at most
+        ``_LOOKUP_MAX`` outputs (``None`` above: the tables would take n_outputs² doubles)."""
+        if self.kind == "dense":
+            return self.dense_rows, self.gram
+        if self.n_outputs > _LOOKUP_MAX:
+            return None
+        rows = self.full_matrix()[0]
+        return rows, rows @ rows.T
+
+    @cached_property
+    def patch_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For a patchify convolution, built once: the kernel rows with C_out zero rows appended (slot ``s`` of a
+        patch with fewer rows is padded with row ``C_out + s``), their Gram matrix with an identity on the
+        padding rows (a padded patch's Gram matrix is then block diagonal with an identity, invertible), and
+        that matrix's diagonal."""
+        c, m = self.kernel_rows.shape
+        ke = np.vstack([self.kernel_rows, np.zeros((c, m))])
+        kk = ke @ ke.T
+        kk[c:, c:] = np.eye(c)
+        return ke, kk, np.diagonal(kk).copy()
 
     @cached_property
     def n_positions(self) -> int:
@@ -447,45 +476,79 @@ def _batched_stats(a: np.ndarray, counts: np.ndarray, d: np.ndarray, id_tol: flo
     return rank, ident, lev, energy, resolved
 
 
-def _patch_layout(system: FirstLayerSystem, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                         np.ndarray, np.ndarray]:
-    """Surviving rows grouped by patch, as a padded stack: (occupied positions, counts, rows (B, K, m),
-    member index into ``indices`` per slot (B, K), -1 on padding)."""
-    ch, pos = system.split(indices)
-    counts_all = np.bincount(pos, minlength=system.n_positions)
-    occupied = np.flatnonzero(counts_all)
-    counts = counts_all[occupied]
+def _patch_slots(system: FirstLayerSystem, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``present`` (patches, C_out): which output channels survive at each patch -> (counts, channel per slot
+    (patches, K); slot ``s`` after the last row holds the padding index ``C_out + s``). Within a patch the rows
+    are in channel order, the order of the outputs' indices (as ``blocks()`` gives them)."""
+    counts = np.count_nonzero(present, axis=1)
     k_max = int(counts.max()) if counts.size else 0
-    order = np.argsort(pos, kind="stable")  # within a patch, outputs keep their index order (as blocks() does)
-    block_of = np.zeros(system.n_positions, dtype=np.int64)
-    block_of[occupied] = np.arange(occupied.size)
-    starts = np.cumsum(counts) - counts
-    b = block_of[pos[order]]
-    slot = np.arange(order.size) - starts[b]
-    rows = np.zeros((occupied.size, k_max, system.patch_dim))
-    rows[b, slot] = system.kernel_rows[ch[order]]
-    members = np.zeros((occupied.size, k_max), dtype=np.int64) - 1
-    members[b, slot] = order
-    return occupied, counts, rows, members, pos
+    order = np.argsort(~present, axis=1, kind="stable")[:, :k_max]
+    slots = np.arange(k_max)
+    return counts, np.where(slots < counts[:, None], order, slots + present.shape[1])
+
+
+def _present(system: FirstLayerSystem, indices: np.ndarray) -> np.ndarray:
+    """(positions, C_out) flags of the surviving outputs."""
+    present = np.zeros((system.n_positions, system.kernel_rows.shape[0]), dtype=bool)
+    ch, pos = np.divmod(indices, system.n_positions)
+    present[pos, ch] = True
+    return present
+
+
+def _patch_stats_lean(system: FirstLayerSystem, counts: np.ndarray, chs: np.ndarray, dp: np.ndarray,
+                      id_tol: float) -> tuple[np.ndarray, ...]:
+    """Per patch (rank, identifiable, ‖P_p d_p‖², max leverage) of the patches laid out by :func:`_patch_slots`
+    (``dp``: their centred inputs), in a fixed few dozen numpy calls: the rows and every Gram matrix are lookups
+    in :attr:`FirstLayerSystem.patch_tables`. The same bounds as :func:`_batched_stats` decide; the patches they
+    cannot settle go through :func:`_system_stats`, one by one."""
+    ke, kk, kk_diag = system.patch_tables
+    m = system.patch_dim
+    tall = counts >= m
+    k_max = chs.shape[1]
+    wide_chs = np.where(tall[:, None], np.arange(k_max) + ke.shape[0] // 2, chs)  # tall: all padding here, see below
+    g = kk[wide_chs[:, :, None], wide_chs[:, None, :]]
+    try:
+        inv = np.linalg.inv(g)
+    except np.linalg.LinAlgError:  # a wide patch with exactly dependent rows: settle every patch one by one
+        inv = None
+    n_sys = counts.size
+    if inv is not None:
+        aw = ke[wide_chs]
+        gd, vd = kk_diag[wide_chs], np.diagonal(inv, axis1=1, axis2=2)
+        n_pad = k_max - np.where(tall, 0, counts)
+        bound = (gd.sum(1) - n_pad) * (vd.sum(1) - n_pad)
+        resolved = (vd * gd >= 1.0 - 1e-9).all(1) & (bound < _MAX_CONDITION)
+        lev = (aw * (inv @ aw)).sum(1)
+        da = aw @ dp[:, :, None]
+        energy = (da * (inv @ da)).sum((1, 2))
+        ident = np.count_nonzero(lev >= 1.0 - id_tol, axis=1)
+    else:
+        resolved = np.zeros(n_sys, dtype=bool)
+        lev, energy, ident = np.zeros((n_sys, m)), np.zeros(n_sys), np.zeros(n_sys, dtype=np.int64)
+    rank = counts.copy()
+    if tall.any():  # k >= m: full rank m, P = I, where AᵀA is well conditioned enough
+        done = np.flatnonzero(tall)
+        at = ke[chs[done]]
+        at_a = np.swapaxes(at, 1, 2) @ at
+        inv_t = _inverses(at_a)
+        full = (_condition_bound(at_a, inv_t) * _FULL_RANK_MARGIN < 1.0 if inv_t is not None
+                else np.zeros(done.size, dtype=bool))
+        resolved[done] = full
+        done = done[full]
+        rank[done], ident[done], lev[done] = m, m, 1.0
+        energy[done] = (dp[done] * dp[done]).sum(1)
+    for b in np.flatnonzero(~resolved):
+        rank[b], ident[b], lv, energy[b] = _system_stats(ke[chs[b, : counts[b]]], dp[b], id_tol)
+        lev[b] = lv
+    return rank, ident, energy, lev.max(axis=1) if m else np.zeros(n_sys)
 
 
 def _patch_certificate_arrays(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray,
                               id_tol: float) -> tuple[np.ndarray, ...]:
-    """Per-patch (k, rank, identifiable, energy, max leverage) over every position, batched; the few patches
-    the batched bounds cannot settle go through :func:`_system_stats`, one by one."""
-    npos = system.n_positions
-    pk, pr, pi = (np.zeros(npos, dtype=np.int64) for _ in range(3))
-    pe_abs, pmax = np.zeros(npos), np.zeros(npos)
-    if indices.size:
-        occupied, counts, rows, _, _ = _patch_layout(system, indices)
-        dp = d[system._patch_coords[occupied]]
-        rank, ident, lev, energy, resolved = _batched_stats(rows, counts, dp, id_tol)
-        for b in np.flatnonzero(~resolved):
-            rank[b], ident[b], lv, energy[b] = _system_stats(rows[b, : counts[b]], dp[b], id_tol)
-            lev[b] = lv
-        pk[occupied], pr[occupied], pi[occupied] = counts, rank, ident
-        pe_abs[occupied], pmax[occupied] = energy, lev.max(axis=1)
-    return pk, pr, pi, pe_abs, pmax
+    """Per-patch (k, rank, identifiable, energy, max leverage) over every position (:func:`_patch_stats_lean`)."""
+    counts, chs = _patch_slots(system, _present(system, indices))
+    rank, ident, energy, pmax = _patch_stats_lean(system, counts, chs, d[system._patch_coords], id_tol)
+    return counts, rank, ident, energy, pmax
 
 
 def _certificate_fast(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, id_tol: float,
@@ -502,13 +565,16 @@ def _certificate_fast(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarr
 
 
 def _patch_certificate(system: FirstLayerSystem, idx: np.ndarray, d: np.ndarray, arrays: tuple[np.ndarray, ...],
-                       k_before: int, policy: PrivacyPolicy | None) -> Certificate:
-    """The certificate of a patchify layer from its per-patch arrays (:func:`_patch_certificate_arrays`)."""
+                       k_before: int, policy: PrivacyPolicy | None, dd: np.ndarray | None = None) -> Certificate:
+    """The certificate of a patchify layer from its per-patch arrays (:func:`_patch_certificate_arrays`);
+    ``dd``: every patch's ``‖d_p‖²`` if known."""
     pk, pr, pi, pe_abs, pmax = arrays
     total = float(d @ d)
-    dd = system.patch_energy(d)
-    pe = np.where(pr == system.patch_dim, 1.0, pe_abs / np.where(dd > 0, dd, 1.0))  # full rank: P = I, exactly
-    pe = np.clip(np.where(dd > _ENERGY_EPS * max(total, 1.0), pe, 0.0), 0.0, 1.0)
+    dd = system.patch_energy(d) if dd is None else dd
+    counted = dd > _ENERGY_EPS * max(total, 1.0)  # the others: 0
+    pe = np.divide(pe_abs, dd, out=np.zeros(dd.shape), where=counted)
+    pe[counted & (pr == system.patch_dim)] = 1.0  # full rank: P = I, exactly
+    np.clip(pe, 0.0, 1.0, out=pe)
     patches = PatchStats(pk, pr, pi, pe, system.patch_dim, int(np.argmax(pe)))
     return _assemble(system, idx, int(pr.sum()), int(pi.sum()), float(pe_abs.sum()), float(pmax.max()),
                      total, k_before, policy, patches)
@@ -520,19 +586,41 @@ def _single_system_fast(system: FirstLayerSystem, idx: np.ndarray, d: np.ndarray
     k, n = idx.size, system.n
     if k == 0:
         return 0, 0, 0.0, 0.0
-    counts = np.array([k])
-    if k >= n:  # more outputs than inputs: settle full rank through AᵀA (n x n), built from the layer's structure
-        rank, ident, lev, energy, resolved = _batched_stats_tall(system, idx, d)
-    else:
-        a = system.dense_rows[idx] if system.kind == "dense" else system.rows(idx)[0]
-        gram = system.gram[idx[:, None], idx][None] if system.kind == "dense" else None
-        rank, ident, lev, energy, resolved = _batched_stats(a[None], counts, d[None], id_tol, gram)
+    if k < n:  # the rows and their Gram matrix: lookups where the layer keeps them, else built once here
+        table = system.lookup
+        if table is not None:
+            a, gram = table[0][idx], table[1][idx[:, None], idx]
+        else:
+            a = system.rows(idx)[0]
+            gram = a @ a.T
+        lean = _wide_stats(a, gram, d, id_tol)
+        if lean is not None:
+            return lean
+        r, ni, lv, e = _system_stats(a, d, id_tol, gram if system.use_gram else None)
+        return r, ni, e, float(lv.max()) if lv.size else 0.0
+    rank, ident, lev, energy, resolved = _batched_stats_tall(system, idx, d)  # more outputs than inputs
     if not resolved[0]:
         a = system.dense_rows[idx] if system.kind == "dense" else system.rows(idx)[0]
         gram = system.gram[idx[:, None], idx] if system.kind == "dense" and system.use_gram else None
         r, ni, lv, e = _system_stats(a, d, id_tol, gram)
         return r, ni, e, float(lv.max()) if lv.size else 0.0
     return int(rank[0]), int(ident[0]), float(energy[0]), float(lev[0].max())
+
+
+def _wide_stats(a: np.ndarray, gram: np.ndarray, d: np.ndarray, id_tol: float) -> tuple[int, int, float, float] | None:
+    """:func:`_batched_stats` for one system of k < n rows ``a`` and their Gram matrix, in a dozen numpy calls:
+    (rank, identifiable, ‖P d‖², max leverage), or ``None`` where the bound cannot settle it (the reference)."""
+    try:
+        inv = np.linalg.inv(gram)
+    except np.linalg.LinAlgError:
+        return None
+    gd, vd = np.diagonal(gram), np.diagonal(inv)
+    if not ((vd * gd >= 1.0 - 1e-9).all() and float(gd.sum()) * float(vd.sum()) < _MAX_CONDITION):
+        return None
+    lev = (a * (inv @ a)).sum(0)
+    da = a @ d
+    return (a.shape[0], int(np.count_nonzero(lev >= 1.0 - id_tol)), float(da @ (inv @ da)),
+            float(lev.max()))
 
 
 def _batched_stats_tall(system: FirstLayerSystem, idx: np.ndarray,
@@ -575,15 +663,12 @@ def _assemble(system: FirstLayerSystem, idx: np.ndarray, rank: int, ident: int, 
         worst_patch = {"index": w, "k": int(patches.k[w]), "rank": int(patches.rank[w]),
                        "identifiable": int(patches.identifiable[w]),
                        "revealed_energy": round(float(patches.revealed_energy[w]), 6), "patch_dim": system.patch_dim}
-    cert = Certificate(
+    return Certificate(
         k=int(idx.size), n=system.n, rank=rank, identifiable=ident, revealed_energy=rho,
         max_leverage=min(1.0, max_lev), k_before_policy=k_before, dropped_by_policy=k_before - int(idx.size),
-        policy_ok=True, policy=policy.to_dict() if policy is not None else None, patches=patches,
-        worst_patch=worst_patch,
+        policy_ok=policy is None or policy._allows(ident, rho), policy=policy.to_dict() if policy is not None else None,
+        patches=patches, worst_patch=worst_patch,
     )
-    if policy is not None and not policy.allows(cert):
-        cert = replace(cert, policy_ok=False)
-    return cert
 
 
 def _centered(system: FirstLayerSystem, x: np.ndarray, mu: np.ndarray | None) -> np.ndarray:
@@ -619,13 +704,8 @@ def _greedy_keep(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, p
                  cert: Certificate) -> np.ndarray:
     """The policy's keep-mask over ``indices``: the fast paths where they apply (``system.fast``), else the
     reference; ``cert`` is the certificate of all of ``indices``."""
-    if system.fast:
-        if system.kind != "dense" and system.patchify:
-            keep = _greedy_keep_patches(system, indices, d, policy, cert)
-            if keep is not None:
-                return keep
-        else:
-            return _greedy_keep_single(system, indices, d, policy)
+    if system.fast and (system.kind == "dense" or not system.patchify):  # patchify: _apply_policy_patches
+        return _greedy_keep_single(system, indices, d, policy)
     return _greedy_keep_reference(system, indices, d, policy)
 
 
@@ -696,87 +776,57 @@ def _greedy_keep_reference(system: FirstLayerSystem, indices: np.ndarray, d: np.
     return keep
 
 
-def _greedy_keep_patches(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, policy: PrivacyPolicy,
-                         cert: Certificate) -> np.ndarray | None:
-    """:func:`_greedy_keep_reference` for a patchify convolution, every patch at once (``None``: the reference is
-    needed, i.e. a revealed-energy bound that binds).
-
-    Patches are independent systems, so only the order *within* a patch matters as long as the global energy
-    bound never binds: each step takes, in every patch still undecided, its least revealing row (the same
-    arithmetic as the reference, vectorised over patches). A patch whose full set of rows already identifies
-    no input coordinate keeps every row (the leverages of a subset never exceed those of the whole set).
-    """
-    assert cert.patches is not None
-    occupied, counts, rows, members, _ = _patch_layout(system, indices)
-    ident = cert.patches.identifiable[occupied]
-    bad = np.flatnonzero(ident > 0) if policy.forbid_identifiable else np.zeros(0, dtype=np.int64)
-    keep = np.ones(indices.size, dtype=bool)
-    energy_ok = float(np.sum(np.delete(_patch_energies(system, occupied, rows, counts, d, cert), bad)))
-    if bad.size:
-        sub_keep, gained = _greedy_patch_stack(rows[bad], counts[bad], d[system._patch_coords[occupied[bad]]], policy)
-        slots = members[bad]
-        keep[slots[slots >= 0]] = sub_keep[slots >= 0]
-        energy_ok += gained
-    budget = policy.max_revealed_energy
-    if budget is not None and energy_ok > budget * float(d @ d) * (1.0 - 1e-9) - 1e-300:
-        return None  # the bound could bind somewhere: the global order matters, take the reference
-    return keep
-
-
-def _patch_energies(system: FirstLayerSystem, occupied: np.ndarray, rows: np.ndarray, counts: np.ndarray,
-                    d: np.ndarray, cert: Certificate) -> np.ndarray:
-    """‖P_p d_p‖² of every occupied patch, from the certificate's per-patch fractions."""
-    assert cert.patches is not None
-    coords = system._patch_coords[occupied]
-    dd = np.einsum("pi,pi->p", d[coords], d[coords])
-    return cert.patches.revealed_energy[occupied] * dd
-
-
 def _greedy_patch_stack(rows: np.ndarray, counts: np.ndarray, d: np.ndarray,
                         policy: PrivacyPolicy) -> tuple[np.ndarray, float]:
     """The reference greedy on a stack of independent patch systems (no energy bound): keep flags (B, K) and
-    the energy the kept rows reveal. Every step decides one row in every patch still undecided; patches
-    that have nothing left to decide go through the step unchanged (their updates are multiplied by 0)."""
+    the energy the kept rows reveal (only computed with an energy bound; else 0). Every step decides one row in
+    every patch still undecided; patches that have nothing left to decide go through the step unchanged (their
+    updates are multiplied by 0). The re-orthogonalization against the accepted basis is one batched pass."""
     n_sys, k_max, m = rows.shape
     res = rows.copy()
-    norm = np.sqrt((rows * rows).sum(2))
+    dep_below = _DEPENDENT_RTOL**2 * (rows * rows).sum(2)  # (1e-9 ‖a_i‖)²: the reference's dependent-row test
     alive = np.arange(k_max) < counts[:, None]
     keep = np.zeros((n_sys, k_max), dtype=bool)
-    basis = np.zeros((n_sys, m + 1, m))  # a spare slot: a step writes (unchanged) even where nothing is accepted
+    basis = np.zeros((n_sys, m + 1, m))  # a spare slot: a step writes (zeros) even where nothing is accepted
     n_basis = np.zeros(n_sys, dtype=np.int64)
     lev = np.zeros((n_sys, m))
     gained = 0.0
     every = np.arange(n_sys)
     col = d[:, :, None]
     limit = 1.0 - policy.identifiable_tol
+    energy = policy.max_revealed_energy is not None
     while True:
         rn2 = (res * res).sum(2)
-        dep = rn2 <= (_DEPENDENT_RTOL * norm) ** 2
+        dep = rn2 <= dep_below
         rd = (res @ col)[:, :, 0]
-        g = np.where(alive, np.where(dep, 0.0, rd * rd / np.where(dep, 1.0, rn2)), np.inf)
+        g = np.where(dep, 0.0, rd * rd / np.where(dep, 1.0, rn2))
+        g[~alive] = np.inf
         best = g.argmin(1)
         live = g[every, best] < np.inf
         if not live.any():
             break
-        alive[every, best] &= ~live
+        alive[every[live], best[live]] = False
         r = res[every, best]
         rn = np.sqrt((r * r).sum(1))
-        fresh = live & (rn > _DEPENDENT_RTOL * norm[every, best])  # else: reveals nothing new, kept
+        fresh = live & (rn * rn > dep_below[every, best])  # else: reveals nothing new, kept
         q = r / np.where(fresh, rn, 1.0)[:, None]
-        for j in range(int(n_basis.max())):  # re-orthogonalize (a zero slot changes nothing)
-            qb = basis[:, j]
-            q = q - (qb * q).sum(1)[:, None] * qb
+        if n_basis.any():  # re-orthogonalize (the zero slots change nothing)
+            q -= ((basis @ q[:, :, None]) * basis).sum(1)
         qn = np.sqrt((q * q).sum(1))
         fresh &= qn >= 0.5  # else lost to cancellation: numerically dependent, kept
-        q = q / np.where(fresh, qn, 1.0)[:, None]
+        q /= np.where(fresh, qn, 1.0)[:, None]
         new_lev = lev + q * q
         ok = fresh & ~(policy.forbid_identifiable & (new_lev >= limit).any(1))
         keep[every, best] |= live & (ok | ~fresh)
-        gained += float(((q * d).sum(1) ** 2)[ok].sum())
+        if energy:
+            gained += float(((q * d).sum(1) ** 2)[ok].sum())
         lev = np.where(ok[:, None], new_lev, lev)
-        basis[every, n_basis] = np.where(ok[:, None], q, basis[every, n_basis])
+        q *= ok[:, None]
+        basis[every, n_basis] = q  # the next free slot, zero until now
         n_basis += ok
-        res -= ok[:, None, None] * ((res @ q[:, :, None]) * q[:, None, :])
+        res -= (res @ q[:, :, None]) * q[:, None, :]
+        if not alive.any():
+            break
     return keep, gained
 
 
@@ -793,17 +843,28 @@ def _greedy_keep_single(system: FirstLayerSystem, indices: np.ndarray, d: np.nda
     (exact arithmetic: ``r_i · q = a_i · q``), which a convolution's rows give from their receptive fields
     alone. So those two numbers are updated in place, and residual vectors are formed only for the row chosen
     at each step and for rows that come close to the accepted span (where an update by subtraction would lose
-    digits): from then on they are kept and updated explicitly, as in the reference.
+    digits): from then on they are kept and updated explicitly, as in the reference, and re-orthogonalized
+    against the accepted basis when chosen. A row not close to the span keeps at least a tenth of its norm
+    in its residual, so its residual from the stored coefficients is orthogonal to the basis to within
+    rounding, and needs no second pass.
     """
-    a = system.dense_rows[indices] if system.kind == "dense" else system.rows(indices)[0]
+    table = system.lookup
+    if system.kind == "dense":
+        a = system.dense_rows[indices]
+    else:
+        a = table[0][indices] if table is not None else system.rows(indices)[0]
     k, n = a.shape
     total = float(d @ d)
     budget = None if policy.max_revealed_energy is None else policy.max_revealed_energy * total
     limit = 1.0 - policy.identifiable_tol
+    forbid = policy.forbid_identifiable
     keep = np.zeros(k, dtype=bool)
     alive = np.ones(k, dtype=bool)
+    dead = np.zeros(k)  # +inf once a row is decided: added to the gains
     norm2 = (a * a).sum(1)
     norm = np.sqrt(norm2)
+    dep_below = (_DEPENDENT_RTOL * norm) ** 2
+    close_below = _EXPLICIT_BELOW * norm2  # -inf once a row is explicit or decided
     rn2, rd = norm2.copy(), a @ d
     basis = np.zeros((min(k, n), n))
     coef = np.zeros((k, min(k, n)))  # coef[i, s] = a_i · q_s
@@ -814,49 +875,57 @@ def _greedy_keep_single(system: FirstLayerSystem, indices: np.ndarray, d: np.nda
     energy = 0.0
     along = _row_products(system, indices)
     while True:
-        dep = rn2 <= (_DEPENDENT_RTOL * norm) ** 2
-        g = np.where(alive, np.where(dep, 0.0, rd * rd / np.where(dep, 1.0, rn2)), np.inf)
-        j = int(np.argmin(g))
+        dep = rn2 <= dep_below
+        g = rd * rd
+        g /= np.where(dep, 1.0, rn2)
+        g[dep] = 0.0
+        g += dead
+        j = int(g.argmin())
         if not g[j] < np.inf:
             break
-        alive[j] = False
+        alive[j], dead[j], close_below[j] = False, np.inf, -np.inf
         q_basis = basis[:n_basis]
-        r = res[j] if explicit[j] else a[j] - coef[j, :n_basis] @ q_basis
-        rn = float(np.linalg.norm(r))
+        if explicit[j]:
+            r = res[j]
+        else:
+            r = a[j] - coef[j, :n_basis] @ q_basis if n_basis else a[j]
+        rn = math.sqrt(float(r @ r))
         if rn <= _DEPENDENT_RTOL * norm[j]:
             keep[j] = True  # reveals nothing new
             continue
         q = r / rn
-        q = q - (q_basis @ q) @ q_basis  # re-orthogonalize
-        qn = float(np.linalg.norm(q))
+        if explicit[j] and n_basis:
+            q = q - (q_basis @ q) @ q_basis  # re-orthogonalize
+        qn = math.sqrt(float(q @ q))
         if qn < 0.5:  # lost to cancellation: the row is (numerically) dependent
             keep[j] = True
             continue
         q = q / qn
         new_lev = lev + q * q
-        gain = float(q @ d) ** 2
-        ok = not (policy.forbid_identifiable and bool((new_lev >= limit).any()))
-        if not (ok and (budget is None or energy + gain <= budget)):
+        qd = float(q @ d)
+        if forbid and float(new_lev.max()) >= limit:
+            continue
+        if budget is not None and energy + qd * qd > budget:
             continue
         keep[j] = True
-        energy += gain
+        energy += qd * qd
         lev = new_lev
         basis[n_basis] = q
         c = along(q)
         coef[:, n_basis] = c
         n_basis += 1
         rn2 -= c * c
-        rd -= c * float(q @ d)
+        rd -= c * qd
         ex = np.flatnonzero(explicit & alive)
         if ex.size:
             rx = res[ex]
             rx -= np.outer(rx @ q, q)
             res[ex] = rx
             rn2[ex], rd[ex] = (rx * rx).sum(1), rx @ d
-        close = np.flatnonzero(alive & ~explicit & (rn2 < _EXPLICIT_BELOW * norm2))
+        close = np.flatnonzero(rn2 < close_below)
         if close.size:
             rx = a[close] - coef[close, :n_basis] @ basis[:n_basis]
-            res[close], explicit[close] = rx, True
+            res[close], explicit[close], close_below[close] = rx, True, -np.inf
             rn2[close], rd[close] = (rx * rx).sum(1), rx @ d
     return keep
 
@@ -909,17 +978,42 @@ def apply_policy(system: FirstLayerSystem, x: np.ndarray, sent: np.ndarray, poli
 
 def _apply_policy_patches(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray,
                           policy: PrivacyPolicy) -> tuple[np.ndarray, Certificate]:
-    """The kept outputs and their certificate for a patchify layer: only the patches the policy changed are
-    factorised again (the others keep their numbers, which are those of the same rows)."""
+    """The kept outputs and their certificate for a patchify layer. The patches are laid out once
+    (:func:`_patch_slots`); only the patches that break the policy run the greedy selection, and only those
+    are factorised again (the others keep their numbers, which are those of the same rows)."""
     k0, tol = int(indices.size), policy.identifiable_tol
-    arrays = _patch_certificate_arrays(system, indices, d, tol)
-    cert = _patch_certificate(system, indices, d, arrays, k0, policy)
+    present = _present(system, indices)
+    counts, chs = _patch_slots(system, present)
+    dp = d[system._patch_coords]
+    dd = (dp * dp).sum(1)
+    rank, ident, energy, pmax = _patch_stats_lean(system, counts, chs, dp, tol)
+    arrays = (counts, rank, ident, energy, pmax)
+    cert = _patch_certificate(system, indices, d, arrays, k0, policy, dd)
     if cert.policy_ok or not policy.active:
         return indices, cert
-    keep = _greedy_keep(system, indices, d, policy, cert)
-    kept = indices[keep]
-    changed = np.zeros(system.n_positions, dtype=bool)
-    changed[system.split(indices[~keep])[1]] = True
-    again = _patch_certificate_arrays(system, kept[changed[system.split(kept)[1]]], d, tol)
-    arrays = tuple(np.where(changed, new, old) for new, old in zip(again, arrays, strict=True))
-    return kept, _patch_certificate(system, kept, d, arrays, k0, policy)
+    bad = np.flatnonzero(ident > 0) if policy.forbid_identifiable else np.zeros(0, dtype=np.int64)
+    gained = 0.0
+    if bad.size:
+        k_bad = counts[bad]
+        chs_bad = chs[bad, : int(k_bad.max())]
+        sub_keep, gained = _greedy_patch_stack(system.patch_tables[0][chs_bad], k_bad, dp[bad], policy)
+        drop_b, drop_s = np.nonzero(~sub_keep & (np.arange(chs_bad.shape[1]) < k_bad[:, None]))
+        present[bad[drop_b], chs_bad[drop_b, drop_s]] = False
+    budget = policy.max_revealed_energy
+    if budget is not None:  # the rows the greedy left alone reveal what the certificate says (P = I where full rank)
+        assert cert.patches is not None
+        clipped = cert.patches.revealed_energy * dd
+        energy_ok = float(clipped.sum() - clipped[bad].sum()) + gained
+        if energy_ok > budget * float(d @ d) * (1.0 - 1e-9) - 1e-300:  # the bound could bind: the global order
+            keep = _greedy_keep_reference(system, indices, d, policy)  # matters, take the reference
+            kept = indices[keep]
+            return kept, _certificate(system, kept, d, tol, k0, policy)
+    ch, pos = np.divmod(indices, system.n_positions)
+    kept = indices[present[pos, ch]]
+    if bad.size:
+        c2, s2 = _patch_slots(system, present[bad])
+        again = (c2, *_patch_stats_lean(system, c2, s2, dp[bad], tol))
+        arrays = tuple(a.copy() for a in arrays)
+        for a, new in zip(arrays, again, strict=True):
+            a[bad] = new
+    return kept, _patch_certificate(system, kept, d, arrays, k0, policy, dd)
