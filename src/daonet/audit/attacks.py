@@ -204,52 +204,16 @@ def regularized(know: ServerKnowledge, h: np.ndarray, mu: np.ndarray, lam: float
                                   progress=progress, device=device)
     dev = torch.device(device)
 
-    def data_term(sl: slice, a: torch.Tensor, c: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def data_term(sl: slice) -> Callable[[torch.Tensor], torch.Tensor]:
         hb = torch.from_numpy(np.ascontiguousarray(hk[:, sl], dtype=np.float32)).to(dev)  # K, B, m
         mask = (hb != 0).float()
         if naive:
-            return lambda x: ((torch.relu(x @ a.T + c)[None] - hb) ** 2).mean((0, 2))
+            return lambda pre: ((torch.relu(pre)[None] - hb) ** 2).mean((0, 2))
         count = mask.sum((0, 2)).clamp_min(1.0)
-        return lambda x: (((x @ a.T + c)[None] - hb) ** 2 * mask).sum((0, 2)) / count
+        return lambda pre: ((pre[None] - hb) ** 2 * mask).sum((0, 2)) / count
 
     return _descend(know, data_term, hk.shape[1], mu, lam, steps=steps, init=init, batch=batch, seed=seed,
                     progress=progress, device=dev)
-
-
-# The pooled data term in the input space (a quadratic form per item) when it is cheaper than in the output space:
-# n^2 per item and step instead of 2 n m, once the n x n matrices are built (m n^2 per item, once).
-_QUADRATIC_MAX_RATIO = 0.25  # n / m below this
-_QUADRATIC_MAX_BYTES = 512 * 2**20  # the batch's float64 n x n matrices
-
-
-def pooled_data_term(sums: PooledSums, sl: slice, a: torch.Tensor, c: torch.Tensor,
-                     quadratic: bool | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``x -> mean over every kept equation of (a_i·x + c_i − h)²`` for the items ``sl`` of ``sums``.
-
-    ``quadratic`` (default: when ``n`` is well below ``m``) evaluates the same sum as ``xᵀ H x + 2 gᵀ x + k`` with
-    ``H = Aᵀ diag(cnt) A`` per item, in float64 (the terms cancel near the optimum): the same function, so the
-    same attack, at ``n²`` instead of ``2 n m`` multiply-adds per step."""
-    dev = a.device
-    cnt, s1, s2 = (torch.from_numpy(np.ascontiguousarray(v[sl])).to(dev) for v in (sums.cnt, sums.s1, sums.s2))
-    n_eq = cnt.sum(1).clamp_min(1.0)
-    n_b, (m, n) = cnt.shape[0], a.shape
-    if quadratic is None:
-        quadratic = n <= _QUADRATIC_MAX_RATIO * m and n_b * n * n * 8 <= _QUADRATIC_MAX_BYTES
-    if not quadratic:
-        return lambda x: (cnt * (x @ a.T + c) ** 2 - 2 * (x @ a.T + c) * s1 + s2).sum(1) / n_eq
-    a64, c64, w = a.double(), c.double(), cnt.double()
-    chunk = max(1, (64 * 2**20) // (8 * n * m))  # the (chunk, n, m) weighted copies of A stay under 64 MiB
-    hess = torch.cat([(a64.T[None] * w[i:i + chunk, None, :]) @ a64 for i in range(0, n_b, chunk)])  # B, n, n
-    lin = (w * c64 - s1.double()) @ a64  # B, n
-    const = (w * c64 * c64 - 2 * c64 * s1.double() + s2.double()).sum(1)
-    n_eq64 = n_eq.double()
-
-    def data(x: torch.Tensor) -> torch.Tensor:
-        x64 = x.double()
-        quad = (torch.bmm(hess, x64.unsqueeze(2)).squeeze(2) * x64).sum(1)
-        return ((quad + 2 * (lin * x64).sum(1) + const) / n_eq64).to(x.dtype)
-
-    return data
 
 
 def regularized_pooled(know: ServerKnowledge, sums: PooledSums, mu: np.ndarray, lam: float, *, steps: int = 400,
@@ -257,17 +221,22 @@ def regularized_pooled(know: ServerKnowledge, sums: PooledSums, mu: np.ndarray, 
                        progress: Callable[[int], None] | None = None,
                        device: str | torch.device = "cpu") -> np.ndarray:
     """The mask-aware rMLE of :func:`regularized` on pooled equations (mean over every kept equation)."""
-    return _descend(know, lambda sl, a, c: pooled_data_term(sums, sl, a, c), len(sums), mu, lam, steps=steps,
-                    init=init, batch=batch, seed=seed, progress=progress, device=torch.device(device))
+    dev = torch.device(device)
+
+    def data_term(sl: slice) -> Callable[[torch.Tensor], torch.Tensor]:
+        cnt, s1, s2 = (torch.from_numpy(np.ascontiguousarray(v[sl])).to(dev) for v in (sums.cnt, sums.s1, sums.s2))
+        n_eq = cnt.sum(1).clamp_min(1.0)
+        return lambda pre: (cnt * pre * pre - 2 * pre * s1 + s2).sum(1) / n_eq
+
+    return _descend(know, data_term, len(sums), mu, lam, steps=steps, init=init, batch=batch, seed=seed,
+                    progress=progress, device=dev)
 
 
-def _descend(know: ServerKnowledge,
-             data_term: Callable[[slice, torch.Tensor, torch.Tensor], Callable[[torch.Tensor], torch.Tensor]],
+def _descend(know: ServerKnowledge, data_term: Callable[[slice], Callable[[torch.Tensor], torch.Tensor]],
              n_items: int, mu: np.ndarray, lam: float, *, steps: int, init: np.ndarray | None, batch: int, seed: int,
              progress: Callable[[int], None] | None, device: torch.device) -> np.ndarray:
-    """Projected Adam with a cosine schedule on ``data(x) / scale² + lam · prior(x)``, per batch of items
-    (items are independent: the batch size changes speed, not results). ``data_term(items, A, c)`` gives the
-    batch's data term as a function of ``x``."""
+    """Projected Adam with a cosine schedule on ``data(pre) / scale² + lam · prior(x)``, per batch of items
+    (items are independent: the batch size changes speed, not results)."""
     torch.manual_seed(seed)
     a = torch.from_numpy(know.a.astype(np.float32)).to(device)
     c = torch.from_numpy(know.c.astype(np.float32)).to(device)
@@ -279,7 +248,7 @@ def _descend(know: ServerKnowledge,
     lr = 0.02 if know.box is not None else 0.05
     for start in range(0, n_items, batch):
         sl = slice(start, min(start + batch, n_items))
-        data = data_term(sl, a, c)
+        data = data_term(sl)
         n_b = sl.stop - sl.start
         x0 = torch.from_numpy(init[sl].reshape(n_b, -1).astype(np.float32)).to(device) if init is not None \
             else mu_t.expand(n_b, -1).clone()
@@ -287,7 +256,8 @@ def _descend(know: ServerKnowledge,
         opt = torch.optim.Adam([x], lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         for _ in range(steps):
-            loss = (data(x) / scale2 + lam * prior(x.view(-1, *know.input_shape))).sum()
+            pre = x @ a.T + c  # B, m
+            loss = (data(pre) / scale2 + lam * prior(x.view(-1, *know.input_shape))).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
