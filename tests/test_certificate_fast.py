@@ -193,3 +193,21 @@ def test_fast_certificate_of_a_tall_system_with_inputs_no_output_touches(models)
             assert float(energy[0]) / float(d @ d) == pytest.approx(a.revealed_energy, abs=1e-9)
             resolved += 1
     assert resolved > 0
+
+
+@pytest.mark.parametrize("name", ["conv1d-overlap", "conv2d-overlap"])
+def test_fast_policy_without_the_row_lookup(models, name, monkeypatch):
+    """A convolution with more outputs than the row and ``W Wᵀ`` tables are kept for (a FordA-length layer) builds
+    its rows and Gram matrix per request instead: the same bytes and certificates as the reference."""
+    from daonet.device import certificate
+
+    device, xs = models[name]
+    monkeypatch.setattr(certificate, "_LOOKUP_MAX", 0)
+    twin = DeviceModel(device.manifest, device.weight, device.bias, device.extras)
+    assert twin.system.lookup is None
+    x = _inputs(twin, xs, 6)
+    everything = np.ones(twin.n_outputs, dtype=bool)
+    for policy in POLICIES[:3]:
+        for mask in (None, everything):
+            ref, fast = _both(twin, lambda policy=policy, mask=mask: _certified(twin, x, policy, seed=7, mask=mask))
+            _assert_same(ref, fast)

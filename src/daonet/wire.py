@@ -86,13 +86,14 @@ def encode(activations: np.ndarray, model_version: str, value_dtype: str = "floa
         raise PayloadError(f"wire format version {wire_version} is not supported; use 1 or 2")
     if wire_version == SIGNED_WIRE_VERSION and value_dtype != "float32":
         raise PayloadError("wire format version 2 (signed values) carries float32 values only")
-    if not np.isfinite(flat).all():
+    indices = np.flatnonzero(flat)
+    sent = flat[indices]  # NaN, inf and negative values are non-zero: checking the sent ones checks them all
+    if not np.isfinite(sent).all():
         raise PayloadError("activations contain NaN/inf; check the input and the first layer's weights")
-    if wire_version == WIRE_VERSION and (flat < 0).any():
+    if wire_version == WIRE_VERSION and (sent < 0).any():
         raise PayloadError("activations are negative; the payload carries ReLU outputs, which are >= 0")
     vbytes = VALUE_DTYPE_NAMES[value_dtype]
-    indices = np.flatnonzero(flat)
-    values = flat[indices].astype(_VALUE_DTYPES[vbytes])
+    values = sent.astype(_VALUE_DTYPES[vbytes])
     if vbytes == 2:  # a tiny ReLU output can underflow to 0 in float16: don't send zeros
         keep = values > 0
         indices, values = indices[keep], values[keep]

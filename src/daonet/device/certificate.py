@@ -571,13 +571,25 @@ def _patch_certificate(system: FirstLayerSystem, idx: np.ndarray, d: np.ndarray,
     pk, pr, pi, pe_abs, pmax = arrays
     total = float(d @ d)
     dd = system.patch_energy(d) if dd is None else dd
-    counted = dd > _ENERGY_EPS * max(total, 1.0)  # the others: 0
-    pe = np.divide(pe_abs, dd, out=np.zeros(dd.shape), where=counted)
-    pe[counted & (pr == system.patch_dim)] = 1.0  # full rank: P = I, exactly
-    np.clip(pe, 0.0, 1.0, out=pe)
+    pe = _patch_fractions(system, pr, pe_abs, dd, total)
     patches = PatchStats(pk, pr, pi, pe, system.patch_dim, int(np.argmax(pe)))
     return _assemble(system, idx, int(pr.sum()), int(pi.sum()), float(pe_abs.sum()), float(pmax.max()),
                      total, k_before, policy, patches)
+
+
+def _patch_fractions(system: FirstLayerSystem, pr: np.ndarray, pe_abs: np.ndarray, dd: np.ndarray,
+                     total: float) -> np.ndarray:
+    """ρ of every patch alone, ``‖P_p d_p‖² / ‖d_p‖²`` in [0, 1] (0 where ``‖d_p‖`` ≈ 0, exactly 1 at full rank)."""
+    counted = dd > _ENERGY_EPS * max(total, 1.0)  # the others: 0
+    pe = np.divide(pe_abs, dd, out=np.zeros(dd.shape), where=counted)
+    pe[counted & (pr == system.patch_dim)] = 1.0  # full rank: P = I, exactly
+    return np.clip(pe, 0.0, 1.0, out=pe)
+
+
+def _patch_policy_ok(policy: PrivacyPolicy, arrays: tuple[np.ndarray, ...], total: float) -> bool:
+    """``policy.allows`` of the certificate :func:`_patch_certificate` would build from ``arrays``, without it."""
+    energy = float(arrays[3].sum())
+    return policy._allows(int(arrays[2].sum()), min(1.0, energy / total) if total > _ENERGY_EPS else 0.0)
 
 
 def _single_system_fast(system: FirstLayerSystem, idx: np.ndarray, d: np.ndarray,
@@ -827,6 +839,17 @@ def _greedy_patch_stack(rows: np.ndarray, counts: np.ndarray, d: np.ndarray,
         res -= (res @ q[:, :, None]) * q[:, None, :]
         if not alive.any():
             break
+        if policy.forbid_identifiable and not alive[n_basis < m - 1].any():
+            # every undecided row is in a patch whose accepted rows span m - 1 dimensions: a fresh row would
+            # complete the span (every leverage 1) and is refused, a dependent one is kept, and neither
+            # changes anything, so their order no longer matters: decide them all at once
+            rn = np.sqrt((res * res).sum(2))
+            fresh = alive & (rn * rn > dep_below)
+            q = res / np.where(fresh, rn, 1.0)[:, :, None]
+            q -= (q @ np.swapaxes(basis, 1, 2)) @ basis
+            fresh &= np.sqrt((q * q).sum(2)) >= 0.5
+            keep |= alive & ~fresh
+            break
     return keep, gained
 
 
@@ -988,9 +1011,9 @@ def _apply_policy_patches(system: FirstLayerSystem, indices: np.ndarray, d: np.n
     dd = (dp * dp).sum(1)
     rank, ident, energy, pmax = _patch_stats_lean(system, counts, chs, dp, tol)
     arrays = (counts, rank, ident, energy, pmax)
-    cert = _patch_certificate(system, indices, d, arrays, k0, policy, dd)
-    if cert.policy_ok or not policy.active:
-        return indices, cert
+    total = float(d @ d)
+    if not policy.active or _patch_policy_ok(policy, arrays, total):
+        return indices, _patch_certificate(system, indices, d, arrays, k0, policy, dd)
     bad = np.flatnonzero(ident > 0) if policy.forbid_identifiable else np.zeros(0, dtype=np.int64)
     gained = 0.0
     if bad.size:
@@ -1001,10 +1024,9 @@ def _apply_policy_patches(system: FirstLayerSystem, indices: np.ndarray, d: np.n
         present[bad[drop_b], chs_bad[drop_b, drop_s]] = False
     budget = policy.max_revealed_energy
     if budget is not None:  # the rows the greedy left alone reveal what the certificate says (P = I where full rank)
-        assert cert.patches is not None
-        clipped = cert.patches.revealed_energy * dd
+        clipped = _patch_fractions(system, rank, energy, dd, total) * dd
         energy_ok = float(clipped.sum() - clipped[bad].sum()) + gained
-        if energy_ok > budget * float(d @ d) * (1.0 - 1e-9) - 1e-300:  # the bound could bind: the global order
+        if energy_ok > budget * total * (1.0 - 1e-9) - 1e-300:  # the bound could bind: the global order
             keep = _greedy_keep_reference(system, indices, d, policy)  # matters, take the reference
             kept = indices[keep]
             return kept, _certificate(system, kept, d, tol, k0, policy)

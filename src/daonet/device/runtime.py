@@ -20,7 +20,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..bundle import DEVICE_FORMAT, ManifestIdentity, load_bundle
 from ..errors import BundleError, InputError
 from ..manifest import DeviceManifest, NoiseSpec
-from ..wire import encode, read_frame
+from ..wire import HEADER, encode
 from .block import (
     NOISE_NOTE,
     BlockCertificate,
@@ -35,6 +35,8 @@ from .certificate import Certificate, FirstLayerSystem, PrivacyPolicy, apply_pol
 from .masks import MaskSource, RandomMasks
 
 RANGE_TOLERANCE = 1e-6
+_REAL_DTYPES = frozenset(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64",
+                                               "int64", "float16", "float32", "float64"))  # no need to ask numpy
 # a block gets the plain "covered by the audit only" form; the Gaussian mechanism its (epsilon, delta)
 AnyCertificate = Certificate | BlockCertificate | LdpCertificate
 BLOCK_NOTE_REFUSAL = ("non-linear block: covered by the audit only (the first-layer equations, their certificate "
@@ -102,6 +104,7 @@ class DeviceModel(ManifestIdentity[DeviceManifest]):
         self.weight = np.asarray(weight, dtype=np.float32)
         self.bias = np.asarray(bias, dtype=np.float32)
         self.extras = extras or {}
+        self.input_size = int(np.prod(self.input_shape))
         self._check_geometry()
 
     # -- loading --------------------------------------------------------------------------------
@@ -161,10 +164,11 @@ class DeviceModel(ManifestIdentity[DeviceManifest]):
             arr = np.asarray(x)
         except Exception as exc:
             raise InputError(f"input cannot be read as an array: {exc}") from exc
-        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)) or np.iscomplexobj(arr):
+        if arr.dtype not in _REAL_DTYPES and (arr.dtype == object or not (np.issubdtype(arr.dtype, np.number))
+                                              or np.iscomplexobj(arr)):
             raise InputError(f"input has dtype {arr.dtype}; pass real numbers (float32, or uint8 pixels)")
         shape = self.input_shape
-        size = int(np.prod(shape))
+        size = self.input_size
         squeezed = shape[1:] if shape[0] == 1 else None  # single-channel inputs may omit the channel axis
         if arr.shape in (shape, (size,), squeezed):
             arr = arr.reshape((1, *shape))
@@ -366,8 +370,8 @@ class DeviceModel(ManifestIdentity[DeviceManifest]):
 
     def _payload(self, row: np.ndarray, certificate: AnyCertificate | None = None) -> DevicePayload:
         data = encode(row, self.version, self.value_dtype, self.manifest.wire.version)
-        # count what is sent (float16 may underflow tiny values to zero; those are not sent)
-        return DevicePayload(data, read_frame(data).nnz, self.n_outputs, row, certificate)
+        # count what is sent (float16 may underflow tiny values to zero; those are not sent): the header's nnz
+        return DevicePayload(data, HEADER.unpack_from(data)[6], self.n_outputs, row, certificate)
 
     @cached_property
     def _weight64(self) -> np.ndarray:
