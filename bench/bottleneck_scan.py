@@ -5,7 +5,8 @@ trains only (no audit), to pick the rows worth a full audit (``daonet plan --gri
     python bench/bottleneck_scan.py --rows 256:0.03:0.5:80 none:0:0:40 --dataset ecg5000 --model cnn1d
 
 A row is ``EPSILON:WEIGHT:DROP_RATE:EPOCHS`` (``none`` = the mechanism off, so no bound). Each row is trained
-with the dataset's recipe otherwise (seed 0) and reports the test accuracy (mean over mask draws, on the whole
+with the dataset's recipe otherwise (seed 0; without the recipe's min-max adversary or NoPeek penalty unless
+``--recipe-defences``, so a row measures the mechanism and the bottleneck alone) and reports the test accuracy (mean over mask draws, on the whole
 test split) and the bound in nats per request (:func:`daonet.nn.defences.conditional_information`: mean and
 95th percentile over the test requests, class references fitted on the training split).
 """
@@ -41,6 +42,7 @@ def main() -> None:
     p.add_argument("--model", default="cnn1d")
     p.add_argument("--rows", nargs="*", default=list(ROWS))
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the same numbers on any machine)")
+    p.add_argument("--recipe-defences", action="store_true", help="keep the recipe's adversary / NoPeek weights")
     p.add_argument("--out", type=Path, default=None, help="write bottleneck_scan.json here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -51,8 +53,9 @@ def main() -> None:
     for row in args.rows:
         eps, weight, rate, epochs = parse_row(row)
         kwargs = {} if eps is None else {"ldp_epsilon": eps}
+        plain = {} if args.recipe_defences else {"adversary_weight": 0.0, "nopeek_weight": 0.0}
         cfg = recommended_config(args.dataset, args.model, drop_rate=rate, epochs=epochs, bottleneck_weight=weight,
-                                 model_kwargs=kwargs)
+                                 model_kwargs=kwargs, **plain)
         t0 = time.perf_counter()
         res = train(cfg, ds=ds)
         info = res.metrics.get("conditional_information")
