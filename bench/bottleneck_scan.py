@@ -7,8 +7,9 @@ trains only (no audit), to pick the rows worth a full audit (``daonet plan --gri
 A row is ``EPSILON:WEIGHT:DROP_RATE:EPOCHS`` (``none`` = the mechanism off, so no bound). Each row is trained
 with the dataset's recipe otherwise (seed 0; without the recipe's min-max adversary or NoPeek penalty unless
 ``--recipe-defences``, so a row measures the mechanism and the bottleneck alone) and reports the test accuracy
-(mean over mask draws, on the whole test split) and the bound in nats per request (:func:`daonet.nn.defences.conditional_information`: mean and
-95th percentile over the test requests, class references fitted on the training split).
+(mean over mask draws, on the whole test split) and the bound in nats per request
+(:func:`daonet.nn.defences.conditional_information`: mean and 95th percentile over the test requests, class
+references fitted on the training split).
 """
 
 from __future__ import annotations
