@@ -202,7 +202,7 @@ def test_fast_policy_without_the_row_lookup(models, name, monkeypatch):
     from daonet.device import certificate
 
     device, xs = models[name]
-    monkeypatch.setattr(certificate, "_LOOKUP_MAX", 0)
+    monkeypatch.setattr(certificate, "_LOOKUP_BYTES", 0)
     twin = DeviceModel(device.manifest, device.weight, device.bias, device.extras)
     assert twin.system.lookup is None
     x = _inputs(twin, xs, 6)

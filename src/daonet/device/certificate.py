@@ -38,7 +38,7 @@ _DEPENDENT_RTOL = 1e-9  # a row whose residual is below this (relative) adds not
 _ENERGY_EPS = 1e-12
 _EPS64 = float(np.finfo(np.float64).eps)
 _WELL_CONDITIONED = 1e-8  # the Gram matrix's λ_min / λ_max above which _row_space_basis trusts its eigenvectors
-_LOOKUP_MAX = 2048  # a convolution with up to this many outputs keeps every row and W Wᵀ (FirstLayerSystem.lookup)
+_LOOKUP_BYTES = 16 * 2**20  # a convolution keeps every row and W Wᵀ if they fit in this (FirstLayerSystem.lookup)
 
 
 @dataclass(frozen=True)
@@ -248,11 +248,11 @@ class FirstLayerSystem:
     @cached_property
     def lookup(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Every output's effective row (n_outputs × n) and their Gram matrix, built once (the weights are fixed):
-        a request's rows and Gram matrix are then lookups. Dense layers, and convolutions with at most
-        ``_LOOKUP_MAX`` outputs (``None`` above: the tables would take n_outputs² doubles)."""
+        a request's rows and Gram matrix are then lookups. Dense layers, and convolutions whose two tables fit in
+        ``_LOOKUP_BYTES`` (``None`` for larger ones: the rows and Gram matrix are then built per request)."""
         if self.kind == "dense":
             return self.dense_rows, self.gram
-        if self.n_outputs > _LOOKUP_MAX:
+        if self.n_outputs * (self.n_outputs + self.n) * 8 > _LOOKUP_BYTES:
             return None
         rows = self.full_matrix()[0]
         return rows, rows @ rows.T
