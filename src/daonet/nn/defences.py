@@ -16,9 +16,14 @@ scratch against the final model.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .layers import LocalizedFirstLayer
 
 
 def _centred_distances(z: torch.Tensor) -> torch.Tensor:
@@ -82,6 +87,9 @@ class ClassReferences(nn.Module):
     """One reference vector per class: the running mean of the mechanism's mean over kept positions (any
     references give a valid bound; the class means give nearly the tightest one)."""
 
+    refs: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, n_classes: int, shape: tuple[int, ...], momentum: float = 0.9) -> None:
         super().__init__()
         self.momentum = momentum
@@ -103,8 +111,8 @@ class ClassReferences(nn.Module):
 
 
 @torch.no_grad()
-def conditional_information(first: nn.Module, x_ref: np.ndarray, y_ref: np.ndarray, x: np.ndarray, y: np.ndarray,
-                            n_classes: int, seed: int = 0, batch: int = 1000) -> dict[str, float | str]:
+def conditional_information(first: LocalizedFirstLayer, x_ref: np.ndarray, y_ref: np.ndarray, x: np.ndarray,
+                            y: np.ndarray, n_classes: int, seed: int = 0, batch: int = 1000) -> dict[str, float | str]:
     """The per-request bound of a calibrated Gaussian mechanism on what a request carries about its input beyond
     its true class: class references fitted on ``x_ref`` (public training data), nats per request on ``x``
     (fresh seeded masks). Computed on the float forward; the device's integer grid moves each value by at most

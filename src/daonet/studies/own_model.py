@@ -36,7 +36,7 @@ from ..data import Dataset, load_dataset
 from ..errors import DaonetError, InputError
 from ..nn import LocalizedFirstLayer, SplitModel
 from ..train import Defences, evaluate
-from .pipeline import Row, RowResult, _audit_stage, _Data, read_train_run
+from .pipeline import Row, RowData, RowResult, run_row
 
 if TYPE_CHECKING:
     from ..train_config import TrainConfig
@@ -264,19 +264,11 @@ def run_own_row(row: Row, own: OwnModel, root: str | Path, log: Callable[[str], 
     """:func:`daonet.studies.pipeline.run_row` for a user's model: the same folder per content address
     (``root/<key>``), the same lock, each stage reused when there, the same audit stage; training and export
     go through ``daonet.split`` and ``daonet.export`` instead of the zoo."""
-    from filelock import FileLock
 
-    row.validate()
-    t0 = time.perf_counter()
-    where = Path(root) / row.key()
-    where.mkdir(parents=True, exist_ok=True)
-    data = _Data(row, own.dataset)
-    with FileLock(str(where) + ".lock"):
-        if not (where / "run" / "metrics.json").exists():
-            _train(row.train, own, data.audited(), where / "run")
-        run = read_train_run(where / "run")
-        bundle = where / "bundle"
-        if not (bundle / "device" / "manifest.json").exists():
-            _export(row, own, data.audited(), where / "run", bundle)
-        report = _audit_stage(row, bundle, where / "audit", data, False, log)
-    return RowResult(where.name, where, run, bundle, report, round(time.perf_counter() - t0, 2))
+    def train_stage(row: Row, run_dir: Path, data: RowData) -> None:
+        _train(row.train, own, data.audited(), run_dir)
+
+    def export_stage(row: Row, run_dir: Path, bundle: Path, data: RowData) -> None:
+        _export(row, own, data.audited(), run_dir, bundle)
+
+    return run_row(row, root, dataset=own.dataset, log=log, train_stage=train_stage, export_stage=export_stage)

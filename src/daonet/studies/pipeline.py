@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # torch-side types: imported only when a row runs
     from ..data import Dataset
     from ..train import TrainConfig
 
-__all__ = ["ExportOptions", "Row", "RowResult", "TrainRun", "read_train_run", "run_row"]
+__all__ = ["ExportOptions", "ExportStage", "Row", "RowData", "RowResult", "TrainRun", "TrainStage",
+           "read_train_run", "run_row"]
 
 # settings that change where or how fast a stage runs, never its numbers: outside the content address
 _RUNTIME_ONLY = {"data_root", "checkpoint_dir", "torch_device"}
@@ -158,24 +159,37 @@ class RowResult:
         return self.root / "audit" / "audit.json"
 
 
+TrainStage = Callable[["Row", Path, "RowData"], None]  # (row, run_dir, data): writes the run directory
+ExportStage = Callable[["Row", Path, Path, "RowData"], None]  # (row, run_dir, bundle, data): writes the bundle
+
+
 def run_row(row: Row, root: str | Path, *, dataset: Dataset | None = None, progress: bool = False,
-            log: Callable[[str], None] | None = None) -> RowResult:
-    """Train, export and audit one row under ``root/<key>`` (each stage reused when already there)."""
+            log: Callable[[str], None] | None = None, train_stage: TrainStage | None = None,
+            export_stage: ExportStage | None = None) -> RowResult:
+    """Train, export and audit one row under ``root/<key>`` (each stage reused when already there).
+
+    ``train_stage`` / ``export_stage`` replace the zoo's training and export (a user's own module goes through
+    ``daonet.split`` and ``daonet.export``: :func:`daonet.studies.own_model.run_own_row`); the folder, the lock,
+    the reuse rule and the audit stay the same."""
     from filelock import FileLock
 
     row.validate()
     t0 = time.perf_counter()
     where = Path(root) / row.key()
     where.mkdir(parents=True, exist_ok=True)
-    data = _Data(row, dataset)
+    data = RowData(row, dataset)
+    run_dir, bundle = where / "run", where / "bundle"
     with FileLock(str(where) + ".lock"):  # parallel workers that reach the same row: one builds it
-        run = _train_stage(row, where / "run", data, progress)
-        bundle = _export_stage(row, where / "run", where / "bundle")
+        if not (run_dir / "metrics.json").exists():
+            (train_stage or _zoo_train(progress))(row, run_dir, data)
+        run = read_train_run(run_dir)
+        if not (bundle / "device" / "manifest.json").exists():
+            (export_stage or _zoo_export)(row, run_dir, bundle, data)
         report = _audit_stage(row, bundle, where / "audit", data, progress, log)
     return RowResult(where.name, where, run, bundle, report, round(time.perf_counter() - t0, 2))
 
 
-class _Data:
+class RowData:
     """The row's data set, loaded on first use; the audit sees the same subset training saw (``n_train``,
     ``n_test`` of the training config, drawn with its seed)."""
 
@@ -194,24 +208,23 @@ class _Data:
         return self.full().subset(t.n_train, t.n_test, seed=t.seed) if t.n_train or t.n_test else self.full()
 
 
-def _train_stage(row: Row, run_dir: Path, data: _Data, progress: bool) -> TrainRun:
-    if not (run_dir / "metrics.json").exists():
+def _zoo_train(progress: bool) -> TrainStage:
+    def stage(row: Row, run_dir: Path, data: RowData) -> None:
         from ..train import save_run, train
 
         save_run(train(row.train, ds=data.full(), progress=progress), run_dir)
-    return read_train_run(run_dir)
+
+    return stage
 
 
-def _export_stage(row: Row, run_dir: Path, bundle: Path) -> Path:
-    if not (bundle / "device" / "manifest.json").exists():
-        from ..exporting import export_run
+def _zoo_export(row: Row, run_dir: Path, bundle: Path, data: RowData) -> None:
+    from ..exporting import export_run
 
-        export_run(run_dir, bundle, model_id=row.export.model_id, value_dtype=row.export.value_dtype,
-                   max_revealed_energy=row.export.max_revealed_energy)
-    return bundle
+    export_run(run_dir, bundle, model_id=row.export.model_id, value_dtype=row.export.value_dtype,
+               max_revealed_energy=row.export.max_revealed_energy)
 
 
-def _audit_stage(row: Row, bundle: Path, audit_dir: Path, data: _Data, progress: bool,
+def _audit_stage(row: Row, bundle: Path, audit_dir: Path, data: RowData, progress: bool,
                  log: Callable[[str], None] | None) -> AuditReport | None:
     if row.audit is None:
         return None
