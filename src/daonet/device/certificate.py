@@ -1010,7 +1010,7 @@ def _apply_policy_patches(system: FirstLayerSystem, indices: np.ndarray, d: np.n
     dp = d[system._patch_coords]
     dd = (dp * dp).sum(1)
     rank, ident, energy, pmax = _patch_stats_lean(system, counts, chs, dp, tol)
-    arrays = (counts, rank, ident, energy, pmax)
+    arrays: tuple[np.ndarray, ...] = (counts, rank, ident, energy, pmax)
     total = float(d @ d)
     if not policy.active or _patch_policy_ok(policy, arrays, total):
         return indices, _patch_certificate(system, indices, d, arrays, k0, policy, dd)
