@@ -104,6 +104,18 @@ def _certified(device: DeviceModel, xs: np.ndarray, policy: PrivacyPolicy, seed:
 
 @pytest.mark.parametrize("name", [*CASES, "mnist-mlp (shipped)", "ecg5000-cnn1d (shipped)"])
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: f"rho{p.max_revealed_energy}-id{p.forbid_identifiable}")
+def _same_under_three_policies(twin: DeviceModel, x: np.ndarray, seed: int) -> list:
+    """The reference and the fast path agree under three policies, with fresh masks and with every output kept;
+    returns the fast path's last results."""
+    everything = np.ones(twin.n_outputs, dtype=bool)
+    fast: list = []
+    for policy in POLICIES[:3]:
+        for mask in (None, everything):
+            ref, fast = _both(twin, lambda policy=policy, mask=mask: _certified(twin, x, policy, seed=seed, mask=mask))
+            _assert_same(ref, fast)
+    return fast
+
+
 def test_fast_policy_sends_what_the_reference_sends(models, name, policy):
     device, xs = models[name]
     x = _inputs(device, xs, 8)
@@ -142,11 +154,7 @@ def test_fast_policy_with_duplicate_and_dead_channels(models, name):
     w[2], b[2] = 0.0, 0.5
     twin = DeviceModel(device.manifest, w, b, device.extras)
     x = _inputs(twin, xs, 6)
-    everything = np.ones(twin.n_outputs, dtype=bool)
-    for policy in POLICIES[:3]:
-        for mask in (None, everything):
-            ref, fast = _both(twin, lambda policy=policy, mask=mask: _certified(twin, x, policy, seed=5, mask=mask))
-            _assert_same(ref, fast)
+    fast = _same_under_three_policies(twin, x, seed=5)
     assert all(c.k >= 1 for _, c in fast)  # the dead channel's row is sent every time (ReLU of its bias)
 
 
@@ -206,8 +214,4 @@ def test_fast_policy_without_the_row_lookup(models, name, monkeypatch):
     twin = DeviceModel(device.manifest, device.weight, device.bias, device.extras)
     assert twin.system.lookup is None
     x = _inputs(twin, xs, 6)
-    everything = np.ones(twin.n_outputs, dtype=bool)
-    for policy in POLICIES[:3]:
-        for mask in (None, everything):
-            ref, fast = _both(twin, lambda policy=policy, mask=mask: _certified(twin, x, policy, seed=7, mask=mask))
-            _assert_same(ref, fast)
+    _same_under_three_policies(twin, x, seed=7)
