@@ -121,19 +121,19 @@ def conditional_information(first: LocalizedFirstLayer, x_ref: np.ndarray, y_ref
     saved = first.generator
     first.generator = torch.Generator().manual_seed(seed)
     try:
-        refs = ClassReferences(n_classes, tuple(first.output_shape))
-        sums, counts = torch.zeros_like(refs.refs), torch.zeros_like(refs.count)
+        shape = (n_classes, *first.output_shape)
+        sums, counts = torch.zeros(shape), torch.zeros(shape)
         for i in range(0, len(x_ref), batch):
             rel = first.ldp_release(torch.from_numpy(x_ref[i:i + batch]))
             yb = torch.from_numpy(y_ref[i:i + batch]).long()
             sums.index_add_(0, yb, rel.mean)
             counts.index_add_(0, yb, rel.keep.to(rel.mean.dtype))
-        refs.refs.copy_(sums / counts.clamp_min(1))
+        refs = sums / counts.clamp_min(1)
         nats = []
         for i in range(0, len(x), batch):
             rel = first.ldp_release(torch.from_numpy(x[i:i + batch]))
             yb = torch.from_numpy(y[i:i + batch]).long()
-            nats.append(conditional_nats(rel.mean, rel.keep, rel.sigma, refs.refs[yb]).double())
+            nats.append(conditional_nats(rel.mean, rel.keep, rel.sigma, refs[yb]).double())
     finally:
         first.generator = saved
     n = torch.cat(nats)
