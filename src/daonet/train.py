@@ -11,6 +11,7 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,15 @@ from .errors import DaonetError, InputError
 from .measure import make_progress  # noqa: F401  (re-exported: training and the audit share one bar)
 from .nn import LocalizedFirstLayer, SplitModel, build_model
 from .nn.defences import (
+    AdversaryPool,
     ClassReferences,
     InverseAdversary,
     conditional_information,
     conditional_nats,
     distance_correlation,
+    frozen_batchnorm,
+    label_means,
+    sent_concentration,
 )
 from .nn.layers import LdpRelease
 from .train_config import NORMALIZE_MODES, TrainConfig  # noqa: F401  (declared torch-free, for the CLI)
@@ -182,14 +187,16 @@ def evaluate(model: SplitModel, x: np.ndarray, y: np.ndarray, draws: int = 5, se
 class Defences:
     """The training defences as loss terms, shared by every training loop: NoPeek's distance correlation between
     input and sent vector, min-max training against an inverse network (its own steps first, then the model's
-    step is rewarded for the attacker's error), and the conditional bottleneck (the nats a request carries
-    beyond its class under the Gaussian mechanism)."""
+    step is rewarded for the attacker's error; or, with ``adversary_reset``, a pool of re-initialised attackers
+    trained towards convergence, the model penalised on the best one's gain over a label-only decoder), and the
+    conditional bottleneck (the nats a request carries beyond its class under the Gaussian mechanism)."""
 
     cfg: TrainConfig
     first: LocalizedFirstLayer
     adversary: InverseAdversary | None = None
     adv_opt: torch.optim.Optimizer | None = None
     references: ClassReferences | None = None
+    pool: AdversaryPool | None = None
 
     @classmethod
     def for_training(cls, cfg: TrainConfig, first: LocalizedFirstLayer, ds: Dataset) -> Defences:
@@ -201,9 +208,36 @@ class Defences:
             references = ClassReferences(ds.n_classes, tuple(first.output_shape))
         if cfg.adversary_weight <= 0:
             return cls(cfg, first, references=references)
+        if cfg.adversary_reset > 0:
+            with torch.no_grad():
+                target = ((torch.from_numpy(ds.x_train) - first.mean) / first.std).flatten(1)
+                means = label_means(target, torch.from_numpy(ds.y_train).long(), ds.n_classes)
+            pool = AdversaryPool(first.n_outputs, target.shape[1], cfg.adversary_hidden, ds.n_classes,
+                                 cfg.adversary_pool, means)
+            return cls(cfg, first, references=references, pool=pool)
         adversary = InverseAdversary(first.n_outputs, int(np.prod(ds.input_shape)), cfg.adversary_hidden,
                                      cfg.adversary, ds.n_classes)
         return cls(cfg, first, adversary, torch.optim.Adam(adversary.parameters(), lr=1e-3), references)
+
+    def start_epoch(self, epoch: int, model: nn.Module, forward: Callable[[torch.Tensor], tuple[torch.Tensor,
+                    torch.Tensor]], x: torch.Tensor, gen: torch.Generator) -> None:
+        """With ``adversary_reset``: every N epochs re-initialise the pool and train it alone for
+        ``adversary_warmup`` steps on the frozen model (``forward(xb) -> (sent, logits)``; BatchNorm statistics
+        untouched), so the model's next steps face attackers near convergence, not the ones it has fooled."""
+        cfg, pool = self.cfg, self.pool
+        if pool is None or epoch % cfg.adversary_reset:
+            return
+        pool.reset()
+        with frozen_batchnorm(model):
+            for _ in range(cfg.adversary_warmup):
+                idx = torch.randint(len(x), (min(cfg.batch_size, len(x)),), generator=gen)
+                xb = x[idx]
+                with torch.no_grad():
+                    h, logits = forward(xb)
+                pool.step(h, torch.softmax(logits, 1), self._target(xb))
+
+    def _target(self, xb: torch.Tensor) -> torch.Tensor:
+        return ((xb - self.first.mean) / self.first.std).flatten(1)
 
     def send(self, xb: torch.Tensor) -> tuple[torch.Tensor, LdpRelease | None]:
         """What the device sends for ``xb`` and, when the bottleneck needs them, the mechanism's parts."""
@@ -225,8 +259,14 @@ class Defences:
             self.references.update(release.mean.detach(), release.keep, yb)
             nats = conditional_nats(release.mean, release.keep, release.sigma, self.references.refs[yb])
             loss = loss + cfg.bottleneck_weight * nats.mean()
+        if self.pool is not None:
+            if yb is None:
+                raise ValueError("the adversary pool's label-only floor needs the batch's labels")
+            target, seen = self._target(xb), torch.softmax(logits, 1)
+            self.pool.step(h, seen, target)  # the attackers keep learning between resets
+            loss = loss + cfg.adversary_weight * self.pool.gain(h, seen, target, yb).mean()
         if self.adversary is not None and self.adv_opt is not None:
-            target = ((xb - self.first.mean) / self.first.std).flatten(1)
+            target = self._target(xb)
             probs = torch.softmax(logits.detach(), 1) if cfg.adversary == "adaptive" else None
             for _ in range(cfg.adversary_steps):  # the attacker's steps
                 adv_loss = nn.functional.mse_loss(self.adversary(h.detach(), probs), target)
@@ -265,6 +305,7 @@ def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = False) -
                             total=cfg.epochs * steps_per_epoch, status="", visible=progress)
         for epoch in range(cfg.epochs):
             model.train()
+            defences.start_epoch(epoch, model, lambda xb: (hb := model.first(xb), model.rest(hb)), x, gen)
             perm = torch.randperm(len(x), generator=gen)
             total, n = 0.0, 0
             for i in range(0, len(x), cfg.batch_size):
@@ -306,6 +347,7 @@ def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = False) -
     if model.first.ldp is not None:  # the bound on what a request carries beyond its class, on the test split
         metrics["conditional_information"] = conditional_information(
             model.first, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.n_classes, seed=cfg.seed + 2)
+    metrics["sent_values"] = sent_concentration(model.first, ds.x_test, seed=cfg.seed + 3)
     if cfg.drop_rate == 0:
         metrics["accuracy_without_dropping"] = ev["accuracy_mean"]
     return TrainResult(model, cfg, metrics, ds)

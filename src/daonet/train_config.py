@@ -60,6 +60,13 @@ class TrainConfig:
                                     "pattern and the class probabilities: stronger)", choices=ADVERSARY_KINDS)
     adversary_steps: int = setting(1, "adversary updates per model update", min=1)
     adversary_hidden: int = setting(512, "hidden width of the min-max adversary", min=8)
+    adversary_reset: int = setting(0, "re-initialise the min-max adversaries every N epochs and train them alone on "
+                                      "the frozen model for --adversary-warmup steps (towards convergence); the "
+                                      "model is then penalised on the best one's gain over a label-only decoder. "
+                                      "0 = one jointly trained adversary", min=0)
+    adversary_pool: int = setting(2, "with --adversary-reset: adversaries side by side, kinds alternating mlp, "
+                                     "adaptive (the one that also sees the server's probabilities)", min=1, max=4)
+    adversary_warmup: int = setting(200, "with --adversary-reset: steps a fresh adversary trains alone", min=0)
     # input statistics: "channel" (one mean/std per channel), "feature" (per input value, fitted on the training
     # split: a table's columns; dense first layers), "auto" (feature for your own csv:/npz: data with a dense
     # first layer, channel otherwise). See docs/preprocessing.md.
@@ -85,6 +92,8 @@ class TrainConfig:
         if self.bottleneck_weight and not any(k in self.model_kwargs for k in ("ldp_epsilon", "ldp_noise_multiplier")):
             raise InputError("--bottleneck-weight bounds what a request carries beyond its class only under the "
                              "Gaussian mechanism's noise: add --model-opt ldp_epsilon=E (e.g. 64)")
+        if self.adversary_reset and not self.adversary_weight:
+            raise InputError("--adversary-reset re-initialises min-max adversaries: give --adversary-weight W > 0 too")
         for name in ("nopeek_weight", "adversary_weight", "bottleneck_weight", "noise_std", "weight_decay"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):

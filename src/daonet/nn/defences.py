@@ -4,6 +4,8 @@
   between the raw inputs and what is transmitted.
 - :class:`InverseAdversary`: privacy-adversarial training: a decoder learns to rebuild ``x`` from the
   transmitted activations while the first layer learns to make that hard (min-max), dropping active.
+- :class:`AdversaryPool`: min-max adversaries re-initialised and trained towards convergence on a schedule,
+  the model penalised on the best one's gain over a label-only decoder (what the server must learn anyway).
 - :class:`ClassReferences` / :func:`conditional_nats`: a conditional information bottleneck for the Gaussian
   mechanism. With N(0, sigma^2) on every kept output, ``KL(N(mean(x), s2) || N(c_y, s2)) = |mean(x) - c_y|^2 /
   (2 sigma^2)`` bounds what one request carries about ``x`` beyond its class ``y`` (for any class references
@@ -16,6 +18,7 @@ scratch against the final model.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -74,6 +77,106 @@ class InverseAdversary(nn.Module):
 
     def forward(self, h: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(self.features(h, probs))
+
+
+class AdversaryPool:
+    """Min-max adversaries that cannot be fooled by a model that only beats a stale decoder: every reset they are
+    re-initialised and trained alone on the frozen model (towards convergence) before the model is penalised
+    again, kinds alternate ``mlp`` and ``adaptive`` (the latter also sees the server's probabilities), and the
+    penalty is the best member's per-request gain over a label-only decoder (the class mean of the input: the
+    MSE-optimal decoder from the class alone). Nothing is gained by making an attacker worse than the label-only
+    decoder, so the few-huge-values trick that fooled the jointly trained adversary earns nothing here."""
+
+    def __init__(self, n_outputs: int, n_inputs: int, hidden: int, n_classes: int, size: int,
+                 label_means: torch.Tensor) -> None:
+        self.shape = (n_outputs, n_inputs, hidden, n_classes)
+        self.size = size
+        self.label_means = label_means  # (n_classes, n_inputs): the label-only decoder
+        self.members: list[tuple[InverseAdversary, torch.optim.Optimizer]] = []
+        self.reset()
+
+    def reset(self) -> None:
+        n_outputs, n_inputs, hidden, n_classes = self.shape
+        self.members = []
+        for k in range(self.size):
+            adv = InverseAdversary(n_outputs, n_inputs, hidden, ADVERSARIES[k % len(ADVERSARIES)], n_classes)
+            self.members.append((adv, torch.optim.Adam(adv.parameters(), lr=1e-3)))
+
+    @staticmethod
+    def _probs(adv: InverseAdversary, probs: torch.Tensor) -> torch.Tensor | None:
+        return probs if adv.kind == "adaptive" else None
+
+    def step(self, h: torch.Tensor, probs: torch.Tensor, target: torch.Tensor) -> None:
+        """One update of every member on a detached batch (the attackers' side of the game)."""
+        h, probs = h.detach(), probs.detach()
+        for adv, opt in self.members:
+            loss = nn.functional.mse_loss(adv(h, self._probs(adv, probs)), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    def gain(self, h: torch.Tensor, probs: torch.Tensor, target: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per request: how much lower the best member's squared error is than the label-only decoder's (>= 0).
+        Gradients flow into the model through ``h`` and ``probs`` (the server part is trained too, so its
+        probabilities carry the class and not the style); the members' own weights are not the model's."""
+        label_err = (target - self.label_means[y]).pow(2).mean(1)
+        errs = torch.stack([(adv(h, self._probs(adv, probs)) - target).pow(2).mean(1) for adv, _ in self.members])
+        return (label_err - errs.min(0).values).clamp_min(0)
+
+
+def label_means(target: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """The label-only decoder's answer per class: the mean of the (normalised, flattened) inputs of that class."""
+    sums = torch.zeros(n_classes, target.shape[1], dtype=target.dtype).index_add_(0, y, target)
+    counts = torch.bincount(y, minlength=n_classes).clamp_min(1).to(target.dtype)
+    return sums / counts[:, None]
+
+
+class frozen_batchnorm:  # noqa: N801  (a context manager, named as one)
+    """Forward passes in training mode that leave every BatchNorm's running statistics as they are (momentum 0):
+    the adversaries' warm-up looks at the model without changing it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.saved: list[float | None] = []
+
+    def __enter__(self) -> None:
+        self.saved = [m.momentum for m in self.norms]
+        for m in self.norms:
+            m.momentum = 0.0
+
+    def __exit__(self, *_exc: object) -> None:
+        for m, mom in zip(self.norms, self.saved, strict=True):
+            m.momentum = mom
+
+
+@torch.no_grad()
+def sent_concentration(first: LocalizedFirstLayer, x: np.ndarray, seed: int = 0, batch: int = 1000,
+                       top: float = 0.05) -> dict[str, float]:
+    """How concentrated the sent values are on the test split (fresh seeded masks): the share of a request's
+    energy in its largest ``top`` fraction of nonzero values (mean over requests) and the largest value over
+    the RMS of the nonzero ones. A model that fools a min-max adversary with a few huge values shows it here."""
+    first.eval()
+    saved = first.generator
+    first.generator = torch.Generator().manual_seed(seed)
+    shares, peak, energy, count = [], 0.0, 0.0, 0
+    try:
+        for i in range(0, len(x), batch):
+            h = first(torch.from_numpy(x[i:i + batch])).flatten(1).double()
+            e = h.pow(2)
+            nz = (h != 0).sum(1)
+            k = (nz.double() * top).ceil().long().clamp_min(1)
+            srt = e.sort(1, descending=True).values
+            csum = srt.cumsum(1)
+            top_e = csum.gather(1, (k - 1).clamp_max(h.shape[1] - 1)[:, None])[:, 0]
+            shares.append(top_e / e.sum(1).clamp_min(1e-30))
+            peak = max(peak, float(h.abs().max()))
+            energy += float(e.sum())
+            count += int(nz.sum())
+    finally:
+        first.generator = saved
+    rms = math.sqrt(energy / max(count, 1))
+    return {"top_share": float(torch.cat(shares).mean()), "top_fraction": top,
+            "max_over_rms": peak / rms if rms > 0 else 0.0}
 
 
 def conditional_nats(mean: torch.Tensor, keep: torch.Tensor, sigma: float, refs: torch.Tensor) -> torch.Tensor:

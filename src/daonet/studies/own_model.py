@@ -35,6 +35,7 @@ from ..convert import SplitError, export, first_layer, save_program, server_part
 from ..data import Dataset, load_dataset
 from ..errors import DaonetError, InputError
 from ..nn import LocalizedFirstLayer, SplitModel
+from ..nn.defences import sent_concentration
 from ..train import Defences, evaluate
 from .pipeline import Row, RowData, RowResult, run_row
 
@@ -207,8 +208,13 @@ def _train(tc: TrainConfig, own: OwnModel, ds: Dataset, run_dir: Path) -> None:
     defences = Defences.for_training(tc, first, ds)
     t0 = time.perf_counter()
     try:
-        for _ in range(tc.epochs):
+        def forward(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = model(xb)
+            return sent["h"], logits
+
+        for epoch in range(tc.epochs):
             model.train()
+            defences.start_epoch(epoch, model, forward, x, gen)
             perm = torch.randperm(len(x), generator=gen)
             for i in range(0, len(x), tc.batch_size):
                 idx = perm[i:i + tc.batch_size]
@@ -216,7 +222,7 @@ def _train(tc: TrainConfig, own: OwnModel, ds: Dataset, run_dir: Path) -> None:
                     continue
                 xb = x[idx]
                 logits = model(xb)
-                loss = defences.loss(nn.functional.cross_entropy(logits, y[idx]), xb, sent["h"], logits)
+                loss = defences.loss(nn.functional.cross_entropy(logits, y[idx]), xb, sent["h"], logits, y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -237,6 +243,7 @@ def _train(tc: TrainConfig, own: OwnModel, ds: Dataset, run_dir: Path) -> None:
         "n_train": int(len(ds.x_train)), "n_test": int(len(ds.x_test)), "train_time_s": round(train_time, 3),
         "epochs": tc.epochs, "torch_threads": torch.get_num_threads(), "device_layers": 1,
         "extra": {"own_model": own.name, "fingerprint": own.fingerprint},
+        "sent_values": sent_concentration(first, ds.x_test, seed=tc.seed + 3),
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), run_dir / "model.pt")

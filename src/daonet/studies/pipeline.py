@@ -51,6 +51,16 @@ class SurvivingOutputs(Spec):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SentValues(Spec):
+    """How concentrated the sent values are (:func:`daonet.nn.defences.sent_concentration`): a model that fools a
+    min-max adversary with a few huge values has a large ``top_share`` and ``max_over_rms``."""
+
+    top_share: float
+    top_fraction: float = 0.05
+    max_over_rms: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class ConditionalInformation(Spec):
     """The Gaussian mechanism's bound on what one request carries about its input beyond its class, in nats per
     request on the test split (:func:`daonet.nn.defences.conditional_information`)."""
@@ -79,6 +89,7 @@ class TrainRun(Spec):
     epochs: int = 0
     device_layers: int = 1
     conditional_information: ConditionalInformation | None = optional()  # models with the Gaussian mechanism
+    sent_values: SentValues | None = optional()
     command: str | None = optional()
     torch_threads: int | None = optional()
     extra: dict[str, Any] = field(default_factory=dict)

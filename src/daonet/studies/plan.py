@@ -78,7 +78,7 @@ class PlanSpace:
 
 GRID_SETTINGS = ("device_layers", "block_width", "drop_rate", "adversary_weight", "noise_std", "quantize_levels",
                  "nopeek_weight", "max_revealed_energy", "ldp_epsilon",
-                 "bottleneck_weight")  # the candidate settings a grid may list
+                 "bottleneck_weight", "adversary_reset")  # the candidate settings a grid may list
 
 
 def parse_grid(items: list[str]) -> dict[str, tuple[Any, ...]]:
@@ -195,13 +195,15 @@ class Candidate:
     max_revealed_energy: float | None = None  # the device policy (an export option)
     ldp_epsilon: float | None = None  # the Gaussian mechanism's per-request epsilon (None: off)
     bottleneck_weight: float = 0.0  # the conditional bottleneck (needs ldp_epsilon)
+    adversary_reset: int = 0  # re-initialised adversary pool every N epochs (0: one jointly trained adversary)
 
     def validate(self) -> None:
         if self.device_layers not in (1, 2, 3):
             raise InputError(f"device_layers must be 1, 2 or 3, got {self.device_layers}")
         if not 0 <= self.drop_rate < 1:
             raise InputError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
-        for name in ("adversary_weight", "noise_std", "nopeek_weight", "quantize_levels", "bottleneck_weight"):
+        for name in ("adversary_weight", "noise_std", "nopeek_weight", "quantize_levels", "bottleneck_weight",
+                     "adversary_reset"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.block_width is not None and self.block_width < 2:
@@ -220,6 +222,9 @@ class Candidate:
         if self.bottleneck_weight and self.ldp_epsilon is None:
             raise InputError(f"bottleneck_weight {self.bottleneck_weight:g} needs the Gaussian mechanism: list "
                              "ldp_epsilon in the grid too (a bottleneck row with ldp_epsilon none bounds nothing)")
+        if self.adversary_reset and not self.adversary_weight:
+            raise InputError(f"adversary_reset {self.adversary_reset} re-initialises min-max adversaries: list "
+                             "adversary_weight > 0 in the grid too")
 
     def describe(self) -> str:
         head = ("first layer" if self.device_layers == 1 else
@@ -230,7 +235,8 @@ class Candidate:
                 f"NoPeek {self.nopeek_weight:g}" if self.nopeek_weight else "",
                 f"max ρ {self.max_revealed_energy:g}" if self.max_revealed_energy is not None else "",
                 f"LDP ε={self.ldp_epsilon:g}" if self.ldp_epsilon is not None else "",
-                f"bottleneck {self.bottleneck_weight:g}" if self.bottleneck_weight else ""]
+                f"bottleneck {self.bottleneck_weight:g}" if self.bottleneck_weight else "",
+                f"adversaries reset every {self.adversary_reset}" if self.adversary_reset else ""]
         return ", ".join([f"{head}, p={self.drop_rate:.2f}", *[m for m in more if m]])
 
 
@@ -244,7 +250,8 @@ def grid_candidates(cfg: PlanConfig) -> list[Candidate]:
     defaults = {"device_layers": base.device_layers, "block_width": base.model_kwargs.get("block_width", 16),
                 "drop_rate": base.drop_rate, "adversary_weight": base.adversary_weight, "noise_std": base.noise_std,
                 "quantize_levels": base.quantize_levels, "nopeek_weight": base.nopeek_weight,
-                "max_revealed_energy": None, "ldp_epsilon": None, "bottleneck_weight": base.bottleneck_weight}
+                "max_revealed_energy": None, "ldp_epsilon": None, "bottleneck_weight": base.bottleneck_weight,
+                "adversary_reset": base.adversary_reset}
     grid = cfg.grid or {}
     out = []
     for combo in itertools.product(*grid.values()):
@@ -257,7 +264,7 @@ def grid_candidates(cfg: PlanConfig) -> list[Candidate]:
                              float(values["nopeek_weight"]), None if values["max_revealed_energy"] is None else
                              float(values["max_revealed_energy"]),
                              None if values["ldp_epsilon"] is None else float(values["ldp_epsilon"]),
-                             float(values["bottleneck_weight"])))
+                             float(values["bottleneck_weight"]), int(values["adversary_reset"])))
     return list(dict.fromkeys(out))  # a depth-1 row ignores the width: duplicates collapse
 
 
@@ -335,7 +342,8 @@ def candidate_row(cfg: PlanConfig, cand: Candidate, own: OwnModel | None = None)
     over: dict[str, Any] = {"drop_rate": cand.drop_rate, "adversary_weight": cand.adversary_weight,
                             "device_layers": cand.device_layers, "noise_std": cand.noise_std,
                             "quantize_levels": cand.quantize_levels, "nopeek_weight": cand.nopeek_weight,
-                            "bottleneck_weight": cand.bottleneck_weight, "seed": cfg.seed,
+                            "bottleneck_weight": cand.bottleneck_weight, "adversary_reset": cand.adversary_reset,
+                            "seed": cfg.seed,
                             "data_root": cfg.data_root, "n_train": cfg.n_train,
                             "n_test": cfg.n_test}
     over.update({k: getattr(cfg, k) for k in ("epochs", "batch_size", "lr") if getattr(cfg, k) is not None})
