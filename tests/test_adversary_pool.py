@@ -138,3 +138,27 @@ def test_the_plan_grid_lists_adversary_reset():
     assert [c.adversary_reset for c in cands] == [0, 3]
     assert "reset every 3" in cands[1].describe()
     assert json.loads(json.dumps(cands[1].adversary_reset)) == 3
+
+
+def test_your_own_model_plans_with_the_pool(tmp_path):
+    """A user's module through ``daonet.plan``: the pool trains it (the row's config records it) and its
+    metrics carry the sent-value concentration."""
+    import daonet
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flat, self.fc1, self.fc2 = nn.Flatten(), nn.Linear(64, 32), nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(self.flat(x))))
+
+    torch.manual_seed(0)
+    result = daonet.plan(Net(), "digits", out=tmp_path / "plan", grid={"adversary_weight": [1.0],
+                         "adversary_reset": [2]}, budget="quick", epochs=2, audit_n_test=20,
+                         attacks=("min_norm", "decoder_label"), log=None)
+    (point,) = result.points
+    row = next(p for p in (tmp_path / "plan" / "candidates").iterdir() if p.is_dir())
+    assert json.loads((row / "run" / "config.json").read_text())["train"]["adversary_reset"] == 2
+    assert read_train_run(row / "run").sent_values is not None
+    assert point.candidate.adversary_reset == 2

@@ -268,7 +268,8 @@ def test_quantized_transmission_matches_between_torch_and_device(tmp_path):
     assert np.array_equal(probs.argmax(1), logits.argmax(1).numpy())
 
 
-@pytest.mark.parametrize("kwargs", [{"nopeek_weight": 0.5}, {"adversary_weight": 0.5}])
+@pytest.mark.parametrize("kwargs", [{"nopeek_weight": 0.5}, {"adversary_weight": 0.5},
+                                    {"adversary_weight": 0.5, "adversary_reset": 1, "adversary_warmup": 20}])
 def test_training_defences_train_a_working_model(kwargs):
     """NoPeek and adversarial training keep a usable model (digits, 3 epochs: far above chance)."""
     cfg = TrainConfig(dataset="digits", model="mlp", drop_rate=0.5, epochs=3, model_kwargs={"hidden": 64}, **kwargs)
