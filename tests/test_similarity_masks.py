@@ -192,6 +192,31 @@ def test_pooled_near_duplicates_add_few_equations(serve_signal_bundle):
     assert "| exact replays | similarity | 5 |" in res.to_markdown()
 
 
+def test_replay_safe_sources_are_observed_once_per_distinct_capture(serve_signal_bundle):
+    """Exact replays under keyed and similarity-keyed masks send the same bytes, so the audit encodes each
+    distinct capture once: the result equals encoding every capture, and only distinct rows reach the device."""
+    from daonet.audit.repeated import observe_captures
+    from daonet.data import load_dataset
+
+    dev = DeviceModel.load(serve_signal_bundle.device)
+    x = load_dataset("ecg5000").x_test[:12]
+    xs = np.broadcast_to(x, (4, *x.shape)).copy()
+    xs[2, ::3] += 0.05  # some inputs re-captured with a change: those rows are new
+    for factory in (lambda: KeyedMasks(key=KEY_A), lambda: SimilarityKeyedMasks(key=KEY_A, width=0.5)):
+        seen: list[int] = []
+
+        def observe(xb, m, seen=seen):
+            seen.append(len(xb))
+            return dev.drop(xb, m)
+
+        direct = np.stack([dev.drop(xs[j], factory()) for j in range(len(xs))])
+        assert np.array_equal(observe_captures(observe, xs, factory()), direct)
+        assert sum(seen) == len(x) + len(x[::3])  # capture 0, then only the changed rows of capture 2
+    fresh: list[int] = []
+    observe_captures(lambda xb, m: fresh.append(len(xb)) or dev.drop(xb, m), xs, RandomMasks(0))
+    assert sum(fresh) == xs.shape[0] * xs.shape[1]  # fresh masks: every capture is a new request
+
+
 # -- keys, parameters and the keep rate -----------------------------------------------------------------
 def test_other_key_version_or_parameters_give_unrelated_masks(digits):
     x = digits.x_test[:50]

@@ -170,7 +170,7 @@ def repeated_queries(observe: Observe, know: atk.ServerKnowledge, x: np.ndarray,
             xs = cap.draw(x, kmax, np.random.default_rng([seed, ci]))
             for label, factory in masks.items():
                 source = factory()
-                hs = np.stack([observe(xs[j], source) for j in range(kmax)])  # K, N, m
+                hs = observe_captures(observe, xs, source)  # K, N, m
                 everyone = np.arange(len(x))
                 mn1 = atk.min_norm(know, hs[0], mu)
                 job1 = jobs.add(atk.PooledSums.of(hs[0]), mn1)
@@ -205,6 +205,26 @@ def repeated_queries(observe: Observe, know: atk.ServerKnowledge, x: np.ndarray,
         result.rows.append(replace(fields, min_norm=float(s_mn.mean()), min_norm_advantage=float((s_mn - base).mean()),
                                    rmle=rm, rmle_advantage=adv))
     return result
+
+
+def observe_captures(observe: Observe, xs: np.ndarray, source: MaskSource) -> np.ndarray:
+    """What the server receives for K captures ``xs`` (K, N, ...) of N inputs. A replay-safe source
+    (``replay_safe``: the same input always gives the same bytes, e.g. keyed masks) is not asked again for a
+    capture identical to an earlier one of the same input: its row is the earlier one's, exactly what the device
+    would send, so exact replays cost one encode instead of K."""
+    if not getattr(source, "replay_safe", False):
+        return np.stack([observe(xs[j], source) for j in range(len(xs))])
+    h0 = observe(xs[0], source)
+    out = np.empty((len(xs), *h0.shape), h0.dtype)
+    out[0] = h0
+    seen = [{xs[0, i].tobytes(): 0} for i in range(xs.shape[1])]  # per input: capture bytes -> first capture
+    for j in range(1, len(xs)):
+        first = np.array([seen[i].setdefault(xs[j, i].tobytes(), j) for i in range(xs.shape[1])])
+        new, old = np.flatnonzero(first == j), np.flatnonzero(first != j)
+        if new.size:
+            out[j, new] = observe(xs[j, new], source)
+        out[j, old] = out[first[old], old]
+    return out
 
 
 class _RmleBatch:

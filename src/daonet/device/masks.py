@@ -17,7 +17,7 @@ import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -156,6 +156,8 @@ class KeyedMasks:
     model, so a new version does not replay old masks against new weights. Give ``key`` in tests only;
     on a device pass ``key_path`` (or nothing: ``~/.daonet/device_key``) and the key is created once.
     """
+
+    replay_safe: ClassVar[bool] = True  # the same input always gets the same mask and noise
 
     def __init__(self, key: bytes | None = None, key_path: str | Path | None = None, model_version: str = "",
                  quantum: float = 1.0 / 255.0) -> None:
@@ -404,6 +406,8 @@ class SimilarityKeyedMasks:
     Everything is integer arithmetic on ``round(x / quantum)`` plus HMAC-SHA256, so a browser client
     reproduces it bit for bit: the derivation is specified in ``docs/masks.md``.
     """
+
+    replay_safe: ClassVar[bool] = True  # the same input always gets the same mask and noise
 
     def __init__(self, key: bytes | None = None, key_path: str | Path | None = None, model_version: str = "",
                  quantum: float = 1.0 / 255.0, width: float = DEFAULT_SIM_WIDTH, groups: int = DEFAULT_SIM_GROUPS,
