@@ -3,6 +3,7 @@
     python bench/audit_speed.py                                   # the shipped ECG5000 default, full budget
     python bench/audit_speed.py --bundle B --dataset ucr:FordA --budget quick
     python bench/audit_speed.py --old v0.9.0 --out reports/audit-speed
+    python bench/audit_speed.py --old HEAD~1 --attacks min_norm,decoder_label,repeated --threads 1   # one stage
 
 A faster audit that is weaker is a regression, so speed alone proves nothing: this script checks out the *old*
 audit (a git revision, ``--old``) into a temporary worktree, runs it and the current one (this checkout) on the
@@ -41,7 +42,8 @@ def run_audit(src: Path, args: argparse.Namespace, out: Path) -> tuple[dict[str,
     """``daonet audit`` from the package under ``src`` (same interpreter, same installed dependencies)."""
     cmd = [sys.executable, "-c", "import sys; from daonet.cli import main; sys.argv[0] = 'daonet'; main()",
            "audit", str(args.bundle), "--dataset", args.dataset, "--budget", args.budget, "--out", str(out),
-           "--threads", str(args.threads), "--seed", str(args.seed)]
+           "--threads", str(args.threads), "--seed", str(args.seed),
+           *(["--attacks", args.attacks] if args.attacks else [])]
     env = {**os.environ, "PYTHONPATH": str(src), "COLUMNS": "120"}
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tolerance", type=float, default=0.005, help="largest drop of a score that is training noise")
     p.add_argument("--out", type=Path, default=Path("reports/audit-speed"))
+    p.add_argument("--attacks", default=None, help="only these attacks/stages, comma-separated (e.g. "
+                   "min_norm,decoder_label,repeated: the repeated-query stage); default: the budget's")
     args = p.parse_args(argv)
     if not (args.bundle / "device" / "manifest.json").exists():
         sys.exit(f"{args.bundle} is not a bundle (no device/manifest.json): give --bundle a `daonet export` folder")

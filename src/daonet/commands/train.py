@@ -63,7 +63,8 @@ def _signature() -> inspect.Signature:
                  "see README)")]),
         inspect.Parameter("goal", kw, default="certificate", annotation=Annotated[str, typer.Option(
             help="with --recommended: certificate (the algebraic per-request certificate; the shipped defaults) or "
-                 "least-leakage (the Gaussian mechanism with the conditional bottleneck; measured data sets only)")]),
+                 "least-leakage (the Gaussian mechanism, the conditional bottleneck and the adversary pool; "
+                 "measured data sets only)")]),
         inspect.Parameter("out", kw, default=Path("runs/mnist-mlp"),
                           annotation=Annotated[Path, typer.Option(help="run directory to write")]),
     ], return_annotation=None)
