@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import BundleError, InputError
 from ..manifest import IDENTIFIABLE_TOL, PrivacySpec
+from .subsets import PatchSubsets
 
 __all__ = ["Certificate", "PatchStats", "PrivacyPolicy", "FirstLayerSystem", "certify", "apply_policy"]
 
@@ -270,6 +271,12 @@ class FirstLayerSystem:
         return ke, kk, np.diagonal(kk).copy()
 
     @cached_property
+    def patch_subsets(self) -> PatchSubsets:
+        """A patchify convolution's per-channel-set ranks, leverages and projectors, filled as requests meet new
+        sets (:mod:`daonet.device.subsets`)."""
+        return PatchSubsets(self.kernel_rows.shape[0], self.patch_dim, lambda present: _patch_projectors(self, present))
+
+    @cached_property
     def n_positions(self) -> int:
         """Output positions per channel (1 for a dense layer)."""
         return int(np.prod(self.spatial_out)) if self.kind != "dense" else 1
@@ -495,14 +502,17 @@ def _present(system: FirstLayerSystem, indices: np.ndarray) -> np.ndarray:
     return present
 
 
-def _patch_stats_lean(system: FirstLayerSystem, counts: np.ndarray, chs: np.ndarray, dp: np.ndarray,
-                      id_tol: float) -> tuple[np.ndarray, ...]:
-    """Per patch (rank, identifiable, ‖P_p d_p‖², max leverage) of the patches laid out by :func:`_patch_slots`
-    (``dp``: their centred inputs), in a fixed few dozen numpy calls: the rows and every Gram matrix are lookups
-    in :attr:`FirstLayerSystem.patch_tables`. The same bounds as :func:`_batched_stats` decide; the patches they
-    cannot settle go through :func:`_system_stats`, one by one."""
+def _patch_projectors(system: FirstLayerSystem, present: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rank, leverages, projector onto the row space) of a stack of patches' channel sets (``present``: (sets,
+    C_out) flags), in a fixed few dozen numpy calls: the rows and every Gram matrix are lookups in
+    :attr:`FirstLayerSystem.patch_tables`. The same bounds as :func:`_batched_stats` decide (``P = I`` at proven
+    full rank, ``P = Aᵀ G⁻¹ A`` at proven rank ``k``); the sets they cannot settle go through the reference's
+    basis, one by one. What :class:`~daonet.device.subsets.PatchSubsets` keeps per channel set."""
+    counts, chs = _patch_slots(system, present)
     ke, kk, kk_diag = system.patch_tables
     m = system.patch_dim
+    n_sys = counts.size
+    rank, lev, proj = counts.copy(), np.zeros((n_sys, m)), np.zeros((n_sys, m, m))
     tall = counts >= m
     k_max = chs.shape[1]
     wide_chs = np.where(tall[:, None], np.arange(k_max) + ke.shape[0] // 2, chs)  # tall: all padding here, see below
@@ -511,21 +521,17 @@ def _patch_stats_lean(system: FirstLayerSystem, counts: np.ndarray, chs: np.ndar
         inv = np.linalg.inv(g)
     except np.linalg.LinAlgError:  # a wide patch with exactly dependent rows: settle every patch one by one
         inv = None
-    n_sys = counts.size
     if inv is not None:
         aw = ke[wide_chs]
         gd, vd = kk_diag[wide_chs], np.diagonal(inv, axis1=1, axis2=2)
         n_pad = k_max - np.where(tall, 0, counts)
         bound = (gd.sum(1) - n_pad) * (vd.sum(1) - n_pad)
         resolved = (vd * gd >= 1.0 - 1e-9).all(1) & (bound < _MAX_CONDITION)
-        lev = (aw * (inv @ aw)).sum(1)
-        da = aw @ dp[:, :, None]
-        energy = (da * (inv @ da)).sum((1, 2))
-        ident = np.count_nonzero(lev >= 1.0 - id_tol, axis=1)
+        ginv_a = inv @ aw
+        lev = (aw * ginv_a).sum(1)
+        proj = np.swapaxes(aw, 1, 2) @ ginv_a
     else:
         resolved = np.zeros(n_sys, dtype=bool)
-        lev, energy, ident = np.zeros((n_sys, m)), np.zeros(n_sys), np.zeros(n_sys, dtype=np.int64)
-    rank = counts.copy()
     if tall.any():  # k >= m: full rank m, P = I, where AᵀA is well conditioned enough
         done = np.flatnonzero(tall)
         at = ke[chs[done]]
@@ -535,20 +541,21 @@ def _patch_stats_lean(system: FirstLayerSystem, counts: np.ndarray, chs: np.ndar
                 else np.zeros(done.size, dtype=bool))
         resolved[done] = full
         done = done[full]
-        rank[done], ident[done], lev[done] = m, m, 1.0
-        energy[done] = (dp[done] * dp[done]).sum(1)
-    for b in np.flatnonzero(~resolved):
-        rank[b], ident[b], lv, energy[b] = _system_stats(ke[chs[b, : counts[b]]], dp[b], id_tol)
-        lev[b] = lv
-    return rank, ident, energy, lev.max(axis=1) if m else np.zeros(n_sys)
+        rank[done], lev[done], proj[done] = m, 1.0, np.eye(m)
+    for b in np.flatnonzero(~resolved & (counts > 0)):
+        v = _row_space_basis(ke[chs[b, : counts[b]]])
+        rank[b] = v.shape[0]
+        if rank[b] == m:  # full rank: P is the identity, exactly (as in _system_stats)
+            lev[b], proj[b] = 1.0, np.eye(m)
+        else:
+            lev[b], proj[b] = np.einsum("ij,ij->j", v, v), v.T @ v
+    return rank, lev, proj
 
 
 def _patch_certificate_arrays(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray,
                               id_tol: float) -> tuple[np.ndarray, ...]:
-    """Per-patch (k, rank, identifiable, energy, max leverage) over every position (:func:`_patch_stats_lean`)."""
-    counts, chs = _patch_slots(system, _present(system, indices))
-    rank, ident, energy, pmax = _patch_stats_lean(system, counts, chs, d[system._patch_coords], id_tol)
-    return counts, rank, ident, energy, pmax
+    """Per-patch (k, rank, identifiable, energy, max leverage) over every position (looked up per channel set)."""
+    return system.patch_subsets.stats(_present(system, indices), d[system._patch_coords], id_tol)
 
 
 def _certificate_fast(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray, id_tol: float,
@@ -1001,24 +1008,23 @@ def apply_policy(system: FirstLayerSystem, x: np.ndarray, sent: np.ndarray, poli
 
 def _apply_policy_patches(system: FirstLayerSystem, indices: np.ndarray, d: np.ndarray,
                           policy: PrivacyPolicy) -> tuple[np.ndarray, Certificate]:
-    """The kept outputs and their certificate for a patchify layer. The patches are laid out once
-    (:func:`_patch_slots`); only the patches that break the policy run the greedy selection, and only those
-    are factorised again (the others keep their numbers, which are those of the same rows)."""
+    """The kept outputs and their certificate for a patchify layer. Every patch's numbers are looked up by its
+    channel set (:attr:`FirstLayerSystem.patch_subsets`); only the patches that break the policy are laid out
+    as rows (:func:`_patch_slots`) and run the greedy selection, and only those are looked up again (the others
+    keep their numbers, which are those of the same rows)."""
     k0, tol = int(indices.size), policy.identifiable_tol
     present = _present(system, indices)
-    counts, chs = _patch_slots(system, present)
     dp = d[system._patch_coords]
     dd = (dp * dp).sum(1)
-    rank, ident, energy, pmax = _patch_stats_lean(system, counts, chs, dp, tol)
-    arrays: tuple[np.ndarray, ...] = (counts, rank, ident, energy, pmax)
+    arrays = system.patch_subsets.stats(present, dp, tol)
+    counts, rank, ident, energy, _ = arrays
     total = float(d @ d)
     if not policy.active or _patch_policy_ok(policy, arrays, total):
         return indices, _patch_certificate(system, indices, d, arrays, k0, policy, dd)
     bad = np.flatnonzero(ident > 0) if policy.forbid_identifiable else np.zeros(0, dtype=np.int64)
     gained = 0.0
     if bad.size:
-        k_bad = counts[bad]
-        chs_bad = chs[bad, : int(k_bad.max())]
+        k_bad, chs_bad = _patch_slots(system, present[bad])
         sub_keep, gained = _greedy_patch_stack(system.patch_tables[0][chs_bad], k_bad, dp[bad], policy)
         drop_b, drop_s = np.nonzero(~sub_keep & (np.arange(chs_bad.shape[1]) < k_bad[:, None]))
         present[bad[drop_b], chs_bad[drop_b, drop_s]] = False
@@ -1033,8 +1039,7 @@ def _apply_policy_patches(system: FirstLayerSystem, indices: np.ndarray, d: np.n
     ch, pos = np.divmod(indices, system.n_positions)
     kept = indices[present[pos, ch]]
     if bad.size:
-        c2, s2 = _patch_slots(system, present[bad])
-        again = (c2, *_patch_stats_lean(system, c2, s2, dp[bad], tol))
+        again = system.patch_subsets.stats(present[bad], dp[bad], tol)
         arrays = tuple(a.copy() for a in arrays)
         for a, new in zip(arrays, again, strict=True):
             a[bad] = new
