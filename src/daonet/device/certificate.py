@@ -1016,7 +1016,7 @@ def _apply_policy_patches(system: FirstLayerSystem, indices: np.ndarray, d: np.n
     present = _present(system, indices)
     dp = d[system._patch_coords]
     dd = (dp * dp).sum(1)
-    arrays = system.patch_subsets.stats(present, dp, tol)
+    arrays: tuple[np.ndarray, ...] = system.patch_subsets.stats(present, dp, tol)
     counts, rank, ident, energy, _ = arrays
     total = float(d @ d)
     if not policy.active or _patch_policy_ok(policy, arrays, total):
