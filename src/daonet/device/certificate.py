@@ -274,7 +274,7 @@ class FirstLayerSystem:
     def patch_subsets(self) -> PatchSubsets:
         """A patchify convolution's per-channel-set ranks, leverages and projectors, filled as requests meet new
         sets (:mod:`daonet.device.subsets`)."""
-        return PatchSubsets(self.kernel_rows.shape[0], self.patch_dim, lambda present: _patch_projectors(self, present))
+        return PatchSubsets(self.kernel_rows, lambda present: _patch_projectors(self, present), _proven_full_rank)
 
     @cached_property
     def n_positions(self) -> int:
@@ -502,6 +502,14 @@ def _present(system: FirstLayerSystem, indices: np.ndarray) -> np.ndarray:
     return present
 
 
+def _proven_full_rank(at_a: np.ndarray) -> np.ndarray:
+    """Which of a stack of ``AᵀA`` are full rank under any tolerance the reference uses (the bound of
+    :func:`_patch_projectors`' tall patches)."""
+    inv = _inverses(at_a)
+    return (_condition_bound(at_a, inv) * _FULL_RANK_MARGIN < 1.0 if inv is not None
+            else np.zeros(at_a.shape[0], dtype=bool))
+
+
 def _patch_projectors(system: FirstLayerSystem, present: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rank, leverages, projector onto the row space) of a stack of patches' channel sets (``present``: (sets,
     C_out) flags), in a fixed few dozen numpy calls: the rows and every Gram matrix are lookups in
@@ -535,10 +543,7 @@ def _patch_projectors(system: FirstLayerSystem, present: np.ndarray) -> tuple[np
     if tall.any():  # k >= m: full rank m, P = I, where AᵀA is well conditioned enough
         done = np.flatnonzero(tall)
         at = ke[chs[done]]
-        at_a = np.swapaxes(at, 1, 2) @ at
-        inv_t = _inverses(at_a)
-        full = (_condition_bound(at_a, inv_t) * _FULL_RANK_MARGIN < 1.0 if inv_t is not None
-                else np.zeros(done.size, dtype=bool))
+        full = _proven_full_rank(np.swapaxes(at, 1, 2) @ at)
         resolved[done] = full
         done = done[full]
         rank[done], lev[done], proj[done] = m, 1.0, np.eye(m)

@@ -8,12 +8,17 @@ dozen channels, a handful of survivors per patch), so each set is factorised onc
 together, in one batch) and every later patch with that set is a lookup: a request's patch statistics then cost
 a fixed dozen numpy calls, whatever the mix of wide, tall, well- or ill-conditioned patches.
 
-The table is bounded (:data:`MAX_BYTES`); when it is full it starts again empty. It holds only functions of the
-layer's public weights and of channel sets, and never leaves the device.
+Where they fit in half the bound, every set smaller than the patch (the sets a random mask makes most often,
+and the ones the policy leaves) is factorised when the table is made, smallest first, so most requests are
+lookups from the first one. The table is bounded (:data:`MAX_BYTES`); when it is full it drops what requests
+added and keeps those. It holds only functions of the layer's public weights and of channel sets, and never
+leaves the device.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -21,27 +26,50 @@ import numpy as np
 __all__ = ["PatchSubsets", "MAX_BYTES"]
 
 MAX_BYTES = 16 * 2**20  # projectors kept per layer (a 4-value ECG patch: 128 bytes each; a 4x4 image patch: 2 KB)
+_PREFILL_CHUNK = 4096  # sets factorised per batch when the table is made (bounds the padded stacks' memory)
 
 
 class PatchSubsets:
     """Rank, leverages and row-space projector of every channel set met so far, in growing arrays indexed by a
     dict from the set's packed bits. ``factorise(present)`` gives (rank, leverages, projectors) of a stack of
-    channel sets ((sets, channels) flags), with the reference's integers."""
+    channel sets ((sets, channels) flags), with the reference's integers; ``full_rank(AᵀA)`` says of a stack of
+    ``AᵀA`` which are proven full rank under the reference's tolerance (then ``P = I``, no table entry)."""
 
-    def __init__(self, n_channels: int, m: int,
-                 factorise: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-        self.n_channels, self.m = int(n_channels), int(m)
-        self._factorise = factorise
+    def __init__(self, kernel_rows: np.ndarray,
+                 factorise: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 full_rank: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.n_channels, self.m = kernel_rows.shape
+        self._factorise, self._full_rank = factorise, full_rank
+        self._outer = np.einsum("ci,cj->cij", kernel_rows, kernel_rows).reshape(self.n_channels, -1)
         self._capacity = max(1, MAX_BYTES // max(1, 8 * self.m * (self.m + 1)))
-        self._reset()
+        self.index: dict[bytes, int] = {}
+        self.rank = np.zeros(256, dtype=np.int64)
+        self.lev = np.zeros((256, self.m))
+        self.proj = np.zeros((256, self.m, self.m))
+        self.size = 0
+        self._prefill()
+        self._base_index, self._base_size = dict(self.index), self.size
+
+    def _prefill(self) -> None:
+        """Every set of fewer than ``m`` channels, smallest first, as long as all sets of a size fit in half the
+        bound (sets of ``m`` or more channels are full rank or nearly: the policy cuts them to smaller ones)."""
+        sizes, total = [], 0
+        for k in range(min(self.m, self.n_channels + 1)):
+            total += math.comb(self.n_channels, k)
+            if total > self._capacity // 2:
+                break
+            sizes.append(k)
+        sets = itertools.chain.from_iterable(itertools.combinations(range(self.n_channels), k) for k in sizes)
+        while chunk := list(itertools.islice(sets, _PREFILL_CHUNK)):
+            present = np.zeros((len(chunk), self.n_channels), dtype=bool)
+            for row, chs in enumerate(chunk):
+                present[row, list(chs)] = True
+            self.ids(present)
 
     def _reset(self) -> None:
-        self.index: dict[bytes, int] = {}
-        size = min(self._capacity, 256)
-        self.rank = np.zeros(size, dtype=np.int64)
-        self.lev = np.zeros((size, self.m))
-        self.proj = np.zeros((size, self.m, self.m))
-        self.size = 0
+        """Drop what requests added; keep the prefilled sets."""
+        self.index = dict(self._base_index)
+        self.size = self._base_size
 
     def __len__(self) -> int:
         return self.size
@@ -63,7 +91,7 @@ class PatchSubsets:
         new = {key: p for p, (key, i) in enumerate(zip(keys, ids, strict=True)) if i < 0}
         if self.size + len(new) > self._capacity:  # full: start again (only what this request needs)
             self._reset()
-            new = {key: p for p, key in enumerate(keys)}
+            new = {key: p for p, key in enumerate(keys) if key not in self.index}
         need = self.size + len(new)
         if need > self.rank.size:  # one request may need more than the bound: it is kept until the next reset
             grow = max(min(self._capacity, 2 * self.rank.size), need)
@@ -82,10 +110,21 @@ class PatchSubsets:
     def stats(self, present: np.ndarray, dp: np.ndarray,
               id_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per patch (k, rank, identifiable, ``‖P_p d_p‖²``, max leverage); ``dp``: the patches' centred inputs."""
-        ids = self.ids(present)
-        lev = self.lev[ids]
-        proj_d = (self.proj[ids] @ dp[:, :, None])[:, :, 0]
-        energy = (proj_d * dp).sum(1)
         counts = np.count_nonzero(present, axis=1)
+        n, m = counts.size, self.m
+        full = counts >= m  # as many rows as pixels or more: full rank m, P = I, where proven (no table entry)
+        if full.any():
+            tall = np.flatnonzero(full)
+            at_a = (present[tall].astype(np.float64) @ self._outer).reshape(-1, m, m)
+            full[tall] = self._full_rank(at_a)
+        rank = np.full(n, m)
+        lev, energy = np.ones((n, m)), (dp * dp).sum(1)
+        if not full.all():
+            rest = np.flatnonzero(~full)
+            ids = self.ids(present[rest])
+            lev[rest] = self.lev[ids]
+            proj_d = (self.proj[ids] @ dp[rest, :, None])[:, :, 0]
+            energy[rest] = (proj_d * dp[rest]).sum(1)
+            rank[rest] = self.rank[ids]
         ident = np.count_nonzero(lev >= 1.0 - id_tol, axis=1)
-        return counts, self.rank[ids], ident, energy, lev.max(axis=1) if self.m else np.zeros(ids.size)
+        return counts, rank, ident, energy, lev.max(axis=1) if m else np.zeros(n)
