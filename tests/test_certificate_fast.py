@@ -215,3 +215,30 @@ def test_fast_policy_without_the_row_lookup(models, name, monkeypatch):
     assert twin.system.lookup is None
     x = _inputs(twin, xs, 6)
     _same_under_three_policies(twin, x, seed=7)
+
+
+@pytest.mark.parametrize("name", ["conv1d-patchify", "conv2d-patchify", "ecg5000-cnn1d (shipped)"])
+def test_patch_table_when_full_starts_again_and_changes_nothing(models, name, monkeypatch):
+    """A patchify layer's per-channel-set table (prefilled with the sets smaller than a patch, then filled by
+    requests) bounded to a few sets: it empties itself between requests, never changes a byte, and keeps what
+    was prefilled. Then the same with no prefill at all (every set factorised when a request meets it)."""
+    from daonet.device import subsets
+
+    device, xs = models[name]
+    resets = []
+    reset = subsets.PatchSubsets._reset
+    monkeypatch.setattr(subsets.PatchSubsets, "_reset", lambda self: (resets.append(1), reset(self)))
+    m, c = device.system.patch_dim, device.system.kernel_rows.shape[0]
+    per_set = 8 * m * (m + 1)
+    for budget in (per_set * (2 * (1 + c) + 4), per_set):  # room for the sets of <= 1 channel and a few more; one set
+        monkeypatch.setattr(subsets, "MAX_BYTES", budget)
+        twin = DeviceModel(device.manifest, device.weight, device.bias, device.extras)
+        table = twin.system.patch_subsets
+        prefilled = len(table)
+        assert prefilled == (1 + c if budget > per_set else 0)
+        x = _inputs(twin, xs, 8)
+        _same_under_three_policies(twin, x, seed=13)
+        assert len(table) <= max(table._capacity, prefilled + 35 * 64)  # bounded (one request may overshoot)
+        assert len(table) >= prefilled  # the prefilled sets survive every reset
+        assert resets, "the table never filled up: nothing was tested"
+        resets.clear()
