@@ -127,3 +127,19 @@ def test_random_masks_still_fresh_and_seedable():
     a = RandomMasks(0).masks(x, 1000, 0.5)
     assert np.array_equal(a, RandomMasks(0).masks(x, 1000, 0.5))
     assert not np.array_equal(a[0], a[1])
+
+
+@pytest.mark.parametrize("key_len", [16, 32, 64, 65, 200])
+def test_mask_stream_is_plain_hmac_counter_mode(key_len):
+    """The copied-state HMAC the masks use gives hmac.new's bytes for every key length (a JavaScript device
+    reproduces the stream with WebCrypto's HMAC)."""
+    import hashlib
+    import hmac
+
+    from daonet.device.masks import _hmac_blocks, _hmac_stream
+
+    key = bytes(7 * i % 256 for i in range(key_len))
+    msgs = [b"", b"\x01\x00\x00\x00", b"m" * 100]
+    assert _hmac_blocks(key, msgs) == [hmac.new(key, m, hashlib.sha256).digest() for m in msgs]
+    stream = b"".join(hmac.new(key, i.to_bytes(4, "little"), hashlib.sha256).digest() for i in range(4))
+    assert _hmac_stream(key, 100) == stream[:100]

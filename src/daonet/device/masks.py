@@ -15,7 +15,7 @@ import math
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -191,9 +191,7 @@ class KeyedMasks:
     @staticmethod
     def stream(prk: bytes, n_outputs: int) -> np.ndarray:
         """``n_outputs`` uniform uint32 values: block ``i`` = HMAC(prk, uint32_le(i))."""
-        blocks = (4 * n_outputs + 31) // 32
-        raw = b"".join(hmac.new(prk, i.to_bytes(4, "little"), hashlib.sha256).digest() for i in range(blocks))
-        return np.frombuffer(raw, dtype="<u4", count=n_outputs)
+        return np.frombuffer(_hmac_stream(prk, 4 * n_outputs), dtype="<u4", count=n_outputs)
 
     def masks(self, x: np.ndarray, n_outputs: int, drop_rate: float) -> np.ndarray:
         if not 0.0 <= drop_rate < 1.0:
@@ -237,7 +235,7 @@ def index_noise(prk: bytes, indices: np.ndarray) -> np.ndarray:
     normal (mean 0, variance 1, bounded by 6), exact in float64, so a JavaScript device gets the same bits.
     """
     nprk = hmac.new(prk, NOISE_CONTEXT, hashlib.sha256).digest()
-    raw = b"".join(hmac.new(nprk, int(i).to_bytes(4, "little"), hashlib.sha256).digest()[:24] for i in indices)
+    raw = b"".join(b[:24] for b in _hmac_blocks(nprk, map(_u32, indices)))
     u = np.frombuffer(raw, dtype="<u2").reshape(len(indices), 12).astype(np.float64)
     return ((u + 0.5) / 65536.0).sum(1) - 6.0
 
@@ -384,10 +382,27 @@ def _u32(v: int) -> bytes:
     return int(v).to_bytes(4, "little")
 
 
+def _hmac_blocks(prk: bytes, messages: Iterable[bytes]) -> list[bytes]:
+    """HMAC-SHA256 (RFC 2104) under ``prk`` of each message. The keyed inner and outer SHA-256 states are set up
+    once and copied per message: the same bytes as ``hmac.new`` per message, at a third of the cost (a mask
+    takes one block per 8 outputs)."""
+    key = hashlib.sha256(prk).digest() if len(prk) > 64 else prk
+    key = key.ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    out = []
+    for msg in messages:
+        i, o = inner.copy(), outer.copy()
+        i.update(msg)
+        o.update(i.digest())
+        out.append(o.digest())
+    return out
+
+
 def _hmac_stream(prk: bytes, n_bytes: int) -> bytes:
     """``n_bytes`` of HMAC-SHA256 counter mode: block ``i`` = HMAC(prk, uint32_le(i))."""
     blocks = (n_bytes + 31) // 32
-    return b"".join(hmac.new(prk, _u32(i), hashlib.sha256).digest() for i in range(blocks))[:n_bytes]
+    return b"".join(_hmac_blocks(prk, map(_u32, range(blocks))))[:n_bytes]
 
 
 class SimilarityKeyedMasks:
