@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -146,6 +147,8 @@ KIND_MODELS = {  # name: (data set, arch, drop rate, model kwargs, device layers
                                                                               "width": 32}, 1),
     "conv1d FordA (length 500, kernel 10 stride 5)": ("ucr:FordA", "cnn1d", 0.5, {"stem": 32, "patch": 10,
                                                                                   "stride": 5, "width": 32}, 1),
+    "conv1d FordA p = 0.9 (the same layer, dropping more)": ("ucr:FordA", "cnn1d", 0.9, {
+        "stem": 32, "patch": 10, "stride": 5, "width": 32}, 1),
     "dense + device block": ("mnist", "mlp", 0.5, {"hidden": 256, "hidden2": 64}, 2),
 }
 SHIPPED = {"dense (shipped mnist-mlp)": ("mnist", "mnist"), "conv1d-patchify (shipped ecg5000-cnn1d)": ("ecg5000",
@@ -158,7 +161,7 @@ def _kind_bundles(cache: Path) -> dict[str, tuple[Path, str]]:
 
     out = {name: (default_bundle(key).root / "device", ds) for name, (key, ds) in SHIPPED.items()}
     for name, (ds_name, arch, rate, kw, layers) in KIND_MODELS.items():
-        path = cache / name.split(" ")[0].replace("+", "")
+        path = cache / re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
         if not (path / "device" / "manifest.json").exists():
             import torch
 

@@ -147,6 +147,23 @@ def test_discrete_gaussian_matches_its_distribution():
     assert abs(keyed.mean()) < 5 * 200 / math.sqrt(4000) and keyed.std() == pytest.approx(200, rel=0.05)
 
 
+def test_fresh_noise_is_drawn_ahead_and_never_reused():
+    """RandomMasks draws its exact samples ahead in batches: the requests' noise, in order, is that batch's
+    stream (each sample used once, across a refill), and zero off the kept outputs."""
+    from daonet.device.masks import LDP_POOL
+
+    source, rng = RandomMasks(5), np.random.default_rng(5)
+    s, x = 7, np.zeros((1, 3))
+    wheres = [np.arange(50) % k == 0 for k in (1, 2, 3)] * (LDP_POOL // 90)
+    got = [source.ldp_noise(x, w[None], 50, 0.0, s)[0] for w in wheres]
+    sent = np.concatenate([g[w] for g, w in zip(got, wheres, strict=True)])
+    assert sent.size > LDP_POOL  # crossed a refill
+    stream = discrete_gaussian(np.arange(LDP_POOL), s, lambda c, d: rng.integers(0, d))
+    stream = np.concatenate([stream, discrete_gaussian(np.arange(LDP_POOL), s, lambda c, d: rng.integers(0, d))])
+    np.testing.assert_array_equal(sent, stream[: sent.size])
+    assert all((g[~w] == 0).all() for g, w in zip(got, wheres, strict=True))
+
+
 TEST_VECTOR = [-121, 215, 212, -134, -20, -71, -275, -47]  # index_discrete_gaussian(bytes 0..31, 0..7, 200)
 
 

@@ -28,6 +28,7 @@ DEFAULT_KEY_PATH = Path("~/.daonet/device_key")
 MASK_CONTEXT = b"daonet-mask-v1"
 NOISE_CONTEXT = b"daonet-noise-v1"
 LDP_NOISE_CONTEXT = b"daonet-ldp-noise-v1"
+LDP_POOL = 32768  # fresh discrete Gaussian samples drawn ahead at a time (256 KB)
 LDP_Y_CAP = 64  # a discrete-Laplace proposal |Y| > 64 (s + 1) is rejected without a draw (its acceptance is < e^-1900)
 
 
@@ -49,6 +50,7 @@ class RandomMasks:
 
     def __init__(self, seed: int | np.random.Generator | None = None) -> None:
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self._ldp_pool: dict[int, np.ndarray] = {}  # noise_steps -> exact samples drawn ahead, not yet used
 
     def masks(self, x: np.ndarray, n_outputs: int, drop_rate: float) -> np.ndarray:
         return self.rng.random((x.shape[0], n_outputs)) >= drop_rate
@@ -62,10 +64,19 @@ class RandomMasks:
     def ldp_noise(self, x: np.ndarray, where: np.ndarray, n_outputs: int, drop_rate: float,
                   noise_steps: int) -> np.ndarray:
         """Fresh exact discrete Gaussian noise N_Z(0, noise_steps^2) at ``where`` (int64, zero elsewhere), drawn
-        with the same algorithm as the keyed sources, from this generator's unbiased bounded integers."""
+        with the same algorithm as the keyed sources, from this generator's unbiased bounded integers.
+
+        Fresh noise does not depend on the input, so it is drawn ahead in batches of :data:`LDP_POOL` samples
+        and each sample is used once: the rejection sampler's rounds cost the same for 1,000 samples as for
+        30,000, so a request pays ~1.5 µs per noisy output instead of ~10. Still i.i.d. and exact."""
         out = np.zeros(where.shape, dtype=np.int64)
         n = int(where.sum())
-        out[where] = discrete_gaussian(np.arange(n), noise_steps, lambda c, d: self.rng.integers(0, d))
+        pool = self._ldp_pool.get(noise_steps, np.zeros(0, dtype=np.int64))
+        if pool.size < n:
+            more = discrete_gaussian(np.arange(max(LDP_POOL, n - pool.size)), noise_steps,
+                                     lambda c, d: self.rng.integers(0, d))
+            pool = np.concatenate([pool, more])
+        out[where], self._ldp_pool[noise_steps] = pool[:n], pool[n:]
         return out
 
 
