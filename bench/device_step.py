@@ -4,6 +4,7 @@
     python bench/device_step.py --bundle bundles/mnist --inputs x.npy  # any dense bundle, inputs as .npy
     python bench/device_step.py --kinds /tmp/kinds --n 20 --repeats 3  # every layer kind: encode vs certified
     python bench/device_step.py --batch --n 32 --repeats 3            # encode_many vs one by one
+    python bench/device_step.py --kinds /tmp/kinds --old 214f559 --n 40 # the certificate step: an old revision vs now
 
 Both paths run in the same process on the same inputs and masks, interleaved (reference, fast, reference,
 ...), so machine noise hits both alike; the figure that matters is the ratio. The fast path must give the
@@ -25,8 +26,11 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,8 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from daonet.device import DeviceModel, RandomMasks  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _inputs(path: Path | None, n: int) -> np.ndarray:
@@ -150,6 +156,7 @@ KIND_MODELS = {  # name: (data set, arch, drop rate, model kwargs, device layers
     "conv1d FordA p = 0.9 (the same layer, dropping more)": ("ucr:FordA", "cnn1d", 0.9, {
         "stem": 32, "patch": 10, "stride": 5, "width": 32}, 1),
     "dense + device block": ("mnist", "mlp", 0.5, {"hidden": 256, "hidden2": 64}, 2),
+    "conv1d + Gaussian mechanism (ECG5000, epsilon 4096, p 0)": ("ecg5000", "cnn1d", 0.0, {"ldp_epsilon": 4096.0}, 1),
 }
 SHIPPED = {"dense (shipped mnist-mlp)": ("mnist", "mnist"), "conv1d-patchify (shipped ecg5000-cnn1d)": ("ecg5000",
                                                                                                          "ecg5000")}
@@ -231,6 +238,73 @@ def run_kinds(cache: Path, n: int, n_reference: int, repeats: int) -> dict[str, 
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
 
 
+def _old_certificate(rev: str, where: Path) -> Any:
+    """``daonet.device.certificate`` as it was at revision ``rev`` (a git worktree under ``where``), loaded beside
+    this checkout's as ``daonet.device._certificate_old`` (its relative imports resolve to this checkout's
+    package: compare revisions whose certificate module imports nothing that changed since)."""
+    import importlib.util
+
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev], check=True,
+                   capture_output=True, text=True)
+    spec = importlib.util.spec_from_file_location("daonet.device._certificate_old",
+                                                  where / "src" / "daonet" / "device" / "certificate.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"{rev}: no daonet/device/certificate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_old_vs_new(cache: Path, rev: str, n: int, repeats: int) -> dict[str, Any]:
+    """The certificate and policy step (``apply_policy``: what the certificate work costs per request) of revision
+    ``rev`` and of this checkout, per linear layer kind, in one process, interleaved pass by pass on the same
+    requests; the kept outputs must be identical."""
+    from daonet.data import load_dataset
+    from daonet.device import certificate as new
+
+    tmp = Path(tempfile.mkdtemp(prefix="daonet-old-certificate-"))
+    rows: dict[str, Any] = {}
+    try:
+        old = _old_certificate(rev, tmp / "tree")
+        for name, (path, ds_name) in _kind_bundles(cache).items():
+            device = DeviceModel.load(path)
+            if not device.is_linear or device.noise is not None:
+                continue  # no algebraic certificate (a block, or the Gaussian mechanism: no policy is applied)
+            xs = load_dataset(ds_name).x_test[:n].astype(np.float32)
+            if device.raw_dtype == "uint8":
+                xs = (xs * 255).round().astype(np.uint8)
+            masks = RandomMasks(0)
+            requests = []
+            for x in xs:
+                xb = device.validate(x)
+                requests.append((xb[0], device._as_sent(device._drop(xb, masks, None)[0])))
+            systems = {"old": (old, old.FirstLayerSystem(device)), "new": (new, device.system)}
+            times: dict[str, list[float]] = {"old": [], "new": []}
+            for r in range(repeats + 1):  # the first pass builds each side's tables and is not counted
+                kept = {}
+                for side, (module, system) in systems.items():
+                    t0 = time.perf_counter()
+                    kept[side] = [module.apply_policy(system, x, sent, device.policy, device.public_mean)[0]
+                                  for x, sent in requests]
+                    if r:
+                        times[side].append((time.perf_counter() - t0) / len(requests) * 1e6)
+                if any(not np.array_equal(a, b) for a, b in zip(kept["old"], kept["new"], strict=True)):
+                    raise SystemExit(f"{name}: {rev} and this checkout keep different outputs")
+            med = {k: statistics.median(v) for k, v in times.items()}
+            rows[name] = {"old_us": round(med["old"], 1), "new_us": round(med["new"], 1),
+                          "old_over_new": round(med["old"] / med["new"], 2)}
+            print(f"{name:52s} certificate + policy: {rev} {med['old']:9.0f} µs   this checkout {med['new']:9.0f} µs"
+                  f"   ({rows[name]['old_over_new']:.2f}x)", flush=True)
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "tree")],
+                       capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"old_revision": rev, "kinds": rows, "n_inputs": n, "passes": repeats,
+            "loadavg": list(os.getloadavg()), "identical_outputs": True,
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+
+
 def _batch_steps(device: DeviceModel, xs: np.ndarray, masks: Any) -> dict[str, Any]:
     """The four ways to send ``xs``: one by one or as a batch, plain or certified (each returns the bytes)."""
     return {"encode": lambda: [device.encode(x, masks).data for x in xs],
@@ -285,7 +359,17 @@ def main() -> None:
                     help="every layer kind instead (bundles trained once into CACHE): encode vs encode_certified")
     ap.add_argument("--n-reference", type=int, default=5, help="--kinds: inputs for the (slow) reference path")
     ap.add_argument("--batch", action="store_true", help="encode_many(_certified) vs one by one (shipped defaults)")
+    ap.add_argument("--old", metavar="REV", help="with --kinds: the certificate and policy step of git revision REV "
+                                                 "beside this checkout's, interleaved in one process")
     args = ap.parse_args()
+    if args.old is not None:
+        if args.kinds is None:
+            ap.error("--old compares the certificate per layer kind: give --kinds CACHE too")
+        result = run_old_vs_new(args.kinds, args.old, args.n, args.repeats)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "device_step_old_vs_new.json").write_text(json.dumps(result, indent=2) + "\n")
+        return
     if args.batch:
         run_batch(args.n, args.repeats)
         return
