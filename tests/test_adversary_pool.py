@@ -162,3 +162,24 @@ def test_your_own_model_plans_with_the_pool(tmp_path):
     assert json.loads((row / "run" / "config.json").read_text())["train"]["adversary_reset"] == 2
     assert read_train_run(row / "run").sent_values is not None
     assert point.candidate.adversary_reset == 2
+
+
+def test_a_defence_added_to_a_trained_model_starts_from_its_weights(digits, tmp_path):
+    """``--init-from RUN``: the new run starts from RUN's weights (with a zero learning rate it keeps them, so the
+    load is what is tested), and a run of another architecture is refused, naming what differs."""
+    plain = train(TrainConfig(dataset="digits", model="mlp", drop_rate=0.5, epochs=1, batch_size=64,
+                              model_kwargs={"hidden": 32, "hidden2": 16}), ds=digits)
+    run = tmp_path / "plain"
+    save_run(plain, run)
+    cfg = TrainConfig(**{**SMALL, "epochs": 1, "lr": 1e-12, "weight_decay": 0.0, "init_from": str(run)})
+    tuned = train(cfg, ds=digits)
+    for (name, a), (_, b) in zip(plain.model.named_parameters(), tuned.model.named_parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+    fresh = train(TrainConfig(**{**SMALL, "epochs": 1, "lr": 1e-12, "weight_decay": 0.0}), ds=digits)
+    first = next(iter(plain.model.first.parameters()))
+    assert not torch.allclose(next(iter(fresh.model.first.parameters())), first)  # the load is what kept them
+    wider = TrainConfig(**{**SMALL, "model_kwargs": {"hidden": 48, "hidden2": 16}, "init_from": str(run)})
+    with pytest.raises(InputError, match="another architecture"):
+        train(wider, ds=digits)
+    with pytest.raises(InputError, match="no model.safetensors"):
+        train(TrainConfig(**{**SMALL, "init_from": str(tmp_path)}), ds=digits)

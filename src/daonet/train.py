@@ -280,6 +280,22 @@ class Defences:
         return loss
 
 
+def load_initial_weights(model: SplitModel, run_dir: Path) -> None:
+    """Start ``model`` from a trained run's weights (``--init-from``), refusing a run of another architecture."""
+    weights = run_dir / "model.safetensors"
+    if not weights.is_file():
+        raise InputError(f"--init-from {run_dir}: no model.safetensors there; give a run directory written by "
+                         f"`daonet train --out`")
+    state, own = load_file(str(weights)), model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or extra or shapes:
+        raise InputError(f"--init-from {run_dir}: that model has another architecture (missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}, other shapes {shapes[:3]}); train it with the same --model, "
+                         f"--model-opt and --device-layers as this run")
+    model.load_state_dict(state)
+
+
 def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = False) -> TrainResult:
     """Train with dropping active (the paper's method) and evaluate with dropping active. Silent unless
     ``progress`` (the CLI shows a bar)."""
@@ -291,6 +307,8 @@ def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = False) -
     if cfg.n_train or cfg.n_test:
         ds = ds.subset(cfg.n_train, cfg.n_test, seed=cfg.seed)
     model = model_for(cfg, ds)
+    if cfg.init_from:
+        load_initial_weights(model, Path(cfg.init_from))
     gen = torch.Generator().manual_seed(cfg.seed)
     model.first.generator = gen
     x = torch.from_numpy(ds.x_train)

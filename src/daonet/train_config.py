@@ -67,6 +67,8 @@ class TrainConfig:
     adversary_pool: int = setting(2, "with --adversary-reset: adversaries side by side, kinds alternating mlp, "
                                      "adaptive (the one that also sees the server's probabilities)", min=1, max=4)
     adversary_warmup: int = setting(200, "with --adversary-reset: steps a fresh adversary trains alone", min=0)
+    init_from: str | None = setting(None, "start from the weights of this run directory (the same --model and "
+                                          "--model-opt): add a defence to a model already trained without it")
     # input statistics: "channel" (one mean/std per channel), "feature" (per input value, fitted on the training
     # split: a table's columns; dense first layers), "auto" (feature for your own csv:/npz: data with a dense
     # first layer, channel otherwise). See docs/preprocessing.md.
