@@ -53,6 +53,9 @@ def test_gain_is_the_best_members_advantage_over_the_label_decoder():
         label = (target - pool.label_means[y]).pow(2).mean(1)
         expected = (label - errs.min(0).values).clamp_min(0)
         assert torch.allclose(pool.gain(h, probs, target, y), expected, atol=1e-6)
+        free = (0.9 * label - errs.min(0).values).clamp_min(0)  # a 10 % margin: gains below it cost nothing
+        assert torch.allclose(pool.gain(h, probs, target, y, margin=0.1), free, atol=1e-6)
+        assert bool((free <= expected).all())
     pool.label_means = target.mean(0, keepdim=True).expand(3, -1) * 0 + 1e6  # a useless floor: every gain > 0
     g = pool.gain(h.requires_grad_(), probs.requires_grad_(), target, y)
     assert bool((g > 0).all())
@@ -130,6 +133,11 @@ def test_reset_without_a_weight_is_refused():
     out = CliRunner().invoke(app, ["train", "--dataset", "digits", "--adversary-weight", "1",
                                    "--adversary-pool", "9"])
     assert out.exit_code != 0 and "--adversary-pool" in out.output
+    with pytest.raises(InputError, match="--adversary-reset"):
+        TrainConfig(dataset="digits", adversary_weight=1.0, adversary_margin=0.1).validate()
+    out = CliRunner().invoke(app, ["train", "--dataset", "digits", "--adversary-weight", "1", "--adversary-reset",
+                                   "2", "--adversary-margin", "1.5"])
+    assert out.exit_code != 0 and "--adversary-margin" in out.output
 
 
 def test_the_plan_grid_lists_adversary_reset():

@@ -265,7 +265,7 @@ class Defences:
                 raise ValueError("the adversary pool's label-only floor needs the batch's labels")
             target, seen = self._target(xb), torch.softmax(logits, 1)
             self.pool.step(h, seen, target)  # the attackers keep learning between resets
-            loss = loss + cfg.adversary_weight * self.pool.gain(h, seen, target, yb).mean()
+            loss = loss + cfg.adversary_weight * self.pool.gain(h, seen, target, yb, cfg.adversary_margin).mean()
         if self.adversary is not None and self.adv_opt is not None:
             target = self._target(xb)
             probs = torch.softmax(logits.detach(), 1) if cfg.adversary == "adaptive" else None

@@ -67,6 +67,8 @@ class TrainConfig:
     adversary_pool: int = setting(2, "with --adversary-reset: adversaries side by side, kinds alternating mlp, "
                                      "adaptive (the one that also sees the server's probabilities)", min=1, max=4)
     adversary_warmup: int = setting(200, "with --adversary-reset: steps a fresh adversary trains alone", min=0)
+    adversary_margin: float = setting(0.0, "with --adversary-reset: the fraction of the label-only decoder's error "
+                                           "the attackers may gain before the model pays (0 = any gain)", min=0, max=1)
     init_from: str | None = setting(None, "start from the weights of this run directory (the same --model and "
                                           "--model-opt): add a defence to a model already trained without it")
     # input statistics: "channel" (one mean/std per channel), "feature" (per input value, fitted on the training
@@ -94,6 +96,8 @@ class TrainConfig:
         if self.bottleneck_weight and not any(k in self.model_kwargs for k in ("ldp_epsilon", "ldp_noise_multiplier")):
             raise InputError("--bottleneck-weight bounds what a request carries beyond its class only under the "
                              "Gaussian mechanism's noise: add --model-opt ldp_epsilon=E (e.g. 64)")
+        if self.adversary_margin and not self.adversary_reset:
+            raise InputError("--adversary-margin applies to the adversary pool: give --adversary-reset N too")
         if self.adversary_reset and not self.adversary_weight:
             raise InputError("--adversary-reset re-initialises min-max adversaries: give --adversary-weight W > 0 too")
         for name in ("nopeek_weight", "adversary_weight", "bottleneck_weight", "noise_std", "weight_decay"):

@@ -115,13 +115,15 @@ class AdversaryPool:
             loss.backward()
             opt.step()
 
-    def gain(self, h: torch.Tensor, probs: torch.Tensor, target: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per request: how much lower the best member's squared error is than the label-only decoder's (>= 0).
+    def gain(self, h: torch.Tensor, probs: torch.Tensor, target: torch.Tensor, y: torch.Tensor,
+             margin: float = 0.0) -> torch.Tensor:
+        """Per request: how much lower the best member's squared error is than the label-only decoder's, less a
+        ``margin`` (a fraction of the label-only error the attackers may gain for free; >= 0).
         Gradients flow into the model through ``h`` and ``probs`` (the server part is trained too, so its
         probabilities carry the class and not the style); the members' own weights are not the model's."""
         label_err = (target - self.label_means[y]).pow(2).mean(1)
         errs = torch.stack([(adv(h, self._probs(adv, probs)) - target).pow(2).mean(1) for adv, _ in self.members])
-        return (label_err - errs.min(0).values).clamp_min(0)
+        return (label_err * (1.0 - margin) - errs.min(0).values).clamp_min(0)
 
 
 def label_means(target: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
