@@ -244,10 +244,10 @@ def _old_certificate(rev: str, where: Path) -> Any:
     package: compare revisions whose certificate module imports nothing that changed since)."""
     import importlib.util
 
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev], check=True,
-                   capture_output=True, text=True)
+    from audit_speed import worktree  # the same checkout of an old revision as the audit comparison
+
     spec = importlib.util.spec_from_file_location("daonet.device._certificate_old",
-                                                  where / "src" / "daonet" / "device" / "certificate.py")
+                                                  worktree(rev, where) / "daonet" / "device" / "certificate.py")
     if spec is None or spec.loader is None:
         raise SystemExit(f"{rev}: no daonet/device/certificate.py")
     module = importlib.util.module_from_spec(spec)

@@ -395,7 +395,7 @@ def _u32(v: int) -> bytes:
 
 def _hmac_blocks(prk: bytes, messages: Iterable[bytes]) -> list[bytes]:
     """HMAC-SHA256 (RFC 2104) under ``prk`` of each message. The keyed inner and outer SHA-256 states are set up
-    once and copied per message: the same bytes as ``hmac.new`` per message, at a third of the cost (a mask
+    once and copied per message: the same bytes as ``hmac.new`` per message, about a quarter cheaper (a mask
     takes one block per 8 outputs)."""
     key = hashlib.sha256(prk).digest() if len(prk) > 64 else prk
     key = key.ljust(64, b"\0")
