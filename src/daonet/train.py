@@ -280,6 +280,20 @@ class Defences:
         return loss
 
 
+def class_weights(y: np.ndarray, n_classes: int, balance: float) -> torch.Tensor | None:
+    """Cross-entropy weights ``share_c ** -balance``, scaled so the training split's mean weight is 1 (the loss
+    keeps its size); ``None`` at 0. A class absent from the split gets the largest present weight."""
+    if balance <= 0:
+        return None
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    w = np.zeros(n_classes)
+    w[present] = (counts[present] / counts.sum()) ** -balance
+    w /= float((w * counts).sum() / counts.sum())
+    w[~present] = w[present].max()
+    return torch.tensor(w, dtype=torch.float32)
+
+
 def load_initial_weights(model: SplitModel, run_dir: Path) -> None:
     """Start ``model`` from a trained run's weights (``--init-from``), refusing a run of another architecture."""
     weights = run_dir / "model.safetensors"
@@ -316,7 +330,7 @@ def train(cfg: TrainConfig, ds: Dataset | None = None, progress: bool = False) -
     steps_per_epoch = (len(x) + cfg.batch_size - 1) // cfg.batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(ds.y_train, ds.n_classes, cfg.class_balance))
     defences = Defences.for_training(cfg, model.first, ds)
     t0 = time.perf_counter()
     with make_progress(enabled=progress) as bar:

@@ -69,6 +69,9 @@ class TrainConfig:
     adversary_warmup: int = setting(200, "with --adversary-reset: steps a fresh adversary trains alone", min=0)
     adversary_margin: float = setting(0.0, "with --adversary-reset: the fraction of the label-only decoder's error "
                                            "the attackers may gain before the model pays (0 = any gain)", min=0, max=1)
+    class_balance: float = setting(0.0, "weight each class's cross-entropy by (its share of the training split) to "
+                                        "the power -B: 0 = plain cross-entropy, 1 = every class counts alike (rare "
+                                        "classes a defence would otherwise give up)", min=0, max=1)
     init_from: str | None = setting(None, "start from the weights of this run directory (the same --model and "
                                           "--model-opt): add a defence to a model already trained without it")
     # input statistics: "channel" (one mean/std per channel), "feature" (per input value, fitted on the training

@@ -46,8 +46,9 @@ __all__ = ["OwnModel", "own_model", "module_fingerprint", "run_own_row"]
 
 ModelSource = nn.Module | Callable[[], nn.Module]
 BLOCK_REFUSED = ("daonet.split moves only your model's first layer (+ ReLU) onto the device, so device blocks "
-                 "(device_layers >= 2, block_width) exist for the zoo architectures only (daonet plan --model mlp|"
-                 "cnn|cnn1d); leave device_layers and block_width out of the grid (or give device_layers=1)")
+                 "(device_layers >= 2, block_width, device_pool) exist for the zoo architectures only (daonet plan "
+                 "--model mlp|cnn|cnn1d); leave device_layers, block_width and device_pool out of the grid (or give "
+                 "device_layers=1)")
 
 
 @dataclass(frozen=True)

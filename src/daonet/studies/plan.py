@@ -78,7 +78,8 @@ class PlanSpace:
 
 GRID_SETTINGS = ("device_layers", "block_width", "drop_rate", "adversary_weight", "noise_std", "quantize_levels",
                  "nopeek_weight", "max_revealed_energy", "ldp_epsilon",
-                 "bottleneck_weight", "adversary_reset")  # the candidate settings a grid may list
+                 "bottleneck_weight", "adversary_reset", "device_pool",
+                 "class_balance")  # the candidate settings a grid may list
 
 
 def parse_grid(items: list[str]) -> dict[str, tuple[Any, ...]]:
@@ -196,6 +197,8 @@ class Candidate:
     ldp_epsilon: float | None = None  # the Gaussian mechanism's per-request epsilon (None: off)
     bottleneck_weight: float = 0.0  # the conditional bottleneck (needs ldp_epsilon)
     adversary_reset: int = 0  # re-initialised adversary pool every N epochs (0: one jointly trained adversary)
+    device_pool: int = 0  # max pooling at the device's output (convolutional models; 0: off)
+    class_balance: float = 0.0  # cross-entropy weights (class share) ** -B (0: plain cross-entropy)
 
     def validate(self) -> None:
         if self.device_layers not in (1, 2, 3):
@@ -203,7 +206,7 @@ class Candidate:
         if not 0 <= self.drop_rate < 1:
             raise InputError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
         for name in ("adversary_weight", "noise_std", "nopeek_weight", "quantize_levels", "bottleneck_weight",
-                     "adversary_reset"):
+                     "adversary_reset", "device_pool", "class_balance"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.block_width is not None and self.block_width < 2:
@@ -225,6 +228,14 @@ class Candidate:
         if self.adversary_reset and not self.adversary_weight:
             raise InputError(f"adversary_reset {self.adversary_reset} re-initialises min-max adversaries: list "
                              "adversary_weight > 0 in the grid too")
+        if self.device_pool == 1:
+            raise InputError("device_pool must be 0 (off) or a window of at least 2, got 1")
+        if self.device_pool and self.max_revealed_energy is not None:
+            raise InputError("max_revealed_energy is a policy of the single first layer; pooling at the device's "
+                             "output has no certificate: list one of them")
+        if self.class_balance > 1:
+            raise InputError(f"class_balance must be in [0, 1] (1: every class counts alike), got "
+                             f"{self.class_balance:g}")
 
     def describe(self) -> str:
         head = ("first layer" if self.device_layers == 1 else
@@ -236,7 +247,9 @@ class Candidate:
                 f"max ρ {self.max_revealed_energy:g}" if self.max_revealed_energy is not None else "",
                 f"LDP ε={self.ldp_epsilon:g}" if self.ldp_epsilon is not None else "",
                 f"bottleneck {self.bottleneck_weight:g}" if self.bottleneck_weight else "",
-                f"adversaries reset every {self.adversary_reset}" if self.adversary_reset else ""]
+                f"adversaries reset every {self.adversary_reset}" if self.adversary_reset else "",
+                f"pool {self.device_pool}" if self.device_pool else "",
+                f"class balance {self.class_balance:g}" if self.class_balance else ""]
         return ", ".join([f"{head}, p={self.drop_rate:.2f}", *[m for m in more if m]])
 
 
@@ -251,7 +264,8 @@ def grid_candidates(cfg: PlanConfig) -> list[Candidate]:
                 "drop_rate": base.drop_rate, "adversary_weight": base.adversary_weight, "noise_std": base.noise_std,
                 "quantize_levels": base.quantize_levels, "nopeek_weight": base.nopeek_weight,
                 "max_revealed_energy": None, "ldp_epsilon": None, "bottleneck_weight": base.bottleneck_weight,
-                "adversary_reset": base.adversary_reset}
+                "adversary_reset": base.adversary_reset, "device_pool": base.device_pool,
+                "class_balance": base.class_balance}
     grid = cfg.grid or {}
     out = []
     for combo in itertools.product(*grid.values()):
@@ -264,7 +278,8 @@ def grid_candidates(cfg: PlanConfig) -> list[Candidate]:
                              float(values["nopeek_weight"]), None if values["max_revealed_energy"] is None else
                              float(values["max_revealed_energy"]),
                              None if values["ldp_epsilon"] is None else float(values["ldp_epsilon"]),
-                             float(values["bottleneck_weight"]), int(values["adversary_reset"])))
+                             float(values["bottleneck_weight"]), int(values["adversary_reset"]),
+                             int(values["device_pool"]), float(values["class_balance"])))
     return list(dict.fromkeys(out))  # a depth-1 row ignores the width: duplicates collapse
 
 
@@ -343,6 +358,7 @@ def candidate_row(cfg: PlanConfig, cand: Candidate, own: OwnModel | None = None)
                             "device_layers": cand.device_layers, "noise_std": cand.noise_std,
                             "quantize_levels": cand.quantize_levels, "nopeek_weight": cand.nopeek_weight,
                             "bottleneck_weight": cand.bottleneck_weight, "adversary_reset": cand.adversary_reset,
+                            "device_pool": cand.device_pool, "class_balance": cand.class_balance,
                             "seed": cfg.seed,
                             "data_root": cfg.data_root, "n_train": cfg.n_train,
                             "n_test": cfg.n_test}
@@ -586,7 +602,8 @@ def _refuse_device_blocks(cfg: PlanConfig) -> None:
     from .own_model import BLOCK_REFUSED
 
     if cfg.grid is not None:
-        if "block_width" in cfg.grid or any(v != 1 for v in cfg.grid.get("device_layers", (1,))):
+        if ("block_width" in cfg.grid or any(v != 1 for v in cfg.grid.get("device_layers", (1,)))
+                or any(v for v in cfg.grid.get("device_pool", (0,)))):
             raise InputError(f"grid {', '.join(f'{k}={list(v)}' for k, v in cfg.grid.items())}: {BLOCK_REFUSED}")
     elif tuple(cfg.space.device_layers) != (1,):
         raise InputError(f"PlanSpace(device_layers={tuple(cfg.space.device_layers)}): {BLOCK_REFUSED}; use "
