@@ -386,6 +386,26 @@ def test_js_block_and_noise_payload_bytes_equal_python(node, block_bundles, kind
         assert (noisy > 0) == (device.noise is not None)  # noise was really added (and only with noise)
 
 
+def test_js_block_pool_and_gaussian_mechanism_payload_bytes_equal_python(node, tmp_path):
+    """The shape of a least-leakage head: a 2-layer conv1d block, max pooling and the Gaussian mechanism (noise
+    on every kept output, keyed): the JS payload is byte-identical to numpy's, and the noise was really added."""
+    bundle, ecg = _train_export(tmp_path, "ecg-cnn1d-block2-pool-ldp", "ecg5000", "cnn1d", 300, drop_rate=0.0,
+                                device_layers=2, device_pool=2,
+                                model_kwargs={"stem": 8, "patch": 4, "width": 8, "ldp_epsilon": 64.0})
+    device = DeviceModel.load(bundle)
+    assert device.block and device.ldp is not None
+    xs = ecg.x_test[:4].astype(np.float32)
+    js = run_js(node, bundle, [case(x) for x in xs])
+    assert "load_error" not in js, js
+    masks = KeyedMasks(KEY, model_version=device.version)
+    for x, got in zip(xs, js["results"], strict=True):
+        assert "error" not in got, got
+        payload, _ = device.encode_certified(x, masks)
+        assert got["payload"] == payload.data.hex(), "JS payload differs from Python's"
+        clean = device.activations(x)[0]
+        assert payload.nnz > 0 and not np.allclose(payload.activations, clean)
+
+
 def test_js_keyed_noise_matches_the_documented_test_vector(node):
     """docs/masks.md's test vector of the keyed noise derivation, in Python and in JS."""
     from daonet.device.masks import index_noise
