@@ -121,6 +121,12 @@ def test_the_least_leakage_recipe_and_its_refusals():
     cfg.validate()  # a recipe that would be refused is no recipe
     assert cfg.bottleneck_weight > 0 and cfg.model_kwargs["ldp_epsilon"] > 0 and cfg.model_kwargs["ldp_delta"] == 1e-6
     assert recommended_config("ecg5000", "cnn1d").bottleneck_weight == 0  # the certificate default is unchanged
+    from daonet.data import load_dataset
+    from daonet.train import model_for
+
+    first = model_for(cfg, load_dataset("ecg5000")).first  # the recipe builds: a pooled 2-layer head, the mechanism
+    assert first.device_layers == 2 and first.device_pool == 4 and first.ldp is not None
+    assert first.n_outputs < 1120  # pooling sends fewer values than the single layer's 32 x 35
     with pytest.raises(InputError, match="daonet plan --dataset mnist"):
         recommended_config("mnist", "mlp", "least-leakage")
     with pytest.raises(InputError, match="--goal must be one of"):
