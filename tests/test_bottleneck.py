@@ -136,3 +136,17 @@ def test_the_least_leakage_recipe_and_its_refusals():
                        (["--dataset", "mnist", "--recommended", "--goal", "least-leakage"], "no least-leakage recipe")):
         result = runner.invoke(app, ["train", *args])
         assert result.exit_code != 0 and said in result.output and "Traceback" not in result.output
+
+
+def test_options_given_with_recommended_override_the_recipe(tmp_path):
+    """``--recommended`` fills in the recipe; what the user typed wins (a smoke run of the recipe with
+    ``--epochs 1``, another epsilon with ``--model-opt``), and the rest of the recipe stays."""
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--dataset", "ecg5000", "--model", "cnn1d", "--recommended", "--goal",
+                                      "least-leakage", "--epochs", "1", "--n-train", "64", "--n-test", "64",
+                                      "--adversary-warmup", "5", "--model-opt", "ldp_epsilon=64", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "epochs=1 (yours)" in result.output
+    cfg = json.loads((out / "config.json").read_text())["train"]
+    assert cfg["epochs"] == 1 and cfg["model_kwargs"]["ldp_epsilon"] == 64
+    assert cfg["device_pool"] == 4 and cfg["bottleneck_weight"] == 0.03 and cfg["batch_size"] == 32  # the recipe's
