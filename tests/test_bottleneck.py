@@ -149,4 +149,4 @@ def test_options_given_with_recommended_override_the_recipe(tmp_path):
     assert "epochs=1 (yours)" in result.output
     cfg = json.loads((out / "config.json").read_text())["train"]
     assert cfg["epochs"] == 1 and cfg["model_kwargs"]["ldp_epsilon"] == 64
-    assert cfg["device_pool"] == 4 and cfg["bottleneck_weight"] == 0.03 and cfg["batch_size"] == 32  # the recipe's
+    assert cfg["device_pool"] == 4 and cfg["bottleneck_weight"] == 0.02 and cfg["batch_size"] == 32  # the recipe's
