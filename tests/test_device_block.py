@@ -204,3 +204,18 @@ def test_javascript_runtime_runs_the_block_byte_for_byte(blocks, start_server):
                 expected = client.predict(x)
                 assert answer["payload"] == expected.payload.data.hex() and answer["label"] == expected.label
                 np.testing.assert_allclose(answer["probabilities"], expected.probabilities, atol=1e-6)
+
+
+def test_audit_says_why_the_algebraic_attacks_skip_a_block(blocks):
+    """Asked for on a block, the equation attacks and the repeated-query attack are not silently dropped: the
+    report names each with the reason, and the learned baseline still runs."""
+    from daonet.audit import AuditConfig, run_audit
+
+    result, dev, _ = blocks["ecg5000-cnn1d-block2-pool"]
+    cfg = AuditConfig(dataset="ecg5000", budget="quick", n_test=40, public_size=0, decoder_epochs=3,
+                      decoder_patience=2, n_repeat=5, n_examples=2, seed=0,
+                      attacks=("min_norm", "decoder_label", "repeated"))
+    rep = run_audit(dev.parent, cfg, dataset=result.dataset, progress=False, log=lambda s: None).report
+    assert set(rep.skipped_attacks) == {"min_norm", "repeated"}
+    assert "non-linear block" in rep.skipped_attacks["repeated"] and rep.repeated is None
+    assert "decoder_label" in rep.attacks

@@ -444,6 +444,9 @@ def run_attacks(ctx: AttackContext, subject: AuditSubject, cfg: AuditConfig, sto
     n, n_test = subject.n, len(subject.x_test)
     runs = AttackRuns(recs={"data_mean": np.broadcast_to(subject.mu, (n_test, n)).astype(np.float32),
                             "class_prior": subject.class_means[ctx.pred].astype(np.float32)}, budgets={})
+    if "repeated" in cfg.attacks and not subject.linear:  # asked for, so say why it did not run
+        runs.skipped["repeated"] = ("solves the first layer's equations accumulated over K requests; the device runs "
+                                    "a non-linear block")
     for name in dict.fromkeys(ALIASES.get(a, a) for a in cfg.attacks if a != "repeated"):
         spec = create_attack(name)
         if spec.needs_equations and not subject.linear:
