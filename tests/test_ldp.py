@@ -167,6 +167,20 @@ def test_fresh_noise_is_drawn_ahead_and_never_reused():
 TEST_VECTOR = [-121, 215, 212, -134, -20, -71, -275, -47]  # index_discrete_gaussian(bytes 0..31, 0..7, 200)
 
 
+def test_keyed_noise_one_output_at_a_time_equals_the_lock_step_sampler():
+    """The keyed sampler runs each output alone in plain Python; the lock-step numpy sampler over the same byte
+    streams is its reference: the same integers for any key, outputs and noise scale."""
+    from daonet.device.masks import _ByteStreams, index_discrete_gaussian
+
+    rng = np.random.default_rng(3)
+    for s in (1, 2, 7, 183, 256):
+        prk = rng.bytes(32)
+        idx = np.sort(rng.choice(5000, size=200, replace=False))
+        reference = discrete_gaussian(np.arange(idx.size), s, _ByteStreams(prk, idx).uniform)
+        np.testing.assert_array_equal(index_discrete_gaussian(prk, idx, s), reference)
+    assert index_discrete_gaussian(bytes(range(32)), np.arange(8), 200).tolist() == TEST_VECTOR
+
+
 def test_discrete_gaussian_test_vector_in_both_runtimes():
     assert index_discrete_gaussian(KEY, np.arange(8), 200).tolist() == TEST_VECTOR
     # one coordinate's draws do not depend on the others: the same index gives the same value in any company
