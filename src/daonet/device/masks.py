@@ -334,46 +334,15 @@ def discrete_gaussian(c: np.ndarray, s: int, uniform: Uniform) -> np.ndarray:
     return out
 
 
-class _ByteStreams:
-    """One HMAC byte stream per output index: block ``j`` of output ``i`` is HMAC(NPRK, u32(i) || u32(j)),
-    ``NPRK = HMAC(prk, "daonet-ldp-noise-v1")``; a draw in [0, d) takes ceil(L/8) bytes (L = bit length of
-    d - 1), reads them little-endian, keeps the low L bits and retries while the value is >= d."""
-
-    def __init__(self, prk: bytes, indices: np.ndarray) -> None:
-        self.base = hmac.new(hmac.new(prk, LDP_NOISE_CONTEXT, hashlib.sha256).digest(), digestmod=hashlib.sha256)
-        self.indices = [int(i) for i in indices]
-        self.buf = [b""] * len(self.indices)
-        self.pos = [0] * len(self.indices)
-        self.block = [0] * len(self.indices)
-
-    def _take(self, c: int, n: int) -> bytes:
-        while len(self.buf[c]) - self.pos[c] < n:
-            h = self.base.copy()
-            h.update(_u32(self.indices[c]) + _u32(self.block[c]))
-            self.buf[c] = self.buf[c][self.pos[c]:] + h.digest()
-            self.pos[c] = 0
-            self.block[c] += 1
-        out = self.buf[c][self.pos[c]:self.pos[c] + n]
-        self.pos[c] += n
-        return out
-
-    def _one(self, c: int, d: int) -> int:
-        if d == 1:
-            return 0
-        bits = (d - 1).bit_length()
-        nbytes, mask = (bits + 7) // 8, (1 << bits) - 1
-        while True:
-            r = int.from_bytes(self._take(c, nbytes), "little") & mask
-            if r < d:
-                return r
-
-    def uniform(self, coords: np.ndarray, ranges: np.ndarray) -> np.ndarray:
-        return np.array([self._one(c, d) for c, d in zip(coords.tolist(), ranges.tolist(), strict=True)],
-                        dtype=np.int64)
+def _ldp_noise_key(prk: bytes) -> Any:
+    """HMAC-SHA256 keyed with ``NPRK = HMAC(prk, "daonet-ldp-noise-v1")``, to be copied per block."""
+    return hmac.new(hmac.new(prk, LDP_NOISE_CONTEXT, hashlib.sha256).digest(), digestmod=hashlib.sha256)
 
 
 class _OutputStream:
-    """One output's byte stream of :class:`_ByteStreams`, drawn one value at a time (no numpy per draw)."""
+    """One output's HMAC byte stream: block ``j`` of output ``i`` is HMAC(NPRK, u32(i) || u32(j)); a draw in
+    [0, d) takes ceil(L/8) bytes (L = bit length of d - 1), reads them little-endian, keeps the low L bits and
+    retries while the value is >= d."""
 
     __slots__ = ("base", "prefix", "buf", "pos", "block")
 
@@ -396,6 +365,19 @@ class _OutputStream:
             r = int.from_bytes(self.buf[pos:pos + n], "little") & mask
             if r < d:
                 return r
+
+
+class _ByteStreams:
+    """Every output's :class:`_OutputStream`, drawn in the order the lock-step :func:`discrete_gaussian` asks (the
+    reference the one-output-at-a-time sampler is tested against)."""
+
+    def __init__(self, prk: bytes, indices: np.ndarray) -> None:
+        base = _ldp_noise_key(prk)
+        self.streams = [_OutputStream(base, int(i)) for i in indices]
+
+    def uniform(self, coords: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+        return np.array([self.streams[c].uniform(d) for c, d in zip(coords.tolist(), ranges.tolist(), strict=True)],
+                        dtype=np.int64)
 
 
 def _bern_exp_le1_one(num: int, den: int, uniform: Callable[[int], int]) -> bool:
@@ -445,7 +427,7 @@ def index_discrete_gaussian(prk: bytes, indices: np.ndarray, noise_steps: int) -
     plain Python: the lock-step numpy sampler (:func:`discrete_gaussian` over :class:`_ByteStreams`, the
     reference it is tested against) pays a numpy call per round for the slowest output and is twice as slow."""
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    base = hmac.new(hmac.new(prk, LDP_NOISE_CONTEXT, hashlib.sha256).digest(), digestmod=hashlib.sha256)
+    base = _ldp_noise_key(prk)
     s = int(noise_steps)
     return np.array([_discrete_gaussian_one(s, _OutputStream(base, i).uniform) for i in indices.tolist()],
                     dtype=np.int64)

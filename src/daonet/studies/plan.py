@@ -253,6 +253,17 @@ class Candidate:
         return ", ".join([f"{head}, p={self.drop_rate:.2f}", *[m for m in more if m]])
 
 
+_WHOLE_SETTINGS = ("device_layers", "block_width", "quantize_levels", "adversary_reset", "device_pool")
+_OPTIONAL_SETTINGS = ("block_width", "max_revealed_energy", "ldp_epsilon")  # None: off (or no width at depth 1)
+
+
+def _grid_value(name: str, value: Any) -> Any:
+    """A grid value as the :class:`Candidate` field holds it (JSON gives 2 for 2.0 and the reverse)."""
+    if value is None and name in _OPTIONAL_SETTINGS:
+        return None
+    return int(value) if name in _WHOLE_SETTINGS else float(value)
+
+
 def grid_candidates(cfg: PlanConfig) -> list[Candidate]:
     """Every combination of the grid's values; settings the grid does not list take the task's recipe values."""
     import itertools
@@ -272,14 +283,7 @@ def grid_candidates(cfg: PlanConfig) -> list[Candidate]:
         values = {**defaults, **dict(zip(grid, combo, strict=True))}
         if values["device_layers"] == 1:
             values["block_width"] = None
-        out.append(Candidate(int(values["device_layers"]), None if values["block_width"] is None else
-                             int(values["block_width"]), float(values["drop_rate"]), float(values["adversary_weight"]),
-                             float(values["noise_std"]), int(values["quantize_levels"]),
-                             float(values["nopeek_weight"]), None if values["max_revealed_energy"] is None else
-                             float(values["max_revealed_energy"]),
-                             None if values["ldp_epsilon"] is None else float(values["ldp_epsilon"]),
-                             float(values["bottleneck_weight"]), int(values["adversary_reset"]),
-                             int(values["device_pool"]), float(values["class_balance"])))
+        out.append(Candidate(**{k: _grid_value(k, v) for k, v in values.items()}))
     return list(dict.fromkeys(out))  # a depth-1 row ignores the width: duplicates collapse
 
 

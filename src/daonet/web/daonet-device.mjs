@@ -1672,7 +1672,7 @@ export class RandomMasks {
 }
 
 /**
- * One HMAC byte stream per output (``_ByteStreams`` in daonet.device.masks): block j of output i is
+ * One HMAC byte stream per output (``_OutputStream`` in daonet.device.masks): block j of output i is
  * HMAC(NPRK, u32(i) || u32(j)), NPRK = HMAC(prk, "daonet-ldp-noise-v1"); a draw in [0, d) takes ceil(L/8) bytes
  * (L = bit length of d - 1), little-endian, keeps the low L bits and retries while >= d.
  */
