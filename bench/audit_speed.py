@@ -4,6 +4,12 @@
     python bench/audit_speed.py --bundle B --dataset ucr:FordA --budget quick
     python bench/audit_speed.py --old v0.9.0 --out reports/audit-speed
     python bench/audit_speed.py --old HEAD~1 --attacks min_norm,decoder_label,repeated --threads 1   # one stage
+    python bench/audit_speed.py --bundle src/daonet/defaults/mnist-mlp --dataset mnist \
+        --old-report src/daonet/defaults/mnist-mlp/audit/audit.json -- --decoder-schedule one-cycle
+
+With ``--old-report`` the old audit is not rerun: its ``audit.json`` (of the same bundle, data and seed, e.g. the
+signed report shipped beside a default) stands for it, and its times are the ones it recorded. Arguments after
+``--`` go to the new audit only (the change being measured, when it is a setting rather than a revision).
 
 A faster audit that is weaker is a regression, so speed alone proves nothing: this script checks out the *old*
 audit (a git revision, ``--old``) into a temporary worktree, runs it and the current one (this checkout) on the
@@ -38,12 +44,13 @@ def worktree(rev: str, where: Path) -> Path:
     return where / "src"
 
 
-def run_audit(src: Path, args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], float]:
+def run_audit(src: Path, args: argparse.Namespace, out: Path, extra: tuple[str, ...] = ()) -> tuple[dict[str, Any],
+                                                                                                  float]:
     """``daonet audit`` from the package under ``src`` (same interpreter, same installed dependencies)."""
     cmd = [sys.executable, "-c", "import sys; from daonet.cli import main; sys.argv[0] = 'daonet'; main()",
            "audit", str(args.bundle), "--dataset", args.dataset, "--budget", args.budget, "--out", str(out),
            "--threads", str(args.threads), "--seed", str(args.seed),
-           *(["--attacks", args.attacks] if args.attacks else [])]
+           *(["--attacks", args.attacks] if args.attacks else []), *extra]
     env = {**os.environ, "PYTHONPATH": str(src), "COLUMNS": "120"}
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -87,8 +94,10 @@ def compare(old: dict[str, Any], new: dict[str, Any], walls: tuple[float, float]
 
 def markdown(res: dict[str, Any], args: argparse.Namespace) -> str:
     m = res["metric"]
-    lines = [f"Audit of `{args.bundle}` on {args.dataset}, budget {args.budget}, old = `{args.old}`, new = this "
-             f"checkout; {args.threads} threads.", "",
+    old_name = f"the report `{args.old_report}`" if args.old_report else f"`{args.old}`"
+    extra = f" with `{' '.join(args.new_args)}`" if args.new_args else ""
+    lines = [f"Audit of `{args.bundle}` on {args.dataset}, budget {args.budget}, old = {old_name}, new = this "
+             f"checkout{extra}; {args.threads} threads.", "",
              f"| attack | old {m} | new {m} | new − old |", "|---|---|---|---|"]
     lines += [f"| {r['attack']} | {r['old']:.4f} | {r['new']:.4f} | {r['delta']:+.4f} |" for r in res["rows"]]
     lines += ["", "| stage | old s | new s | old / new |", "|---|---|---|---|"]
@@ -124,21 +133,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("reports/audit-speed"))
     p.add_argument("--attacks", default=None, help="only these attacks/stages, comma-separated (e.g. "
                    "min_norm,decoder_label,repeated: the repeated-query stage); default: the budget's")
-    args = p.parse_args(argv)
+    p.add_argument("--old-report", type=Path, default=None, help="an audit.json of the old audit on the same bundle "
+                   "(e.g. the signed report shipped with a default): compared against instead of rerunning --old")
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = p.parse_args(argv[:split])
+    args.new_args = tuple(argv[split + 1:])
     if not (args.bundle / "device" / "manifest.json").exists():
         sys.exit(f"{args.bundle} is not a bundle (no device/manifest.json): give --bundle a `daonet export` folder")
     args.out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="daonet-old-audit-"))
-    try:
-        old_src = worktree(args.old, tmp / "old")
-        print(f"old audit ({args.old}) ...", flush=True)
-        old, wall_old = run_audit(old_src, args, args.out / "old")
-        print(f"new audit ({REPO}) ...", flush=True)
-        new, wall_new = run_audit(REPO / "src", args, args.out / "new")
-    finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp / "old")],
-                       capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+    if args.old_report is not None:
+        old = json.loads(args.old_report.read_text())
+        old_seed = (old.get("config") or {}).get("seed", args.seed)
+        if old.get("dataset") != args.dataset or old_seed != args.seed:
+            sys.exit(f"{args.old_report} audited {old.get('dataset')!r} with seed {old_seed}; give the --dataset and "
+                     "--seed it was made with")
+        timing = old.get("timing_s", {})
+        wall_old = float(timing.get("compute_s", timing.get("total_s", 0.0)))
+        print(f"old audit: {args.old_report} (not rerun)", flush=True)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="daonet-old-audit-"))
+        try:
+            old_src = worktree(args.old, tmp / "old")
+            print(f"old audit ({args.old}) ...", flush=True)
+            old, wall_old = run_audit(old_src, args, args.out / "old")
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp / "old")],
+                           capture_output=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"new audit ({REPO}) ...", flush=True)
+    new, wall_new = run_audit(REPO / "src", args, args.out / "new", args.new_args)
     res = compare(old, new, (wall_old, wall_new), args.tolerance)
     res["settings"] = {k: str(v) for k, v in vars(args).items()}
     (args.out / "audit_speed.json").write_text(json.dumps(res, indent=2) + "\n")

@@ -286,9 +286,11 @@ def test_library_call_audits_your_own_arrays(undefended, digits, tmp_path):
         daonet.audit(undefended[0], dataset=digits, telepathy=True)
 
 
-def test_an_interrupted_decoder_continues_where_it_stopped(dropped, digits, tmp_path):
+@pytest.mark.parametrize("schedule", ["plateau", "one-cycle"])
+def test_an_interrupted_decoder_continues_where_it_stopped(dropped, digits, tmp_path, schedule):
     """A decoder killed mid-training resumes from its saved state and ends exactly where an uninterrupted
-    run ends (same held-out scores every epoch, same weights); a different setting does not reuse it."""
+    run ends (same held-out scores every epoch, same weights); a different setting does not reuse it. The
+    one-cycle run is killed inside its first restart cycle."""
     import torch
 
     from daonet.audit.core import Observer, build_pairs, load_pair
@@ -296,7 +298,8 @@ def test_an_interrupted_decoder_continues_where_it_stopped(dropped, digits, tmp_
 
     device, server = load_pair(dropped[0])
     x_pub = digits.x_train[:600]
-    budget = DecoderBudget(max_epochs=40, patience=3, hidden=64, batch=64, val_size=100, precision="fp32")
+    budget = DecoderBudget(max_epochs=40, patience=3, hidden=64, batch=64, val_size=100, precision="fp32",
+                           schedule=schedule, cycle_epochs=4, restart_epochs=3)
     pairs = build_pairs(device, server, Observer(device, server, None, x_pub.reshape(600, -1).mean(0)), None,
                         x_pub, budget, seed=0, policy_pools=1, torch_device=torch.device("cpu"))
     kw = dict(kind="image", input_shape=tuple(device.input_shape), box=(0.0, 1.0), budget=budget, progress=False)
@@ -401,3 +404,67 @@ def test_repeated_rows_match_direct_solves_of_their_stacked_equations():
     mixed4 = next(r for r in res.rows if r.masks == "mixed" and r.k == 4)
     assert keyed4.identical == 1.0 and fresh4.identical == 0.0 and mixed4.identical == pytest.approx(0.5)
     assert fresh4.min_norm > next(r for r in res.rows if r.masks == "fresh" and r.k == 1).min_norm
+
+
+def test_one_cycle_plan_converges_only_after_a_restart_cycle_that_gained_nothing():
+    """The one-cycle schedule claims convergence only when a whole further cycle at a fresh learning rate
+    failed to raise the best held-out score by more than min_delta; with no restart cycle it never does."""
+    import torch
+
+    from daonet.audit.decoders import DecoderBudget, LRPlan
+
+    def run(budget: DecoderBudget, scores: list[float]) -> tuple[list[str | None], list[float]]:
+        opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=budget.lr)
+        plan, verdicts, lrs = LRPlan(budget, opt, 5), [], []
+        for epoch, val in enumerate(scores):
+            for _ in range(5):
+                lrs.append(opt.param_groups[0]["lr"])
+                opt.step()
+                plan.after_step()
+            verdicts.append(plan.after_epoch(epoch, val))
+            if verdicts[-1]:
+                break
+        return verdicts, lrs
+
+    b = DecoderBudget(schedule="one-cycle", cycle_epochs=4, restart_epochs=2, lr=1e-2, min_delta=1e-3)
+    rising = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6005, 0.6009, 0.9]
+    verdicts, lrs = run(b, rising)
+    # epochs 1-4 first cycle, 5-6 a restart that gained 0.2, 7-8 a restart that gained 0.0009: converged
+    assert verdicts[:7] == [None] * 7 and verdicts[7] is not None and verdicts[7].startswith("converged")
+    assert max(lrs[:20]) == pytest.approx(1e-2, rel=1e-3) and lrs[19] < 1e-4  # warm-up to lr, anneal to ~0
+    assert max(lrs[20:30]) == pytest.approx(3e-3, rel=1e-3)  # the restart peaks at restart_lr x lr
+    verdicts, _ = run(b, [0.1 * (i + 1) for i in range(20)])
+    assert not any(verdicts)  # still gaining every cycle: never converged (the epoch cap decides)
+    verdicts, _ = run(replace(b, restart_epochs=0), [0.5] * 6)
+    assert verdicts[3] is not None and not verdicts[3].startswith("converged")
+    with pytest.raises(InputError, match="schedule"):
+        DecoderBudget(schedule="cosine").validate()
+
+
+def test_an_audit_split_over_processes_reports_what_one_process_does(dropped, tmp_path):
+    """--jobs 2 trains each attacker, then each budget-curve point, in one of two processes, from the same seeds
+    and budget, and assembles one report: every score is the one-process audit's."""
+    from daonet.audit.parallel import run_audit_parallel, split_attacks
+
+    cfg = replace(FAST, attacks=("min_norm", "rmle", "decoder_mlp", "decoder_conv", "decoder_label", "repeated"),
+                  decoder_epochs=4, decoder_hidden=64, rmle_steps=30, n_repeat=8, repeats=(1, 5), budget_curve=True,
+                  curve_sizes=(100, 200))
+    groups = split_attacks(cfg.attacks, 2)
+    assert len(groups) == 2 and groups[0][0] == "decoder_conv" and "repeated" not in sum(groups, ())
+    assert sorted(sum(groups, ())) == sorted(a for a in cfg.attacks if a != "repeated")
+    one = run_audit(dropped[0], replace(cfg, checkpoint_dir=str(tmp_path / "one")), progress=False,
+                    log=lambda s: None).report
+    said: list[str] = []
+    two = run_audit_parallel(dropped[0], replace(cfg, checkpoint_dir=str(tmp_path / "two")), 2, threads=1,
+                             progress=False, log=said.append).report
+    assert sum("job 2 of 2" in line for line in said) == 2  # the attacks, then the budget curve's two sizes
+    assert any("budget curve of decoder_" in line for line in said)
+    assert set(two.resumed_attacks) == set(sum(groups, ()))  # every attack came from a share's checkpoint
+    for name, entry in one.attacks.items():
+        assert two.attacks[name].metrics[one.metric].mean == pytest.approx(entry.metrics[one.metric].mean,
+                                                                             abs=1e-6), name
+    assert two.budget_curve is not None and two.repeated is not None
+    assert [p.public_train for p in two.budget_curve.points] == [p.public_train for p in one.budget_curve.points]
+    assert [p.test for p in two.budget_curve.points] == pytest.approx([p.test for p in one.budget_curve.points])
+    with pytest.raises(InputError, match="checkpoint"):
+        run_audit_parallel(dropped[0], cfg, 2, progress=False)

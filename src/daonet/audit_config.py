@@ -34,6 +34,13 @@ class DecoderBudget:
     loss: str = "mse+metric"  # or "mse"
     min_delta: float = 5e-4  # a gain smaller than this over ``patience`` epochs counts as converged
     precision: str = "auto"  # auto: TF32 on CUDA, bf16 autocast on CPUs with native bf16; fp32; bf16
+    # plateau: halve the learning rate when the held-out score stalls, stop after ``patience`` epochs without a
+    # gain; one-cycle: warm up to ``lr`` and anneal over ``cycle_epochs``, then further (shorter, lower) cycles
+    # of ``restart_epochs`` from where it ended until one gains no more than ``min_delta`` (0: no such check)
+    schedule: str = "plateau"
+    cycle_epochs: int = 30
+    restart_epochs: int = 10
+    restart_lr: float = 0.3  # a restart cycle's peak learning rate, as a share of ``lr``
 
     def validate(self) -> None:
         if self.max_epochs < 1 or self.patience < 1:
@@ -44,11 +51,17 @@ class DecoderBudget:
             raise InputError(f"decoder conv channels must be >= 8, got {self.conv_channels}")
         if self.loss not in ("mse", "mse+metric"):
             raise InputError(f"decoder loss must be 'mse' or 'mse+metric', got {self.loss!r}")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"decoder schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.cycle_epochs < 1 or self.restart_epochs < 0 or not 0 < self.restart_lr <= 1:
+            raise InputError(f"decoder one-cycle settings: cycle epochs >= 1, restart epochs >= 0 and restart lr in "
+                             f"(0, 1], got {self.cycle_epochs}, {self.restart_epochs}, {self.restart_lr}")
         if self.precision not in PRECISIONS:
             raise InputError(f"decoder precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+SCHEDULES = ("plateau", "one-cycle")
 
 
 BUDGET_NAMES = ("quick", "full")
@@ -111,6 +124,12 @@ class AuditConfig:
     decoder_conv_channels: int | None = setting(None, "the transposed-convolution decoder's widest feature map "
                                                       "(default: the budget's, 128 for full, 32 for quick)", min=8)
     decoder_batch: int | None = setting(None, "decoder batch size", min=1)
+    decoder_schedule: str | None = setting(None, "decoder learning-rate schedule: plateau (halve on a stall, stop "
+                                                 "after --decoder-patience epochs without a gain) or one-cycle "
+                                                 "(warm-up and anneal over --decoder-cycle-epochs, then shorter "
+                                                 "restart cycles until one gains nothing); default: the budget's",
+                                           choices=SCHEDULES)
+    decoder_cycle_epochs: int | None = setting(None, "epochs of the first one-cycle (default: the budget's)", min=1)
     decoder_loss: str | None = setting(None, "decoder training loss (default: the budget's)")
     decoder_precision: str | None = setting(None, "decoder training precision: auto (bf16 autocast on CPUs with "
                                                   "native bf16, TF32 on CUDA), fp32, bf16")
@@ -168,6 +187,7 @@ class AuditConfig:
         over: dict[str, Any] = {"max_epochs": self.decoder_epochs, "patience": self.decoder_patience,
                                 "hidden": self.decoder_hidden, "conv_channels": self.decoder_conv_channels,
                                 "batch": self.decoder_batch, "loss": self.decoder_loss,
+                                "schedule": self.decoder_schedule, "cycle_epochs": self.decoder_cycle_epochs,
                                 "precision": self.decoder_precision}
         return replace(d, **{k: v for k, v in over.items() if v is not None})
 

@@ -151,7 +151,7 @@ def build_pairs(device: DeviceModel, server: ServerModel, obs: Observer, policy:
     """The attacker's training material: its public inputs, fresh dropped vectors every epoch, and a fixed
     held-out split (payloads through the real runtime and server parser) for early stopping."""
     dev = torch_device
-    n_val = max(2, min(budget.val_size, len(x_pub) // 10))
+    n_val = public_val_size(len(x_pub), budget)
     x_val_np, x_tr_np = x_pub[:n_val], x_pub[n_val:]
     h_val = torch.from_numpy(obs.observe(x_val_np, RandomMasks(seed + 999))).to(dev)
     vd = device.value_dtype
@@ -570,6 +570,18 @@ def _leakage(per_sample: dict[str, dict[str, np.ndarray]], best: str, metric: st
     return {"mean": paired["advantage"], "se": paired["advantage_se"], "attack": best, "floor": "decoder_label"}
 
 
+def public_val_size(n_public: int, budget: DecoderBudget) -> int:
+    """How many of the attacker's public examples are held out for early stopping (the rest train)."""
+    return max(2, min(budget.val_size, n_public // 10))
+
+
+def curve_points(full_n: int, sizes: tuple[int, ...], add_half: bool) -> list[int]:
+    """The public-set sizes the budget curve retrains on, below the ``full_n`` training examples (the default
+    adds half of them as the last doubling); sizes under 20 are skipped."""
+    cap = full_n // 2 if add_half else full_n
+    return [s for s in sorted({x for x in sizes if x < cap} | ({cap} if add_half else set())) if s >= 20]
+
+
 def _budget_curve(ctx: AttackContext, family: str, fits: dict[str, dict[str, Any]], recs: dict[str, np.ndarray],
                   sizes: tuple[int, ...], x_test: np.ndarray, score: Any, progress: bool,
                   store: AttackCheckpoints | None, add_half: bool = True) -> dict[str, Any]:
@@ -580,10 +592,7 @@ def _budget_curve(ctx: AttackContext, family: str, fits: dict[str, dict[str, Any
     full_n = len(pairs.x_train)
     points = []
     resumed_s = 0.0
-    cap = full_n // 2 if add_half else full_n  # the default adds half of the public data as the last doubling
-    for s in sorted({x for x in sizes if x < cap} | ({cap} if add_half else set())):
-        if s < 20:
-            continue
+    for s in curve_points(full_n, sizes, add_half):
         key = f"budget_curve_{family}_{s}"
         point = store.load_point(key) if store is not None else None
         if point is not None:

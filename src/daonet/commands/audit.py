@@ -18,7 +18,7 @@ from .common import console, fail
 
 
 def audit(target: Path, *, out: Path = Path("reports/audit"), threads: int | None = None, resume: bool = True,
-          **settings: Any) -> None:
+          jobs: int = 1, **settings: Any) -> None:
     """Attack the dropped activations a bundle sends and report what a curious server learns.
 
     `daonet audit BUNDLE --dataset mnist --out reports/mnist` audits one bundle (every attacker trained from
@@ -29,6 +29,7 @@ def audit(target: Path, *, out: Path = Path("reports/audit"), threads: int | Non
 
     from ..audit import run_audit, write_report
     from ..audit.core import check_attacks
+    from ..audit.parallel import run_audit_parallel
     from ..errors import DaonetError
 
     if threads:
@@ -44,7 +45,8 @@ def audit(target: Path, *, out: Path = Path("reports/audit"), threads: int | Non
         fail(str(exc))
     if not Path(target).exists():
         fail(f"bundle {target} does not exist; export one with `daonet export RUN_DIR --out {target}`")
-    result = run_audit(Path(target), cfg, log=print_line)
+    result = run_audit_parallel(Path(target), cfg, jobs, threads=threads, log=print_line) if jobs > 1 else \
+        run_audit(Path(target), cfg, log=print_line)
     js, html = write_report(result, out)
     rep = result.report
     for name, entry in rep.attacks.items():
@@ -72,6 +74,9 @@ def _signature() -> inspect.Signature:
                  "settings) is run again")]),
         inspect.Parameter("threads", kw, default=None, annotation=Annotated[int | None, typer.Option(
             min=1, help="CPU threads for torch and numpy's BLAS (1 is fastest on a busy machine)")]),
+        inspect.Parameter("jobs", kw, default=1, annotation=Annotated[int, typer.Option(
+            min=1, help="processes the attackers are spread over (one share each, by cost; the report is "
+                        "assembled from their checkpoints); with --threads, threads per process")]),
     ], return_annotation=None)
 
 
