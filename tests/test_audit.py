@@ -163,6 +163,12 @@ def test_cli_audit(undefended, tmp_path):
     assert res.exit_code != 0 and "does not exist" in " ".join(res.output.split())
     res = runner.invoke(app, ["audit", str(undefended[0]), "--attacks", "min_norm,telepathy", "--out", str(out)])
     assert res.exit_code != 0 and "unknown attack" in " ".join(res.output.split())
+    res = runner.invoke(app, ["audit", str(undefended[0]), "--dataset", "digits", "--out", str(tmp_path / "two"),
+                              "--n-test", "20", "--attacks", "min_norm,decoder_label", "--threads", "1", "--budget",
+                              "quick", "--jobs", "2"])
+    assert res.exit_code == 0 and "job 2 of 2" in res.output, res.output
+    res = runner.invoke(app, ["audit", str(undefended[0]), "--jobs", "2", "--no-resume", "--out", str(out)])
+    assert res.exit_code != 0 and "drop --no-resume" in " ".join(res.output.split())
     res = runner.invoke(app, ["audit", "--help"])
     assert res.exit_code == 0 and "--budget" in res.output and "--dataset" in res.output  # options, not subcommands
 

@@ -292,7 +292,7 @@ def run_audit(bundle: str | Path, cfg: AuditConfig, *, dataset: Dataset | None =
     know = atk.ServerKnowledge.from_device(subject.device, subject.kind,
                                            subject.device.activations(subject.x_pub[:2000])) if subject.linear else None
     ctx = attack_context(subject, obs, know, cfg, progress, say)
-    store = _checkpoints(subject, cfg)
+    store = checkpoint_store(subject, cfg)
     if store is not None:
         ctx.partial_path = store.partial
     runs = run_attacks(ctx, subject, cfg, store, timing, say)
@@ -429,7 +429,8 @@ def attack_context(subject: AuditSubject, obs: Observation, know: atk.ServerKnow
     return ctx
 
 
-def _checkpoints(subject: AuditSubject, cfg: AuditConfig) -> AttackCheckpoints | None:
+def checkpoint_store(subject: AuditSubject, cfg: AuditConfig) -> AttackCheckpoints | None:
+    """Where this exact audit keeps its finished attacks (None without ``cfg.checkpoint_dir``)."""
     if not cfg.checkpoint_dir:
         return None
     return AttackCheckpoints(cfg.checkpoint_dir, audit_fingerprint(

@@ -22,7 +22,7 @@ from ..audit_config import ALIASES, AuditConfig
 from ..errors import InputError
 from .core import (
     AuditResult,
-    _checkpoints,
+    checkpoint_store,
     curve_points,
     prepare_subject,
     public_val_size,
@@ -66,7 +66,7 @@ def _curve_shares(bundle: str | Path, cfg: AuditConfig, jobs: int) -> list[Audit
     if not cfg.resolved("budget_curve"):
         return []
     subject = prepare_subject(bundle, cfg, None)
-    store = _checkpoints(subject, cfg)
+    store = checkpoint_store(subject, cfg)
     assert store is not None
     fits = {}
     for a in dict.fromkeys(ALIASES.get(a, a) for a in cfg.attacks):

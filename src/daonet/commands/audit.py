@@ -43,6 +43,8 @@ def audit(target: Path, *, out: Path = Path("reports/audit"), threads: int | Non
         check_attacks(cfg)
     except DaonetError as exc:
         fail(str(exc))
+    if jobs > 1 and not resume:
+        fail("--jobs needs the checkpoint folder its processes leave their finished attacks in: drop --no-resume")
     if not Path(target).exists():
         fail(f"bundle {target} does not exist; export one with `daonet export RUN_DIR --out {target}`")
     result = run_audit_parallel(Path(target), cfg, jobs, threads=threads, log=print_line) if jobs > 1 else \
