@@ -7,6 +7,8 @@
     python bench/audit_speed.py --bundle src/daonet/defaults/mnist-mlp --dataset mnist \
         --old-report src/daonet/defaults/mnist-mlp/audit/audit.json -- --decoder-schedule one-cycle
 
+With ``--new-report`` the new audit is not run here either (two finished audits compared, e.g. one that ran
+for an hour in the background; its wall time is then the compute it recorded).
 With ``--old-report`` the old audit is not rerun: its ``audit.json`` (of the same bundle, data and seed, e.g. the
 signed report shipped beside a default) stands for it, and its times are the ones it recorded. Arguments after
 ``--`` go to the new audit only (the change being measured, when it is a setting rather than a revision).
@@ -135,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                    "min_norm,decoder_label,repeated: the repeated-query stage); default: the budget's")
     p.add_argument("--old-report", type=Path, default=None, help="an audit.json of the old audit on the same bundle "
                    "(e.g. the signed report shipped with a default): compared against instead of rerunning --old")
+    p.add_argument("--new-report", type=Path, default=None, help="an audit.json of the new audit, already run (with "
+                   "the settings after --): compared instead of running it here")
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args = p.parse_args(argv[:split])
@@ -161,8 +165,13 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp / "old")],
                            capture_output=True)
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"new audit ({REPO}) ...", flush=True)
-    new, wall_new = run_audit(REPO / "src", args, args.out / "new", args.new_args)
+    if args.new_report is not None:
+        new = json.loads(args.new_report.read_text())
+        timing = new.get("timing_s", {})
+        wall_new = float(timing.get("wall_s", timing.get("compute_s", timing.get("total_s", 0.0))))
+    else:
+        print(f"new audit ({REPO}) ...", flush=True)
+        new, wall_new = run_audit(REPO / "src", args, args.out / "new", args.new_args)
     res = compare(old, new, (wall_old, wall_new), args.tolerance)
     res["settings"] = {k: str(v) for k, v in vars(args).items()}
     (args.out / "audit_speed.json").write_text(json.dumps(res, indent=2) + "\n")

@@ -464,6 +464,7 @@ def test_an_audit_split_over_processes_reports_what_one_process_does(dropped, tm
     two = run_audit_parallel(dropped[0], replace(cfg, checkpoint_dir=str(tmp_path / "two")), 2, threads=1,
                              progress=False, log=said.append).report
     assert sum("job 2 of 2" in line for line in said) == 2  # the attacks, then the budget curve's two sizes
+    assert two.timing_s["jobs"] == 2 and two.timing_s["wall_s"] >= two.timing_s["total_s"]
     assert any("budget curve of decoder_" in line for line in said)
     assert set(two.resumed_attacks) == set(sum(groups, ()))  # every attack came from a share's checkpoint
     for name, entry in one.attacks.items():

@@ -12,6 +12,7 @@ trained exactly as in a one-process audit (same seeds, same budget): only where 
 from __future__ import annotations
 
 import multiprocessing
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -110,12 +111,16 @@ def run_audit_parallel(bundle: str | Path, cfg: AuditConfig, jobs: int, *, threa
         raise InputError("a parallel audit needs a checkpoint folder (drop --no-resume): its processes leave "
                          "their finished attacks there")
     cfg.validate()
+    t0 = time.perf_counter()
     say = log if log is not None else print
     _run_shares([_share(cfg, g) for g in split_attacks(tuple(cfg.attacks), jobs)], bundle, threads, progress, say,
                 lambda c: ", ".join(c.attacks))
     _run_shares(_curve_shares(bundle, cfg, jobs), bundle, threads, progress, say,
                 lambda c: f"budget curve of {c.attacks[0]} on {', '.join(map(str, c.curve_sizes or ()))} examples")
-    return run_audit(bundle, cfg, progress=progress, log=log)  # reuses every share; repeated queries, report
+    result = run_audit(bundle, cfg, progress=progress, log=log)  # reuses every share; repeated queries, report
+    # the report's total_s is the last pass; compute_s adds every share's seconds; this is the whole audit's wall
+    result.report.timing_s.update(wall_s=round(time.perf_counter() - t0, 2), jobs=float(jobs))
+    return result
 
 
 def _run_shares(shares: list[AuditConfig], bundle: str | Path, threads: int | None, progress: bool,
