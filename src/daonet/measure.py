@@ -23,6 +23,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["make_progress", "stats", "status_bytes", "PeakMemoryProbe"]
 
 
+LINE_PREFIX = ""  # put before every logged progress line (a worker process of a parallel audit: "[job 2] ")
+
+
 def make_progress(transient: bool = False, *, enabled: bool = True, refresh_per_second: float = 10,
                   console: Console | None = None) -> Progress:
     """The progress bar every long step shows: description, bar, done/total, a ``status`` field, elapsed time.
@@ -57,8 +60,11 @@ def make_progress(transient: bool = False, *, enabled: bool = True, refresh_per_
                 task.fields["_logged_at"] = task.elapsed
                 total = f"/{task.total:g}" if task.total is not None else ""
                 left = task.time_remaining
-                eta = f", ~{left:.0f} s left at this rate" if left is not None and not task.finished else ""
-                self.console.print(f"{task.description}: {task.completed:g}{total} {task.fields.get('status', '')} "
+                eta = "" if left is None or task.finished else (
+                    f", at most ~{left:.0f} s left (the cap)" if task.fields.get("total_is_cap") else
+                    f", ~{left:.0f} s left at this rate")
+                self.console.print(f"{LINE_PREFIX}{task.description}: {task.completed:g}{total} "
+                                   f"{task.fields.get('status', '')} "
                                    f"({task.elapsed:.0f} s{eta})", highlight=False, markup=False, soft_wrap=True)
 
         def advance(self, task_id: TaskID, advance: float = 1) -> None:

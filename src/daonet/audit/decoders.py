@@ -394,7 +394,7 @@ def fit_decoder(family: str, pairs: PublicPairs, *, kind: str, input_shape: tupl
 
     with make_progress() as bar:
         task = bar.add_task(label or f"decoder {family}", total=plan.expected_epochs(), completed=start, status="",
-                            visible=progress)
+                            visible=progress, total_is_cap=budget.schedule == "plateau")
         for epoch in range(start, budget.max_epochs if stopped == CAP_TEXT else start):
             f_tr = features(family, pairs, pairs.sample(epoch, n_train))
             model.train()

@@ -87,15 +87,23 @@ def _curve_shares(bundle: str | Path, cfg: AuditConfig, jobs: int) -> list[Audit
             for group in _balance(sizes, float, jobs)]
 
 
-def _worker(bundle: str, cfg: AuditConfig, threads: int | None, job: int) -> tuple[str, ...]:
-    """One share of the attacks in a spawned process (its results go to the checkpoint store)."""
+def _worker(bundle: str, cfg: AuditConfig, threads: int | None, job: int, progress: bool) -> tuple[str, ...]:
+    """One share of the attacks in a spawned process (its results go to the checkpoint store); its progress is
+    printed as plain lines marked with the job's number (live bars from several processes would overwrite
+    each other)."""
+    import rich
+
+    from .. import measure
+
+    measure.LINE_PREFIX = f"[job {job}] "
+    rich.reconfigure(force_terminal=False)
     if threads:
         import torch
         from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(threads)
         threadpool_limits(threads)
-    run_audit(bundle, cfg, progress=False, log=lambda line: print(f"[job {job}] {line}", flush=True))
+    run_audit(bundle, cfg, progress=progress, log=lambda line: print(f"[job {job}] {line}", flush=True))
     return cfg.attacks
 
 
@@ -132,7 +140,7 @@ def _run_shares(shares: list[AuditConfig], bundle: str | Path, threads: int | No
         say(f"job {i + 1} of {len(shares)}: {what(c)}")
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
     with ProcessPoolExecutor(max_workers=len(shares) - 1, mp_context=ctx) as pool:
-        futures = [pool.submit(_worker, str(bundle), c, threads, i + 2) for i, c in enumerate(shares[1:])]
+        futures = [pool.submit(_worker, str(bundle), c, threads, i + 2, progress) for i, c in enumerate(shares[1:])]
         run_audit(bundle, shares[0], progress=progress, log=say)
         for f in futures:
             f.result()  # a failed share raises here, with its traceback
