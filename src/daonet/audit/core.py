@@ -506,10 +506,9 @@ def saturation(ctx: AttackContext, subject: AuditSubject, runs: AttackRuns, cfg:
         return None
     t0 = time.perf_counter()
     strongest = max(fits, key=lambda f: fits[f]["best_val"])
-    family = strongest if cfg.curve_family == "auto" else cfg.curve_family
-    curve = _budget_curve(ctx, family, fits, runs.recs,
-                          cfg.preset.curve_sizes if cfg.curve_sizes is None else cfg.curve_sizes,
-                          subject.x_test, ctx.score, progress, store, add_half=cfg.curve_sizes is None)
+    family, sizes, add_half = curve_choice(cfg, {f: b["best_val"] for f, b in fits.items()})
+    curve = _budget_curve(ctx, family, fits, runs.recs, sizes, subject.x_test, ctx.score, progress, store,
+                          add_half=add_half)
     timing["budget_curve_s"] = time.perf_counter() - t0
     if family != strongest:
         warnings.append(f"the budget curve retrains decoder_{family} (--curve-family), not the strongest family on "
@@ -574,6 +573,14 @@ def _leakage(per_sample: dict[str, dict[str, np.ndarray]], best: str, metric: st
 def public_val_size(n_public: int, budget: DecoderBudget) -> int:
     """How many of the attacker's public examples are held out for early stopping (the rest train)."""
     return max(2, min(budget.val_size, n_public // 10))
+
+
+def curve_choice(cfg: AuditConfig, best_val: dict[str, float]) -> tuple[str, tuple[int, ...], bool]:
+    """The family the budget curve retrains (the strongest attacker family by held-out score, unless
+    ``--curve-family`` names one), its public-set sizes, and whether half of the public data is added."""
+    family = max(best_val, key=lambda f: best_val[f]) if cfg.curve_family == "auto" else cfg.curve_family
+    sizes = cfg.preset.curve_sizes if cfg.curve_sizes is None else cfg.curve_sizes
+    return family, tuple(sizes), cfg.curve_sizes is None
 
 
 def curve_points(full_n: int, sizes: tuple[int, ...], add_half: bool) -> list[int]:

@@ -24,6 +24,7 @@ from ..errors import InputError
 from .core import (
     AuditResult,
     checkpoint_store,
+    curve_choice,
     curve_points,
     prepare_subject,
     public_val_size,
@@ -69,22 +70,18 @@ def _curve_shares(bundle: str | Path, cfg: AuditConfig, jobs: int) -> list[Audit
     subject = prepare_subject(bundle, cfg, None)
     store = checkpoint_store(subject, cfg)
     assert store is not None
-    fits = {}
+    best_val = {}
     for a in dict.fromkeys(ALIASES.get(a, a) for a in cfg.attacks):
-        family = a.removeprefix("decoder_")
-        if a.startswith("decoder_") and family not in ("prediction", "label"):
-            hit = store.load(a)
-            if hit is not None:
-                fits[family] = float(hit[1]["best_val"])
-    if not fits:
+        if a.startswith("decoder_") and a not in ("decoder_prediction", "decoder_label") and \
+                (hit := store.load(a)) is not None:
+            best_val[a.removeprefix("decoder_")] = float(hit[1]["best_val"])
+    if not best_val:
         return []
-    family = max(fits, key=lambda f: fits[f]) if cfg.curve_family == "auto" else cfg.curve_family
+    family, sizes, add_half = curve_choice(cfg, best_val)
     full_n = len(subject.x_pub) - public_val_size(len(subject.x_pub), cfg.decoder_budget())
-    sizes = curve_points(full_n, cfg.preset.curve_sizes if cfg.curve_sizes is None else cfg.curve_sizes,
-                         cfg.curve_sizes is None)
     return [replace(cfg, attacks=(f"decoder_{family}",), curve_family=family, curve_sizes=group, budget_curve=True,
                     policy_thresholds=(), n_examples=0)
-            for group in _balance(sizes, float, jobs)]
+            for group in _balance(curve_points(full_n, sizes, add_half), float, jobs)]
 
 
 def _worker(bundle: str, cfg: AuditConfig, threads: int | None, job: int, progress: bool) -> tuple[str, ...]:
