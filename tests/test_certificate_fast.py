@@ -243,3 +243,29 @@ def test_patch_table_when_full_starts_again_and_changes_nothing(models, name, mo
         assert len(table) >= prefilled  # the prefilled sets survive every reset
         assert resets, "the table never filled up: nothing was tested"
         resets.clear()
+
+
+@pytest.mark.parametrize("slot_rows", [1, 6, 32])
+def test_fast_certificate_of_an_overlapping_conv1d_cut_into_independent_systems(models, monkeypatch, slot_rows):
+    """Most outputs dropped: gaps of positions with no surviving output cut a 1-D overlapping convolution's
+    equations into independent systems, certified as one stack (as on a FordA-length signal at a high drop rate),
+    packed one group or several to a slot. The certificates and bytes are the reference's, and the split path
+    is the one that settled them."""
+    from daonet.device import certificate
+
+    device, xs = models["conv1d-overlap"]
+    monkeypatch.setattr(certificate, "_SPLIT_ABOVE", 0)  # this small layer would take the one-system path
+    monkeypatch.setattr(certificate, "_SLOT_ROWS", slot_rows)
+    settled = []
+    stats = certificate._component_stats
+    monkeypatch.setattr(certificate, "_component_stats",
+                        lambda *a: (lambda out: (settled.append(out is not None), out)[1])(stats(*a)))
+    rng = np.random.default_rng(slot_rows)
+    x = _inputs(device, xs, 6)
+    for i, xi in enumerate(x):
+        mask = rng.random(device.n_outputs) > 0.8
+        for policy in POLICIES[:3]:
+            ref, fast = _both(device, lambda xi=xi, mask=mask, policy=policy: [
+                device.encode_certified(xi, RandomMasks(i), mask=mask, policy=policy)])
+            _assert_same(ref, fast)
+    assert sum(settled) >= len(x)  # the stacked path settled (not only declined) most requests

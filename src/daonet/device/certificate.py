@@ -611,6 +611,9 @@ def _single_system_fast(system: FirstLayerSystem, idx: np.ndarray, d: np.ndarray
     if k == 0:
         return 0, 0, 0.0, 0.0
     if k < n:  # the rows and their Gram matrix: lookups where the layer keeps them, else built once here
+        split = _component_stats(system, idx, d, id_tol)
+        if split is not None:
+            return split
         table = system.lookup
         if table is not None:
             a, gram = table[0][idx], table[1][idx[:, None], idx]
@@ -629,6 +632,86 @@ def _single_system_fast(system: FirstLayerSystem, idx: np.ndarray, d: np.ndarray
         r, ni, lv, e = _system_stats(a, d, id_tol, gram)
         return r, ni, e, float(lv.max()) if lv.size else 0.0
     return int(rank[0]), int(ident[0]), float(energy[0]), float(lev[0].max())
+
+
+_SLOT_ROWS = 32  # independent groups are packed into stack slots of about this many rows (_component_stats)
+_SPLIT_ABOVE = 4e6  # k² n of a system below which one k × k Gram matrix costs less than the split (measured)
+
+
+def _component_slots(system: FirstLayerSystem, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """A 1-D overlapping convolution's surviving outputs (their positions ``pos``) packed into independent
+    systems: (order of the outputs by position, slot of each output in that order), or ``None`` when they form
+    one system.
+
+    Outputs at positions ``p < p'`` share input values only if ``(p' - p) · stride < kernel``, so a gap of
+    positions with no surviving output wider than that cuts the equations into independent groups, whose
+    projectors are the blocks of the whole one's (rank, leverages and revealed energy add up). Consecutive
+    groups are packed into one slot until it holds about ``_SLOT_ROWS`` rows: a slot is still a run of the
+    signal whose equations touch no other slot's inputs, and one stack of a few small systems costs fewer numpy
+    calls than one system per group."""
+    if pos.size < 2:
+        return None
+    order = np.argsort(pos, kind="stable")
+    cut = np.diff(pos[order]) * system.stride[0] >= system.kernel[0]
+    if not cut.any():
+        return None
+    group = np.concatenate([[0], np.cumsum(cut)])  # group of each output, in position order
+    starts = np.flatnonzero(np.concatenate([[True], cut]))  # where each group starts (its rows before it)
+    full = starts // _SLOT_ROWS  # non-decreasing; numbered without gaps below
+    slot = np.concatenate([[0], np.cumsum(np.diff(full) > 0)])[group]
+    if slot[-1] == 0:
+        return None  # every group in one slot: the whole system is as small
+    return order, slot
+
+
+def _component_stats(system: FirstLayerSystem, idx: np.ndarray, d: np.ndarray,
+                     id_tol: float) -> tuple[int, int, float, float] | None:
+    """:func:`_wide_stats` of a 1-D overlapping convolution whose outputs split into independent systems
+    (:func:`_component_slots`), as one stack of small Gram matrices instead of one k × k. The proof is the whole
+    system's: ``tr(G) tr(G⁻¹)`` summed over the stack (``G`` is block diagonal), so the reference would take
+    its eigen path and find rank ``k``. ``None`` where it does not apply (another layer kind, one system, a slot
+    with as many equations as unknowns) or cannot settle (the caller then takes the whole system's path)."""
+    if system.kind == "dense" or system.patchify or len(system.kernel) != 1 or idx.size**2 * system.n < _SPLIT_ABOVE:
+        return None
+    ch, pos = system.split(idx)
+    packed = _component_slots(system, pos)
+    if packed is None:
+        return None
+    order, slot = packed
+    ch, pos = ch[order], pos[order]
+    (kernel,), (stride,) = system.kernel, system.stride
+    c_in, length = system.input_shape[0], system.input_shape[1]
+    n_sys = int(slot[-1]) + 1
+    counts = np.bincount(slot, minlength=n_sys)
+    begin = np.cumsum(counts) - counts
+    first, last = pos[begin], pos[begin + counts - 1]
+    width = (last - first) * stride + kernel  # input values each slot's receptive fields cover (per input channel)
+    if (counts >= width * c_in).any():
+        return None
+    k_max, w_max = int(counts.max()), int(width.max())
+    row = np.arange(pos.size) - begin[slot]
+    cols = ((pos - first[slot]) * stride)[:, None] + np.arange(kernel)  # in the slot's own window
+    a = np.zeros((n_sys, k_max, c_in, w_max))
+    a[slot[:, None, None], row[:, None, None], np.arange(c_in)[None, :, None], cols[:, None, :]] = \
+        system.kernel_rows.reshape(-1, c_in, kernel)[ch]
+    a = a.reshape(n_sys, k_max, c_in * w_max)
+    inside = np.arange(w_max) < width[:, None, None]
+    coords = (first * stride)[:, None, None] + np.arange(c_in)[None, :, None] * length + np.arange(w_max)
+    db = np.where(inside, d[np.where(inside, coords, 0)], 0.0).reshape(n_sys, c_in * w_max, 1)
+    g = a @ np.swapaxes(a, 1, 2)
+    pad = np.arange(k_max) >= counts[:, None]  # padded slots: identity, so every block stays invertible
+    diag = np.arange(k_max)
+    g[:, diag, diag] += pad
+    inv = _inverses(g)
+    if inv is None:
+        return None
+    gd, vd = g[:, diag, diag][~pad], inv[:, diag, diag][~pad]
+    if not ((vd * gd >= 1.0 - 1e-9).all() and float(gd.sum()) * float(vd.sum()) < _MAX_CONDITION):
+        return None
+    lev = (a * (inv @ a)).sum(1)
+    da = a @ db
+    return (int(idx.size), int(np.count_nonzero(lev >= 1.0 - id_tol)), float((da * (inv @ da)).sum()),
+            float(lev.max()))
 
 
 def _wide_stats(a: np.ndarray, gram: np.ndarray, d: np.ndarray, id_tol: float) -> tuple[int, int, float, float] | None:
