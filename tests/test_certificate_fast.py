@@ -265,7 +265,7 @@ def test_fast_certificate_of_an_overlapping_conv1d_cut_into_independent_systems(
     for i, xi in enumerate(x):
         mask = rng.random(device.n_outputs) > 0.8
         for policy in POLICIES[:3]:
-            ref, fast = _both(device, lambda xi=xi, mask=mask, policy=policy: [
+            ref, fast = _both(device, lambda xi=xi, mask=mask, policy=policy, i=i: [
                 device.encode_certified(xi, RandomMasks(i), mask=mask, policy=policy)])
             _assert_same(ref, fast)
     assert sum(settled) >= len(x)  # the stacked path settled (not only declined) most requests
