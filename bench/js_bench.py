@@ -3,9 +3,10 @@
     python bench/js_bench.py --out reports/js-bench
 
 For real test inputs of small real models, one per device layer kind (each trained here for one epoch on a
-subset, p=0.5, cached under .daonet-cache/js-bench): MNIST mlp (dense 784-800), MNIST cnn with a 4x4 patchify
-stem and with an overlapping 4x4 stride-2 stem, ECG5000 cnn1d (140 samples) and FordA cnn1d (500 samples)
-with patchify stems, and two device blocks (mlp with two device layers; ECG5000 cnn1d with two layers and
+subset, p=0.5 unless said, cached under .daonet-cache/js-bench): MNIST mlp (dense 784-800), MNIST cnn with a 4x4
+patchify stem and with an overlapping 4x4 stride-2 stem, ECG5000 cnn1d (140 samples) and FordA cnn1d (500
+samples) with patchify stems and with overlapping stems (ECG5000 kernel 8 stride 4 and FordA kernel 10 stride 5
+at p=0.9, the FordA one also at p=0.5), two device blocks (mlp with two device layers; ECG5000 cnn1d with two layers and
 max pooling), the same work is timed in each runtime: validate, first layer (+ block), ReLU, keyed mask
 (HMAC-SHA256), the privacy policy with its certificate, and the wire v1 bytes. That is what ``Client.encode``
 (Python) and ``device.encode`` (JavaScript) do per request.
@@ -45,6 +46,14 @@ MODELS = {  # name: (data set, model, model kwargs, training examples, extra Tra
     "mnist-cnn-overlap": ("mnist", "cnn", {"stem": 8, "patch": 4, "stride": 2, "width": 16}, 2000, {}),
     "ecg5000-cnn1d": ("ecg5000", "cnn1d", {"stem": 32, "patch": 4, "width": 16}, 500, {}),
     "forda-cnn1d": ("ucr:FordA", "cnn1d", {"stem": 32, "patch": 4, "width": 16}, 1000, {}),
+    # overlapping conv1d stems as in bench/device_step.py --kinds: ECG5000 kernel 8 stride 4, FordA kernel 10 stride 5
+    "ecg5000-cnn1d-overlap": ("ecg5000", "cnn1d", {"stem": 32, "patch": 8, "stride": 4, "width": 16}, 500,
+                              {"drop_rate": 0.9}),
+    "forda-cnn1d-overlap": ("ucr:FordA", "cnn1d", {"stem": 32, "patch": 10, "stride": 5, "width": 16}, 1000,
+                            {"drop_rate": 0.9}),
+    # the same FordA stem at p = 0.5: more outputs survive than the input has values, so the policy chooses rows
+    "forda-cnn1d-overlap-p0.5": ("ucr:FordA", "cnn1d", {"stem": 32, "patch": 10, "stride": 5, "width": 16}, 1000,
+                                 {}),
     "mnist-mlp-block2": ("mnist", "mlp", {"hidden": 256, "hidden2": 64}, 3000, {"device_layers": 2}),
     "ecg5000-cnn1d-block2-pool": ("ecg5000", "cnn1d", {"stem": 16, "patch": 4, "width": 16}, 500,
                                   {"device_layers": 2, "device_pool": 2}),

@@ -179,6 +179,36 @@ def test_js_certificate_of_explicit_masks_and_policy_drops(node, bundles):
         assert got["certificate"]["dropped_by_policy"] == cert.dropped_by_policy
 
 
+def test_js_tall_overlapping_system_certificate_and_policy_equal_python(node, bundles):
+    """Every output of the overlapping conv1d kept: more equations than the signal has values (as a FordA-length
+    layer at p = 0.5). Both runtimes prove full rank from ``AᵀA`` (every value identifiable), then the policy's
+    greedy chooses which rows to keep: the same outputs, bytes and certificate, with and without an energy bound;
+    with one receptive field's outputs dropped too, the uncovered values stay outside the row space."""
+    bundle, sig = bundles["conv1d-overlap"]
+    device = DeviceModel.load(bundle)
+    system = device.system
+    assert device.n_outputs > system.n  # a tall system when everything is kept
+    _, pos = system.split(np.arange(device.n_outputs))
+    everything = np.ones(device.n_outputs, dtype=bool)
+    hole = everything & (pos != 3)
+    policies = ((None, device.policy), ({"max_revealed_energy": 0.3}, PrivacyPolicy(max_revealed_energy=0.3)),
+                ({"max_revealed_energy": None}, PrivacyPolicy(max_revealed_energy=None)))
+    for spec, policy in policies:
+        inputs = [sig[i % len(sig)] for i in range(4)]
+        masks = [everything, everything, hole, hole]
+        cases = [case(x, mask=m.astype(int).tolist(), policy=spec) for x, m in zip(inputs, masks, strict=True)]
+        js = run_js(node, bundle, cases)
+        for x, m, got in zip(inputs, masks, js["results"], strict=True):
+            assert "error" not in got, got
+            payload, cert = device.encode_certified(x, mask=m, policy=policy)
+            assert got["payload"] == payload.data.hex()
+            c = got["certificate"]
+            for field in ("k", "rank", "identifiable", "k_before_policy", "dropped_by_policy", "policy_ok"):
+                assert c[field] == getattr(cert, field), (spec, field)
+            assert abs(c["revealed_energy"] - cert.revealed_energy) <= 1e-6
+            assert cert.dropped_by_policy > 0  # the full system identifies every value: the policy had to act
+
+
 @pytest.mark.parametrize("kind", ["dense", "conv2d-patchify", "conv1d-overlap"])
 def test_js_encode_many_equals_numpy_bytes(node, bundles, kind):
     """A buffered batch (typed arrays, or one nested batch) gives numpy's ``encode_many(_certified)`` bytes,

@@ -691,10 +691,10 @@ def _component_stats(system: FirstLayerSystem, idx: np.ndarray, d: np.ndarray,
     k_max, w_max = int(counts.max()), int(width.max())
     row = np.arange(pos.size) - begin[slot]
     cols = ((pos - first[slot]) * stride)[:, None] + np.arange(kernel)  # in the slot's own window
-    a = np.zeros((n_sys, k_max, c_in, w_max))
-    a[slot[:, None, None], row[:, None, None], np.arange(c_in)[None, :, None], cols[:, None, :]] = \
+    rows = np.zeros((n_sys, k_max, c_in, w_max))
+    rows[slot[:, None, None], row[:, None, None], np.arange(c_in)[None, :, None], cols[:, None, :]] = \
         system.kernel_rows.reshape(-1, c_in, kernel)[ch]
-    a = a.reshape(n_sys, k_max, c_in * w_max)
+    a = rows.reshape(n_sys, k_max, c_in * w_max)
     inside = np.arange(w_max) < width[:, None, None]
     coords = (first * stride)[:, None, None] + np.arange(c_in)[None, :, None] * length + np.arange(w_max)
     db = np.where(inside, d[np.where(inside, coords, 0)], 0.0).reshape(n_sys, c_in * w_max, 1)

@@ -1498,14 +1498,88 @@ function rowSpaceBasis(a, k, m) {
   return { basis: B, r: keep.length };
 }
 
+const FULL_RANK_MARGIN = 1e-10;  // as numpy's _FULL_RANK_MARGIN: tr(M) tr(M^-1) below 1e10 proves rank m
+
+/**
+ * A system with at least as many rows as inputs (``_batched_stats_tall``): where ``M = A^T A`` on the inputs its
+ * rows touch is proven full rank (``tr(M) tr(M^-1) < 1e10``; the others are outside the row space), ``P`` is the
+ * identity on them: ``{r, lev, e}``; else null (the SVD decides). ``M`` from each row's non-zeros, its Cholesky
+ * factor within its envelope (a convolution's ``M`` is banded), the diagonal of ``M^-1`` from one forward
+ * substitution per input: no k x m x m or m^3 work for a convolution.
+ */
+function tallStats(a, k, m, d) {
+  const M = new Float64Array(m * m);  // lower triangle
+  const nz = new Int32Array(m);
+  for (let i = 0; i < k; i++) {
+    const ai = i * m;
+    let c = 0;
+    for (let t = 0; t < m; t++) if (a[ai + t] !== 0) nz[c++] = t;
+    for (let p = 0; p < c; p++) {
+      const tp = nz[p]; const vp = a[ai + tp]; const row = tp * m;
+      for (let q = 0; q <= p; q++) M[row + nz[q]] += vp * a[ai + nz[q]];
+    }
+  }
+  const cov = [];
+  for (let t = 0; t < m; t++) if (M[t * m + t] > 0) cov.push(t);
+  const mc = cov.length;
+  if (mc === 0) return null;
+  const L = new Float64Array(mc * mc);
+  const env = new Int32Array(mc);
+  let trace = 0;
+  for (let i = 0; i < mc; i++) {
+    const row = cov[i] * m;
+    let fi = i;
+    for (let j = 0; j < i; j++) if (M[row + cov[j]] !== 0) { fi = j; break; }
+    env[i] = fi;
+    for (let j = fi; j <= i; j++) L[i * mc + j] = M[row + cov[j]];
+    trace += M[row + cov[i]];
+  }
+  for (let i = 0; i < mc; i++) {  // Cholesky within the envelope (no fill outside it)
+    const fi = env[i]; const ri = i * mc;
+    for (let j = fi; j <= i; j++) {
+      const rj = j * mc;
+      let s = L[ri + j];
+      for (let t = Math.max(fi, env[j]); t < j; t++) s -= L[ri + t] * L[rj + t];
+      if (i === j) {
+        if (!(s > 0)) return null;
+        L[ri + i] = Math.sqrt(s);
+      } else {
+        L[ri + j] = s / L[rj + j];
+      }
+    }
+  }
+  let traceInv = 0;
+  const x = new Float64Array(mc);
+  for (let j = 0; j < mc; j++) {  // column j of L^-1; (M^-1)_jj is its squared norm
+    x[j] = 1 / L[j * mc + j];
+    let vd = x[j] * x[j];
+    for (let i = j + 1; i < mc; i++) {
+      const ri = i * mc;
+      let s = 0;
+      for (let t = Math.max(env[i], j); t < i; t++) s += L[ri + t] * x[t];
+      x[i] = -s / L[ri + i];
+      vd += x[i] * x[i];
+    }
+    if (!(vd * M[cov[j] * m + cov[j]] >= 1 - 1e-9)) return null;
+    traceInv += vd;
+  }
+  if (!(trace * traceInv * FULL_RANK_MARGIN < 1)) return null;
+  const lev = new Float64Array(m);
+  let e = 0;
+  for (const t of cov) { lev[t] = 1; e += d[t] * d[t]; }
+  return { r: mc, lev, e };
+}
+
 /** (rank, identifiable, max leverage, ||P d||^2) of one system (``_system_stats``). */
 function systemStats(a, k, m, d, idTol, gram = null) {
   if (k === 0) return { r: 0, ident: 0, maxLev: 0, e: 0 };
   let r = k;
   let lev; let e;
-  const fast = choleskyStats(a, k, m, d, gram);
+  const tall = k >= m ? tallStats(a, k, m, d) : null;
+  const fast = tall ?? choleskyStats(a, k, m, d, gram);
   if (fast !== null) {
     ({ lev, e } = fast);
+    if (tall) r = tall.r;
   } else {
     const { basis, r: rank } = rowSpaceBasis(a, k, m);
     r = rank; lev = new Float64Array(m); e = 0;
@@ -1572,14 +1646,14 @@ function greedyKeep(system, indices, d, policy) {
     for (let i = 0; i < k; i++) { let s = 0; for (let t = 0; t < b.m; t++) s += b.rows[i * b.m + t] ** 2; norm[i] = Math.sqrt(s); }
     return { members: b.members, res: Float64Array.from(b.rows), m: b.m, k, norm, basis: [], lev: new Float64Array(b.m), d: gather(d, b.coords), alive: new Uint8Array(k).fill(1) };
   });
+  const gainOf = (st, i, rn2, rd) => (rn2 <= (DEPENDENT_RTOL * st.norm[i]) ** 2 ? 0 : (rd * rd) / rn2);
   const gains = (st) => {
     const g = new Float64Array(st.k);
     for (let i = 0; i < st.k; i++) {
       let rn2 = 0; let rd = 0;
       const ri = i * st.m;
       for (let t = 0; t < st.m; t++) { const v = st.res[ri + t]; rn2 += v * v; rd += v * st.d[t]; }
-      const dep = rn2 <= (DEPENDENT_RTOL * st.norm[i]) ** 2;
-      g[i] = st.alive[i] ? (dep ? 0 : (rd * rd) / rn2) : Infinity;
+      g[i] = st.alive[i] ? gainOf(st, i, rn2, rd) : Infinity;
     }
     return g;
   };
@@ -1619,12 +1693,18 @@ function greedyKeep(system, indices, d, policy) {
       energy += gain;
       st.lev = lev;
       st.basis.push(q);
+      // every undecided row's residual loses its component along q, and its gain is recomputed from it (the sums
+      // in the order gains() takes them); decided rows are never read again, so they are left as they are
+      const res = st.res; const m = st.m; const g = cur[bestB];
       for (let i = 0; i < st.k; i++) {
-        const ri = st.res.subarray(i * st.m, (i + 1) * st.m);
-        const c = dot(ri, q);
-        for (let t = 0; t < st.m; t++) ri[t] -= c * q[t];
+        if (!st.alive[i]) { g[i] = Infinity; continue; }
+        const ri = i * m;
+        let c = 0;
+        for (let t = 0; t < m; t++) c += res[ri + t] * q[t];
+        let rn2 = 0; let rd = 0;
+        for (let t = 0; t < m; t++) { const v = res[ri + t] - c * q[t]; res[ri + t] = v; rn2 += v * v; rd += v * st.d[t]; }
+        g[i] = gainOf(st, i, rn2, rd);
       }
-      cur[bestB] = gains(st);
     } else {
       cur[bestB][bestI] = Infinity;
     }
