@@ -51,12 +51,13 @@ def node() -> str:
 
 
 def run_js(node: str, bundle: Path, cases: list[dict], key: bytes | None = KEY, time_s: float = 0.0,
-           similarity: dict | None = None, server: str | None = None, extra: dict | None = None) -> dict:
+           similarity: dict | None = None, server: str | None = None, extra: dict | None = None,
+           timeout: float = 120) -> dict:
     job = {"module": str(MODULE), "bundle": str(bundle) if bundle else None, "key": key.hex() if key else None,
            "cases": cases, "similarity": similarity, "server": server, **(extra or {})}
     if time_s:
         job["time"] = time_s
-    proc = subprocess.run([node, str(RUNNER)], input=json.dumps(job), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([node, str(RUNNER)], input=json.dumps(job), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 

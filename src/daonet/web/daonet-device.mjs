@@ -1635,8 +1635,135 @@ function certificateOf(system, indices, d, idTol, kBefore, policy) {
   return cert;
 }
 
+const EXPLICIT_BELOW = 1e-2;  // as numpy's _EXPLICIT_BELOW: rows this close to the accepted span get explicit residuals
+
+/** ``dst[o:o+n] -= sum_s coef[c+s] basis[s]`` over the first ``nb`` basis rows (row-major, n wide). */
+function subtractCombination(dst, o, basis, coef, c, nb, n) {
+  for (let s = 0; s < nb; s++) {
+    const w = coef[c + s]; const b = s * n;
+    for (let t = 0; t < n; t++) dst[o + t] -= w * basis[b + t];
+  }
+}
+
+/** ``q -= B^T (B q)`` for the first ``nb`` rows ``B`` of ``basis`` (``proj``: scratch of nb values). */
+function projectOut(q, basis, nb, n, proj) {
+  for (let s = 0; s < nb; s++) { let c = 0; const b = s * n; for (let t = 0; t < n; t++) c += basis[b + t] * q[t]; proj[s] = c; }
+  subtractCombination(q, 0, basis, proj, 0, nb, n);
+}
+
+/**
+ * ``greedyKeep`` for one system (dense, overlapping convolution), as numpy's ``_greedy_keep_single``: the same
+ * choices in O(k x kernel) per accepted row instead of O(k x n). A row's gain needs only ``||r_i||^2`` and
+ * ``r_i . d``; after accepting ``q`` they drop by ``c_i^2`` and ``c_i (q . d)`` with ``c_i = a_i . q`` (a
+ * convolution's row against ``q`` on its receptive field). The chosen row's residual is formed from the stored
+ * coefficients; rows that come within 1 % of the span keep explicit residuals from then on, updated and
+ * re-orthogonalized as in the reference.
+ */
+function greedySingle(system, indices, d, policy, a, k, n) {
+  const total = dot(d, d);
+  const budget = policy.maxRevealedEnergy === null ? null : policy.maxRevealedEnergy * total;
+  const limit = 1 - policy.identifiableTol;
+  const forbid = policy.forbidIdentifiable;
+  const sparse = system.kind !== "dense";
+  const pd = sparse ? system.patchDim : n;
+  const rowCoords = new Int32Array(sparse ? k * pd : 0); const rowVals = new Float64Array(sparse ? k * pd : 0);
+  if (sparse) {
+    for (let i = 0; i < k; i++) {
+      const ch = Math.floor(indices[i] / system.nPositions); const p = indices[i] % system.nPositions;
+      for (let j = 0; j < pd; j++) { rowCoords[i * pd + j] = system.patchCoords[p * pd + j]; rowVals[i * pd + j] = system.kernelRows[ch * pd + j]; }
+    }
+  }
+  const along = (q, i) => {  // a_i . q
+    let c = 0;
+    if (sparse) { const o = i * pd; for (let j = 0; j < pd; j++) c += rowVals[o + j] * q[rowCoords[o + j]]; } else { const o = i * n; for (let t = 0; t < n; t++) c += a[o + t] * q[t]; }
+    return c;
+  };
+  const keep = new Uint8Array(k); const alive = new Uint8Array(k).fill(1); const explicit = new Uint8Array(k);
+  const norm = new Float64Array(k); const rn2 = new Float64Array(k); const rd = new Float64Array(k);
+  const depBelow = new Float64Array(k); const closeBelow = new Float64Array(k);
+  for (let i = 0; i < k; i++) {
+    let s = 0; let sd = 0;
+    for (let t = 0; t < n; t++) { const v = a[i * n + t]; s += v * v; sd += v * d[t]; }
+    norm[i] = Math.sqrt(s); rn2[i] = s; rd[i] = sd;
+    depBelow[i] = (DEPENDENT_RTOL * norm[i]) ** 2; closeBelow[i] = EXPLICIT_BELOW * s;
+  }
+  const maxBasis = Math.min(k, n);
+  const basis = new Float64Array(maxBasis * n); const coef = new Float64Array(k * maxBasis);
+  const res = new Float64Array(k * n);
+  let nb = 0;
+  let lev = new Float64Array(n);
+  let energy = 0;
+  const r = new Float64Array(n); const proj = new Float64Array(maxBasis);
+  const residual = (i) => {  // the stored coefficients' residual of row i (into res at i)
+    const o = i * n;
+    for (let t = 0; t < n; t++) res[o + t] = a[o + t];
+    subtractCombination(res, o, basis, coef, i * maxBasis, nb, n);
+    let s2 = 0; let sd = 0;
+    for (let t = 0; t < n; t++) { const v = res[o + t]; s2 += v * v; sd += v * d[t]; }
+    rn2[i] = s2; rd[i] = sd;
+  };
+  for (;;) {
+    let j = -1; let best = Infinity;
+    for (let i = 0; i < k; i++) {
+      if (!alive[i]) continue;
+      const g = rn2[i] <= depBelow[i] ? 0 : (rd[i] * rd[i]) / rn2[i];
+      if (g < best || j < 0) { best = g; j = i; }
+    }
+    if (j < 0 || !(best < Infinity)) break;
+    alive[j] = 0; closeBelow[j] = -Infinity;
+    if (explicit[j]) {
+      for (let t = 0; t < n; t++) r[t] = res[j * n + t];
+    } else {
+      for (let t = 0; t < n; t++) r[t] = a[j * n + t];
+      subtractCombination(r, 0, basis, coef, j * maxBasis, nb, n);
+    }
+    const rn = Math.sqrt(dot(r, r));
+    if (rn <= DEPENDENT_RTOL * norm[j]) { keep[j] = 1; continue; }  // reveals nothing new
+    const q = new Float64Array(n);
+    for (let t = 0; t < n; t++) q[t] = r[t] / rn;
+    if (explicit[j] && nb) projectOut(q, basis, nb, n, proj);  // re-orthogonalize against the accepted basis
+    const qn = Math.sqrt(dot(q, q));
+    if (qn < 0.5) { keep[j] = 1; continue; }  // lost to cancellation: numerically dependent
+    let maxLev = 0;
+    const newLev = new Float64Array(n);
+    for (let t = 0; t < n; t++) { q[t] /= qn; newLev[t] = lev[t] + q[t] * q[t]; if (newLev[t] > maxLev) maxLev = newLev[t]; }
+    const qd = dot(q, d);
+    if (forbid && maxLev >= limit) continue;
+    if (budget !== null && energy + qd * qd > budget) continue;
+    keep[j] = 1;
+    energy += qd * qd;
+    lev = newLev;
+    basis.set(q, nb * n);
+    for (let i = 0; i < k; i++) {
+      const c = along(q, i);
+      coef[i * maxBasis + nb] = c;
+      if (!alive[i]) continue;
+      if (explicit[i]) {  // explicit residuals lose their component along q and are summed again
+        const o = i * n;
+        let cr = 0;
+        for (let t = 0; t < n; t++) cr += res[o + t] * q[t];
+        let s2 = 0; let sd = 0;
+        for (let t = 0; t < n; t++) { const v = res[o + t] - cr * q[t]; res[o + t] = v; s2 += v * v; sd += v * d[t]; }
+        rn2[i] = s2; rd[i] = sd;
+      } else {
+        rn2[i] -= c * c;
+        rd[i] -= c * qd;
+      }
+    }
+    nb++;
+    for (let i = 0; i < k; i++) {
+      if (rn2[i] < closeBelow[i]) { residual(i); explicit[i] = 1; closeBelow[i] = -Infinity; }
+    }
+  }
+  return keep;
+}
+
 /** Forward selection of the least revealing rows (``_greedy_keep``): a keep flag per index. */
 function greedyKeep(system, indices, d, policy) {
+  if (system.kind === "dense" || !system.patchify) {  // one system: the incremental form
+    const [b] = system.blocks(indices);
+    return greedySingle(system, indices, d, policy, b.rows, indices.length, b.m);
+  }
   const total = dot(d, d);
   const budget = policy.maxRevealedEnergy === null ? null : policy.maxRevealedEnergy * total;
   const keep = new Uint8Array(indices.length);
