@@ -181,10 +181,12 @@ def test_js_certificate_of_explicit_masks_and_policy_drops(node, bundles):
 
 
 def test_js_tall_overlapping_system_certificate_and_policy_equal_python(node, bundles):
-    """Every output of the overlapping conv1d kept: more equations than the signal has values (as a FordA-length
-    layer at p = 0.5). Both runtimes prove full rank from ``AᵀA`` (every value identifiable), then the policy's
-    greedy chooses which rows to keep: the same outputs, bytes and certificate, with and without an energy bound;
-    with one receptive field's outputs dropped too, the uncovered values stay outside the row space."""
+    """Every output of the overlapping conv1d kept: about as many equations as the signal has values, more on some
+    requests (as a FordA-length layer at p = 0.5). Both runtimes prove full rank from ``AᵀA`` where there are more
+    (every value identifiable), then the policy's greedy chooses which rows to keep (in the JavaScript runtime's
+    SIMD kernel at this size, and in plain JavaScript: the same bits): the same outputs, bytes and certificate,
+    with and without an energy bound; with one receptive field's outputs dropped too, the uncovered values stay
+    outside the row space."""
     bundle, sig = bundles["conv1d-overlap"]
     device = DeviceModel.load(bundle)
     system = device.system
@@ -199,6 +201,10 @@ def test_js_tall_overlapping_system_certificate_and_policy_equal_python(node, bu
         masks = [everything, everything, hole, hole]
         cases = [case(x, mask=m.astype(int).tolist(), policy=spec) for x, m in zip(inputs, masks, strict=True)]
         js = run_js(node, bundle, cases)
+        plain = run_js(node, bundle, cases, extra={"no_simd": True})  # the greedy's loops without the kernel
+        assert not plain["simd"]
+        assert [(r["payload"], r["certificate"]) for r in plain["results"]] == \
+               [(r["payload"], r["certificate"]) for r in js["results"]]  # the same bits
         for x, m, got in zip(inputs, masks, js["results"], strict=True):
             assert "error" not in got, got
             payload, cert = device.encode_certified(x, mask=m, policy=policy)

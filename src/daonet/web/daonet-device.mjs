@@ -1637,18 +1637,69 @@ function certificateOf(system, indices, d, idTol, kBefore, policy) {
 
 const EXPLICIT_BELOW = 1e-2;  // as numpy's _EXPLICIT_BELOW: rows this close to the accepted span get explicit residuals
 
-/** ``dst[o:o+n] -= sum_s coef[c+s] basis[s]`` over the first ``nb`` basis rows (row-major, n wide). */
-function subtractCombination(dst, o, basis, coef, c, nb, n) {
-  for (let s = 0; s < nb; s++) {
-    const w = coef[c + s]; const b = s * n;
-    for (let t = 0; t < n; t++) dst[o + t] -= w * basis[b + t];
+/**
+ * Where one system's greedy keeps its basis (up to ``maxBasis`` rows of ``n``), every row's coefficients along
+ * it, and its scratch vectors: in the WebAssembly SIMD kernel's memory when the work is large enough (the
+ * residuals then run in its ``upd`` and ``dots``), else in a plain array. The same operations in the same order
+ * either way, so the same bits.
+ */
+function greedyWorkspace(k, n, maxBasis) {
+  const K = k * maxBasis * n >= SIMD_MIN_WORK * 16 ? leverageKernel() : null;
+  const oBasis = 0; const oCoef = oBasis + maxBasis * n; const oR = oCoef + k * maxBasis; const oQ = oR + n;
+  const oProj = oQ + n; const oIds = oProj + maxBasis; const size = oIds + Math.ceil(maxBasis / 2);
+  const f = K !== null ? kernelMemory(K, size) : new Float64Array(size);
+  if (K !== null) f.fill(0, 0, size);
+  const ids = new Int32Array(f.buffer, f.byteOffset + 8 * oIds, maxBasis);
+  for (let s = 0; s < maxBasis; s++) ids[s] = s;
+  return { K, f, n, maxBasis, oBasis, oCoef, oR, oQ, oProj, oIds,
+    basis: f.subarray(oBasis, oCoef), coef: f.subarray(oCoef, oR), r: f.subarray(oR, oQ), q: f.subarray(oQ, oProj),
+    proj: f.subarray(oProj, oIds) };
+}
+
+/** ``f[y:y+n] -= sum_s f[alpha+s] basis[s]`` over the first ``nb`` basis rows, each entry's subtractions in ``s``
+ * order (``y - alpha_s * b_s``); plain JavaScript does four rows per pass over ``y``, the same operations. */
+function subtractCombination(ws, y, alpha, nb) {
+  const { f, n, K, oBasis } = ws;
+  if (K !== null) {
+    for (let s = 0; s < nb; s++) K.upd(8 * y, 0, 8 * (oBasis + s * n), 0, 8 * (alpha + s), n, 1);
+    return;
+  }
+  let s = 0;
+  for (; s + 4 <= nb; s += 4) {
+    const w0 = f[alpha + s]; const w1 = f[alpha + s + 1]; const w2 = f[alpha + s + 2]; const w3 = f[alpha + s + 3];
+    const b0 = oBasis + s * n; const b1 = b0 + n; const b2 = b1 + n; const b3 = b2 + n;
+    for (let t = 0; t < n; t++) {
+      f[y + t] = (((f[y + t] - w0 * f[b0 + t]) - w1 * f[b1 + t]) - w2 * f[b2 + t]) - w3 * f[b3 + t];
+    }
+  }
+  for (; s < nb; s++) {
+    const w = f[alpha + s]; const b = oBasis + s * n;
+    for (let t = 0; t < n; t++) f[y + t] -= w * f[b + t];
   }
 }
 
-/** ``q -= B^T (B q)`` for the first ``nb`` rows ``B`` of ``basis`` (``proj``: scratch of nb values). */
-function projectOut(q, basis, nb, n, proj) {
-  for (let s = 0; s < nb; s++) { let c = 0; const b = s * n; for (let t = 0; t < n; t++) c += basis[b + t] * q[t]; proj[s] = c; }
-  subtractCombination(q, 0, basis, proj, 0, nb, n);
+/** The scratch ``q`` loses its components along the first ``nb`` basis rows: ``q -= B^T (B q)``, each product
+ * summed as the ``dots`` kernel does (four sums over ``t`` mod 4, the tail in the first, then
+ * ``(a0 + a1) + (a2 + a3)``). */
+function projectOut(ws, nb) {
+  const { f, n, K, oBasis, oQ, oProj } = ws;
+  if (nb === 0) return;
+  if (K !== null) {
+    K.dots(8 * oQ, 8 * oBasis, 8 * ws.oIds, 8 * oProj, n, nb);
+  } else {
+    const n4 = n - (n % 4);
+    for (let s = 0; s < nb; s++) {
+      const b = oBasis + s * n;
+      let a0 = 0; let a1 = 0; let a2 = 0; let a3 = 0;
+      for (let t = 0; t < n4; t += 4) {
+        a0 += f[oQ + t] * f[b + t]; a1 += f[oQ + t + 1] * f[b + t + 1];
+        a2 += f[oQ + t + 2] * f[b + t + 2]; a3 += f[oQ + t + 3] * f[b + t + 3];
+      }
+      for (let t = n4; t < n; t++) a0 += f[oQ + t] * f[b + t];
+      f[oProj + s] = (a0 + a1) + (a2 + a3);
+    }
+  }
+  subtractCombination(ws, oQ, oProj, nb);
 }
 
 /**
@@ -1688,16 +1739,17 @@ function greedySingle(system, indices, d, policy, a, k, n) {
     depBelow[i] = (DEPENDENT_RTOL * norm[i]) ** 2; closeBelow[i] = EXPLICIT_BELOW * s;
   }
   const maxBasis = Math.min(k, n);
-  const basis = new Float64Array(maxBasis * n); const coef = new Float64Array(k * maxBasis);
+  const ws = greedyWorkspace(k, n, maxBasis);
+  const { basis, coef, r, q } = ws;
   const res = new Float64Array(k * n);
   let nb = 0;
   let lev = new Float64Array(n);
   let energy = 0;
-  const r = new Float64Array(n); const proj = new Float64Array(maxBasis);
   const residual = (i) => {  // the stored coefficients' residual of row i (into res at i)
     const o = i * n;
-    for (let t = 0; t < n; t++) res[o + t] = a[o + t];
-    subtractCombination(res, o, basis, coef, i * maxBasis, nb, n);
+    r.set(a.subarray(o, o + n));
+    subtractCombination(ws, ws.oR, ws.oCoef + i * maxBasis, nb);
+    res.set(r, o);
     let s2 = 0; let sd = 0;
     for (let t = 0; t < n; t++) { const v = res[o + t]; s2 += v * v; sd += v * d[t]; }
     rn2[i] = s2; rd[i] = sd;
@@ -1712,16 +1764,15 @@ function greedySingle(system, indices, d, policy, a, k, n) {
     if (j < 0 || !(best < Infinity)) break;
     alive[j] = 0; closeBelow[j] = -Infinity;
     if (explicit[j]) {
-      for (let t = 0; t < n; t++) r[t] = res[j * n + t];
+      r.set(res.subarray(j * n, (j + 1) * n));
     } else {
-      for (let t = 0; t < n; t++) r[t] = a[j * n + t];
-      subtractCombination(r, 0, basis, coef, j * maxBasis, nb, n);
+      r.set(a.subarray(j * n, (j + 1) * n));
+      subtractCombination(ws, ws.oR, ws.oCoef + j * maxBasis, nb);
     }
     const rn = Math.sqrt(dot(r, r));
     if (rn <= DEPENDENT_RTOL * norm[j]) { keep[j] = 1; continue; }  // reveals nothing new
-    const q = new Float64Array(n);
     for (let t = 0; t < n; t++) q[t] = r[t] / rn;
-    if (explicit[j] && nb) projectOut(q, basis, nb, n, proj);  // re-orthogonalize against the accepted basis
+    if (explicit[j]) projectOut(ws, nb);  // re-orthogonalize against the accepted basis
     const qn = Math.sqrt(dot(q, q));
     if (qn < 0.5) { keep[j] = 1; continue; }  // lost to cancellation: numerically dependent
     let maxLev = 0;
