@@ -1055,7 +1055,13 @@ class FirstLayerSystem {
   }
 }
 
-const gather = (d, coords) => (coords ? Float64Array.from(coords, (c) => d[c]) : d);
+/** ``d[coords]`` (``d`` itself without coords); a plain loop (``Float64Array.from`` with a map runs the iterator protocol). */
+function gather(d, coords) {
+  if (!coords) return d;
+  const out = new Float64Array(coords.length);
+  for (let i = 0; i < coords.length; i++) out[i] = d[coords[i]];
+  return out;
+}
 
 /** One-sided Jacobi SVD of the columns of ``M`` (rows x cols, row-major): columns -> U*sigma, returns V. */
 function jacobiColumns(M, rows, cols) {
@@ -2806,7 +2812,12 @@ export class DeviceModel {
     return row.map((v) => (v > 0 && f32ToF16Bits(v) !== 0 ? v : 0));
   }
 
-  _centered(x) { return Float64Array.from(x, (v, j) => v - this.publicMean[j]); }
+  _centered(x) {
+    const mu = this.publicMean;
+    const out = new Float64Array(x.length);
+    for (let j = 0; j < x.length; j++) out[j] = x[j] - mu[j];
+    return out;
+  }
 
   /** Certificate of one input and the dropped activation vector that would be sent for it. */
   certify(x, sent) {
