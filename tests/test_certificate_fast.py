@@ -245,16 +245,12 @@ def test_patch_table_when_full_starts_again_and_changes_nothing(models, name, mo
         resets.clear()
 
 
-@pytest.mark.parametrize("slot_rows", [1, 6, 32])
-def test_fast_certificate_of_an_overlapping_conv1d_cut_into_independent_systems(models, monkeypatch, slot_rows):
-    """Most outputs dropped: gaps of positions with no surviving output cut a 1-D overlapping convolution's
-    equations into independent systems, certified as one stack (as on a FordA-length signal at a high drop rate),
-    packed one group or several to a slot. The certificates and bytes are the reference's, and the split path
-    is the one that settled them."""
+def _same_when_cut(device: DeviceModel, xs: np.ndarray, monkeypatch, slot_rows: int) -> None:
+    """Most outputs dropped, the split into independent systems on even for a small layer: the bytes and
+    certificates are the reference's, and the split path is the one that settled them."""
     from daonet.device import certificate
 
-    device, xs = models["conv1d-overlap"]
-    monkeypatch.setattr(certificate, "_SPLIT_ABOVE", 0)  # this small layer would take the one-system path
+    monkeypatch.setattr(certificate, "_SPLIT_ABOVE", 0)  # a small layer would take the one-system path
     monkeypatch.setattr(certificate, "_SLOT_ROWS", slot_rows)
     settled = []
     stats = certificate._component_stats
@@ -269,3 +265,33 @@ def test_fast_certificate_of_an_overlapping_conv1d_cut_into_independent_systems(
                 device.encode_certified(xi, RandomMasks(i), mask=mask, policy=policy)])
             _assert_same(ref, fast)
     assert sum(settled) >= len(x)  # the stacked path settled (not only declined) most requests
+
+
+@pytest.mark.parametrize("slot_rows", [1, 6, 32])
+def test_fast_certificate_of_an_overlapping_conv1d_cut_into_independent_systems(models, monkeypatch, slot_rows):
+    """Gaps of positions with no surviving output cut a 1-D overlapping convolution's equations into independent
+    systems, certified as one stack (as on a FordA-length signal at a high drop rate), packed one group or
+    several to a slot."""
+    device, xs = models["conv1d-overlap"]
+    _same_when_cut(device, xs, monkeypatch, slot_rows)
+
+
+def test_fast_certificate_of_a_two_channel_conv1d_cut_into_independent_systems(tmp_path, monkeypatch):
+    """The same on signals of two channels (as a two-axis body-sensor window; here two real ECG5000 traces side by
+    side, stored as a user's ``npz``): a slot's window holds every channel's values of its stretch."""
+    ecg = load_dataset("ecg5000").subset(300, 40, seed=1)
+    pair = lambda x: np.concatenate([x, x[::-1]], axis=1).astype(np.float32)  # noqa: E731  (N, 2, L)
+    np.savez(tmp_path / "ecg2.npz", x_train=pair(ecg.x_train), y_train=ecg.y_train, x_test=pair(ecg.x_test),
+             y_test=ecg.y_test)
+    ds = load_dataset(f"npz:{tmp_path / 'ecg2.npz'}")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = train(TrainConfig(dataset=ds.name, model="cnn1d", drop_rate=0.5, epochs=1,
+                                model_kwargs={"stem": 6, "patch": 5, "stride": 2, "width": 8}), ds=ds, progress=False)
+    finally:
+        torch.set_num_threads(old)
+    export_model(res.model, tmp_path / "bundle", model_id="ecg2", classes=ds.classes)
+    device = DeviceModel.load(tmp_path / "bundle" / "device")
+    assert device.input_shape[0] == 2 and device.kind == "conv1d"
+    _same_when_cut(device, ds.x_test, monkeypatch, 6)

@@ -699,7 +699,7 @@ def _component_stats(system: FirstLayerSystem, idx: np.ndarray, d: np.ndarray,
     coords = (first * stride)[:, None, None] + np.arange(c_in)[None, :, None] * length + np.arange(w_max)
     db = np.where(inside, d[np.where(inside, coords, 0)], 0.0).reshape(n_sys, c_in * w_max, 1)
     g = a @ np.swapaxes(a, 1, 2)
-    pad = np.arange(k_max) >= counts[:, None]  # padded slots: identity, so every block stays invertible
+    pad = np.arange(k_max) >= counts[:, None]  # padding rows: an identity, so every block stays invertible
     diag = np.arange(k_max)
     g[:, diag, diag] += pad
     inv = _inverses(g)

@@ -1275,6 +1275,29 @@ function leveragesJs(Li, a, k, m) {
 }
 
 /**
+ * The Cholesky factor of the lower triangle ``G`` (k x k, row-major) whose row ``i`` is zero left of ``env[i]``:
+ * no fill outside that envelope, so only its entries are computed; null where a pivot is not above ``minPivot``.
+ */
+function envelopeCholesky(G, env, k, minPivot) {
+  const L = new Float64Array(k * k);
+  for (let i = 0; i < k; i++) {
+    const fi = env[i]; const ri = i * k;
+    for (let j = fi; j <= i; j++) {
+      const rj = j * k;
+      let s = G[ri + j];
+      for (let t = Math.max(fi, env[j]); t < j; t++) s -= L[ri + t] * L[rj + t];
+      if (i === j) {
+        if (!(s > minPivot)) return null;
+        L[ri + i] = Math.sqrt(s);
+      } else {
+        L[ri + j] = s / L[rj + j];
+      }
+    }
+  }
+  return L;
+}
+
+/**
  * Leverages and ``||P d||^2`` of a system of sparse rows (overlapping convolutions: each row touches one
  * receptive field) whose Gram matrix is well conditioned, without any k x k x k work: rows ordered by their
  * first column, so ``G`` (and its Cholesky factor) lives in a narrow envelope; the entries of ``G^-1`` inside
@@ -1306,21 +1329,8 @@ function envelopeStats(a, k, m, d, cols, colStart) {
   let maxDiag = 0;
   for (let r = 0; r < k; r++) maxDiag = Math.max(maxDiag, G[r * k + r]);
   if (!(maxDiag > 0)) return null;
-  const L = new Float64Array(k * k);
-  for (let i = 0; i < k; i++) {
-    const fi = env[i]; const ri = i * k;
-    for (let j = fi; j <= i; j++) {
-      const rj = j * k;
-      let s = G[ri + j];
-      for (let t = Math.max(fi, env[j]); t < j; t++) s -= L[ri + t] * L[rj + t];
-      if (i === j) {
-        if (!(s > 1e-6 * maxDiag)) return null;
-        L[ri + i] = Math.sqrt(s);
-      } else {
-        L[ri + j] = s / L[rj + j];
-      }
-    }
-  }
+  const L = envelopeCholesky(G, env, k, 1e-6 * maxDiag);
+  if (L === null) return null;
   // Z = G^-1 inside the envelope (Z[i][j], i >= j), columns from the last: L^T Z = L^-1 (upper part zero)
   const Z = new Float64Array(k * k);
   const below = new Int32Array(k);  // rows t > j with env[t] <= j: the structure of column j of L
@@ -1529,7 +1539,7 @@ function tallStats(a, k, m, d) {
   for (let t = 0; t < m; t++) if (M[t * m + t] > 0) cov.push(t);
   const mc = cov.length;
   if (mc === 0) return null;
-  const L = new Float64Array(mc * mc);
+  const G = new Float64Array(mc * mc);  // M on the covered inputs
   const env = new Int32Array(mc);
   let trace = 0;
   for (let i = 0; i < mc; i++) {
@@ -1537,23 +1547,11 @@ function tallStats(a, k, m, d) {
     let fi = i;
     for (let j = 0; j < i; j++) if (M[row + cov[j]] !== 0) { fi = j; break; }
     env[i] = fi;
-    for (let j = fi; j <= i; j++) L[i * mc + j] = M[row + cov[j]];
+    for (let j = fi; j <= i; j++) G[i * mc + j] = M[row + cov[j]];
     trace += M[row + cov[i]];
   }
-  for (let i = 0; i < mc; i++) {  // Cholesky within the envelope (no fill outside it)
-    const fi = env[i]; const ri = i * mc;
-    for (let j = fi; j <= i; j++) {
-      const rj = j * mc;
-      let s = L[ri + j];
-      for (let t = Math.max(fi, env[j]); t < j; t++) s -= L[ri + t] * L[rj + t];
-      if (i === j) {
-        if (!(s > 0)) return null;
-        L[ri + i] = Math.sqrt(s);
-      } else {
-        L[ri + j] = s / L[rj + j];
-      }
-    }
-  }
+  const L = envelopeCholesky(G, env, mc, 0);
+  if (L === null) return null;
   let traceInv = 0;
   const x = new Float64Array(mc);
   for (let j = 0; j < mc; j++) {  // column j of L^-1; (M^-1)_jj is its squared norm
