@@ -999,7 +999,11 @@ class FirstLayerSystem {
       while (e < k && pos[order[e]] === pos[order[s]]) e++;
       const members = order.slice(s, e);
       const rows = new Float64Array(members.length * pd);
-      members.forEach((mi, r) => rows.set(this.kernelRows.subarray(ch[mi] * pd, (ch[mi] + 1) * pd), r * pd));
+      const K = this.kernelRows;
+      for (let r = 0; r < members.length; r++) {  // a copy loop: no view object per row
+        const from = ch[members[r]] * pd;
+        for (let j = 0; j < pd; j++) rows[r * pd + j] = K[from + j];
+      }
       const p = pos[order[s]];
       out.push({ members, rows, m: pd, coords: this.patchCoords.subarray(p * pd, (p + 1) * pd), pos: p });
       s = e;
@@ -2215,8 +2219,11 @@ const TAIL = new Uint8Array(128);
  * SHA-256 of ``msg`` after ``prefixBlocks`` 64-byte blocks already absorbed into ``state`` (copied, not
  * changed); the digest goes to ``out`` at ``outOff`` (a new 32-byte array by default).
  */
+const SHA_STATE = new Int32Array(8);  // the running state of sha256From (synchronous, never re-entered)
+
 function sha256From(state, msg, prefixBlocks = 0, out = new Uint8Array(32), outOff = 0) {
-  const h = Int32Array.from(state);
+  const h = SHA_STATE;
+  h.set(state);
   const full = msg.length - (msg.length % 64);
   for (let off = 0; off < full; off += 64) sha256Block(h, msg, off);
   const rest = msg.length - full;
