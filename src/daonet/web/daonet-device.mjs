@@ -1377,6 +1377,14 @@ function envelopeStats(a, k, m, d, cols, colStart) {
   return { lev, e };
 }
 
+const SCRATCH = [];  // choleskyStats' work arrays, reused across the many small systems of one request
+
+/** A work array of ``n`` float64 in slot ``slot`` (grown as needed; its contents are whatever was left there). */
+function scratch(slot, n) {
+  if (!(SCRATCH[slot] && SCRATCH[slot].length >= n)) SCRATCH[slot] = new Float64Array(Math.max(n, 2 * (SCRATCH[slot]?.length || 0)));
+  return SCRATCH[slot].subarray(0, n);
+}
+
 /**
  * Leverages and ``||P d||^2`` of ``a`` (k x m) when its rows are well conditioned (``{lev, e}``, rank k), else
  * null. Cholesky of the k x k Gram matrix: ``L^-1 A`` has orthonormal rows, so ``lev[t] = ||L^-1 a_t||^2`` and
@@ -1397,7 +1405,7 @@ function choleskyStats(a, k, m, d, gram) {
   }
   let G = gram;
   if (G === null) {
-    G = new Float64Array(k * k);
+    G = scratch(0, k * k);  // every entry is written below
     const m4 = m - (m % 4);
     for (let i = 0; i < k; i++) {
       const ai = i * m;
@@ -1425,9 +1433,9 @@ function choleskyStats(a, k, m, d, gram) {
   if (K !== null) f = kernelMemory(K, oC + k);
   // Cholesky, right-looking: each entry gets G_ij - L_i0 L_j0 - L_i1 L_j1 - ... in that order (as the dot-product
   // form), but the updates of a step are independent contiguous row updates instead of one dependent chain
-  const L = f ? f.subarray(oL, oL + k * k) : new Float64Array(k * k);  // its lower triangle becomes L
+  const L = f ? f.subarray(oL, oL + k * k) : scratch(1, k * k);  // its lower triangle becomes L
   L.set(G);
-  const c = f ? f.subarray(oC, oC + k) : new Float64Array(k);
+  const c = f ? f.subarray(oC, oC + k) : scratch(2, k);
   for (let j = 0; j < k; j++) {
     const rj = j * k;
     const s = L[rj + j];
@@ -1446,7 +1454,7 @@ function choleskyStats(a, k, m, d, gram) {
     }
   }
   // L^-1 explicitly (k^3/6): row i = -(sum_{t<i} L_it Li_t) / L_ii, contiguous row updates
-  const Li = f ? f.subarray(oLi, oLi + k * k).fill(0) : new Float64Array(k * k);
+  const Li = (f ? f.subarray(oLi, oLi + k * k) : scratch(3, k * k)).fill(0);
   for (let i = 0; i < k; i++) {
     const ri = i * k;
     if (K !== null) {
@@ -1462,7 +1470,7 @@ function choleskyStats(a, k, m, d, gram) {
     for (let j = 0; j < i; j++) Li[ri + j] *= inv;
     Li[ri + i] = inv;
   }
-  const ad = new Float64Array(k);
+  const ad = scratch(4, k);
   const m4 = m - (m % 4);
   for (let i = 0; i < k; i++) {
     const ai = i * m;
