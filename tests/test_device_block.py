@@ -63,6 +63,22 @@ def test_block_activations_match_torch_on_real_data(blocks, name):
     assert (h_np > 0).mean() > 0.05  # a working block, not all-dead ReLUs
 
 
+def test_large_batches_run_in_chunks_with_the_same_bits(blocks, monkeypatch):
+    """An audit encodes its whole public set at once; the block runs it in chunks (bounded memory), bit-exact."""
+    import daonet.device.runtime as runtime
+
+    result, dev_dir, _ = blocks["mnist-cnn-block3"]
+    device = DeviceModel.load(dev_dir)
+    x = result.dataset.x_test[:50]
+    whole = device.activations(x)
+    one_by_one = np.concatenate([device.activations(x[i:i + 1]) for i in range(len(x))])
+    monkeypatch.setattr(runtime, "ACTIVATION_CHUNK", 7)
+    chunked = device.activations(x)
+    assert chunked.shape == whole.shape == (50, device.n_outputs)
+    assert np.array_equal(chunked.view(np.uint32), whole.view(np.uint32))
+    assert np.array_equal(one_by_one.view(np.uint32), whole.view(np.uint32))
+
+
 def test_block_payloads_through_the_real_server(blocks, start_server):
     """Client -> loopback server -> prediction equals the torch model with the very same masks."""
     names = list(CASES)
