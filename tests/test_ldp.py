@@ -298,3 +298,33 @@ def test_quick_audit_runs_on_an_ldp_bundle(ldp_run):
     assert rep.best_attack and rep.best_advantage is not None and math.isfinite(rep.best_advantage)
     means = [m.mean for a in rep.attacks.values() for m in a.metrics.values()]
     assert len(rep.attacks) >= 5 and means and all(math.isfinite(v) for v in means)  # negative values: no NaN
+
+
+def test_audit_draws_the_mechanisms_releases_as_the_device_does(ldp_run):
+    """The audit trains its attackers on fresh releases drawn on its side (the runtime's exact sampler costs minutes
+    per MNIST epoch): same activations and clipping as the runtime, a fresh mask, N_Z(0, s^2) noise."""
+    import torch
+
+    from daonet.audit.core import _ldp_release_draws, discrete_gaussian_cdf
+
+    result, device, _, _ = ldp_run
+    spec = _spec(device)
+    s, grid = int(spec.noise_steps or 0), float(spec.grid or 0)
+    values, cdf = discrete_gaussian_cdf(s)
+    pmf = np.exp(-values.astype(float) ** 2 / (2 * s * s))
+    assert np.allclose(np.diff(cdf, prepend=0.0), pmf / pmf.sum())
+
+    x = result.dataset.x_train
+    draw = _ldp_release_draws(device, x, 7, torch.device("cpu"))
+    h = draw(3, None).numpy()
+    keep = np.random.default_rng(7 + 100 + 3).random(h.shape) >= device.drop_rate
+    steps = h.astype(np.float64) / grid
+    noise = steps - ldp_clip_steps(device.activations(x), keep, spec)
+    assert np.array_equal(steps, np.rint(steps)) and not steps[~keep].any()
+    runtime = device.drop(x, RandomMasks(1)).astype(np.float64) / grid
+    assert abs((runtime != 0).mean() - (h != 0).mean()) < 0.02  # the same share kept
+    for e in (noise[keep], runtime[runtime != 0] - ldp_clip_steps(device.activations(x), runtime != 0, spec)[
+            runtime != 0]):
+        assert abs(e.mean()) < 5 * s / math.sqrt(e.size) and e.std() == pytest.approx(s, rel=0.03)
+    assert not np.array_equal(h, draw(4, None).numpy())  # fresh every epoch
+    assert np.array_equal(draw(3, 100).numpy(), h[:100])
