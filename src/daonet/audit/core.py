@@ -199,6 +199,7 @@ def build_pairs(device: DeviceModel, server: ServerModel, obs: Observer, policy:
     x_val_np, x_tr_np = x_pub[:n_val], x_pub[n_val:]
     h_val = torch.from_numpy(obs.observe(x_val_np, RandomMasks(seed + 999))).to(dev)
     vd = device.value_dtype
+    draw: Callable[[int, int | None], torch.Tensor]
     if policy is None and _plain_dropping(device, x_tr_np[:64], seed):
         acts = torch.from_numpy(np.concatenate([device.activations(x_tr_np[i:i + 4096])
                                                 for i in range(0, len(x_tr_np), 4096)])).to(dev)
