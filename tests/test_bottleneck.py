@@ -127,6 +127,10 @@ def test_the_least_leakage_recipe_and_its_refusals():
     first = model_for(cfg, load_dataset("ecg5000")).first  # the recipe builds: a pooled 2-layer head, the mechanism
     assert first.device_layers == 2 and first.device_pool == 4 and first.ldp is not None
     assert first.n_outputs < 1120  # pooling sends fewer values than the single layer's 32 x 35
+    mnist = recommended_config("mnist", "cnn", "least-leakage")
+    mnist.validate()
+    head = model_for(mnist, load_dataset("mnist")).first  # MNIST's: a pooled 3-layer head under the mechanism
+    assert head.device_layers == 3 and head.device_pool == 2 and head.ldp is not None and head.n_outputs == 576
     with pytest.raises(InputError, match="daonet plan --dataset mnist"):
         recommended_config("mnist", "mlp", "least-leakage")
     with pytest.raises(InputError, match="--goal must be one of"):

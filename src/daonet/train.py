@@ -79,6 +79,10 @@ LEAST_LEAKAGE: dict[tuple[str, str], dict[str, Any]] = {
     ("ecg5000", "cnn1d"): {"drop_rate": 0.0, "epochs": 160, "batch_size": 32, "bottleneck_weight": 0.02,
                            "adversary_weight": 8.0, "adversary_reset": 5, "device_layers": 2, "device_pool": 4,
                            "model_kwargs": {"ldp_epsilon": 4096.0, "block_width": 32}},
+    # three layers, not two: at these weights two layers fall to 0.929 on MNIST, three keep 0.976
+    ("mnist", "cnn"): {"drop_rate": 0.0, "epochs": 10, "bottleneck_weight": 0.02, "adversary_weight": 8.0,
+                       "adversary_reset": 2, "device_layers": 3, "device_pool": 2,
+                       "model_kwargs": {"ldp_epsilon": 4096.0}},
 }
 GOALS = {"certificate": RECOMMENDED, "least-leakage": LEAST_LEAKAGE}
 
