@@ -8,8 +8,8 @@ patchify stem and with an overlapping 4x4 stride-2 stem, ECG5000 cnn1d (140 samp
 samples) with patchify stems and with overlapping stems (ECG5000 kernel 8 stride 4 and FordA kernel 10 stride 5
 at p=0.9, the FordA one also at p=0.5), two device blocks (mlp with two device layers; ECG5000 cnn1d with two layers and
 max pooling) and the two least-leakage heads (ECG5000: two layers, pooling 4; MNIST: three layers, pooling 2;
-both under the Gaussian mechanism), the same work is timed in each runtime: validate, first layer (+ block), ReLU, keyed mask
-(HMAC-SHA256), the privacy policy with its certificate, and the wire v1 bytes. That is what ``Client.encode``
+both under the Gaussian mechanism), the same work is timed in each runtime: validate, first layer (+ block), ReLU,
+keyed mask (HMAC-SHA256), the privacy policy with its certificate, and the wire v1 bytes. That is what ``Client.encode``
 (Python) and ``device.encode`` (JavaScript) do per request.
 
 - numpy: ``DeviceModel.encode_certified`` one input at a time (one BLAS thread);

@@ -3009,6 +3009,18 @@ function blockDenseTables(W, O, n) {
   return t;
 }
 
+const convTables = new WeakMap();  // a block conv2d step's W (O x C kh kw, float32) -> (C kh kw) x O, float64
+
+function blockConvTable(W, O, n) {
+  let t = convTables.get(W);
+  if (!t) {
+    t = new Float64Array(n * O);
+    for (let o = 0; o < O; o++) for (let i = 0; i < n; i++) t[i * O + o] = W[o * n + i];
+    convTables.set(W, t);
+  }
+  return t;
+}
+
 function runStep(h, step, tensors) {
   const inShape = step.inShape;
   const outShape = step.outShape;
@@ -3082,26 +3094,33 @@ function runStep(h, step, tensors) {
       }
     }
   } else {
+    // scattered from the non-zero inputs (after a ReLU about half are 0): for every output the float64 sum still
+    // runs over (input channel, kernel row, kernel column) in that order, as a gather would, and a skipped zero
+    // adds nothing, so the bits are the gather's; W is laid out (c, i, j) x O so the innermost loop is contiguous
     const [H, Wd, Ho, Wo] = [inShape[1], inShape[2], outShape[1], outShape[2]];
     const [kh, kw] = step.kernel; const [sh, sw] = step.stride; const [ph, pw] = step.padding;
-    for (let o = 0; o < O; o++) {
-      for (let r = 0; r < Ho; r++) {
-        const top = r * sh - ph;
-        const i0 = Math.max(0, -top); const i1 = Math.min(kh, H - top);
-        for (let q = 0; q < Wo; q++) {
-          const left = q * sw - pw;
-          const j0 = Math.max(0, -left); const j1 = Math.min(kw, Wd - left);
-          let acc = 0;
-          for (let ci = 0; ci < C; ci++) {
-            for (let i = i0; i < i1; i++) {
-              const hb = (ci * H + top + i) * Wd + left; const wb = ((o * C + ci) * kh + i) * kw;
-              for (let j = j0; j < j1; j++) acc += h[hb + j] * W[wb + j];
+    const wt = blockConvTable(W, O, C * kh * kw);
+    const acc = new Float64Array(Ho * Wo * O);
+    for (let ci = 0; ci < C; ci++) {
+      for (let y = 0; y < H; y++) {
+        for (let x = 0; x < Wd; x++) {
+          const v = h[(ci * H + y) * Wd + x];
+          if (v === 0) continue;
+          for (let i = 0; i < kh; i++) {
+            const rs = y + ph - i;
+            if (rs < 0 || rs % sh !== 0 || rs / sh >= Ho) continue;
+            const r = rs / sh;
+            for (let j = 0; j < kw; j++) {
+              const qs = x + pw - j;
+              if (qs < 0 || qs % sw !== 0 || qs / sw >= Wo) continue;
+              const ab = (r * Wo + qs / sw) * O; const wb = ((ci * kh + i) * kw + j) * O;
+              for (let o = 0; o < O; o++) acc[ab + o] += v * wt[wb + o];
             }
           }
-          out[(o * Ho + r) * Wo + q] = acc + b[o];
         }
       }
     }
+    for (let o = 0; o < O; o++) for (let pos = 0; pos < Ho * Wo; pos++) out[o * Ho * Wo + pos] = acc[pos * O + o] + b[o];
   }
   for (let i = 0; i < out.length; i++) if (!(out[i] > 0)) out[i] = 0;
   return out;
