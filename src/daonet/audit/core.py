@@ -158,13 +158,13 @@ def discrete_gaussian_cdf(noise_steps: int) -> tuple[np.ndarray, np.ndarray]:
 def _ldp_release_draws(device: DeviceModel, x_tr_np: np.ndarray, seed: int,
                        dev: torch.device) -> Callable[[int, int | None], torch.Tensor]:
     """Fresh Gaussian-mechanism releases of the public inputs, one set per epoch, at a fraction of the runtime's
-    cost (its exact sampler makes ~30 rejection rounds per value: ~2 minutes per MNIST epoch through a device
-    block). The activations and the clipping on the grid are the runtime's own (computed once when nothing is
+    cost (its exact rejection sampler over the whole public set: about a minute per MNIST epoch through a
+    device block). The activations and the clipping on the grid are the runtime's own (computed once when nothing is
     dropped); the keep-mask is a fresh Bernoulli mask as ``RandomMasks`` draws; the noise is N_Z(0, s^2) by
     inversion of its float64 CDF on the runtime's support, the device's distribution to float64 rounding."""
     spec = device.ldp
     assert spec is not None
-    acts = np.concatenate([device.activations(x_tr_np[i:i + 4096]) for i in range(0, len(x_tr_np), 4096)])
+    acts = device.activations(x_tr_np)
     p, grid, vd = float(device.drop_rate), float(spec.grid or 0), device.value_dtype
     values, cdf = discrete_gaussian_cdf(int(spec.noise_steps or 0))
     values_t, cdf_t = torch.from_numpy(values).to(dev), torch.from_numpy(cdf).to(dev)
@@ -172,9 +172,8 @@ def _ldp_release_draws(device: DeviceModel, x_tr_np: np.ndarray, seed: int,
 
     def draw(epoch: int, size: int | None) -> torch.Tensor:
         n = len(acts) if size is None else size
-        rng = np.random.default_rng(seed + 100 + epoch)
         if fixed is None:
-            keep = rng.random((n, acts.shape[1])) >= p
+            keep = np.random.default_rng(seed + 100 + epoch).random((n, acts.shape[1])) >= p
             q = torch.from_numpy(ldp_clip_steps(acts[:n], keep, spec)).to(dev)
             kept = torch.from_numpy(keep).to(dev)
         else:
@@ -201,8 +200,7 @@ def build_pairs(device: DeviceModel, server: ServerModel, obs: Observer, policy:
     vd = device.value_dtype
     draw: Callable[[int, int | None], torch.Tensor]
     if policy is None and _plain_dropping(device, x_tr_np[:64], seed):
-        acts = torch.from_numpy(np.concatenate([device.activations(x_tr_np[i:i + 4096])
-                                                for i in range(0, len(x_tr_np), 4096)])).to(dev)
+        acts = torch.from_numpy(device.activations(x_tr_np)).to(dev)  # the runtime chunks large batches
         p = float(device.drop_rate)
 
         def draw(epoch: int, size: int | None) -> torch.Tensor:
